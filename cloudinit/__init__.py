@@ -1,0 +1,1 @@
+"""Templates the VM boots with; shipped as package data (agentspaces_cloudinit)."""

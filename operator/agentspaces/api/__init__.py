@@ -1,0 +1,1 @@
+"""The Workspace and WorkspaceClass API: schema, typed views, condition vocabulary."""

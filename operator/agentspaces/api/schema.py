@@ -1,0 +1,485 @@
+"""The one source of truth for the Workspace and WorkspaceClass schemas.
+
+`crds/*.yaml` is generated from this module (`agentspaces crds > ...`, see the
+README) and a unit test fails when the checked-in files drift from it. The typed
+views in `api.types` read exactly the fields declared here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GROUP = "agentspaces.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Schema = dict[str, Any]
+
+# Go-style durations as accepted by CEL's duration(): "90s", "30m", "1h30m".
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# https://host/path, ssh://git@host/path or scp-style git@host:path
+REPOSITORY_URL_PATTERN = (
+    r"^(https://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+"
+    r"|ssh://[A-Za-z0-9._-]+@[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+"
+    r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+)$"
+)
+# Hetzner server type names: cx23, cpx32, cax11, ccx13 ... The live list is checked
+# at reconcile time (ServerTypeNotFound); the pattern catches typos at admission.
+SERVER_TYPE_PATTERN = r"^(cx|cpx|cax|ccx)[0-9]{2,3}$"
+LOCATIONS = ["fsn1", "nbg1", "hel1", "ash", "hil", "sin"]
+SSH_KEY_PATTERN = (
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521"
+    r"|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/=]+( .*)?$"
+)
+PHASES = ["Pending", "Creating", "Starting", "Running", "Stopping", "Stopped", "Deleting", "Failed"]
+AGENT_STATES = ["working", "waiting", "idle", "absent", "unknown"]
+STOPPED_BY = ["user", "inactivity", "lifetime"]
+
+
+def _str(description: str, **extra: Any) -> Schema:
+    return {"type": "string", "description": description, **extra}
+
+
+def _duration(description: str, minimum: str = "1s", **extra: Any) -> Schema:
+    return {
+        "type": "string",
+        "description": description,
+        "pattern": DURATION_PATTERN,
+        "maxLength": 32,
+        "x-kubernetes-validations": [
+            {
+                "rule": f"duration(self) >= duration('{minimum}')",
+                "message": f"must be a duration of at least {minimum}, e.g. 30m or 1h30m",
+            }
+        ],
+        **extra,
+    }
+
+
+def _obj(description: str, properties: Schema, required: list[str] | None = None,
+         **extra: Any) -> Schema:
+    schema: Schema = {"type": "object", "description": description, "properties": properties}
+    if required:
+        schema["required"] = required
+    schema.update(extra)
+    return schema
+
+
+def secret_key_ref(description: str, default_key: str, namespaced: bool) -> Schema:
+    """A reference to one key of a Secret.
+
+    `namespaced` refs (used by the cluster-scoped WorkspaceClass) may name the
+    namespace; when omitted the operator's own namespace is used. A future
+    tenant-owned, namespaced class reuses this shape with `namespaced=False`.
+    """
+    properties: Schema = {
+        "name": _str("Name of the Secret.", pattern=DNS_SUBDOMAIN_PATTERN, maxLength=253),
+        "key": _str("Key within the Secret.", default=default_key, maxLength=253,
+                    pattern=r"^[-._a-zA-Z0-9]+$"),
+    }
+    if namespaced:
+        properties["namespace"] = _str(
+            "Namespace of the Secret; defaults to the operator's namespace.",
+            pattern=DNS_LABEL_PATTERN, maxLength=63)
+    return _obj(description, properties, required=["name"])
+
+
+def _server_settings(defaults: bool) -> Schema:
+    def d(value: str) -> dict[str, str]:
+        return {"default": value} if defaults else {}
+
+    return _obj(
+        "Hetzner Cloud server settings.",
+        {
+            "type": _str("Server type, e.g. cx23 or cpx32.", pattern=SERVER_TYPE_PATTERN,
+                         **d("cx23")),
+            "location": _str("Location.", enum=LOCATIONS, **d("fsn1")),
+            "image": _str("Image name; the VM bootstrap targets Ubuntu 24.04.",
+                          maxLength=63, pattern=r"^[a-z0-9][a-z0-9.-]*$", **d("ubuntu-24.04")),
+        },
+    )
+
+
+def _idle_settings(with_defaults: bool) -> Schema:
+    def d(value: str) -> dict[str, str]:
+        return {"default": value} if with_defaults else {}
+
+    return _obj(
+        "When an unattended workspace is stopped (see README: what counts as activity).",
+        {
+            "timeout": _duration("Stop after this long with no activity.", "1m", **d("30m")),
+            "grace": _duration(
+                "Extra time after the AI agent stops working before idleness counts.",
+                "0s", **d("5m")),
+            "agentBusyCap": _duration(
+                "An agent reported as working for longer than this counts as idle "
+                "(runaway guard).", "1m", **d("6h")),
+        },
+    )
+
+
+MCP_SERVER = _obj(
+    "One MCP server for Claude Code's .mcp.json.",
+    {
+        "type": _str("Transport.", enum=["stdio", "http", "sse"], default="stdio"),
+        "command": _str("Command for stdio servers.", maxLength=1024),
+        "args": {"type": "array", "items": {"type": "string", "maxLength": 1024},
+                 "maxItems": 64},
+        "url": _str("URL for http/sse servers.", pattern=r"^https?://", maxLength=2048),
+        "env": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 4096},
+                "maxProperties": 64,
+                "description": "Environment for stdio servers (not for secrets)."},
+    },
+    **{
+        "x-kubernetes-validations": [
+            {"rule": "self.type != 'stdio' || has(self.command)",
+             "message": "stdio MCP servers need a command"},
+            {"rule": "self.type == 'stdio' || has(self.url)",
+             "message": "http and sse MCP servers need a url"},
+        ]
+    },
+)
+
+PORT_ACCESS = _obj(
+    "Visibility of one port served at https://{port}.{host}.",
+    {
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "visibility": _str("private ports need the workspace password; public ones do not.",
+                           enum=["private", "public"], default="private"),
+    },
+    required=["port"],
+)
+
+
+def workspace_spec() -> Schema:
+    return _obj(
+        "Desired state of a workspace. The operator never writes spec.",
+        {
+            "className": _str("Name of the WorkspaceClass.", pattern=DNS_SUBDOMAIN_PATTERN,
+                              maxLength=253),
+            "running": {"type": "boolean", "default": True,
+                        "description": "User intent: false stops the workspace (keeps data)."},
+            "repository": _obj(
+                "Repository cloned into /workspaces.",
+                {
+                    "url": _str("Clone URL (https or ssh).", pattern=REPOSITORY_URL_PATTERN,
+                                maxLength=2048),
+                    "ref": _str("Branch, tag or commit; the default branch when empty.",
+                                maxLength=255, pattern=r"^[A-Za-z0-9._/-]+$"),
+                    "credentialsSecretRef": secret_key_ref(
+                        "Secret in the workspace's namespace holding a token for private "
+                        "repositories.", "token", namespaced=False),
+                },
+                required=["url"],
+            ),
+            "devcontainer": _obj(
+                "Devcontainer to run. Without either field the repository's own "
+                ".devcontainer is used, or a default one when it has none.",
+                {
+                    "path": _str("Path to devcontainer.json inside the repository.",
+                                 maxLength=512, pattern=r"^[A-Za-z0-9._/-]+\.json$"),
+                    "image": _str("Container image to use instead of a devcontainer.json.",
+                                  maxLength=512),
+                },
+                **{"x-kubernetes-validations": [
+                    {"rule": "!(has(self.path) && has(self.image))",
+                     "message": "set devcontainer.path or devcontainer.image, not both"},
+                    {"rule": "!has(self.path) || !self.path.contains('..')",
+                     "message": "devcontainer.path must stay inside the repository"},
+                ]},
+            ),
+            "server": _server_settings(defaults=False),
+            "agent": _obj(
+                "The AI coding agent.",
+                {
+                    "kind": _str("Agent kind.", enum=["claude-code"], default="claude-code"),
+                    "apiKeySecretRef": secret_key_ref(
+                        "Secret in the workspace's namespace with the Anthropic API key.",
+                        "apiKey", namespaced=False),
+                    "mcpServers": {"type": "object", "additionalProperties": MCP_SERVER,
+                                   "maxProperties": 32,
+                                   "description": "MCP servers written to .mcp.json."},
+                    "instructions": _str("Extra text appended to the generated CLAUDE.md.",
+                                         maxLength=8192),
+                },
+            ),
+            "idle": _idle_settings(with_defaults=False),
+            "lifetime": _obj("Hard limits.", {
+                "max": _duration("Stop after running this long, active or not.", "10m"),
+            }),
+            "access": _obj(
+                "Who can reach the workspace's URLs.",
+                {
+                    "auth": _str("Authentication in front of private URLs.", enum=["basic"],
+                                 default="basic"),
+                    "ports": {"type": "array", "items": PORT_ACCESS, "maxItems": 64,
+                              "x-kubernetes-list-type": "map",
+                              "x-kubernetes-list-map-keys": ["port"]},
+                },
+            ),
+            "persistence": _obj(
+                "Encrypted backups of /workspaces across stop/start.",
+                {
+                    "enabled": {"type": "boolean", "default": True},
+                    "onDelete": _str("What happens to backups and the data key when the "
+                                     "Workspace is deleted.", enum=["Delete", "Retain"],
+                                     default="Retain"),
+                    "schedule": _duration("Also back up every so often while running.", "15m"),
+                },
+            ),
+            "sshKeys": {"type": "array", "maxItems": 32,
+                        "description": "OpenSSH public keys allowed to log in to the VM.",
+                        "items": {"type": "string", "pattern": SSH_KEY_PATTERN,
+                                  "maxLength": 16384}},
+        },
+        required=["className", "repository"],
+    )
+
+
+def _condition() -> Schema:
+    return _obj(
+        "A Kubernetes-style condition.",
+        {
+            "type": _str("Condition type.", maxLength=64),
+            "status": _str("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": _str("One CamelCase word.", maxLength=128),
+            "message": _str("Human-readable detail.", maxLength=4096),
+            "lastTransitionTime": _str("When status last changed.", format="date-time"),
+            "observedGeneration": {"type": "integer", "format": "int64"},
+        },
+        required=["type", "status"],
+    )
+
+
+def workspace_status() -> Schema:
+    time = {"type": "string", "format": "date-time"}
+    return _obj(
+        "Observed state, written only by the operator.",
+        {
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "phase": _str("Human summary derived from the conditions.", enum=PHASES),
+            "conditions": {"type": "array", "items": _condition(),
+                           "x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["type"]},
+            "hostname": _str("DNS label that names this workspace."),
+            "server": _obj("The Hetzner server, while one exists.", {
+                "id": {"type": "integer", "format": "int64"},
+                "name": {"type": "string"},
+                "ipv4": {"type": "string"},
+                "ipv6": {"type": "string"},
+                "type": {"type": "string"},
+                "location": {"type": "string"},
+                "createdAt": time,
+            }),
+            "urls": _obj("Where to reach the workspace.", {
+                "workspace": {"type": "string"},
+                "ui": {"type": "string"},
+                "ports": _str("Pattern for port URLs; {port} is the port number."),
+                "state": _str("live while running, stopped while stopped.",
+                              enum=["live", "stopped"]),
+            }),
+            "dns": _obj("Records the operator owns.", {
+                "zoneId": {"type": "string"},
+                "records": {"type": "array", "items": _obj("One owned record.", {
+                    "id": {"type": "string"}, "name": {"type": "string"},
+                    "type": {"type": "string"}, "content": {"type": "string"},
+                })},
+            }),
+            "activity": _obj("What the workspace agent last reported.", {
+                "idle": {"type": "boolean"},
+                "idleSince": time,
+                "lastActivityTime": time,
+                "agentState": _str("What the AI agent is doing.", enum=AGENT_STATES),
+                "agentStateSince": time,
+                "reasons": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+            }),
+            "backup": _obj("The last committed backup.", {
+                "time": time,
+                "object": {"type": "string"},
+                "size": {"type": "integer", "format": "int64"},
+                "sha256": {"type": "string"},
+            }),
+            "restore": _obj("The backup the running server was restored from.", {
+                "object": {"type": "string"},
+                "time": time,
+            }),
+            "agentEndpoint": _obj("How the operator reaches the workspace agent.", {
+                "url": {"type": "string"},
+                "certificateSHA256": _str("Pinned agent certificate fingerprint."),
+            }),
+            "startedAt": time,
+            "stoppedAt": time,
+            "stoppedBy": _str("Why the workspace stopped.", enum=STOPPED_BY),
+            "wakeHandled": _str("Last agentspaces.dev/wake value acted on.", maxLength=256),
+            "secretsVersion": _str("Hash of the secrets last delivered to the agent."),
+            "failedAgentPolls": {"type": "integer"},
+        },
+    )
+
+
+def workspace_class_spec() -> Schema:
+    return _obj(
+        "Provider credentials and defaults shared by many workspaces.",
+        {
+            "hetzner": _obj("Hetzner Cloud project.", {
+                "tokenSecretRef": secret_key_ref("API token (read & write).", "token",
+                                                 namespaced=True),
+                "endpoint": _str("API endpoint; change only for the local emulator.",
+                                 pattern=r"^https?://", default="https://api.hetzner.cloud/v1"),
+            }, required=["tokenSecretRef"]),
+            "server": _server_settings(defaults=True),
+            "dns": _obj("Cloudflare DNS for the workspace hostnames.", {
+                "zoneName": _str("Cloudflare zone, e.g. example.com.",
+                                 pattern=DNS_SUBDOMAIN_PATTERN, maxLength=253),
+                "baseDomain": _str("Domain the workspace hosts live under; the zone name "
+                                   "when empty.", pattern=DNS_SUBDOMAIN_PATTERN, maxLength=253),
+                "tokenSecretRef": secret_key_ref("API token with Zone.DNS Edit on the zone.",
+                                                 "token", namespaced=True),
+                "endpoint": _str("API endpoint; change only for the local emulator.",
+                                 pattern=r"^https?://",
+                                 default="https://api.cloudflare.com/client/v4"),
+                "proxied": {"type": "boolean", "default": False,
+                            "description": "Proxy records through Cloudflare."},
+                "txtRegistry": _obj("Also write external-dns style ownership TXT records.", {
+                    "enabled": {"type": "boolean", "default": False},
+                    "ownerId": _str("Owner id written into the TXT records.", maxLength=63,
+                                    pattern=r"^[A-Za-z0-9._-]+$"),
+                }),
+                "ttl": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60},
+            }, required=["zoneName", "tokenSecretRef"],
+                **{"x-kubernetes-validations": [{
+                    "rule": "!has(self.baseDomain) || self.baseDomain == self.zoneName || "
+                            "self.baseDomain.endsWith('.' + self.zoneName)",
+                    "message": "dns.baseDomain must be inside dns.zoneName"}]}),
+            "tls": _obj("How workspace hosts get certificates.", {
+                "mode": _str("acme: Caddy obtains certificates on demand; internal: Caddy's "
+                             "own CA (sandbox); none: plain HTTP (sandbox only).",
+                             enum=["acme", "internal", "none"], default="acme"),
+                "httpPort": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 80},
+                "httpsPort": {"type": "integer", "minimum": 1, "maximum": 65535,
+                              "default": 443},
+            }),
+            "storage": _obj("S3-compatible bucket (Cloudflare R2) for backups.", {
+                "endpoint": _str("https://<account>.r2.cloudflarestorage.com",
+                                 pattern=r"^https?://"),
+                "bucket": _str("Bucket name.", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+                "region": _str("Region; R2 uses auto.", default="auto", maxLength=32),
+                "addressingStyle": _str("S3 addressing.", enum=["path", "virtual"],
+                                        default="path"),
+                "prefix": _str("Key prefix for all backups.", default="agentspaces/",
+                               maxLength=256, pattern=r"^[A-Za-z0-9._/-]*$"),
+                "keep": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3,
+                         "description": "Backups kept per workspace."},
+                "credentialsSecretRef": secret_key_ref(
+                    "Secret with accessKeyId and secretAccessKey.", "accessKeyId",
+                    namespaced=True),
+            }, required=["endpoint", "bucket", "credentialsSecretRef"]),
+            "encryption": _obj("Envelope encryption of backups.", {
+                "keySecretRef": secret_key_ref("32-byte class key (base64) that wraps every "
+                                               "workspace data key.", "key", namespaced=True),
+            }, required=["keySecretRef"]),
+            "idle": _idle_settings(with_defaults=True),
+            "lifetime": _obj("Default hard limits.", {
+                "max": _duration("Default maximum running time.", "10m"),
+            }),
+            "agent": _obj("Workspace agent polling.", {
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 9443},
+            }),
+        },
+        required=["hetzner", "dns"],
+        **{"x-kubernetes-validations": [
+            {"rule": "!has(self.storage) || has(self.encryption)",
+             "message": "storage needs encryption.keySecretRef: backups are always encrypted"},
+        ]},
+    )
+
+
+def workspace_class_status() -> Schema:
+    return _obj("Observed state of the class.", {
+        "observedGeneration": {"type": "integer", "format": "int64"},
+        "conditions": {"type": "array", "items": _condition(),
+                       "x-kubernetes-list-type": "map",
+                       "x-kubernetes-list-map-keys": ["type"]},
+        "encryptionKeyFingerprint": _str("Fingerprint of the class key data keys are "
+                                         "wrapped with."),
+    })
+
+
+def _crd(kind: str, plural: str, scope: str, short_names: list[str], spec: Schema,
+         status: Schema, columns: list[Schema], validations: list[Schema] | None = None
+         ) -> Schema:
+    root: Schema = {
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+    if validations:
+        root["x-kubernetes-validations"] = validations
+    names: Schema = {"kind": kind, "listKind": f"{kind}List", "plural": plural,
+                     "singular": kind.lower(), "categories": ["agentspaces"]}
+    if short_names:
+        names["shortNames"] = short_names
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": scope,
+            "names": names,
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": root},
+            }],
+        },
+    }
+
+
+def workspace_crd() -> Schema:
+    name_rule = {
+        "rule": "size(self.metadata.name) <= 63",
+        "message": "Workspace names are at most 63 characters (they become DNS labels)",
+    }
+    return _crd(
+        "Workspace", "workspaces", "Namespaced", ["ws"], workspace_spec(), workspace_status(),
+        [
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "URL", "type": "string", "jsonPath": ".status.urls.workspace"},
+            {"name": "Idle", "type": "boolean", "jsonPath": ".status.activity.idle"},
+            {"name": "Agent", "type": "string", "jsonPath": ".status.activity.agentState"},
+            {"name": "Reason", "type": "string", "priority": 1,
+             "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
+            {"name": "Server", "type": "string", "priority": 1, "jsonPath": ".status.server.ipv4"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        validations=[name_rule],
+    )
+
+
+def workspace_class_crd() -> Schema:
+    return _crd(
+        "WorkspaceClass", "workspaceclasses", "Cluster", ["wsc"], workspace_class_spec(),
+        workspace_class_status(),
+        [
+            {"name": "Zone", "type": "string", "jsonPath": ".spec.dns.zoneName"},
+            {"name": "Server", "type": "string", "jsonPath": ".spec.server.type"},
+            {"name": "Location", "type": "string", "jsonPath": ".spec.server.location"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def all_crds() -> list[Schema]:
+    return [workspace_crd(), workspace_class_crd()]

@@ -1,0 +1,1 @@
+"""One port (a typing.Protocol) per cloud, each with a thin adapter."""

@@ -1,0 +1,1 @@
+"""Encrypted backups: keys, object layout, and the backup/restore orchestration."""

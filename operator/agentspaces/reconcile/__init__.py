@@ -1,0 +1,1 @@
+"""The workspace state machine and the pure policies it consults."""

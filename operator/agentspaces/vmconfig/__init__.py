@@ -1,0 +1,1 @@
+"""Pure builders that render what a workspace VM boots with."""
