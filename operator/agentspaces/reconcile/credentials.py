@@ -1,0 +1,138 @@
+"""Resolve a Workspace's class and every credential it needs, before any cloud call.
+
+A failure is a value (reason + message for `CredentialsAvailable=False`), not an
+exception, so the reconciler reports it and retries slowly instead of crash-looping.
+Messages name Secrets and keys, never their contents.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agentspaces.api import conditions as C
+from agentspaces.api.types import SecretKeyRef, WorkspaceClass, WorkspaceSpec
+from agentspaces.kube import KubeError, KubePort
+
+
+@dataclass(frozen=True)
+class ResolvedCredentials:
+    klass: WorkspaceClass
+    spec: WorkspaceSpec
+    hetzner_token: str
+    dns_token: str
+    storage_access_key: str | None
+    storage_secret_key: str | None
+    class_key: bytes | None
+    anthropic_api_key: str | None
+    repository_token: str | None
+
+    def workspace_secrets_fingerprint(self) -> str:
+        """Changes whenever a secret delivered to the VM changes (never reversible)."""
+        digest = hashlib.sha256()
+        for value in (self.anthropic_api_key or "", self.repository_token or ""):
+            digest.update(hashlib.sha256(value.encode()).digest())
+        return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CredentialsProblem:
+    reason: str
+    message: str
+
+
+async def _secret_value(kube: KubePort, ref: SecretKeyRef, namespace: str
+                        ) -> str | CredentialsProblem:
+    try:
+        secret = await kube.read_secret(namespace, ref.name)
+    except KubeError as err:
+        return CredentialsProblem(C.SECRET_NOT_FOUND,
+                                  f"cannot read Secret {namespace}/{ref.name}: {err.status}")
+    if secret is None:
+        return CredentialsProblem(C.SECRET_NOT_FOUND, f"Secret {namespace}/{ref.name} not found")
+    value = secret.data.get(ref.key)
+    if not value or not value.strip():
+        return CredentialsProblem(C.SECRET_KEY_MISSING,
+                                  f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
+    return value.strip()
+
+
+def decode_class_key(text: str) -> bytes | None:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if len(key) == 32 else None
+
+
+async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespace: str,
+                  operator_namespace: str) -> ResolvedCredentials | CredentialsProblem:
+    class_name = spec_raw.get("className", "")
+    try:
+        body = await kube.get_workspace_class(class_name)
+    except KubeError as err:
+        return CredentialsProblem(C.CLASS_NOT_FOUND,
+                                  f"cannot read WorkspaceClass {class_name}: {err.status}")
+    if body is None:
+        return CredentialsProblem(C.CLASS_NOT_FOUND, f"WorkspaceClass {class_name!r} not found")
+    try:
+        klass = WorkspaceClass.from_body(body)
+        spec = WorkspaceSpec.from_spec(spec_raw, klass)
+    except (ValueError, KeyError, TypeError) as err:
+        return CredentialsProblem(C.CLASS_INVALID, f"WorkspaceClass {class_name}: {err}")
+
+    def class_ns(ref: SecretKeyRef) -> str:
+        return ref.namespace or operator_namespace
+
+    hetzner = await _secret_value(kube, klass.hetzner_token_ref, class_ns(klass.hetzner_token_ref))
+    if isinstance(hetzner, CredentialsProblem):
+        return hetzner
+    dns = await _secret_value(kube, klass.dns.token_ref, class_ns(klass.dns.token_ref))
+    if isinstance(dns, CredentialsProblem):
+        return dns
+
+    access_key = secret_key = None
+    class_key: bytes | None = None
+    if spec.persistence_enabled and klass.storage is not None:
+        ref = klass.storage.credentials_ref
+        access = await _secret_value(kube, ref, class_ns(ref))
+        if isinstance(access, CredentialsProblem):
+            return access
+        secret = await _secret_value(kube, SecretKeyRef(ref.name, "secretAccessKey",
+                                                        ref.namespace), class_ns(ref))
+        if isinstance(secret, CredentialsProblem):
+            return secret
+        access_key, secret_key = access, secret
+        if klass.encryption_key_ref is None:
+            return CredentialsProblem(C.CLASS_INVALID, "storage needs encryption.keySecretRef")
+        raw_key = await _secret_value(kube, klass.encryption_key_ref,
+                                      class_ns(klass.encryption_key_ref))
+        if isinstance(raw_key, CredentialsProblem):
+            return raw_key
+        class_key = decode_class_key(raw_key)
+        if class_key is None:
+            return CredentialsProblem(
+                C.CREDENTIALS_INVALID,
+                f"Secret {klass.encryption_key_ref.name} key {klass.encryption_key_ref.key!r} "
+                "must be 32 bytes, base64-encoded (e.g. `openssl rand -base64 32`)")
+
+    api_key = repo_token = None
+    if spec.api_key_ref is not None:
+        value = await _secret_value(kube, spec.api_key_ref, workspace_namespace)
+        if isinstance(value, CredentialsProblem):
+            return value
+        api_key = value
+    if spec.repository_credentials_ref is not None:
+        value = await _secret_value(kube, spec.repository_credentials_ref, workspace_namespace)
+        if isinstance(value, CredentialsProblem):
+            return value
+        repo_token = value
+
+    return ResolvedCredentials(
+        klass=klass, spec=spec, hetzner_token=hetzner, dns_token=dns,
+        storage_access_key=access_key, storage_secret_key=secret_key, class_key=class_key,
+        anthropic_api_key=api_key, repository_token=repo_token)

@@ -1,0 +1,86 @@
+"""Secrets a Workspace owns: its access password and its agent credentials.
+
+Both are generated once, stored in Secrets owned by the Workspace (garbage-collected
+with it) and read back on every reconcile, so an operator restart never regenerates
+them. `<name>-access` is for the user (`kubectl get secret <name>-access`);
+`<name>-agent` holds the agent's TLS key, pinned certificate and bearer token and is
+only for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets as pysecrets
+from dataclasses import dataclass
+
+import bcrypt
+
+from agentspaces.pki import AgentCredentials, generate
+from agentspaces.reconcile.scope import Scope
+
+ACCESS_SUFFIX = "access"
+AGENT_SUFFIX = "agent"
+LABELS = {"app.kubernetes.io/managed-by": "agentspaces"}
+ACCESS_USERNAME = "agent"
+
+
+@dataclass(frozen=True)
+class Access:
+    username: str
+    password: str
+    bcrypt_hash: str
+
+
+def _labels(scope: Scope, role: str) -> dict[str, str]:
+    return {**LABELS, "agentspaces.dev/workspace": scope.ref.name[:63],
+            "agentspaces.dev/role": role}
+
+
+async def ensure_access(scope: Scope) -> Access:
+    kube = scope.runtime.kube
+    name = scope.secret_name(ACCESS_SUFFIX)
+    secret = await kube.read_secret(scope.ref.namespace, name)
+    if secret is None or not secret.data.get("password"):
+        password = pysecrets.token_urlsafe(18)
+        secret = await kube.create_secret(
+            scope.ref.namespace, name,
+            {"username": ACCESS_USERNAME, "password": password,
+             **await _hash_fields(password)},
+            scope.owner, _labels(scope, "access"))
+    data = dict(secret.data)
+    # A user may rotate the password by editing the Secret: rehash when the cheap
+    # fingerprint no longer matches (bcrypt itself is too slow to check every poll).
+    if data.get("passwordSha256") != _fingerprint(data["password"]) or not data.get(
+            "bcryptHash"):
+        data.update(await _hash_fields(data["password"]))
+        await kube.replace_secret_data(scope.ref.namespace, name, data)
+    return Access(username=data.get("username") or ACCESS_USERNAME,
+                  password=data["password"], bcrypt_hash=data["bcryptHash"])
+
+
+def _fingerprint(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+async def _hash_fields(password: str) -> dict[str, str]:
+    hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(10))
+    return {"bcryptHash": hashed.decode(), "passwordSha256": _fingerprint(password)}
+
+
+async def ensure_agent_credentials(scope: Scope) -> AgentCredentials:
+    kube = scope.runtime.kube
+    name = scope.secret_name(AGENT_SUFFIX)
+    secret = await kube.read_secret(scope.ref.namespace, name)
+    if secret is not None:
+        try:
+            return AgentCredentials.from_secret_data(secret.data)
+        except (KeyError, ValueError):
+            pass  # unreadable: replace below; the VM gets new ones with its next boot
+    creds = generate(scope.host, scope.runtime.clock())
+    if secret is None:
+        created = await kube.create_secret(scope.ref.namespace, name, creds.to_secret_data(),
+                                           scope.owner, _labels(scope, "agent"))
+        return AgentCredentials.from_secret_data(created.data)
+    await kube.replace_secret_data(scope.ref.namespace, name, creds.to_secret_data())
+    return creds

@@ -1,0 +1,190 @@
+"""The workspace state machine: one level-based reconcile, one finalizer.
+
+Every trigger (create, spec or annotation change, restart, the poll timer) runs the
+same `reconcile`: resolve credentials, decide whether the workspace should run, then
+walk the steps (server -> DNS -> agent) or the stop sequence (backup -> server ->
+DNS). Each step records its condition and either finishes or asks to be called again
+later; nothing here waits in a loop.
+"""
+
+from __future__ import annotations
+
+from agentspaces.api import conditions as C
+from agentspaces.reconcile import agent_step, backup_step, dns_step
+from agentspaces.reconcile.credentials import CredentialsProblem, resolve
+from agentspaces.reconcile.lifecycle import decide_intent, wants_force_stop
+from agentspaces.reconcile.owned_secrets import ensure_access, ensure_agent_credentials
+from agentspaces.reconcile.scope import Outcome, Scope
+from agentspaces.reconcile.server_step import delete_server, ensure_server
+from agentspaces.reconcile.status import iso
+from agentspaces.vmconfig.userdata import render_user_data
+
+CREDENTIALS_RETRY = 30.0
+
+# ServerReady reasons a retry cannot fix: the user has to change something.
+_FAILED_REASONS = {C.SERVER_NAME_TAKEN, C.INVALID_INPUT, C.SERVER_TYPE_NOT_FOUND,
+                   C.LOCATION_NOT_FOUND, C.IMAGE_NOT_FOUND, C.RESOURCE_LIMIT_EXCEEDED}
+
+
+async def reconcile(scope: Scope) -> Outcome:
+    status = scope.status
+    status.init_conditions()
+    status.set("observedGeneration", scope.ref.generation)
+
+    resolved = await resolve(scope.runtime.kube, scope.spec_raw, scope.ref.namespace,
+                             scope.runtime.settings.namespace)
+    if isinstance(resolved, CredentialsProblem):
+        return _credentials_missing(scope, resolved)
+    scope.creds = resolved
+    status.condition(C.CREDENTIALS_AVAILABLE, True, C.CREDENTIALS_FOUND,
+                     f"WorkspaceClass {resolved.klass.name} and its Secrets are readable")
+    status.set("hostname", scope.label)
+
+    intent = decide_intent(scope.spec_raw, status.data, scope.annotations)
+    status.set("wakeHandled", intent.wake_handled)
+    if intent.woke:
+        scope.emit("Normal", "Waking", "woken by the agentspaces.dev/wake annotation")
+        status.set("stoppedBy", None)
+    if intent.running:
+        status.set("stoppedBy", None)
+        outcome = await _ensure_running(scope)
+    else:
+        assert intent.stopped_by is not None
+        outcome = await _ensure_stopped(scope, intent.stopped_by, backup=True)
+    _summarize(scope)
+    return outcome
+
+
+async def finalize(scope: Scope) -> Outcome:
+    """Tear everything down; the finalizer is released when this returns done."""
+    status = scope.status
+    resolved = await resolve(scope.runtime.kube, scope.spec_raw, scope.ref.namespace,
+                             scope.runtime.settings.namespace)
+    if isinstance(resolved, CredentialsProblem):
+        if status.get("server", "id") is None and not status.get("dns", "records"):
+            return Outcome.done()  # nothing was ever created
+        # Without credentials we cannot clean up; deleting anyway would leak a billed
+        # server, so the Workspace stays Terminating and says why.
+        _credentials_missing(scope, resolved)
+        scope.emit("Warning", resolved.reason,
+                   f"cannot clean up until credentials are back: {resolved.message}")
+        return Outcome.after(CREDENTIALS_RETRY, "credentials missing during delete")
+    scope.creds = resolved
+    status.set("phase", "Deleting")
+    retain = resolved.spec.persistence_on_delete == "Retain"
+    outcome = await _ensure_stopped(scope, status.get("stoppedBy") or "user", backup=retain)
+    if outcome.requeue is not None:
+        return outcome
+    outcome = await backup_step.on_delete(scope)
+    if outcome.requeue is not None:
+        return outcome
+    scope.emit("Normal", "Deleted", "server, DNS records and owned objects cleaned up")
+    return Outcome.done()
+
+
+def _credentials_missing(scope: Scope, problem: CredentialsProblem) -> Outcome:
+    status = scope.status
+    status.condition(C.CREDENTIALS_AVAILABLE, False, problem.reason, problem.message)
+    status.condition(C.READY, False, problem.reason, problem.message)
+    if status.get("server", "id") is None:
+        status.set("phase", "Pending")
+    return Outcome.after(CREDENTIALS_RETRY, problem.reason)
+
+
+async def _ensure_running(scope: Scope) -> Outcome:
+    assert scope.creds is not None
+    status = scope.status
+    access = await ensure_access(scope)
+    agent_creds = await ensure_agent_credentials(scope)
+    data_key = await backup_step.ensure_data_key(scope)
+    if status.get("phase") in (None, "Pending", "Stopped", "Failed"):
+        status.set("phase", "Creating")
+        status.set("stoppedAt", None)
+
+    server = await ensure_server(scope, lambda: render_user_data(
+        scope.ref, scope.creds.spec, scope.creds.klass,  # type: ignore[union-attr]
+        host=scope.host, agent_credentials=agent_creds))
+    if isinstance(server, Outcome):
+        return server
+
+    outcome = await dns_step.ensure(scope, server)
+    if outcome is not None:
+        return outcome
+
+    outcome = await agent_step.ensure(scope, server, access, agent_creds, data_key)
+    if outcome is not None:
+        return outcome
+
+    stop = agent_step.idle_stop(scope)
+    if stop is not None:
+        status.set("stoppedBy", stop)
+        scope.emit("Normal", "Stopping", f"stopping: {status.reason(C.IDLE)}")
+        return await _ensure_stopped(scope, stop, backup=True)
+    return Outcome.done()
+
+
+async def _ensure_stopped(scope: Scope, stopped_by: str, backup: bool) -> Outcome:
+    """Back up, delete the server, remove DNS; idempotent when already stopped."""
+    status = scope.status
+    has_server = status.get("server", "id") is not None
+    if status.get("phase") == "Stopped" and not has_server and not status.get("dns"):
+        return Outcome.done()  # already stopped: no cloud calls at all
+    if has_server:
+        status.set("phase", "Stopping")
+        status.set("stoppedBy", stopped_by)
+        if backup and not wants_force_stop(scope.annotations):
+            outcome = await backup_step.backup_before_stop(scope)
+            if outcome is not None:
+                return outcome
+    outcome = await delete_server(scope)
+    if outcome is not None:
+        return outcome
+    outcome = await dns_step.remove(scope)
+    if outcome is not None:
+        return outcome
+
+    if status.get("phase") != "Stopped" or has_server:
+        status.set("stoppedAt", iso(scope.runtime.clock()))
+        scope.emit("Normal", "Stopped", f"workspace stopped ({stopped_by})")
+    status.set("phase", "Stopped")
+    status.set("stoppedBy", stopped_by)
+    status.set("secretsVersion", None)
+    status.set("agentEndpoint", None)
+    status.set("failedAgentPolls", None)
+    status.set("startedAt", None)
+    if status.get("urls"):
+        status.update("urls", state="stopped")
+    status.condition(C.SERVER_READY, False, C.STOPPED, "no server while stopped")
+    status.condition(C.AGENT_READY, False, C.STOPPED, "no agent while stopped")
+    activity = status.get("activity") or {}
+    if activity:
+        status.update("activity", agentState="absent")
+    return Outcome.done()
+
+
+def _summarize(scope: Scope) -> None:
+    """Ready and phase from the step conditions (phase is only a human summary)."""
+    status = scope.status
+    phase = status.get("phase")
+    if phase in ("Stopped", "Stopping", "Deleting"):
+        status.condition(C.READY, False, C.NOT_RUNNING,
+                         f"workspace is {phase.lower()}"
+                         + (f" ({status.get('stoppedBy')})" if status.get("stoppedBy") else ""))
+        return
+    parts = (C.SERVER_READY, C.DNS_READY, C.AGENT_READY)
+    if all(status.is_true(t) for t in parts):
+        status.condition(C.READY, True, C.READY_REASON, f"https://{scope.host} is ready")
+        status.set("phase", "Running")
+        return
+    for type_ in parts:
+        if not status.is_true(type_):
+            reason = status.reason(type_) or C.PROGRESSING
+            cond = next(c for c in status.data["conditions"] if c["type"] == type_)
+            status.condition(C.READY, False, reason, f"{type_}: {cond.get('message', '')}")
+            if type_ == C.SERVER_READY and reason in _FAILED_REASONS:
+                status.set("phase", "Failed")
+            elif status.get("server", "id") is None:
+                status.set("phase", "Creating")
+            else:
+                status.set("phase", "Starting")
+            return

@@ -1,0 +1,70 @@
+"""Shared fixtures. The control plane is real (etcd + kube-apiserver processes) and is
+started once per session, only when an integration or e2e test asks for it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentspaces.controlplane import ControlPlane
+
+REPO = Path(__file__).resolve().parents[1]
+CRDS = REPO / "crds" / "agentspaces.dev.yaml"
+
+
+class Kubectl:
+    """The real kubectl against the test control plane."""
+
+    def __init__(self, plane: ControlPlane, kubeconfig: Path | None = None) -> None:
+        self.plane = plane
+        self.kubeconfig = kubeconfig or plane.admin_kubeconfig
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        result = self.plane.kubectl_run(*args, kubeconfig=self.kubeconfig, input=input,
+                                        check=check)
+        return result.stdout if check else result.stdout + result.stderr
+
+    def run(self, *args: str, input: str | None = None) -> tuple[int, str, str]:
+        result = self.plane.kubectl_run(*args, kubeconfig=self.kubeconfig, input=input,
+                                        check=False)
+        return result.returncode, result.stdout, result.stderr
+
+    def apply(self, manifest: str) -> str:
+        return self("apply", "-f", "-", input=manifest)
+
+    def get_json(self, *args: str) -> dict[str, Any] | None:
+        code, out, _ = self.run("get", *args, "-o", "json")
+        return json.loads(out) if code == 0 else None
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(workdir=tmp_path_factory.mktemp("controlplane"))
+    plane.start()
+    try:
+        plane.kubectl_run("apply", "--server-side", "-f", str(CRDS))
+        plane.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
+                          "crd/workspaces.agentspaces.dev",
+                          "crd/workspaceclasses.agentspaces.dev")
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlane) -> Kubectl:
+    return Kubectl(control_plane)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> str:
+    """A fresh namespace per test (namespaces never finish deleting without a
+    controller-manager, so they are left behind with the throwaway control plane)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    return name

@@ -1,0 +1,129 @@
+"""Invalid Workspaces and classes are rejected by the real apiserver at admission."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import Kubectl
+
+pytestmark = pytest.mark.integration
+
+VALID = {
+    "apiVersion": "agentspaces.dev/v1alpha1",
+    "kind": "Workspace",
+    "metadata": {"name": "demo"},
+    "spec": {
+        "className": "standard",
+        "repository": {"url": "https://github.com/example/app", "ref": "main"},
+    },
+}
+
+
+def _with(patch: dict, name: str = "demo") -> dict:
+    doc = yaml.safe_load(yaml.safe_dump(VALID))
+    doc["metadata"]["name"] = name
+
+    def merge(dst: dict, src: dict) -> None:
+        for key, value in src.items():
+            if isinstance(value, dict) and isinstance(dst.get(key), dict):
+                merge(dst[key], value)
+            elif value is None:
+                dst.pop(key, None)
+            else:
+                dst[key] = value
+
+    merge(doc, patch)
+    return doc
+
+
+# (case id, patch, text the apiserver's message must contain)
+INVALID_WORKSPACES = [
+    ("bad-server-type", {"spec": {"server": {"type": "huge1"}}}, "spec.server.type"),
+    ("bad-location", {"spec": {"server": {"location": "mars1"}}}, "spec.server.location"),
+    ("bad-duration", {"spec": {"idle": {"timeout": "thirty minutes"}}}, "spec.idle.timeout"),
+    ("too-short-timeout", {"spec": {"idle": {"timeout": "10s"}}},
+     "must be a duration of at least 1m"),
+    ("bad-repository-url", {"spec": {"repository": {"url": "ftp://example.com/x"}}},
+     "spec.repository.url"),
+    ("unknown-field", {"spec": {"colour": "blue"}}, 'unknown field "spec.colour"'),
+    ("missing-class", {"spec": {"className": None}}, "spec.className: Required value"),
+    ("missing-repository", {"spec": {"repository": None}}, "spec.repository: Required value"),
+    ("path-and-image", {"spec": {"devcontainer": {"path": ".devcontainer/x.json",
+                                                   "image": "ubuntu"}}},
+     "set devcontainer.path or devcontainer.image, not both"),
+    ("path-escapes-repo", {"spec": {"devcontainer": {"path": "../../etc/devcontainer.json"}}},
+     "devcontainer.path must stay inside the repository"),
+    ("bad-port", {"spec": {"access": {"ports": [{"port": 70000}]}}},
+     "spec.access.ports[0].port"),
+    ("bad-visibility", {"spec": {"access": {"ports": [{"port": 3000,
+                                                       "visibility": "world"}]}}},
+     "spec.access.ports[0].visibility"),
+    ("duplicate-port", {"spec": {"access": {"ports": [{"port": 3000}, {"port": 3000}]}}},
+     "Duplicate value"),
+    ("bad-on-delete", {"spec": {"persistence": {"onDelete": "Shred"}}},
+     "spec.persistence.onDelete"),
+    ("stdio-mcp-without-command", {"spec": {"agent": {"mcpServers": {"x": {"type": "stdio"}}}}},
+     "stdio MCP servers need a command"),
+    ("bad-ssh-key", {"spec": {"sshKeys": ["not a key"]}}, "spec.sshKeys[0]"),
+    ("bad-agent-kind", {"spec": {"agent": {"kind": "other-agent"}}}, "spec.agent.kind"),
+    ("running-not-bool", {"spec": {"running": "yes"}}, "spec.running"),
+]
+
+
+@pytest.mark.parametrize(("case", "patch", "expected"), INVALID_WORKSPACES,
+                         ids=[c[0] for c in INVALID_WORKSPACES])
+def test_invalid_workspace_is_rejected_with_a_readable_message(
+        kubectl: Kubectl, namespace: str, case: str, patch: dict, expected: str) -> None:
+    manifest = yaml.safe_dump(_with(patch, name=case))
+    code, out, err = kubectl.run("apply", "-n", namespace, "-f", "-", input=manifest)
+    assert code != 0, f"{case} was accepted: {out}"
+    assert expected in err, err
+    assert kubectl.get_json("workspace", case, "-n", namespace) is None
+
+
+def test_long_name_is_rejected(kubectl: Kubectl, namespace: str) -> None:
+    manifest = yaml.safe_dump(_with({}, name="w" * 64))
+    code, _, err = kubectl.run("apply", "-n", namespace, "-f", "-", input=manifest)
+    assert code != 0
+    assert "at most 63 characters" in err
+
+
+def test_valid_workspace_is_accepted_with_defaults(kubectl: Kubectl, namespace: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(_with({})))
+    ws = kubectl.get_json("workspace", "demo", "-n", namespace)
+    assert ws is not None
+    spec = ws["spec"]
+    assert spec["running"] is True
+    # Defaults come from the schema; class-level defaults are applied by the operator.
+    assert "server" not in spec
+    out = kubectl("get", "ws", "-n", namespace)
+    assert out.split("\n")[0].split() == ["NAME", "PHASE", "URL", "IDLE", "AGENT", "AGE"]
+
+
+INVALID_CLASSES = [
+    ("storage-without-encryption",
+     {"storage": {"endpoint": "https://x.r2.cloudflarestorage.com", "bucket": "backups",
+                  "credentialsSecretRef": {"name": "r2"}}},
+     "storage needs encryption.keySecretRef"),
+    ("base-domain-outside-zone",
+     {"dns": {"zoneName": "example.com", "baseDomain": "ws.example.org",
+              "tokenSecretRef": {"name": "cf"}}},
+     "dns.baseDomain must be inside dns.zoneName"),
+    ("bad-tls-mode", {"tls": {"mode": "selfsigned"}}, "spec.tls.mode"),
+]
+
+
+@pytest.mark.parametrize(("case", "patch", "expected"), INVALID_CLASSES,
+                         ids=[c[0] for c in INVALID_CLASSES])
+def test_invalid_class_is_rejected(kubectl: Kubectl, case: str, patch: dict,
+                                   expected: str) -> None:
+    spec = {"hetzner": {"tokenSecretRef": {"name": "hetzner"}},
+            "dns": {"zoneName": "example.com", "tokenSecretRef": {"name": "cf"}}}
+    spec.update(patch)
+    manifest = yaml.safe_dump({"apiVersion": "agentspaces.dev/v1alpha1",
+                               "kind": "WorkspaceClass", "metadata": {"name": case},
+                               "spec": spec})
+    code, _, err = kubectl.run("apply", "-f", "-", input=manifest)
+    assert code != 0
+    assert expected in err, err

@@ -1,0 +1,90 @@
+"""Pure pieces of the reconciler: hostnames, the run/stop intent, status bookkeeping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentspaces.api import conditions as C
+from agentspaces.api.hostnames import MAX_LABEL, workspace_label
+from agentspaces.reconcile.lifecycle import WAKE_ANNOTATION, decide_intent
+from agentspaces.reconcile.status import StatusDraft, set_condition
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+names = st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?", fullmatch=True)
+namespaces = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
+
+
+@given(names, namespaces)
+def test_labels_are_valid_dns_labels(name: str, namespace: str) -> None:
+    label = workspace_label(name, namespace)
+    assert 1 <= len(label) <= MAX_LABEL
+    assert label[0].isalnum() and label[-1].isalnum()
+    assert all(c.isalnum() or c == "-" for c in label)
+    assert label == workspace_label(name, namespace)
+
+
+def test_ambiguous_readable_parts_still_get_distinct_labels() -> None:
+    first, second = workspace_label("a-b", "c"), workspace_label("a", "b-c")
+    assert first.startswith("a-b-c-") and second.startswith("a-b-c-")
+    assert first != second
+
+
+def test_long_names_are_cut_but_keep_their_hash() -> None:
+    a = workspace_label("x" * 63, "team-one")
+    b = workspace_label("x" * 63, "team-two")
+    assert len(a) == len(b) == MAX_LABEL
+    assert a != b
+
+
+def test_intent_user_stop_and_start() -> None:
+    assert decide_intent({"running": False}, {}, {}).stopped_by == "user"
+    intent = decide_intent({"running": True}, {"stoppedBy": "user"}, {})
+    assert intent.running and intent.stopped_by is None
+
+
+def test_idle_stop_holds_until_a_new_wake_value() -> None:
+    status = {"stoppedBy": "inactivity", "wakeHandled": "1"}
+    assert not decide_intent({}, status, {WAKE_ANNOTATION: "1"}).running
+    assert not decide_intent({}, status, {}).running
+    woke = decide_intent({}, status, {WAKE_ANNOTATION: "2"})
+    assert woke.running and woke.woke and woke.wake_handled == "2"
+
+
+def test_running_workspace_records_the_current_wake_value() -> None:
+    intent = decide_intent({}, {}, {WAKE_ANNOTATION: "old"})
+    assert intent.running and not intent.woke and intent.wake_handled == "old"
+
+
+def test_condition_transition_time_moves_only_on_flip() -> None:
+    conds = set_condition([], "Ready", "False", "A", "m", NOW, 1)
+    later = NOW + timedelta(minutes=5)
+    same = set_condition(conds, "Ready", "False", "B", "m2", later, 2)
+    assert same[0]["lastTransitionTime"] == conds[0]["lastTransitionTime"]
+    assert same[0]["reason"] == "B" and same[0]["observedGeneration"] == 2
+    flipped = set_condition(same, "Ready", "True", "C", "", later, 2)
+    assert flipped[0]["lastTransitionTime"] == "2026-11-27T12:05:00Z"
+
+
+def test_status_draft_patches_only_what_changed() -> None:
+    current = {"phase": "Running", "server": {"id": 1, "ipv4": "203.0.113.1"},
+               "conditions": set_condition([], C.READY, "True", "R", "", NOW, 1)}
+    draft = StatusDraft(current, NOW + timedelta(minutes=1), 1)
+    draft.condition(C.READY, True, "R", "")
+    draft.set("phase", "Running")
+    assert draft.patch() == {}
+    draft.update("server", ipv4="203.0.113.2")
+    draft.set("stoppedBy", None)
+    assert draft.patch() == {"server": {"ipv4": "203.0.113.2"}}
+    draft.set("server", None)
+    assert draft.patch() == {"server": None}
+
+
+def test_first_visit_sets_every_condition_unknown() -> None:
+    draft = StatusDraft(None, NOW, 1)
+    draft.init_conditions()
+    types = {c["type"]: c["status"] for c in draft.data["conditions"]}
+    assert set(types) == set(C.ALL_TYPES)
+    assert set(types.values()) == {"Unknown"}
