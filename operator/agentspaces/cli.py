@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import yaml
@@ -11,8 +12,23 @@ import yaml
 def _cmd_crds(args: argparse.Namespace) -> int:
     from agentspaces.api.schema import all_crds
 
-    sys.stdout.write(yaml.safe_dump_all(all_crds(), sort_keys=False, width=100))
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: object) -> bool:
+            return True
+
+    sys.stdout.write("# Generated from operator/agentspaces/api/schema.py by `agentspaces crds`;"
+                     " do not edit.\n")
+    sys.stdout.write(yaml.dump_all(all_crds(), Dumper=NoAliases, sort_keys=False, width=100))
     return 0
+
+
+class _WaitingIsNotAnError(logging.Filter):
+    """Kopf logs every requeue (TemporaryError) as an error; ours mean "waiting"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and "failed temporarily" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -23,6 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from agentspaces import handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
+    logging.getLogger("kopf.objects").addFilter(_WaitingIsNotAnError())
     asyncio.run(kopf.operator(
         standalone=True,
         clusterwide=not args.namespace,

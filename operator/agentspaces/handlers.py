@@ -38,7 +38,8 @@ def runtime() -> Runtime:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+async def configure(*, settings: kopf.OperatorSettings,
+                    logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     global _runtime
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)

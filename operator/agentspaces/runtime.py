@@ -67,6 +67,8 @@ class Runtime:
         self._dns: dict[str, Any] = {}
         self._stores: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._agents: dict[str, tuple[str, Any]] = {}
+        self._closing: list[Any] = []
         self.agent_slots = asyncio.Semaphore(settings.agent_concurrency)
 
     def lock(self, uid: str) -> asyncio.Lock:
@@ -74,6 +76,9 @@ class Runtime:
 
     def forget(self, uid: str) -> None:
         self._locks.pop(uid, None)
+        cached = self._agents.pop(uid, None)
+        if cached is not None:
+            self._closing.append(cached[1])
 
     def servers(self, token: str, endpoint: str) -> ServerProvider:
         key = _key(endpoint, token)
@@ -102,7 +107,26 @@ class Runtime:
 
         key = _key(endpoint, bucket, region, addressing, access_key, secret_key)
         if key not in self._stores:
-            self._stores[key] = S3ObjectStore(
-                endpoint=endpoint, bucket=bucket, region=region, addressing_style=addressing,
-                access_key_id=access_key, secret_access_key=secret_key)
+            self._stores[key] = S3ObjectStore.connect(
+                endpoint, bucket, access_key, secret_key, region=region,
+                addressing_style=addressing)
         return self._stores[key]
+
+    def agent_client(self, uid: str, url: str, token: str, cert_pem: str) -> Any:
+        """One client (one TLS session pool) per workspace agent, replaced when the
+        server or the credentials change."""
+        from agentspaces.agent_client import AgentClient
+
+        key = _key(url, token, cert_pem)
+        cached = self._agents.get(uid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        client = AgentClient(url, token, cert_pem, timeout=self.settings.agent_timeout)
+        if cached is not None:
+            self._closing.append(cached[1])
+        self._agents[uid] = (key, client)
+        return client
+
+    async def close_stale_clients(self) -> None:
+        while self._closing:
+            await self._closing.pop().aclose()

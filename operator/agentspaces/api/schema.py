@@ -59,11 +59,12 @@ def _duration(description: str, minimum: str = "1s", **extra: Any) -> Schema:
 
 
 def _obj(description: str, properties: Schema, required: list[str] | None = None,
-         **extra: Any) -> Schema:
+         validations: list[Schema] | None = None) -> Schema:
     schema: Schema = {"type": "object", "description": description, "properties": properties}
     if required:
         schema["required"] = required
-    schema.update(extra)
+    if validations:
+        schema["x-kubernetes-validations"] = validations
     return schema
 
 
@@ -132,14 +133,12 @@ MCP_SERVER = _obj(
                 "maxProperties": 64,
                 "description": "Environment for stdio servers (not for secrets)."},
     },
-    **{
-        "x-kubernetes-validations": [
+    validations=[
             {"rule": "self.type != 'stdio' || has(self.command)",
              "message": "stdio MCP servers need a command"},
             {"rule": "self.type == 'stdio' || has(self.url)",
              "message": "http and sse MCP servers need a url"},
-        ]
-    },
+    ],
 )
 
 PORT_ACCESS = _obj(
@@ -183,12 +182,12 @@ def workspace_spec() -> Schema:
                     "image": _str("Container image to use instead of a devcontainer.json.",
                                   maxLength=512),
                 },
-                **{"x-kubernetes-validations": [
+                validations=[
                     {"rule": "!(has(self.path) && has(self.image))",
                      "message": "set devcontainer.path or devcontainer.image, not both"},
                     {"rule": "!has(self.path) || !self.path.contains('..')",
                      "message": "devcontainer.path must stay inside the repository"},
-                ]},
+                ],
             ),
             "server": _server_settings(defaults=False),
             "agent": _obj(
@@ -309,7 +308,10 @@ def workspace_status() -> Schema:
                 "url": {"type": "string"},
                 "certificateSHA256": _str("Pinned agent certificate fingerprint."),
             }),
+            "pendingBackup": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                              "description": "The backup in flight (no secrets)."},
             "startedAt": time,
+            "stoppingSince": time,
             "stoppedAt": time,
             "stoppedBy": _str("Why the workspace stopped.", enum=STOPPED_BY),
             "wakeHandled": _str("Last agentspaces.dev/wake value acted on.", maxLength=256),
@@ -349,10 +351,10 @@ def workspace_class_spec() -> Schema:
                 }),
                 "ttl": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60},
             }, required=["zoneName", "tokenSecretRef"],
-                **{"x-kubernetes-validations": [{
+                validations=[{
                     "rule": "!has(self.baseDomain) || self.baseDomain == self.zoneName || "
                             "self.baseDomain.endsWith('.' + self.zoneName)",
-                    "message": "dns.baseDomain must be inside dns.zoneName"}]}),
+                    "message": "dns.baseDomain must be inside dns.zoneName"}]),
             "tls": _obj("How workspace hosts get certificates.", {
                 "mode": _str("acme: Caddy obtains certificates on demand; internal: Caddy's "
                              "own CA (sandbox); none: plain HTTP (sandbox only).",
@@ -389,10 +391,10 @@ def workspace_class_spec() -> Schema:
             }),
         },
         required=["hetzner", "dns"],
-        **{"x-kubernetes-validations": [
+        validations=[
             {"rule": "!has(self.storage) || has(self.encryption)",
              "message": "storage needs encryption.keySecretRef: backups are always encrypted"},
-        ]},
+        ],
     )
 
 

@@ -9,10 +9,20 @@ with backoff and treats `uniqueness_error` after a lost response as "adopt ours"
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from hcloud import APIException, Client
+from hcloud.images import Image
+from hcloud.locations import Location
+from hcloud.server_types import ServerType
+from hcloud.servers import BoundServer
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import Timeout as RequestsTimeout
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +88,119 @@ class ServerProvider(Protocol):
     async def create(self, request: ServerRequest) -> ServerInfo: ...
     async def delete(self, server_id: int) -> None: ...
     async def list_managed(self) -> list[ServerInfo]: ...
+
+
+def workspace_labels(uid: str, name: str, namespace: str) -> dict[str, str]:
+    """Owner labels on every server we create (values ≤ 63 chars, as Hetzner requires)."""
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_WORKSPACE_UID: uid,
+        LABEL_WORKSPACE: name[:63],
+        LABEL_NAMESPACE: namespace[:63],
+    }
+
+
+def _classify(exc: Exception) -> CloudError:
+    if isinstance(exc, APIException):
+        code = str(exc.code)
+        message = str(exc.message)
+        if code in ("rate_limit_exceeded", "429"):
+            return CloudRateLimited(code, message)
+        if code in ("server_error", "service_error", "unavailable", "timeout", "conflict",
+                    "locked", "maintenance", "bad_gateway") or code.startswith("5"):
+            return CloudTransient(code, message)
+        return CloudPermanent(code, message)
+    if isinstance(exc, RequestsTimeout | RequestsConnectionError):
+        return CloudTransient("unreachable", type(exc).__name__)
+    return CloudTransient("error", type(exc).__name__)
+
+
+def _location(server: BoundServer) -> str:
+    data = server.data_model
+    location = getattr(data, "location", None)
+    if location is None:  # older API responses only carry the datacenter
+        datacenter = getattr(data, "datacenter", None)
+        location = getattr(datacenter, "location", None)
+    return str(getattr(location, "name", "") or "")
+
+
+def _info(server: BoundServer) -> ServerInfo:
+    public = server.public_net
+    ipv4 = public.ipv4.ip if public and public.ipv4 else None
+    ipv6 = None
+    if public and public.ipv6 and public.ipv6.ip:
+        # Hetzner hands each server a /64; the host itself answers on ::1 of it.
+        ipv6 = str(ipaddress.ip_network(public.ipv6.ip, strict=False).network_address + 1)
+    return ServerInfo(
+        id=int(server.id or 0),
+        name=str(server.name),
+        status=str(server.status),
+        ipv4=ipv4,
+        ipv6=ipv6,
+        server_type=(server.server_type.name or "") if server.server_type else "",
+        location=_location(server),
+        labels=dict(server.labels or {}),
+        created=server.created.isoformat() if server.created else None,
+    )
+
+
+class HcloudServers:
+    """`ServerProvider` over hcloud-python, one instance per (endpoint, token)."""
+
+    def __init__(self, token: str, endpoint: str, timeout: float = 15.0) -> None:
+        self._client = Client(token=token, api_endpoint=endpoint, timeout=timeout,
+                              application_name="agentspaces")
+        base = getattr(self._client, "_client", None)
+        if base is not None and hasattr(base, "_retry_max_retries"):
+            base._retry_max_retries = 0
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as exc:  # mapped, never re-raised raw: messages carry no token
+            raise _classify(exc) from None
+
+    async def get(self, server_id: int) -> ServerInfo | None:
+        try:
+            server = await self._call(self._client.servers.get_by_id, server_id)
+        except CloudPermanent as err:
+            if err.code == "not_found":
+                return None
+            raise
+        return _info(server)
+
+    async def find_by_uid(self, uid: str) -> list[ServerInfo]:
+        servers = await self._call(self._client.servers.get_all,
+                                   label_selector=f"{LABEL_WORKSPACE_UID}={uid}")
+        return [_info(s) for s in servers]
+
+    async def find_by_name(self, name: str) -> ServerInfo | None:
+        server = await self._call(self._client.servers.get_by_name, name)
+        return _info(server) if server else None
+
+    async def create(self, request: ServerRequest) -> ServerInfo:
+        response = await self._call(
+            self._client.servers.create,
+            name=request.name,
+            server_type=ServerType(name=request.server_type),
+            image=Image(name=request.image),
+            location=Location(name=request.location),
+            labels=dict(request.labels),
+            user_data=request.user_data,
+            start_after_create=True,
+        )
+        return _info(response.server)
+
+    async def delete(self, server_id: int) -> None:
+        try:
+            await self._call(self._client.servers.delete,
+                             BoundServer(self._client.servers, {"id": server_id},
+                                         complete=False))
+        except CloudPermanent as err:
+            if err.code != "not_found":
+                raise
+
+    async def list_managed(self) -> list[ServerInfo]:
+        servers = await self._call(self._client.servers.get_all,
+                                   label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+        return [_info(s) for s in servers]

@@ -28,6 +28,7 @@ class ResolvedCredentials:
     storage_access_key: str | None
     storage_secret_key: str | None
     class_key: bytes | None
+    class_key_previous: bytes | None
     anthropic_api_key: str | None
     repository_token: str | None
 
@@ -97,6 +98,7 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
 
     access_key = secret_key = None
     class_key: bytes | None = None
+    class_key_previous: bytes | None = None
     if spec.persistence_enabled and klass.storage is not None:
         ref = klass.storage.credentials_ref
         access = await _secret_value(kube, ref, class_ns(ref))
@@ -114,6 +116,12 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
         if isinstance(raw_key, CredentialsProblem):
             return raw_key
         class_key = decode_class_key(raw_key)
+        # During a rotation the same Secret carries the old key as previousKey.
+        previous_ref = SecretKeyRef(klass.encryption_key_ref.name, "previousKey",
+                                    klass.encryption_key_ref.namespace)
+        previous = await _secret_value(kube, previous_ref, class_ns(previous_ref))
+        class_key_previous = None if isinstance(previous, CredentialsProblem) \
+            else decode_class_key(previous)
         if class_key is None:
             return CredentialsProblem(
                 C.CREDENTIALS_INVALID,
@@ -135,4 +143,5 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
     return ResolvedCredentials(
         klass=klass, spec=spec, hetzner_token=hetzner, dns_token=dns,
         storage_access_key=access_key, storage_secret_key=secret_key, class_key=class_key,
+        class_key_previous=class_key_previous,
         anthropic_api_key=api_key, repository_token=repo_token)

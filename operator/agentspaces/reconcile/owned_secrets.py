@@ -74,13 +74,13 @@ async def ensure_agent_credentials(scope: Scope) -> AgentCredentials:
     secret = await kube.read_secret(scope.ref.namespace, name)
     if secret is not None:
         try:
-            return AgentCredentials.from_secret_data(secret.data)
+            return AgentCredentials.from_secret_data(dict(secret.data))
         except (KeyError, ValueError):
             pass  # unreadable: replace below; the VM gets new ones with its next boot
     creds = generate(scope.host, scope.runtime.clock())
     if secret is None:
         created = await kube.create_secret(scope.ref.namespace, name, creds.to_secret_data(),
                                            scope.owner, _labels(scope, "agent"))
-        return AgentCredentials.from_secret_data(created.data)
+        return AgentCredentials.from_secret_data(dict(created.data))
     await kube.replace_secret_data(scope.ref.namespace, name, creds.to_secret_data())
     return creds

@@ -9,6 +9,7 @@ from typing import Any
 from agentspaces.api.hostnames import workspace_host, workspace_label
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import Owner
+from agentspaces.pki import AgentCredentials
 from agentspaces.reconcile.credentials import ResolvedCredentials
 from agentspaces.reconcile.status import StatusDraft
 from agentspaces.runtime import Runtime
@@ -41,6 +42,9 @@ class Scope:
     runtime: Runtime
     emit: EventSink
     creds: ResolvedCredentials | None = None
+    agent_credentials: AgentCredentials | None = None
+    activity: Any = None
+    """The agent's latest activity report (set by the agent step for the idle policy)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -67,3 +71,11 @@ class Scope:
 
     def secret_name(self, suffix: str) -> str:
         return f"{self.ref.name}-{suffix}"
+
+    def agent_client(self) -> Any:
+        """The pinned client for this workspace's agent (status.agentEndpoint)."""
+        endpoint = self.status.get("agentEndpoint") or {}
+        assert self.agent_credentials is not None and endpoint.get("url")
+        return self.runtime.agent_client(self.ref.uid, endpoint["url"],
+                                         self.agent_credentials.token,
+                                         self.agent_credentials.cert_pem)

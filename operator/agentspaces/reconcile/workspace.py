@@ -132,6 +132,7 @@ async def _ensure_stopped(scope: Scope, stopped_by: str, backup: bool) -> Outcom
     if has_server:
         status.set("phase", "Stopping")
         status.set("stoppedBy", stopped_by)
+        backup_step.stopping_started(scope)
         if backup and not wants_force_stop(scope.annotations):
             outcome = await backup_step.backup_before_stop(scope)
             if outcome is not None:
@@ -152,6 +153,7 @@ async def _ensure_stopped(scope: Scope, stopped_by: str, backup: bool) -> Outcom
     status.set("agentEndpoint", None)
     status.set("failedAgentPolls", None)
     status.set("startedAt", None)
+    status.set("stoppingSince", None)
     if status.get("urls"):
         status.update("urls", state="stopped")
     status.condition(C.SERVER_READY, False, C.STOPPED, "no server while stopped")

@@ -1,0 +1,261 @@
+"""Stage 0 of the workspace agent: run the agent bundle, receiving it first if needed.
+
+The agent is too large for Hetzner's 32 KiB user-data, so cloud-init may write only
+this loader, agent.json, the TLS files and the sha256 of the expected bundle
+(docs/vm.md). agentspaces-agent.service runs the loader, which
+
+- execs the bundle right away when the file exists and has the expected digest
+  (every boot after the first, or when the user-data carried the bundle), or
+- serves the agent's API address with the agent's certificate and bearer-token check
+  until the operator delivers the bundle with `PUT /v1/agent`, then writes it and execs
+  it in the same process (same PID for systemd).
+
+While waiting, `GET /v1/status` answers with bootStage "awaiting-agent"; every other
+request gets 503. Python 3 standard library only, like the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import re
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+FAILURES_PER_MINUTE = 10
+IO_TIMEOUT_SECONDS = 30
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class LoaderError(Exception):
+    """The loader cannot start (bad configuration or files); the message says which."""
+
+
+def file_sha256(path: Path) -> str | None:
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port`."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", text)
+    if not match:
+        raise LoaderError(f"listen.api: expected host:port, got {text!r}")
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise LoaderError(f"listen.api: port out of range in {text!r}")
+    return match.group(1) or match.group(3), port
+
+
+class State:
+    """What the request handlers share with the main loop."""
+
+    def __init__(self, config: dict[str, Any], bundle: Path, expected: str) -> None:
+        self.token_sha256 = str(config.get("tokenSha256", "")).lower()
+        if not _HEX64.match(self.token_sha256):
+            raise LoaderError("tokenSha256: expected 64 hex digits")
+        self.simulated = bool(config.get("simulate", False))
+        self.bundle = bundle
+        self.expected = expected
+        self.delivered = threading.Event()
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def throttled(self, address: str, now: float) -> bool:
+        with self._lock:
+            recent = self._failures[address]
+            while recent and now - recent[0] > 60:
+                recent.popleft()
+            return len(recent) >= FAILURES_PER_MINUTE
+
+    def failed(self, address: str, now: float) -> None:
+        with self._lock:
+            self._failures[address].append(now)
+
+    def token_ok(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        digest = hashlib.sha256(header[len("Bearer "):].strip().encode()).hexdigest()
+        return hmac.compare_digest(digest, self.token_sha256)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": "loader",
+            "simulated": self.simulated,
+            "bootStage": "awaiting-agent",
+            "bootMessage": "waiting for the operator to deliver the agent bundle",
+            "agentBundle": {"sha256": self.expected},
+        }
+
+    def store(self, body: bytes) -> None:
+        """Write the bundle atomically (it is only ever read whole, by exec)."""
+        tmp = self.bundle.with_name(f".{self.bundle.name}.tmp")
+        self.bundle.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.chmod(0o644)
+        os.replace(tmp, self.bundle)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "agentspaces-loader"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    state: State  # set on the subclass made by serve()
+
+    def _send(self, code: int, body: dict[str, Any], *headers: tuple[str, str]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        address, now = self.client_address[0], time.monotonic()
+        if self.state.throttled(address, now):
+            self._send(429, {"error": "too-many-requests"}, ("Retry-After", "60"))
+            return False
+        if not self.state.token_ok(self.headers.get("Authorization")):
+            self.state.failed(address, now)
+            self._send(401, {"error": "unauthorized"})
+            return False
+        return True
+
+    def _not_yet(self) -> None:
+        self._send(503, {"error": "agent-not-installed",
+                         "detail": "the agent bundle has not been delivered yet"},
+                   ("Retry-After", "5"))
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        if self.path == "/v1/status":
+            self._send(200, self.state.status())
+        else:
+            self._not_yet()
+
+    def do_PUT(self) -> None:
+        if not self._authorized():
+            return
+        if self.path != "/v1/agent":
+            self._not_yet()
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._send(411, {"error": "length-required"})
+            return
+        if not 0 < length <= MAX_BUNDLE_BYTES:
+            self._send(413, {"error": "too-large", "detail": f"at most {MAX_BUNDLE_BYTES} bytes"})
+            return
+        body = self.rfile.read(length)
+        digest = hashlib.sha256(body).hexdigest()
+        if len(body) != length or not hmac.compare_digest(digest, self.state.expected):
+            self._send(409, {"error": "bundle-mismatch",
+                             "detail": "the body's sha256 is not the one this VM expects"})
+            return
+        self.state.store(body)
+        self.close_connection = True  # the process execs the agent next
+        self._send(202, {"sha256": digest}, ("Connection", "close"))
+        self.state.delivered.set()
+
+    def do_POST(self) -> None:
+        if self._authorized():
+            self._not_yet()
+
+    do_DELETE = do_POST
+
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write(f"agentspaces-loader: {self.client_address[0]} {format % args}\n")
+
+
+class TlsServer(http.server.ThreadingHTTPServer):
+    """Handshakes in the request thread, so a silent client cannot block accept()."""
+
+    daemon_threads = False  # server_close() waits for the 202 to be sent
+
+    def __init__(self, address: tuple[str, int], handler: type[Handler],
+                 context: ssl.SSLContext) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(IO_TIMEOUT_SECONDS)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            return
+        super().finish_request(tls, client_address)
+
+
+def serve(config: dict[str, Any], bundle: Path, expected: str) -> None:
+    """Answer on listen.api until the bundle has been delivered."""
+    try:
+        host, port = parse_address(config["listen"]["api"])
+        cert, key = config["tls"]["cert"], config["tls"]["key"]
+    except (KeyError, TypeError):
+        raise LoaderError("agent.json lacks listen.api or tls.cert/tls.key") from None
+    state = State(config, bundle, expected)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise LoaderError(f"cannot load the TLS certificate or key: {exc.__class__.__name__}"
+                          ) from None
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    server = TlsServer((host, port), handler, context)
+    server.timeout = 0.5
+    bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
+    print(f"agentspaces-loader: waiting for the agent bundle on {bound_host}:{bound_port}",
+          flush=True)
+    try:
+        while not state.delivered.is_set():
+            server.handle_request()
+    finally:
+        server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agent-loader")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--bundle", required=True, type=Path)
+    parser.add_argument("--sha256-file", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        expected = args.sha256_file.read_text(encoding="utf-8").strip().lower()
+        if not _HEX64.match(expected):
+            raise LoaderError(f"{args.sha256_file}: expected 64 hex digits")
+        if file_sha256(args.bundle) != expected:
+            config = json.loads(args.config.read_text(encoding="utf-8"))
+            serve(config, args.bundle, expected)
+    except (OSError, ValueError, LoaderError) as exc:
+        print(f"agentspaces-loader: {exc}", file=sys.stderr)
+        return 1
+    print(f"agentspaces-loader: starting {args.bundle}", flush=True)
+    os.execv(sys.executable, [sys.executable, str(args.bundle), "--config", str(args.config)])
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

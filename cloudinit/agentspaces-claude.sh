@@ -1,0 +1,22 @@
+#!/bin/bash
+# Runs Claude Code inside the workspace's devcontainer. Installed as
+# /usr/local/bin/agentspaces-claude; CloudCLI (on the VM) uses it as its Claude CLI so
+# every session runs in the container with the repository's tools and the API key mount.
+set -euo pipefail
+
+label() {
+  docker inspect --format "{{ index .Config.Labels \"$2\" }}" "$1"
+}
+
+container=$(docker ps --quiet --filter label=devcontainer.local_folder | head -n 1)
+if [[ -z $container ]]; then
+  echo "agentspaces: the devcontainer is not running yet; see journalctl -u agentspaces-agent" >&2
+  exit 1
+fi
+folder=$(label "$container" devcontainer.local_folder)
+config=$(label "$container" devcontainer.config_file)
+args=(exec --workspace-folder "$folder")
+if [[ -n $config && $config != "<no value>" ]]; then
+  args+=(--config "$config")
+fi
+exec devcontainer "${args[@]}" claude "$@"

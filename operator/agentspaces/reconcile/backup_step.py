@@ -1,0 +1,282 @@
+"""Backups in the workspace lifecycle: data key, backup before stop, restore on start,
+scheduled backups, and what happens to backups when the Workspace is deleted.
+
+The operator holds the R2 credentials and the class key; the VM gets only presigned
+URLs and the unwrapped data key of its own workspace, over the pinned agent channel.
+A backup in flight is recorded in `status.pendingBackup` (no secrets), so an operator
+restart picks it up instead of starting over. A stop never deletes a server whose
+data could not be backed up, unless the user says so with the
+`agentspaces.dev/skip-backup` annotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from agentspaces.agent_client import AgentError, AgentUnreachable
+from agentspaces.api import conditions as C
+from agentspaces.clouds.r2 import ObjectStore, ObjectStoreError
+from agentspaces.persistence import backups, keys
+from agentspaces.reconcile.scope import Outcome, Scope
+from agentspaces.reconcile.status import iso, parse_time
+
+log = logging.getLogger(__name__)
+
+KEY_SUFFIX = "backup-key"
+BACKUP_POLL = 2.0
+FAILED_RETRY = 60.0
+
+
+def enabled(scope: Scope) -> bool:
+    return bool(scope.creds and scope.creds.spec.persistence_enabled
+                and scope.creds.klass.storage is not None)
+
+
+def store(scope: Scope) -> ObjectStore:
+    assert scope.creds is not None and scope.creds.klass.storage is not None
+    storage = scope.creds.klass.storage
+    return scope.runtime.store(storage.endpoint, storage.bucket, storage.region,  # type: ignore[no-any-return]
+                               storage.addressing_style, scope.creds.storage_access_key or "",
+                               scope.creds.storage_secret_key or "")
+
+
+def location(scope: Scope) -> backups.WorkspaceRef:
+    assert scope.creds is not None and scope.creds.klass.storage is not None
+    restore_from = scope.annotations.get(RESTORE_FROM_ANNOTATION)
+    if restore_from and not scope.status.get("backup"):
+        # A new Workspace adopting a Retained workspace's backups (docs/backup-format.md).
+        return backups.WorkspaceRef.from_prefix(restore_from)
+    return backups.WorkspaceRef.for_workspace(scope.creds.klass.storage.prefix,
+                                              scope.ref.namespace, scope.ref.name,
+                                              scope.ref.uid)
+
+
+RESTORE_FROM_ANNOTATION = "agentspaces.dev/restore-from"
+
+
+# --- the data key ------------------------------------------------------------------------
+
+async def ensure_data_key(scope: Scope) -> keys.DataKey | None:
+    """The workspace's unwrapped data key (created on first use), None without storage.
+
+    Keys wrapped with the class's previous key are re-wrapped with the current one
+    (class-key rotation); the backups themselves are never touched.
+    """
+    if not enabled(scope):
+        return None
+    assert scope.creds is not None and scope.creds.class_key is not None
+    kube = scope.runtime.kube
+    name = scope.secret_name(KEY_SUFFIX)
+    secret = await kube.read_secret(scope.ref.namespace, name)
+    if secret is None:
+        if scope.status.get("backup"):
+            # Backups exist but their key is gone: never silently start fresh.
+            scope.status.condition(C.BACKUP_RESTORED, False, C.DATA_KEY_MISSING,
+                                   f"Secret {name} with the backup data key is missing; "
+                                   "existing backups cannot be decrypted")
+        data_key, wrapped = keys.create_data_key(scope.creds.class_key)
+        await kube.create_secret(scope.ref.namespace, name, keys.encode_key_secret(wrapped),
+                                 scope.owner, {"app.kubernetes.io/managed-by": "agentspaces",
+                                               "agentspaces.dev/role": "backup-key"})
+        return data_key
+    stored = keys.decode_key_secret(secret.data)
+    current_fp = keys.key_fingerprint(scope.creds.class_key)
+    previous = scope.creds.class_key_previous
+    if stored.class_key_fingerprint != current_fp and previous is not None:
+        rotated = keys.rotate_key_secret(previous, scope.creds.class_key, secret.data)
+        if rotated is not None:
+            await kube.replace_secret_data(scope.ref.namespace, name, rotated)
+            scope.emit("Normal", "KeyRewrapped", "backup data key re-wrapped with the new "
+                       "class key")
+            stored = keys.decode_key_secret(rotated)
+    return keys.open_data_key(scope.creds.class_key, stored)
+
+
+# --- restore on start --------------------------------------------------------------------
+
+async def restore_plan(scope: Scope, data_key: keys.DataKey | None
+                       ) -> dict[str, Any] | Outcome | None:
+    """The plan the agent restores from before its devcontainer starts.
+
+    None when there is nothing to restore; an Outcome (and BackupRestored=False) when a
+    backup exists but cannot be used, so the workspace never starts on empty data.
+    """
+    if not enabled(scope):
+        scope.status.condition(C.BACKUP_RESTORED, False, C.BACKUP_DISABLED,
+                               "persistence is disabled")
+        return None
+    if scope.status.reason(C.BACKUP_RESTORED) == C.DATA_KEY_MISSING:
+        return Outcome.after(FAILED_RETRY, "data key missing")
+    assert data_key is not None
+    try:
+        latest = await asyncio.to_thread(backups.latest_backup, store(scope), location(scope))
+        if latest is None:
+            scope.status.condition(C.BACKUP_RESTORED, False, C.NO_BACKUP,
+                                   "no backup yet: starting from the repository")
+            return None
+        plan = await asyncio.to_thread(
+            backups.restore_plan, store(scope), latest, data_key,
+            int(scope.runtime.settings.backup_url_ttl))
+    except keys.WrongKey as err:
+        scope.status.condition(C.BACKUP_RESTORED, False, C.WRONG_KEY, str(err))
+        scope.emit("Warning", C.WRONG_KEY, str(err))
+        return Outcome.after(FAILED_RETRY, "wrong key")
+    except ObjectStoreError as err:
+        scope.status.condition(C.BACKUP_RESTORED, False, C.RESTORE_FAILED,
+                               f"cannot read backups: {err}")
+        return Outcome.after(FAILED_RETRY / 2, "object store error")
+    scope.status.set("restore", {"object": latest.object_key,
+                                 "time": iso(latest.time)})
+    return plan
+
+
+# --- backup ------------------------------------------------------------------------------
+
+async def _begin(scope: Scope, data_key: keys.DataKey) -> Outcome:
+    settings = scope.runtime.settings
+    where = location(scope)
+    the_store = store(scope)
+    await asyncio.to_thread(backups.abort_stale_uploads, the_store, where)
+    plan, pending = await asyncio.to_thread(
+        backups.begin_backup, the_store, where, data_key, scope.runtime.clock(),
+        settings.backup_part_mib * 1024 * 1024, 1024, int(settings.backup_url_ttl))
+    client = scope.agent_client()
+    try:
+        await client.start_backup(plan)
+    except AgentError as err:
+        if err.status != 409:
+            raise
+        # One is already running (e.g. a scheduled one); wait for it and start again.
+        await asyncio.to_thread(backups.abort_backup, the_store, pending)
+        return Outcome.after(BACKUP_POLL, "another backup is running")
+    scope.status.set("pendingBackup", pending.to_dict())
+    scope.emit("Normal", "BackupStarted", f"backup {pending.backup_id} started")
+    return Outcome.after(BACKUP_POLL, "backup running")
+
+
+async def _poll(scope: Scope) -> Outcome | None:
+    """Advance the pending backup; None once it is committed."""
+    pending = backups.PendingBackup.from_dict(scope.status.get("pendingBackup"))
+    the_store = store(scope)
+    doc = await scope.agent_client().backup_status()
+    state = doc.get("state")
+    if doc.get("id") not in (None, pending.backup_id) or state in (None, "idle"):
+        # The agent restarted or never saw this backup: abandon it and start again.
+        await asyncio.to_thread(backups.abort_backup, the_store, pending)
+        scope.status.set("pendingBackup", None)
+        return Outcome.after(BACKUP_POLL, "backup lost, restarting")
+    if state == "running":
+        return Outcome.after(BACKUP_POLL, "backup running")
+    if state == "failed":
+        await asyncio.to_thread(backups.abort_backup, the_store, pending)
+        scope.status.set("pendingBackup", None)
+        message = f"backup {pending.backup_id} failed: {doc.get('error') or 'unknown error'}"
+        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.BACKUP_FAILED, message)
+        scope.emit("Warning", C.BACKUP_FAILED, message)
+        return Outcome.after(FAILED_RETRY, "backup failed")
+    try:
+        record = await asyncio.to_thread(backups.commit_backup, the_store, pending,
+                                         doc.get("result") or {}, scope.runtime.clock())
+    except backups.CommitFailed as err:
+        await asyncio.to_thread(backups.abort_backup, the_store, pending)
+        scope.status.set("pendingBackup", None)
+        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.BACKUP_FAILED, str(err))
+        return Outcome.after(FAILED_RETRY, "commit failed")
+    scope.status.set("pendingBackup", None)
+    scope.status.set("backup", {**record.status(), "sha256": record.sha256})
+    scope.status.condition(C.BACKUP_SUCCEEDED, True, C.BACKUP_DONE,
+                           f"backup {record.backup_id} ({record.size} bytes) committed")
+    scope.emit("Normal", C.BACKUP_DONE, f"backup {record.backup_id} committed")
+    assert scope.creds is not None and scope.creds.klass.storage is not None
+    await asyncio.to_thread(backups.prune, the_store, location(scope),
+                            scope.creds.klass.storage.keep)
+    return None
+
+
+async def run_backup(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
+    """Start or advance a backup; None when one has just been committed."""
+    try:
+        if scope.status.get("pendingBackup"):
+            return await _poll(scope)
+        return await _begin(scope, data_key)
+    except AgentUnreachable as err:
+        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.AGENT_UNREACHABLE,
+                               f"cannot back up: {err}")
+        return Outcome.after(FAILED_RETRY / 2, "agent unreachable")
+    except (AgentError, ObjectStoreError) as err:
+        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.BACKUP_FAILED, str(err))
+        return Outcome.after(FAILED_RETRY, "backup error")
+
+
+async def backup_before_stop(scope: Scope) -> Outcome | None:
+    """Back up before the server goes; None when it may be deleted."""
+    if not enabled(scope):
+        return None
+    if not _agent_ever_ready(scope):
+        return None  # it never got past boot: nothing new to save
+    data_key = await ensure_data_key(scope)
+    assert data_key is not None
+    if scope.status.get("pendingBackup") is None and _fresh_backup_exists(scope):
+        return None
+    return await run_backup(scope, data_key)
+
+
+def _agent_ever_ready(scope: Scope) -> bool:
+    """True when this server's agent finished booting (so /workspaces holds user data)."""
+    return scope.status.is_true(C.AGENT_READY) or \
+        scope.status.reason(C.AGENT_READY) == C.AGENT_UNREACHABLE
+
+
+def _fresh_backup_exists(scope: Scope) -> bool:
+    """A backup committed since the stop began (e.g. a retry after it succeeded)."""
+    taken = parse_time(scope.status.get("backup", "time"))
+    stopping_since = parse_time(scope.status.get("stoppingSince"))
+    return bool(taken and stopping_since and taken >= stopping_since)
+
+
+def scheduled_backup_due(scope: Scope) -> bool:
+    assert scope.creds is not None
+    interval = scope.creds.spec.backup_interval
+    if interval is None or not enabled(scope):
+        return False
+    if scope.status.get("pendingBackup"):
+        return True
+    last = parse_time(scope.status.get("backup", "time")) or \
+        parse_time(scope.status.get("startedAt"))
+    return last is None or scope.runtime.clock() - last >= interval
+
+
+# --- delete ------------------------------------------------------------------------------
+
+async def on_delete(scope: Scope) -> Outcome:
+    """onDelete: Delete removes every backup and the data key (crypto-shredding);
+    Retain keeps both and lets the key Secret outlive the Workspace."""
+    if not enabled(scope):
+        return Outcome.done()
+    assert scope.creds is not None
+    kube = scope.runtime.kube
+    key_secret = scope.secret_name(KEY_SUFFIX)
+    if scope.creds.spec.persistence_on_delete == "Delete":
+        try:
+            deleted = await asyncio.to_thread(backups.delete_all, store(scope),
+                                              location(scope))
+        except ObjectStoreError as err:
+            scope.emit("Warning", C.BACKUP_FAILED, f"cannot delete backups yet: {err}")
+            return Outcome.after(FAILED_RETRY / 2, "backup delete failed")
+        await kube.delete_secret(scope.ref.namespace, key_secret)
+        scope.emit("Normal", "BackupsDeleted", f"deleted {deleted} backup objects and the "
+                   "data key")
+    else:
+        await kube.release_secret(scope.ref.namespace, key_secret, scope.ref.uid)
+        scope.emit("Normal", "BackupsRetained",
+                   f"backups kept under {location(scope).prefix}; key Secret {key_secret} "
+                   "kept (see docs/backup-format.md to restore)")
+    return Outcome.done()
+
+
+def stopping_started(scope: Scope) -> None:
+    if not scope.status.get("stoppingSince"):
+        scope.status.set("stoppingSince", iso(scope.runtime.clock()))
+

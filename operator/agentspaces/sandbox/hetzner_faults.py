@@ -1,0 +1,180 @@
+"""Fault injection for the Hetzner emulator, switchable at runtime.
+
+Each rule matches requests by method, path prefix (path after /v1, e.g. "/servers") or
+endpoint key (e.g. "POST /servers", "GET /servers/{id}") and stays active for `count`
+matching requests and/or `duration` seconds (neither: until `clear()`). Kinds:
+
+- status: answer with an HTTP error instead of the API (JSON error body by default);
+- delay: answer normally, `seconds` late;
+- hang: accept the request, never answer for `seconds`, then close the connection;
+- disconnect: close the connection without an answer;
+- hold: apply the request for real, wait `seconds`, then send the real answer.
+
+`hang`/`disconnect` with `process=True` apply the request first (the change happens but
+the client never learns of it). Waits end early on `clear()` or when the emulator stops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Error code the real API puts in the JSON body for each status.
+STATUS_CODES = {400: "json_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                409: "conflict", 412: "resource_unavailable", 422: "invalid_input",
+                423: "locked", 429: "rate_limit_exceeded", 500: "server_error",
+                502: "bad_gateway", 503: "unavailable", 504: "timeout"}
+KINDS = ("status", "delay", "hang", "disconnect", "hold")
+
+
+@dataclass
+class FaultRule:
+    kind: str
+    status: int | None = None
+    code: str | None = None
+    message: str | None = None
+    json_body: bool = True
+    seconds: float = 0.0
+    process: bool = False
+    remaining: int | None = None
+    until: float | None = None
+    method: str | None = None
+    path_prefix: str | None = None
+    endpoint: str | None = None
+    hits: int = 0
+    released: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def error_code(self) -> str:
+        return self.code or STATUS_CODES.get(self.status or 500, "server_error")
+
+    def matches(self, method: str, path: str, endpoint: str) -> bool:
+        return ((self.method is None or self.method.upper() == method)
+                and (self.path_prefix is None or path.startswith(self.path_prefix))
+                and (self.endpoint is None or self.endpoint == endpoint))
+
+    def wait(self, stopping: threading.Event, seconds: float) -> None:
+        """Sleep up to `seconds`, ending early on clear() or emulator stop."""
+        deadline = time.monotonic() + seconds
+        while not (self.released.is_set() or stopping.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.released.wait(min(left, 0.05))
+
+
+@dataclass
+class FaultPlan:
+    """What to do with one request, decided when it arrives."""
+    delays: list[FaultRule] = field(default_factory=list)
+    respond: FaultRule | None = None      # status fault instead of the API
+    drop_before: FaultRule | None = None  # hang/disconnect before the API sees it
+    holds: list[FaultRule] = field(default_factory=list)
+    drop_after: FaultRule | None = None   # hang/disconnect after the API applied it
+
+
+class FaultInjector:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._rules: list[FaultRule] = []
+        # Every rule since the last clear(), spent or not: a spent hold/hang rule may
+        # still be keeping a request waiting, and clear() must release it.
+        self._issued: list[FaultRule] = []
+
+    def _add(self, rule: FaultRule, count: int | None, duration: float | None) -> FaultRule:
+        if count is not None and count < 1:
+            raise ValueError("count must be >= 1")
+        rule.remaining = count
+        rule.until = None if duration is None else self._clock() + duration
+        with self._lock:
+            self._rules.append(rule)
+            self._issued.append(rule)
+        return rule
+
+    def add(self, status: int, *, count: int | None = None, duration: float | None = None,
+            method: str | None = None, path_prefix: str | None = None,
+            endpoint: str | None = None, code: str | None = None,
+            message: str | None = None, json_body: bool = True,
+            delay: float = 0.0) -> FaultRule:
+        """Answer matching requests with `status` (after `delay` seconds). The body is
+        the API's error JSON with `code` (default per status, e.g. 503 -> unavailable);
+        json_body=False sends a plain-text body as a gateway would."""
+        if not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status")
+        return self._add(FaultRule("status", status=status, code=code, message=message,
+                                   json_body=json_body, seconds=delay, method=method,
+                                   path_prefix=path_prefix, endpoint=endpoint), count, duration)
+
+    def add_delay(self, seconds: float, *, count: int | None = None,
+                  duration: float | None = None, method: str | None = None,
+                  path_prefix: str | None = None, endpoint: str | None = None) -> FaultRule:
+        return self._add(FaultRule("delay", seconds=seconds, method=method,
+                                   path_prefix=path_prefix, endpoint=endpoint), count, duration)
+
+    def add_hang(self, *, seconds: float = 3600.0, process: bool = False,
+                 count: int | None = 1, duration: float | None = None,
+                 method: str | None = None, path_prefix: str | None = None,
+                 endpoint: str | None = None) -> FaultRule:
+        return self._add(FaultRule("hang", seconds=seconds, process=process, method=method,
+                                   path_prefix=path_prefix, endpoint=endpoint), count, duration)
+
+    def add_disconnect(self, *, process: bool = False, count: int | None = 1,
+                       duration: float | None = None, method: str | None = None,
+                       path_prefix: str | None = None,
+                       endpoint: str | None = None) -> FaultRule:
+        return self._add(FaultRule("disconnect", process=process, method=method,
+                                   path_prefix=path_prefix, endpoint=endpoint), count, duration)
+
+    def hold_create_response(self, seconds: float) -> FaultRule:
+        """The next POST /servers creates the server for real, then its response is held
+        back for `seconds` (or until clear())."""
+        return self._add(FaultRule("hold", seconds=seconds, endpoint="POST /servers"), 1, None)
+
+    def clear(self) -> None:
+        """Remove every rule and release requests currently held, hung or delayed."""
+        with self._lock:
+            rules, self._rules, self._issued = self._issued, [], []
+        for rule in rules:
+            rule.released.set()
+
+    @property
+    def rules(self) -> list[FaultRule]:
+        with self._lock:
+            now = self._clock()
+            return [r for r in self._rules if self._live(r, now)]
+
+    @staticmethod
+    def _live(rule: FaultRule, now: float) -> bool:
+        return (rule.remaining is None or rule.remaining > 0) and (
+            rule.until is None or now < rule.until)
+
+    def plan(self, method: str, path: str, endpoint: str) -> FaultPlan:
+        """Match a request against the rules in order; matched rules use up one count.
+        The first status/hang/disconnect-before rule decides and ends matching."""
+        plan = FaultPlan()
+        with self._lock:
+            now = self._clock()
+            self._rules = [r for r in self._rules if self._live(r, now)]
+            for rule in self._rules:
+                if not rule.matches(method, path, endpoint):
+                    continue
+                if rule.kind in ("hang", "disconnect") and rule.process:
+                    if plan.drop_after is not None:
+                        continue
+                    plan.drop_after = rule
+                elif rule.kind == "hold":
+                    plan.holds.append(rule)
+                elif rule.kind == "delay":
+                    plan.delays.append(rule)
+                elif rule.kind == "status":
+                    plan.respond = rule
+                else:
+                    plan.drop_before = rule
+                rule.hits += 1
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+                if plan.respond is not None or plan.drop_before is not None:
+                    break
+        return plan

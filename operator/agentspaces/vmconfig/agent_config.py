@@ -1,0 +1,50 @@
+"""agent.json: the workspace agent's configuration (docs/agent-protocol.md)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from agentspaces.api.types import WorkspaceClass, WorkspaceRef, WorkspaceSpec
+from agentspaces.vmconfig.layout import VM_LAYOUT, VmLayout
+
+AGENT_CONFIG_VERSION = 1
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def render_agent_config(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceClass, *,
+                        host: str, token_sha256: str, simulate: bool = False,
+                        layout: VmLayout = VM_LAYOUT) -> dict[str, Any]:
+    """The agent.json document for one workspace.
+
+    Only the sha256 of the operator's bearer token goes in; the token itself never
+    reaches the VM.
+    """
+    if not _HEX64.match(token_sha256):
+        raise ValueError("token_sha256 must be 64 lower-case hex digits")
+    return {
+        "version": AGENT_CONFIG_VERSION,
+        "workspace": {"name": ws.name, "namespace": ws.namespace, "uid": ws.uid},
+        "host": host,
+        "listen": {"api": f"{layout.api_host}:{klass.agent_port}",
+                   "local": layout.local_listen},
+        "tls": {"cert": layout.tls_cert, "key": layout.tls_key},
+        "tokenSha256": token_sha256,
+        "caddy": {
+            "admin": layout.caddy_admin,
+            "bind": layout.caddy_bind,
+            "tlsMode": klass.tls.mode,
+            "httpPort": klass.tls.http_port,
+            "httpsPort": klass.tls.https_port,
+            "uiPort": layout.ui_port,
+        },
+        "publicPorts": list(spec.public_ports),
+        "paths": {"workspaces": layout.workspaces_dir, "state": layout.state_dir},
+        "repository": {
+            "url": spec.repository_url,
+            "ref": spec.repository_ref,
+            "devcontainerPath": spec.devcontainer_path,
+            "devcontainerImage": spec.devcontainer_image,
+        },
+        "simulate": simulate,
+    }

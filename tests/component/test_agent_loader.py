@@ -1,0 +1,166 @@
+"""The stage-0 agent loader (cloudinit/agent_loader.py) as a real process on loopback:
+it waits for the bundle behind the agent's TLS certificate and token, accepts only the
+expected bytes, then execs the bundle in its own process."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentspaces import pki
+from agentspaces.vmconfig.agent_bundle import zip_files
+
+LOADER = Path(__file__).resolve().parents[2] / "cloudinit" / "agent_loader.py"
+HOST = "demo-default-1a2b3c.example.com"
+
+
+def fake_agent(marker: Path) -> bytes:
+    """A zipapp that records its argv in `marker`, standing in for the agent."""
+    main = ("import json, sys\n"
+            f"open({str(marker)!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
+    return zip_files({"__main__.py": main.encode()})
+
+
+@dataclass
+class Loader:
+    process: subprocess.Popen[str]
+    port: int
+    token: str
+    context: ssl.SSLContext
+    bundle_path: Path
+    marker: Path
+    config_path: Path
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                token: str | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context,
+                                           timeout=10)
+        try:
+            headers = {"Authorization": f"Bearer {token or self.token}"}
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, json.loads(data or b"{}"), dict(response.getheaders())
+        finally:
+            conn.close()
+
+
+def _start(tmp_path: Path, bundle: bytes, *, preinstalled: bool) -> Loader:
+    creds = pki.generate(HOST, datetime.now(UTC))
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text(creds.cert_pem)
+    key.write_text(creds.key_pem)
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps({
+        "listen": {"api": "127.0.0.1:0"}, "tls": {"cert": str(cert), "key": str(key)},
+        "tokenSha256": creds.token_sha256, "simulate": True}))
+    digest = tmp_path / "agent.pyz.sha256"
+    digest.write_text(hashlib.sha256(bundle).hexdigest() + "\n")
+    bundle_path = tmp_path / "opt" / "agent.pyz"
+    if preinstalled:
+        bundle_path.parent.mkdir()
+        bundle_path.write_bytes(bundle)
+    process = subprocess.Popen(
+        [sys.executable, str(LOADER), "--config", str(config), "--bundle", str(bundle_path),
+         "--sha256-file", str(digest)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    context = ssl.create_default_context(cadata=creds.cert_pem)  # pinned, as the operator
+    context.check_hostname = False
+    return Loader(process, 0, creds.token, context, bundle_path, tmp_path / "ran.json", config)
+
+
+def _wait_for_port(loader: Loader) -> int:
+    assert loader.process.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = loader.process.stdout.readline()
+        found = re.search(r"waiting for the agent bundle on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            return int(found.group(1))
+        if not line and loader.process.poll() is not None:
+            break
+    raise AssertionError(f"loader did not start: {loader.process.stderr.read()}")  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def waiting_loader(tmp_path: Path) -> Iterator[tuple[Loader, bytes]]:
+    bundle = fake_agent(tmp_path / "ran.json")
+    loader = _start(tmp_path, bundle, preinstalled=False)
+    try:
+        loader.port = _wait_for_port(loader)
+        yield loader, bundle
+    finally:
+        if loader.process.poll() is None:
+            loader.process.kill()
+        loader.process.wait(timeout=10)
+        for stream in (loader.process.stdout, loader.process.stderr):
+            if stream:
+                stream.close()
+
+
+def test_status_says_it_awaits_the_agent(waiting_loader: tuple[Loader, bytes]) -> None:
+    loader, bundle = waiting_loader
+    status, body, _ = loader.request("GET", "/v1/status")
+    assert status == 200
+    assert body["bootStage"] == "awaiting-agent"
+    assert body["agentBundle"] == {"sha256": hashlib.sha256(bundle).hexdigest()}
+    assert body["simulated"] is True
+    status, body, headers = loader.request("POST", "/v1/start", b"{}")
+    assert (status, body["error"], headers["Retry-After"]) == (503, "agent-not-installed", "5")
+
+
+def test_wrong_token_is_refused_then_throttled(waiting_loader: tuple[Loader, bytes]) -> None:
+    loader, _ = waiting_loader
+    for _ in range(10):
+        status, body, _ = loader.request("GET", "/v1/status", token="wrong")
+        assert (status, body) == (401, {"error": "unauthorized"})
+    status, _, headers = loader.request("GET", "/v1/status")
+    assert status == 429 and headers["Retry-After"] == "60"
+
+
+def test_only_the_expected_bundle_is_accepted_and_then_run(
+        waiting_loader: tuple[Loader, bytes]) -> None:
+    loader, bundle = waiting_loader
+    status, body, _ = loader.request("PUT", "/v1/agent", bundle + b"tampered")
+    assert (status, body["error"]) == (409, "bundle-mismatch")
+    assert not loader.bundle_path.exists()
+    status, body, _ = loader.request("PUT", "/v1/agent", bundle)
+    assert (status, body) == (202, {"sha256": hashlib.sha256(bundle).hexdigest()})
+    assert loader.process.wait(timeout=20) == 0
+    assert loader.bundle_path.read_bytes() == bundle
+    assert json.loads(loader.marker.read_text()) == ["--config", str(loader.config_path)]
+
+
+def test_an_installed_bundle_runs_without_waiting(tmp_path: Path) -> None:
+    bundle = fake_agent(tmp_path / "ran.json")
+    loader = _start(tmp_path, bundle, preinstalled=True)
+    try:
+        assert loader.process.wait(timeout=20) == 0
+        assert json.loads(loader.marker.read_text()) == ["--config", str(loader.config_path)]
+    finally:
+        if loader.process.poll() is None:
+            loader.process.kill()
+        loader.process.communicate(timeout=10)
+
+
+def test_a_bad_digest_file_stops_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "digest").write_text("not-hex\n")
+    result = subprocess.run(
+        [sys.executable, str(LOADER), "--config", str(tmp_path / "agent.json"),
+         "--bundle", str(tmp_path / "agent.pyz"), "--sha256-file", str(tmp_path / "digest")],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert "expected 64 hex digits" in result.stderr

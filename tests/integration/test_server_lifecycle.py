@@ -1,0 +1,209 @@
+"""A Workspace becomes exactly one Hetzner server, through the real apiserver, the real
+kubectl, the real operator process and the Hetzner emulator (driven by hcloud)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import hcloud
+import pytest
+
+from tests.conftest import Kubectl
+from tests.support.operator import OperatorProcess
+from tests.support.stack import (
+    Clouds,
+    condition,
+    install_class,
+    running_clouds,
+    start_operator,
+    workspace,
+)
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+CLASS = "servers"
+
+
+def _loopback_ips() -> Iterator[str]:
+    # Addresses where nothing listens: the agent poll fails fast (connection refused).
+    for n in itertools.count(10):
+        yield f"127.0.9.{n}"
+
+
+@pytest.fixture(scope="module")
+def clouds() -> Iterator[Clouds]:
+    with running_clouds() as c:
+        ips = _loopback_ips()
+        lock = threading.Lock()
+
+        def allocate() -> str:
+            with lock:
+                return next(ips)
+
+        c.hetzner.ip_allocator = allocate
+        yield c
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane, kubectl: Kubectl, clouds: Clouds,  # type: ignore[no-untyped-def]
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    install_class(kubectl, clouds, CLASS)
+    proc = start_operator(control_plane.admin_kubeconfig, tmp_path_factory.mktemp("op"))
+    yield proc
+    proc.stop()
+
+
+def _servers(clouds: Clouds, uid: str) -> list[dict]:
+    return [s for s in clouds.hetzner.servers.values()
+            if s["labels"].get("agentspaces.dev/workspace-uid") == uid]
+
+
+def _ws(kubectl: Kubectl, name: str, ns: str) -> dict | None:
+    return kubectl.get_json("workspace", name, "-n", ns)
+
+
+def test_apply_creates_one_server_and_delete_removes_it(
+        operator: OperatorProcess, kubectl: Kubectl, clouds: Clouds, namespace: str) -> None:
+    clouds.hetzner.reset_calls()
+    kubectl.apply(workspace("alpha", namespace, CLASS))
+
+    def server_ready() -> dict | None:
+        ws = _ws(kubectl, "alpha", namespace)
+        return ws if condition(ws, "ServerReady").get("status") == "True" else None
+
+    ws = wait_for(server_ready, 60, "ServerReady=True")
+    uid = ws["metadata"]["uid"]
+    status = ws["status"]
+    servers = _servers(clouds, uid)
+    assert len(servers) == 1
+    assert status["server"]["id"] == servers[0]["id"]
+    assert status["server"]["ipv4"] == servers[0]["public_net"]["ipv4"]["ip"]
+    assert status["server"]["type"] == "cx23" and status["server"]["location"] == "fsn1"
+    assert servers[0]["name"] == status["hostname"]
+    assert servers[0]["labels"]["agentspaces.dev/namespace"] == namespace
+    assert ws["metadata"]["finalizers"] == ["agentspaces.dev/finalizer"]
+    assert status["observedGeneration"] == ws["metadata"]["generation"]
+    # The DNS step ran too: both names point at the server.
+    wait_for(lambda: condition(_ws(kubectl, "alpha", namespace), "DNSReady")
+             .get("status") == "True", 30, "DNSReady=True")
+    records = {(r["type"], r["name"]) for r in clouds.cloudflare.records()
+               if uid in (r.get("comment") or "")}
+    host = f"{status['hostname']}.example.test"
+    assert records == {("A", host), ("A", f"*.{host}"), ("AAAA", host), ("AAAA", f"*.{host}")}
+
+    kubectl("delete", "workspace", "alpha", "-n", namespace, "--wait=false")
+    wait_for(lambda: _ws(kubectl, "alpha", namespace) is None, 60, "Workspace gone")
+    assert _servers(clouds, uid) == []
+    assert [r for r in clouds.cloudflare.records() if uid in (r.get("comment") or "")] == []
+    calls = clouds.hetzner.calls
+    writes = calls["POST /servers"] + calls["DELETE /servers/{id}"]
+    print(f"\nHetzner calls for one create+delete: {sum(calls.values())} "
+          f"({dict(calls)}); writes: {writes}")
+    assert calls["POST /servers"] == 1 and calls["DELETE /servers/{id}"] == 1
+
+
+def test_crash_between_create_and_status_write_leaves_one_server(
+        control_plane, kubectl: Kubectl, clouds: Clouds, namespace: str,  # type: ignore[no-untyped-def]
+        operator: OperatorProcess, tmp_path: Path) -> None:
+    # The module's operator steps aside; this test runs its own so it can kill it.
+    operator.stop()
+    try:
+        crashing = start_operator(control_plane.admin_kubeconfig, tmp_path, "crashing")
+        clouds.hetzner.faults.hold_create_response(30)
+        kubectl.apply(workspace("crash", namespace, CLASS))
+        ws = wait_for(lambda: _ws(kubectl, "crash", namespace), 10, "workspace")
+        uid = ws["metadata"]["uid"]
+        wait_for(lambda: _servers(clouds, uid), 30, "server created in the emulator")
+        crashing.kill()  # before the create response (and the server id) arrived
+        clouds.hetzner.faults.clear()
+        assert (_ws(kubectl, "crash", namespace) or {}).get("status", {}).get("server") is None
+
+        restarted = start_operator(control_plane.admin_kubeconfig, tmp_path, "restarted")
+        try:
+            ws = wait_for(lambda: (w := _ws(kubectl, "crash", namespace)) and
+                          condition(w, "ServerReady").get("status") == "True" and w,
+                          60, "ServerReady after restart")
+            servers = _servers(clouds, uid)
+            assert len(servers) == 1
+            assert ws["status"]["server"]["id"] == servers[0]["id"]
+            events = kubectl("get", "events", "-n", namespace, "--field-selector",
+                             "involvedObject.name=crash", "-o",
+                             "jsonpath={.items[*].reason}")
+            assert "Adopted" in events.split()
+            kubectl("delete", "workspace", "crash", "-n", namespace, "--wait=false")
+            wait_for(lambda: _ws(kubectl, "crash", namespace) is None, 60, "deleted")
+            assert _servers(clouds, uid) == []
+        finally:
+            restarted.stop()
+    finally:
+        operator.start()
+
+
+def test_rate_limits_and_outages_converge_to_one_server(
+        operator: OperatorProcess, kubectl: Kubectl, clouds: Clouds, namespace: str) -> None:
+    clouds.hetzner.faults.add(429, duration=4)
+    clouds.hetzner.faults.add(503, duration=6, method="POST")
+    clouds.cloudflare.inject(429, times=3)
+    kubectl.apply(workspace("stormy", namespace, CLASS))
+    ws = wait_for(lambda: (w := _ws(kubectl, "stormy", namespace)) and
+                  condition(w, "DNSReady").get("status") == "True" and w, 120,
+                  "converged despite 429/503")
+    uid = ws["metadata"]["uid"]
+    assert len(_servers(clouds, uid)) == 1
+    records = [r for r in clouds.cloudflare.records() if uid in (r.get("comment") or "")]
+    assert len(records) == 4  # A and AAAA for the host and its wildcard, no duplicates
+    hits = [r.hits for r in clouds.hetzner.faults.rules]
+    clouds.hetzner.faults.clear()
+    assert sum(hits) > 0 or clouds.hetzner.calls["POST /servers"] >= 1
+    kubectl("delete", "workspace", "stormy", "-n", namespace, "--wait=false")
+    wait_for(lambda: _ws(kubectl, "stormy", namespace) is None, 60, "deleted")
+
+
+def test_missing_credentials_is_a_condition_not_a_cloud_call(
+        operator: OperatorProcess, kubectl: Kubectl, clouds: Clouds, namespace: str) -> None:
+    clouds.hetzner.reset_calls()
+    kubectl.apply(workspace("nocreds", namespace, "no-such-class"))
+    ws = wait_for(lambda: (w := _ws(kubectl, "nocreds", namespace)) and
+                  condition(w, "CredentialsAvailable").get("status") == "False" and w,
+                  30, "CredentialsAvailable=False")
+    cond = condition(ws, "CredentialsAvailable")
+    assert cond["reason"] == "ClassNotFound"
+    assert "no-such-class" in cond["message"]
+    assert ws["status"]["phase"] == "Pending"
+    assert condition(ws, "Ready")["status"] == "False"
+    assert sum(clouds.hetzner.calls.values()) == 0
+    # Missing API key Secret for an existing class: same, with the Secret named.
+    kubectl.apply(workspace("nokey", namespace, CLASS,
+                            agent={"apiKeySecretRef": {"name": "anthropic"}}))
+    ws = wait_for(lambda: (w := _ws(kubectl, "nokey", namespace)) and
+                  condition(w, "CredentialsAvailable").get("status") == "False" and w,
+                  30, "CredentialsAvailable=False for the key")
+    assert condition(ws, "CredentialsAvailable")["reason"] == "SecretNotFound"
+    assert f"{namespace}/anthropic" in condition(ws, "CredentialsAvailable")["message"]
+    assert sum(clouds.hetzner.calls.values()) == 0
+    # Deleting a workspace that never got a server needs no cloud either.
+    kubectl("delete", "workspace", "nocreds", "nokey", "-n", namespace, "--wait=false")
+    wait_for(lambda: _ws(kubectl, "nocreds", namespace) is None
+             and _ws(kubectl, "nokey", namespace) is None, 30, "deleted")
+
+
+def test_server_deleted_out_of_band_is_recreated(
+        operator: OperatorProcess, kubectl: Kubectl, clouds: Clouds, namespace: str) -> None:
+    kubectl.apply(workspace("drift", namespace, CLASS))
+    ws = wait_for(lambda: (w := _ws(kubectl, "drift", namespace)) and
+                  condition(w, "ServerReady").get("status") == "True" and w, 60, "ready")
+    first = ws["status"]["server"]["id"]
+    uid = ws["metadata"]["uid"]
+    # Deleted behind the operator's back, e.g. from the Hetzner console.
+    client = hcloud.Client(token=clouds.hetzner_token, api_endpoint=clouds.hetzner.url)
+    client.servers.get_by_id(first).delete()
+    ws = wait_for(lambda: (w := _ws(kubectl, "drift", namespace)) and
+                  (w["status"].get("server") or {}).get("id") not in (None, first) and
+                  condition(w, "ServerReady").get("status") == "True" and w,
+                  60, "a replacement server")
+    assert len(_servers(clouds, uid)) == 1
+    kubectl("delete", "workspace", "drift", "-n", namespace, "--wait=false")
+    wait_for(lambda: _ws(kubectl, "drift", namespace) is None, 60, "deleted")

@@ -1,0 +1,106 @@
+"""An operator stack for integration tests: the cloud emulators, a class pointing at
+them with its Secrets, and the real operator process."""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentspaces.sandbox.cloudflare import CloudflareEmulator
+from agentspaces.sandbox.hetzner import HetznerEmulator
+from tests.conftest import Kubectl
+from tests.support.operator import OperatorProcess
+
+OPERATOR_NAMESPACE = "agentspaces-system"
+ZONE = "example.test"
+
+
+@dataclass
+class Clouds:
+    hetzner: HetznerEmulator
+    cloudflare: CloudflareEmulator
+    hetzner_token: str
+    cloudflare_token: str
+
+
+@contextmanager
+def running_clouds(boot_seconds: float = 0.3) -> Iterator[Clouds]:
+    hetzner_token = "hz-" + uuid.uuid4().hex
+    cloudflare_token = "cf-" + uuid.uuid4().hex
+    hetzner = HetznerEmulator(hetzner_token, boot_seconds=boot_seconds, delete_seconds=0.2,
+                              action_seconds=0.1).start()
+    cloudflare = CloudflareEmulator(zones=(ZONE,), tokens={cloudflare_token: None}).start()
+    try:
+        yield Clouds(hetzner, cloudflare, hetzner_token, cloudflare_token)
+    finally:
+        hetzner.stop()
+        cloudflare.stop()
+
+
+def secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace}, "type": "Opaque",
+            "stringData": data}
+
+
+def install_class(kubectl: Kubectl, clouds: Clouds, name: str, *,
+                  storage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                  class_key: bytes | None = None) -> None:
+    """Secrets in the operator namespace and a WorkspaceClass using the emulators."""
+    kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    docs: list[dict[str, Any]] = [
+        secret(f"{name}-hetzner", OPERATOR_NAMESPACE, {"token": clouds.hetzner_token}),
+        secret(f"{name}-cloudflare", OPERATOR_NAMESPACE, {"token": clouds.cloudflare_token}),
+    ]
+    spec: dict[str, Any] = {
+        "hetzner": {"tokenSecretRef": {"name": f"{name}-hetzner"},
+                    "endpoint": clouds.hetzner.url},
+        "server": {"type": "cx23", "location": "fsn1", "image": "ubuntu-24.04"},
+        "dns": {"zoneName": ZONE, "tokenSecretRef": {"name": f"{name}-cloudflare"},
+                "endpoint": clouds.cloudflare.url},
+        "agent": {"port": 9443},
+    }
+    if storage is not None:
+        key = class_key or os.urandom(32)
+        docs.append(secret(f"{name}-r2", OPERATOR_NAMESPACE, {
+            "accessKeyId": storage["accessKeyId"],
+            "secretAccessKey": storage["secretAccessKey"]}))
+        docs.append(secret(f"{name}-key", OPERATOR_NAMESPACE,
+                           {"key": base64.b64encode(key).decode()}))
+        spec["storage"] = {"endpoint": storage["endpoint"], "bucket": storage["bucket"],
+                           "credentialsSecretRef": {"name": f"{name}-r2"},
+                           "keep": storage.get("keep", 3)}
+        spec["encryption"] = {"keySecretRef": {"name": f"{name}-key"}}
+    spec.update(extra or {})
+    docs.append({"apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceClass",
+                 "metadata": {"name": name}, "spec": spec})
+    kubectl.apply(yaml.safe_dump_all(docs))
+
+
+def workspace(name: str, namespace: str, class_name: str, **spec: Any) -> str:
+    body = {"className": class_name,
+            "repository": {"url": "https://github.com/example/app"}, **spec}
+    return yaml.safe_dump({"apiVersion": "agentspaces.dev/v1alpha1", "kind": "Workspace",
+                           "metadata": {"name": name, "namespace": namespace},
+                           "spec": body})
+
+
+def condition(ws: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in ((ws or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def start_operator(kubeconfig: Path, log_dir: Path, name: str = "operator",
+                   extra_env: dict[str, str] | None = None) -> OperatorProcess:
+    return OperatorProcess(kubeconfig, log_dir / f"{name}.log", OPERATOR_NAMESPACE,
+                           extra_env).start()
