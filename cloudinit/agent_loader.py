@@ -120,14 +120,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
     state: State  # set on the subclass made by serve()
 
     def _send(self, code: int, body: dict[str, Any], *headers: tuple[str, str]) -> None:
+        # One request per connection: a kept-alive connection would hold server_close()
+        # (and so the exec of the agent) for as long as the client keeps polling on it.
+        self.close_connection = True
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _drain(self) -> None:
+        """Read a body we do not use, so closing does not reset the answer away."""
+        try:
+            left = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return
+        left = left if 0 < left <= MAX_BUNDLE_BYTES else 0
+        while left > 0:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                return
+            left -= len(chunk)
 
     def _authorized(self) -> bool:
         address, now = self.client_address[0], time.monotonic()
@@ -136,11 +153,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return False
         if not self.state.token_ok(self.headers.get("Authorization")):
             self.state.failed(address, now)
+            self._drain()
             self._send(401, {"error": "unauthorized"})
             return False
         return True
 
     def _not_yet(self) -> None:
+        self._drain()
         self._send(503, {"error": "agent-not-installed",
                          "detail": "the agent bundle has not been delivered yet"},
                    ("Retry-After", "5"))
@@ -174,8 +193,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                              "detail": "the body's sha256 is not the one this VM expects"})
             return
         self.state.store(body)
-        self.close_connection = True  # the process execs the agent next
-        self._send(202, {"sha256": digest}, ("Connection", "close"))
+        self._send(202, {"sha256": digest})  # the process execs the agent next
         self.state.delivered.set()
 
     def do_POST(self) -> None:

@@ -40,6 +40,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
     logging.getLogger("kopf.objects").addFilter(_WaitingIsNotAnError())
+    # Client libraries log request details (presigned URLs, signatures) at DEBUG; the
+    # operator's log must never carry credentials, so they stay at WARNING.
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "httpcore", "httpx",
+                  "hcloud", "kubernetes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(kopf.operator(
         standalone=True,
         clusterwide=not args.namespace,
@@ -59,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--debug", action="store_true")
     run.set_defaults(func=_cmd_run)
+    from agentspaces.sandbox.cli import add_parser as add_sandbox
+
+    add_sandbox(sub)
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)
     return parser

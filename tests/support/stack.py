@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import yaml
 
+from agentspaces.controlplane import free_port
 from agentspaces.sandbox.cloudflare import CloudflareEmulator
 from agentspaces.sandbox.hetzner import HetznerEmulator
 from tests.conftest import Kubectl
@@ -29,6 +31,43 @@ class Clouds:
     cloudflare: CloudflareEmulator
     hetzner_token: str
     cloudflare_token: str
+
+
+@dataclass
+class S3:
+    url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+
+    def storage(self, keep: int = 3) -> dict[str, Any]:
+        return {"endpoint": self.url, "bucket": self.bucket, "accessKeyId": self.access_key,
+                "secretAccessKey": self.secret_key, "keep": keep}
+
+    def keys(self, prefix: str = "") -> list[str]:
+        client = boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.access_key,
+                              aws_secret_access_key=self.secret_key, region_name="auto")
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                  Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@contextmanager
+def running_s3() -> Iterator[S3]:
+    """A real S3 endpoint (moto's server) on loopback with one bucket."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        s3 = S3(f"http://127.0.0.1:{port}", "backups", "test-access", "test-secret")
+        boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=s3.access_key,
+                     aws_secret_access_key=s3.secret_key,
+                     region_name="us-east-1").create_bucket(Bucket=s3.bucket)
+        yield s3
+    finally:
+        server.stop()
 
 
 @contextmanager

@@ -206,7 +206,7 @@ def workspace_spec() -> Schema:
             ),
             "idle": _idle_settings(with_defaults=False),
             "lifetime": _obj("Hard limits.", {
-                "max": _duration("Stop after running this long, active or not.", "10m"),
+                "max": _duration("Stop after running this long, active or not.", "1m"),
             }),
             "access": _obj(
                 "Who can reach the workspace's URLs.",
@@ -384,7 +384,7 @@ def workspace_class_spec() -> Schema:
             }, required=["keySecretRef"]),
             "idle": _idle_settings(with_defaults=True),
             "lifetime": _obj("Default hard limits.", {
-                "max": _duration("Default maximum running time.", "10m"),
+                "max": _duration("Default maximum running time.", "1m"),
             }),
             "agent": _obj("Workspace agent polling.", {
                 "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 9443},

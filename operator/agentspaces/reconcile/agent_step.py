@@ -28,6 +28,7 @@ from agentspaces.reconcile.idle import ActivityReport, IdleInputs, decide
 from agentspaces.reconcile.owned_secrets import Access
 from agentspaces.reconcile.scope import Outcome, Scope
 from agentspaces.reconcile.status import iso, parse_time
+from agentspaces.vmconfig.agent_bundle import load_agent_bundle
 
 BOOTING_STAGES = ("waiting-for-start", "restoring", "cloning", "starting-devcontainer")
 PERMANENT_WAIT = 300.0
@@ -70,6 +71,12 @@ async def ensure(scope: Scope, server: ServerInfo, access: Access,
     try:
         async with scope.runtime.agent_slots:
             doc = await client.status()
+            if doc.get("bootStage") == "awaiting-agent":
+                # The VM's loader waits for the agent itself (too big for user-data).
+                await client.put_agent_bundle(load_agent_bundle().data)
+                status.condition(C.AGENT_READY, False, C.AGENT_BOOTING,
+                                 "agent delivered to the VM")
+                return Outcome.after(scope.runtime.settings.boot_poll, "agent delivered")
             version = secrets_version(scope, access)
             if (doc.get("secrets") or {}).get("version") != version:
                 await client.put_secrets(

@@ -128,12 +128,14 @@ async def _ensure_stopped(scope: Scope, stopped_by: str, backup: bool) -> Outcom
     status = scope.status
     has_server = status.get("server", "id") is not None
     if status.get("phase") == "Stopped" and not has_server and not status.get("dns"):
+        status.set("stoppedBy", stopped_by)  # e.g. an idle stop the user now confirms
         return Outcome.done()  # already stopped: no cloud calls at all
     if has_server:
         status.set("phase", "Stopping")
         status.set("stoppedBy", stopped_by)
         backup_step.stopping_started(scope)
         if backup and not wants_force_stop(scope.annotations):
+            scope.agent_credentials = await ensure_agent_credentials(scope)
             outcome = await backup_step.backup_before_stop(scope)
             if outcome is not None:
                 return outcome
@@ -175,7 +177,8 @@ def _summarize(scope: Scope) -> None:
         return
     parts = (C.SERVER_READY, C.DNS_READY, C.AGENT_READY)
     if all(status.is_true(t) for t in parts):
-        status.condition(C.READY, True, C.READY_REASON, f"https://{scope.host} is ready")
+        url = status.get("urls", "workspace") or scope.host
+        status.condition(C.READY, True, C.READY_REASON, f"{url} is ready")
         status.set("phase", "Running")
         return
     for type_ in parts:

@@ -1,0 +1,193 @@
+"""The operator's side of the VM agent protocol (docs/agent-protocol.md).
+
+The agent is reached by IP, so host names mean nothing: trust comes from pinning. The
+TLS context trusts exactly the workspace's own certificate (nothing from the system
+store) with hostname checks off, and every response is also checked against the
+certificate's SHA-256 fingerprint. The bearer token is sent in a header and appears in
+no exception message or log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+
+class AgentError(Exception):
+    """The agent answered with an error status."""
+
+    def __init__(self, status: int, body: object, message: str | None = None) -> None:
+        self.status = status
+        self.body = body
+        super().__init__(message or f"agent answered {status}: {_summary(body)}")
+
+
+class AgentAuthError(AgentError):
+    """401: the agent does not accept our token (a VM for another workspace?)."""
+
+
+class AgentRateLimited(AgentError):
+    """429: too many failed attempts from our address; `retry_after` in seconds."""
+
+    def __init__(self, status: int, body: object, retry_after: float | None) -> None:
+        super().__init__(status, body)
+        self.retry_after = retry_after
+
+
+class AgentUnreachable(Exception):
+    """No answer: connection refused or reset, timeout, TLS handshake failure."""
+
+
+class AgentCertificateMismatch(Exception):
+    """The server's certificate is not the pinned one."""
+
+
+def _summary(body: object) -> str:
+    if isinstance(body, Mapping):
+        text = str(body.get("error", ""))
+        if body.get("detail"):
+            text += f": {body['detail']}"
+        return text[:300] or "no details"
+    return str(body)[:300] or "no details"
+
+
+def pinned_context(cert_pem: str) -> ssl.SSLContext:
+    """An SSL context that trusts only `cert_pem` (a self-signed leaf)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    # The pinned leaf is its own trust anchor.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.load_verify_locations(cadata=cert_pem)
+    return ctx
+
+
+def _is_cert_failure(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class AgentClient:
+    def __init__(self, base_url: str, token: str, cert_pem: str, timeout: float = 10.0) -> None:
+        self._base_url = base_url.rstrip("/")
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        self._fingerprint = cert.fingerprint(hashes.SHA256())
+        self._client = httpx.AsyncClient(
+            base_url=self._base_url, verify=pinned_context(cert_pem), timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"}, follow_redirects=False,
+            trust_env=False)
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def __repr__(self) -> str:
+        return f"AgentClient({self._base_url!r})"
+
+    async def _call(self, method: str, path: str, body: object = None,
+                    expect: Iterable[int] = (200,), content: bytes | None = None) -> Any:
+        kwargs: dict[str, Any] = {} if body is None else {"json": body}
+        if content is not None:
+            kwargs = {"content": content,
+                      "headers": {"Content-Type": "application/octet-stream"}}
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            if _is_cert_failure(exc):
+                raise AgentCertificateMismatch(
+                    f"agent at {self._base_url} presented a certificate other than the "
+                    "pinned one") from None
+            raise AgentUnreachable(
+                f"agent at {self._base_url} unreachable: {type(exc).__name__}") from None
+        self._check_pin(response)
+        try:
+            doc: Any = response.json() if response.content else None
+        except ValueError:
+            doc = response.text[:500]
+        if response.status_code in expect:
+            return doc
+        if response.status_code == 401:
+            raise AgentAuthError(401, doc, f"agent at {self._base_url} rejected the token")
+        if response.status_code == 429:
+            retry = response.headers.get("Retry-After")
+            raise AgentRateLimited(429, doc, float(retry) if retry and retry.isdigit() else None)
+        raise AgentError(response.status_code, doc)
+
+    def _check_pin(self, response: httpx.Response) -> None:
+        stream = response.extensions.get("network_stream")
+        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is None:
+            # The server closed the connection after answering (Connection: close), so
+            # the TLS object is gone. The handshake itself was verified against a context
+            # that trusts only the pinned certificate, which is the pin that matters.
+            return
+        if hashlib.sha256(der).digest() != self._fingerprint:
+            raise AgentCertificateMismatch(
+                f"agent at {self._base_url}: certificate fingerprint does not match the pin")
+
+    async def put_agent_bundle(self, bundle: bytes) -> dict[str, Any]:
+        """Hand the agent zipapp to the VM's loader (bootStage "awaiting-agent"); the
+        loader checks it against the sha256 pinned in the user-data before running it."""
+        doc: dict[str, Any] = await self._call("PUT", "/v1/agent", expect=(202,),
+                                               content=bundle)
+        return doc
+
+    async def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._call("GET", "/v1/status")
+        return doc
+
+    async def put_secrets(self, *, version: str, basic_auth_username: str,
+                          basic_auth_bcrypt_hash: str, anthropic_api_key: str | None = None,
+                          repository_token: str | None = None) -> dict[str, Any]:
+        """Deliver the workspace's secrets (a full replacement); returns {"version", ...}."""
+        body: dict[str, Any] = {
+            "version": version,
+            "basicAuth": {"username": basic_auth_username, "bcryptHash": basic_auth_bcrypt_hash},
+        }
+        if anthropic_api_key is not None:
+            body["anthropicApiKey"] = anthropic_api_key
+        if repository_token is not None:
+            body["repositoryToken"] = repository_token
+        doc: dict[str, Any] = await self._call("PUT", "/v1/secrets", body)
+        return doc
+
+    async def put_config(self, public_ports: Iterable[int]) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._call(
+            "PUT", "/v1/config", {"publicPorts": sorted(set(public_ports))})
+        return doc
+
+    async def start(self, restore_plan: Mapping[str, Any] | None) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._call(
+            "POST", "/v1/start", {"restore": dict(restore_plan) if restore_plan else None},
+            expect=(202,))
+        return doc
+
+    async def start_backup(self, plan: Mapping[str, Any]) -> str:
+        """Start a backup; its id. AgentError with status 409 while one runs."""
+        doc = await self._call("POST", "/v1/backup", dict(plan), expect=(202,))
+        return str(doc["id"])
+
+    async def backup_status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._call("GET", "/v1/backup")
+        return doc

@@ -1,0 +1,243 @@
+"""The object-store port for backups and its boto3 adapter (Cloudflare R2, any S3 API).
+
+The port is synchronous, like boto3. Operator code running on the event loop must call
+it (and the backup orchestration built on it) through `asyncio.to_thread`, e.g.
+`await asyncio.to_thread(store.list_objects, prefix)`; a boto3 client is thread-safe.
+
+R2 specifics the adapter takes care of: region "auto", SigV4, and checksum
+calculation/validation only "when required" (boto3 >= 1.36 otherwise adds CRC32
+headers that R2 rejects). Presigned URLs are generated offline and carry no checksum
+parameters, so the VM can PUT/GET them with a plain HTTP client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from agentspaces.api.types import StorageSettings
+
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+class ObjectStoreError(Exception):
+    """A store call failed. `code` is the S3 error code (or the client error's name)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ObjectNotFound(ObjectStoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: datetime | None = None
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class MultipartUpload:
+    key: str
+    upload_id: str
+    initiated: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    part_number: int
+    etag: str
+
+
+class ObjectStore(Protocol):
+    """What backups need from a bucket. Keys are full object keys; all calls block."""
+
+    def create_multipart_upload(self, key: str,
+                                content_type: str = "application/octet-stream") -> str: ...
+
+    def presign_upload_part(self, key: str, upload_id: str, part_number: int,
+                            expires: int) -> str: ...
+
+    def complete_multipart_upload(self, key: str, upload_id: str,
+                                  parts: Sequence[CompletedPart]) -> str: ...
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None: ...
+
+    def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]: ...
+
+    def presign_get(self, key: str, expires: int) -> str: ...
+
+    def put_object(self, key: str, body: bytes,
+                   content_type: str = "application/json") -> None: ...
+
+    def get_object(self, key: str) -> bytes: ...
+
+    def head_object(self, key: str) -> ObjectInfo | None: ...
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]: ...
+
+    def delete_objects(self, keys: Iterable[str]) -> None: ...
+
+
+def make_client(endpoint: str, access_key_id: str, secret_access_key: str,
+                region: str = "auto", addressing_style: str = "path") -> Any:
+    """A boto3 S3 client configured for R2 (works with any S3-compatible endpoint)."""
+    if addressing_style not in ("path", "virtual"):
+        raise ValueError("addressing_style must be path or virtual")
+    config = Config(
+        region_name=region or "auto",
+        signature_version="s3v4",
+        s3={"addressing_style": addressing_style},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key, config=config)
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _check_expiry(expires: int) -> int:
+    if not 1 <= int(expires) <= MAX_PRESIGN_SECONDS:
+        raise ValueError(f"presigned URL expiry must be 1..{MAX_PRESIGN_SECONDS} seconds")
+    return int(expires)
+
+
+class S3ObjectStore:
+    """The boto3 adapter for one bucket. Errors surface as ObjectStoreError (no secrets
+    in messages: only the operation, key and S3 error code)."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._s3 = client
+        self.bucket = bucket
+
+    @classmethod
+    def connect(cls, endpoint: str, bucket: str, access_key_id: str, secret_access_key: str,
+                region: str = "auto", addressing_style: str = "path") -> S3ObjectStore:
+        return cls(make_client(endpoint, access_key_id, secret_access_key, region,
+                               addressing_style), bucket)
+
+    def _call(self, op: str, key: str, **params: Any) -> Any:
+        try:
+            return getattr(self._s3, op)(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
+                raise ObjectNotFound(f"{op} {key}: {code}", code) from None
+            raise ObjectStoreError(f"{op} {key}: {code or 'error'}", code) from None
+        except BotoCoreError as exc:
+            raise ObjectStoreError(f"{op} {key}: {type(exc).__name__}",
+                                   type(exc).__name__) from None
+
+    def create_multipart_upload(self, key: str,
+                                content_type: str = "application/octet-stream") -> str:
+        return str(self._call("create_multipart_upload", key, Key=key,
+                              ContentType=content_type)["UploadId"])
+
+    def presign_upload_part(self, key: str, upload_id: str, part_number: int,
+                            expires: int) -> str:
+        return str(self._s3.generate_presigned_url(
+            "upload_part", HttpMethod="PUT", ExpiresIn=_check_expiry(expires),
+            Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id,
+                    "PartNumber": part_number}))
+
+    def complete_multipart_upload(self, key: str, upload_id: str,
+                                  parts: Sequence[CompletedPart]) -> str:
+        body = {"Parts": [{"PartNumber": p.part_number, "ETag": p.etag} for p in parts]}
+        out = self._call("complete_multipart_upload", key, Key=key, UploadId=upload_id,
+                         MultipartUpload=body)
+        return str(out.get("ETag", ""))
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        """Idempotent: an upload that is already gone counts as aborted."""
+        with contextlib.suppress(ObjectNotFound):
+            self._call("abort_multipart_upload", key, Key=key, UploadId=upload_id)
+
+    def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
+        uploads: list[MultipartUpload] = []
+        params: dict[str, Any] = {"Prefix": prefix}
+        for _ in range(100_000):  # bounded: each page advances the markers
+            page = self._call("list_multipart_uploads", prefix, **params)
+            uploads.extend(MultipartUpload(u["Key"], u["UploadId"], u.get("Initiated"))
+                           for u in page.get("Uploads", []))
+            if not page.get("IsTruncated"):
+                break
+            params["KeyMarker"] = page.get("NextKeyMarker", "")
+            params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+        return uploads
+
+    def presign_get(self, key: str, expires: int) -> str:
+        return str(self._s3.generate_presigned_url(
+            "get_object", HttpMethod="GET", ExpiresIn=_check_expiry(expires),
+            Params={"Bucket": self.bucket, "Key": key}))
+
+    def put_object(self, key: str, body: bytes, content_type: str = "application/json") -> None:
+        self._call("put_object", key, Key=key, Body=body, ContentType=content_type)
+
+    def get_object(self, key: str) -> bytes:
+        out = self._call("get_object", key, Key=key)
+        try:
+            return bytes(out["Body"].read())
+        finally:
+            out["Body"].close()
+
+    def head_object(self, key: str) -> ObjectInfo | None:
+        try:
+            out = self._call("head_object", key, Key=key)
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(key, int(out.get("ContentLength", 0)), out.get("LastModified"),
+                          str(out.get("ETag", "")))
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        objects: list[ObjectInfo] = []
+        params: dict[str, Any] = {"Prefix": prefix}
+        for _ in range(100_000):
+            page = self._call("list_objects_v2", prefix, **params)
+            objects.extend(ObjectInfo(o["Key"], int(o.get("Size", 0)), o.get("LastModified"),
+                                      str(o.get("ETag", "")))
+                           for o in page.get("Contents", []))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+            params["ContinuationToken"] = token
+        return objects
+
+    def delete_objects(self, keys: Iterable[str]) -> None:
+        """Delete in batches of 1000; missing keys are fine, any other failure raises."""
+        pending = list(dict.fromkeys(keys))
+        for start in range(0, len(pending), DELETE_BATCH):
+            batch = pending[start:start + DELETE_BATCH]
+            out = self._call("delete_objects", batch[0], Delete={
+                "Objects": [{"Key": k} for k in batch], "Quiet": True})
+            errors = [e for e in out.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                first = errors[0]
+                raise ObjectStoreError(
+                    f"delete_objects: {len(errors)} failed, e.g. {first.get('Key')}: "
+                    f"{first.get('Code')}", str(first.get("Code", "")))
+
+
+def store_for_class(storage: StorageSettings, access_key_id: str,
+                    secret_access_key: str) -> S3ObjectStore:
+    """The adapter for a WorkspaceClass's `spec.storage` and its credentials."""
+    return S3ObjectStore.connect(storage.endpoint, storage.bucket, access_key_id,
+                                 secret_access_key, storage.region, storage.addressing_style)

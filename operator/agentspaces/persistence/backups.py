@@ -1,0 +1,458 @@
+"""Backup orchestration on the operator side: object layout, plans, commit, retention.
+
+Layout under the class's storage prefix (documented in docs/backup-format.md):
+
+    {prefix}{namespace}/{name}-{uid}/{backup-id}.tar.zst.enc     the encrypted archive
+    {prefix}{namespace}/{name}-{uid}/{backup-id}.manifest.json   written last = committed
+
+backup-id is the UTC start time, e.g. 20261127T041900Z, so ids sort by time.
+
+A backup is two operator calls around the agent's work: `begin_backup` creates the
+multipart upload and presigns every part URL (the VM never sees credentials), the agent
+runs `agentspaces_vm.backup.backup(plan, ...)`, and `commit_backup` completes the upload
+and only then writes the manifest. A backup without a manifest does not exist: listing,
+restore and retention only ever look at manifests.
+
+Everything here is synchronous (boto3); call it through `asyncio.to_thread` from the
+event loop. `PendingBackup.to_dict()` is what to keep in status between the two calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agentspaces.clouds.r2 import CompletedPart, ObjectNotFound, ObjectStore
+from agentspaces.persistence.keys import DataKey, WrongKey
+from agentspaces_vm import backup_format
+
+log = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+MANIFEST_KIND = "agentspaces.dev/backup"
+MANIFEST_VERSION = 1
+OBJECT_SUFFIX = ".tar.zst.enc"
+MANIFEST_SUFFIX = ".manifest.json"
+ID_FORMAT = "%Y%m%dT%H%M%SZ"
+_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
+
+MIB = 1024 * 1024
+MIN_PART_SIZE = 5 * MIB  # S3/R2: every part but the last
+MAX_PART_SIZE = 5 * 1024 * MIB - 5 * MIB  # R2's single-part limit
+MAX_PARTS = 10_000
+DEFAULT_PART_SIZE = 16 * MIB  # agent memory is about two parts
+DEFAULT_MAX_PARTS = 1024  # 16 GiB with the default part size
+DEFAULT_URL_TTL = 6 * 3600  # long enough for the largest backup to finish uploading
+DEFAULT_RESTORE_URL_TTL = 3600
+
+
+class BackupConflict(Exception):
+    """A committed backup already has this id (two backups started in one second)."""
+
+
+class CommitFailed(Exception):
+    """The agent's result does not describe a complete, consistent upload."""
+
+
+@dataclass(frozen=True)
+class WorkspaceRef:
+    """Where one workspace's backups live. Build it from the workspace's identity, or
+    from an explicit prefix (a Retained workspace's backups restored into a new one)."""
+
+    prefix: str
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+
+    @classmethod
+    def for_workspace(cls, storage_prefix: str, namespace: str, name: str,
+                      uid: str) -> WorkspaceRef:
+        if not (namespace and name and uid):
+            raise ValueError("namespace, name and uid are required")
+        return cls(f"{storage_prefix}{namespace}/{name}-{uid}/", namespace, name, uid)
+
+    @classmethod
+    def from_prefix(cls, prefix: str) -> WorkspaceRef:
+        if not prefix or prefix.startswith("/") or ".." in prefix.split("/"):
+            raise ValueError(f"not a backup prefix: {prefix!r}")
+        return cls(prefix if prefix.endswith("/") else prefix + "/")
+
+
+def backup_id(now: datetime) -> str:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(UTC).strftime(ID_FORMAT)
+
+
+def parse_backup_id(value: str) -> datetime:
+    if not _ID_RE.match(value):
+        raise ValueError(f"not a backup id: {value!r}")
+    return datetime.strptime(value, ID_FORMAT).replace(tzinfo=UTC)
+
+
+def object_key(ws: WorkspaceRef, bid: str) -> str:
+    return f"{ws.prefix}{bid}{OBJECT_SUFFIX}"
+
+
+def manifest_key(ws: WorkspaceRef, bid: str) -> str:
+    return f"{ws.prefix}{bid}{MANIFEST_SUFFIX}"
+
+
+def classify_key(ws: WorkspaceRef, key: str) -> tuple[str, str] | None:
+    """(backup id, "object" | "manifest") for a key of this layout directly under the
+    workspace prefix, else None (foreign keys are never touched by retention)."""
+    if not key.startswith(ws.prefix):
+        return None
+    rest = key[len(ws.prefix):]
+    for suffix, kind in ((OBJECT_SUFFIX, "object"), (MANIFEST_SUFFIX, "manifest")):
+        if rest.endswith(suffix) and _ID_RE.match(rest[:-len(suffix)]):
+            return rest[:-len(suffix)], kind
+    return None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PendingBackup:
+    """A started, uncommitted backup; no secrets, safe to store in status."""
+
+    prefix: str
+    backup_id: str
+    object_key: str
+    manifest_key: str
+    upload_id: str
+    key_id: str
+    part_size: int
+    max_parts: int
+    chunk_size: int
+    started: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["started"] = _iso(self.started)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PendingBackup:
+        fields = dict(data)
+        fields["started"] = _parse_iso(str(fields["started"]))
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """A committed backup, as its manifest describes it."""
+
+    backup_id: str
+    time: datetime
+    object_key: str
+    manifest_key: str
+    size: int
+    sha256: str
+    key_id: str
+    format_version: int
+    chunk_size: int
+    plaintext_size: int | None = None
+    completed: datetime | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The Workspace `status.backup` fields."""
+        return {"time": _iso(self.time), "object": self.object_key, "size": self.size}
+
+    def manifest(self, ws: WorkspaceRef) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "kind": MANIFEST_KIND,
+            "manifestVersion": MANIFEST_VERSION,
+            "id": self.backup_id,
+            "time": _iso(self.time),
+            # Relative, so a copied or moved prefix still resolves.
+            "objectName": self.object_key[len(ws.prefix):],
+            "size": self.size,
+            "sha256": self.sha256,
+            "formatVersion": self.format_version,
+            "chunkSize": self.chunk_size,
+            "keyId": self.key_id,
+            "compression": "zstd",
+            "archive": "tar",
+        }
+        if self.plaintext_size is not None:
+            doc["plaintextSize"] = self.plaintext_size
+        if self.completed is not None:
+            doc["completedAt"] = _iso(self.completed)
+        if ws.uid:
+            doc["workspace"] = {"namespace": ws.namespace, "name": ws.name, "uid": ws.uid}
+        return doc
+
+    @classmethod
+    def from_manifest(cls, ws: WorkspaceRef, doc: Mapping[str, Any]) -> BackupRecord:
+        """Parse a manifest; ValueError if it is not one of ours or is inconsistent."""
+        if doc.get("kind") != MANIFEST_KIND:
+            raise ValueError("not a backup manifest")
+        bid = str(doc["id"])
+        name = str(doc["objectName"])
+        if name != f"{bid}{OBJECT_SUFFIX}":
+            raise ValueError("manifest names another object")
+        sha = str(doc["sha256"])
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ValueError("manifest sha256 is malformed")
+        completed = doc.get("completedAt")
+        plaintext = doc.get("plaintextSize")
+        return cls(backup_id=bid, time=parse_backup_id(bid), object_key=ws.prefix + name,
+                   manifest_key=manifest_key(ws, bid), size=int(doc["size"]), sha256=sha,
+                   key_id=str(doc["keyId"]), format_version=int(doc["formatVersion"]),
+                   chunk_size=int(doc["chunkSize"]),
+                   plaintext_size=int(plaintext) if plaintext is not None else None,
+                   completed=_parse_iso(completed) if completed else None)
+
+
+# --- begin / commit / abort -------------------------------------------------------------
+
+def _check_ttl(url_ttl: int) -> None:
+    if not 1 <= url_ttl <= 7 * 24 * 3600:
+        raise ValueError("URL lifetime must be 1 s .. 7 days")
+
+
+def _check_limits(part_size: int, max_parts: int, url_ttl: int) -> None:
+    _check_ttl(url_ttl)
+    if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+        raise ValueError(f"part size must be {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes")
+    if not 1 <= max_parts <= MAX_PARTS:
+        raise ValueError(f"max parts must be 1..{MAX_PARTS}")
+
+
+def begin_backup(store: ObjectStore, ws: WorkspaceRef, data_key: DataKey, now: datetime,
+                 part_size: int = DEFAULT_PART_SIZE, max_parts: int = DEFAULT_MAX_PARTS,
+                 url_ttl: int = DEFAULT_URL_TTL, *, exclude: Collection[str] = (),
+                 chunk_size: int = backup_format.DEFAULT_CHUNK_SIZE,
+                 ) -> tuple[dict[str, Any], PendingBackup]:
+    """Start a multipart upload and presign all its part URLs.
+
+    Returns the agent's backup plan (contains the data key: send it only over the
+    pinned agent channel, never log it) and the PendingBackup to keep for the commit.
+    The plan's capacity is part_size * max_parts bytes of ciphertext.
+    """
+    _check_limits(part_size, max_parts, url_ttl)
+    bid = backup_id(now)
+    if store.head_object(manifest_key(ws, bid)) is not None:
+        raise BackupConflict(f"backup {bid} already exists")
+    key = object_key(ws, bid)
+    upload_id = store.create_multipart_upload(key)
+    try:
+        parts = [{"partNumber": n, "url": store.presign_upload_part(key, upload_id, n, url_ttl)}
+                 for n in range(1, max_parts + 1)]
+    except BaseException:
+        store.abort_multipart_upload(key, upload_id)
+        raise
+    pending = PendingBackup(prefix=ws.prefix, backup_id=bid, object_key=key,
+                            manifest_key=manifest_key(ws, bid), upload_id=upload_id,
+                            key_id=data_key.key_id, part_size=part_size, max_parts=max_parts,
+                            chunk_size=chunk_size, started=now.astimezone(UTC))
+    plan = {
+        "version": PLAN_VERSION,
+        "id": bid,
+        "object": key,
+        "keyId": data_key.key_id,
+        "key": _b64(data_key.material),
+        "chunkSize": chunk_size,
+        "partSize": part_size,
+        "parts": parts,
+        "expiresAt": _iso(now + timedelta(seconds=url_ttl)),
+        "exclude": list(exclude),
+    }
+    return plan, pending
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _parse_result(pending: PendingBackup, result: Mapping[str, Any]
+                  ) -> tuple[list[CompletedPart], int, str]:
+    try:
+        raw_parts = list(result["parts"])
+        parts = [CompletedPart(int(p["partNumber"]), str(p["etag"])) for p in raw_parts]
+        size = int(result["size"])
+        sha = str(result["sha256"]).lower()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CommitFailed(f"malformed agent result: {type(exc).__name__}") from None
+    if result.get("id") not in (None, pending.backup_id):
+        raise CommitFailed("agent result is for another backup")
+    if not parts or [p.part_number for p in parts] != list(range(1, len(parts) + 1)):
+        raise CommitFailed("parts must be numbered 1..n without gaps")
+    if len(parts) > pending.max_parts or not all(p.etag for p in parts):
+        raise CommitFailed("too many parts or a part without ETag")
+    if not (len(parts) - 1) * pending.part_size < size <= len(parts) * pending.part_size:
+        raise CommitFailed("size does not match the number of parts")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise CommitFailed("sha256 is malformed")
+    return parts, size, sha
+
+
+def commit_backup(store: ObjectStore, pending: PendingBackup, agent_result: Mapping[str, Any],
+                  now: datetime | None = None) -> BackupRecord:
+    """Complete the upload, check the object, then write the manifest (last).
+
+    Safe to call again after a crash between the two writes: an upload that is already
+    complete is accepted when the object has the reported size.
+    """
+    parts, size, sha = _parse_result(pending, agent_result)
+    try:
+        store.complete_multipart_upload(pending.object_key, pending.upload_id, parts)
+    except ObjectNotFound:
+        existing = store.head_object(pending.object_key)
+        if existing is None or existing.size != size:
+            raise CommitFailed("the upload is gone and no complete object exists") from None
+    info = store.head_object(pending.object_key)
+    if info is None or info.size != size:
+        raise CommitFailed(f"stored object size {info.size if info else None} "
+                           f"!= reported {size}")
+    plaintext = agent_result.get("plaintextSize")
+    record = BackupRecord(
+        backup_id=pending.backup_id, time=parse_backup_id(pending.backup_id),
+        object_key=pending.object_key,
+        manifest_key=pending.manifest_key, size=size, sha256=sha, key_id=pending.key_id,
+        format_version=backup_format.VERSION, chunk_size=pending.chunk_size,
+        plaintext_size=int(plaintext) if isinstance(plaintext, int) else None,
+        completed=(now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0))
+    ws = WorkspaceRef.from_prefix(pending.prefix)
+    doc = record.manifest(ws)
+    store.put_object(pending.manifest_key,
+                     json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+    return record
+
+
+def abort_backup(store: ObjectStore, pending: PendingBackup) -> None:
+    """Abandon a started backup (idempotent). Its parts are freed; nothing was committed."""
+    store.abort_multipart_upload(pending.object_key, pending.upload_id)
+
+
+def abort_stale_uploads(store: ObjectStore, ws: WorkspaceRef,
+                        keep_upload_ids: Collection[str] = ()) -> list[str]:
+    """Abort every unfinished multipart upload under the workspace prefix except the
+    ones named (the backup in progress). Returns the object keys aborted."""
+    aborted = []
+    for upload in store.list_multipart_uploads(ws.prefix):
+        if upload.upload_id in keep_upload_ids:
+            continue
+        store.abort_multipart_upload(upload.key, upload.upload_id)
+        aborted.append(upload.key)
+    return aborted
+
+
+# --- listing, restore, retention ----------------------------------------------------------
+
+def _committed(store: ObjectStore, ws: WorkspaceRef
+               ) -> tuple[list[BackupRecord], dict[str, dict[str, str]]]:
+    """Committed backups (oldest first) and every layout key by id and kind."""
+    by_id: dict[str, dict[str, str]] = {}
+    sizes: dict[str, int] = {}
+    for obj in store.list_objects(ws.prefix):
+        parsed = classify_key(ws, obj.key)
+        if parsed is None:
+            continue
+        bid, kind = parsed
+        by_id.setdefault(bid, {})[kind] = obj.key
+        if kind == "object":
+            sizes[bid] = obj.size
+    records = []
+    for bid in sorted(by_id):
+        keys = by_id[bid]
+        if "manifest" not in keys:
+            continue
+        try:
+            doc = json.loads(store.get_object(keys["manifest"]))
+            record = BackupRecord.from_manifest(ws, doc)
+        except (ObjectNotFound, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable backup manifest %s: %s", keys["manifest"],
+                        type(exc).__name__)
+            continue
+        if record.backup_id != bid or sizes.get(bid) != record.size:
+            log.warning("ignoring backup %s: its data object is missing or resized", bid)
+            continue
+        records.append(record)
+    return records, by_id
+
+
+def list_backups(store: ObjectStore, ws: WorkspaceRef) -> list[BackupRecord]:
+    """Committed backups whose data object is present, oldest first."""
+    return _committed(store, ws)[0]
+
+
+def latest_backup(store: ObjectStore, ws: WorkspaceRef) -> BackupRecord | None:
+    records = list_backups(store, ws)
+    return records[-1] if records else None
+
+
+def restore_plan(store: ObjectStore, record: BackupRecord, data_key: DataKey,
+                 url_ttl: int = DEFAULT_RESTORE_URL_TTL,
+                 now: datetime | None = None) -> dict[str, Any]:
+    """The agent's restore plan for a committed backup (contains the data key)."""
+    if data_key.key_id != record.key_id:
+        raise WrongKey(f"backup {record.backup_id} needs data key {record.key_id}, "
+                       f"the workspace has {data_key.key_id}")
+    _check_ttl(url_ttl)
+    moment = now or datetime.now(UTC)
+    return {
+        "version": PLAN_VERSION,
+        "id": record.backup_id,
+        "object": record.object_key,
+        "url": store.presign_get(record.object_key, url_ttl),
+        "expiresAt": _iso(moment + timedelta(seconds=url_ttl)),
+        "keyId": record.key_id,
+        "key": _b64(data_key.material),
+        "size": record.size,
+        "sha256": record.sha256,
+    }
+
+
+def prune(store: ObjectStore, ws: WorkspaceRef, keep: int) -> list[str]:
+    """Keep the newest `keep` committed backups; delete older ones and any data object
+    or manifest without its partner that is older than the newest committed backup
+    (newer ones may be a commit in progress). Manifests go first, so a crash midway
+    leaves orphans for the next prune, never a manifest without its data.
+    Returns the deleted keys."""
+    if keep < 1:
+        raise ValueError("keep at least one backup")
+    records, by_id = _committed(store, ws)
+    if not records:
+        return []
+    newest = records[-1].backup_id
+    committed = {r.backup_id for r in records}
+    dropped = {r.backup_id for r in records[:-keep]}
+    manifests, objects = [], []
+    for bid, keys in sorted(by_id.items()):
+        orphan = bid not in committed and bid < newest
+        if bid in dropped or orphan:
+            manifests += [keys["manifest"]] if "manifest" in keys else []
+            objects += [keys["object"]] if "object" in keys else []
+    if manifests:
+        store.delete_objects(manifests)
+    if objects:
+        store.delete_objects(objects)
+    return manifests + objects
+
+
+def delete_all(store: ObjectStore, ws: WorkspaceRef, max_rounds: int = 10) -> int:
+    """onDelete: Delete: abort unfinished uploads and delete every object under the
+    workspace prefix. Returns how many objects were deleted."""
+    abort_stale_uploads(store, ws)
+    deleted = 0
+    for _ in range(max_rounds):  # a listing is a snapshot; repeat until nothing is left
+        keys = [o.key for o in store.list_objects(ws.prefix)]
+        if not keys:
+            return deleted
+        store.delete_objects(keys)
+        deleted += len(keys)
+    raise RuntimeError(f"objects keep appearing under {ws.prefix}")

@@ -1,0 +1,270 @@
+"""The whole system on one machine: a real kube-apiserver + etcd, the Hetzner and
+Cloudflare emulators, a real S3 endpoint (moto), simulated VMs, and the operator.
+
+`Sandbox.start()` brings everything up under one state directory and installs the
+CRDs, a `sandbox` WorkspaceClass and its Secrets; `Sandbox.stop()` stops all of it.
+The CLI runs this in a background process (`agentspaces sandbox up` / `down`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+
+from agentspaces.controlplane import ControlPlane, free_port
+from agentspaces.sandbox.cloudflare import CloudflareEmulator
+from agentspaces.sandbox.hetzner import HetznerEmulator
+from agentspaces.sandbox.vmsim import VmSimulator
+from agentspaces.sandbox.vmsim_ips import LoopbackPool
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+OPERATOR_NAMESPACE = "agentspaces-system"
+CLASS_NAME = "sandbox"
+ZONE = "sandbox.test"
+BUCKET = "agentspaces-sandbox"
+HTTP_PORT = 8080
+EXAMPLE_API_KEY = "sk-ant-sandbox-not-a-real-key"
+
+# Faster than production so the walkthrough takes minutes, not hours.
+OPERATOR_ENV = {
+    "AGENTSPACES_POLL_INTERVAL": "3s",
+    "AGENTSPACES_BOOT_POLL": "1s",
+    "AGENTSPACES_INVENTORY_INTERVAL": "30s",
+    "AGENTSPACES_AGENT_TIMEOUT": "5s",
+    "AGENTSPACES_BACKUP_PART_MIB": "5",
+}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SandboxInfo:
+    """What `sandbox up` prints and what `sandbox down` needs; saved as sandbox.json."""
+
+    state_dir: str
+    kubeconfig: str
+    hetzner_url: str
+    cloudflare_url: str
+    s3_url: str
+    operator_pid: int
+    serve_pid: int
+    kubectl: str = "kubectl"
+    zone: str = ZONE
+    http_port: int = HTTP_PORT
+    pids: list[int] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> SandboxInfo:
+        return cls(**json.loads(path.read_text()))
+
+
+def _secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace}, "type": "Opaque",
+            "stringData": data}
+
+
+class Sandbox:
+    def __init__(self, state_dir: Path, progress: Progress = print) -> None:
+        self.state_dir = state_dir.resolve()
+        self.progress = progress
+        self.plane: ControlPlane | None = None
+        self.hetzner: HetznerEmulator | None = None
+        self.cloudflare: CloudflareEmulator | None = None
+        self.s3: Any = None
+        self.vms: VmSimulator | None = None
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.info: SandboxInfo | None = None
+
+    # lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> SandboxInfo:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> SandboxInfo:
+        step = self.progress
+        hetzner_token = "sandbox-hetzner-" + secrets.token_hex(8)
+        cloudflare_token = "sandbox-cloudflare-" + secrets.token_hex(8)
+        s3_key, s3_secret = "sandbox", secrets.token_hex(16)
+
+        step("starting etcd and kube-apiserver (the first run builds them: ~5-20 min)")
+        plane_dir = self.state_dir / "controlplane"
+        shutil.rmtree(plane_dir, ignore_errors=True)
+        self.plane = ControlPlane(workdir=plane_dir).start()
+
+        step("starting the Hetzner Cloud and Cloudflare emulators and the S3 endpoint")
+        first, _, last = os.environ.get("AGENTSPACES_SANDBOX_IPS",
+                                        "127.0.0.10-127.0.0.250").partition("-")
+        self.vms = VmSimulator(self.state_dir, ip_pool=LoopbackPool(first, last))
+        self.hetzner = HetznerEmulator(hetzner_token, boot_seconds=1.0).start()
+        self.vms.attach(self.hetzner)
+        self.cloudflare = CloudflareEmulator(zones=(ZONE,),
+                                             tokens={cloudflare_token: None}).start()
+        self.s3 = _start_s3()
+        s3_url = f"http://127.0.0.1:{self.s3._port}"
+        _create_bucket(s3_url, s3_key, s3_secret)
+
+        step("installing the CRDs, the sandbox WorkspaceClass and its Secrets")
+        kubectl = self.plane.kubectl_run
+        kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / "agentspaces.dev.yaml"))
+        kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                "crd/workspaces.agentspaces.dev", "crd/workspaceclasses.agentspaces.dev")
+        docs = self._class_documents(hetzner_token, cloudflare_token, s3_url, s3_key, s3_secret)
+        kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        kubeconfig = self.state_dir / "kubeconfig"
+        shutil.copy(self.plane.admin_kubeconfig, kubeconfig)
+        kubeconfig.chmod(0o600)
+
+        step("starting the operator")
+        self.operator = _start_operator(kubeconfig, self.state_dir / "operator.log")
+        self.info = SandboxInfo(
+            state_dir=str(self.state_dir), kubeconfig=str(kubeconfig),
+            hetzner_url=self.hetzner.url, cloudflare_url=self.cloudflare.url, s3_url=s3_url,
+            operator_pid=self.operator.pid, serve_pid=os.getpid(),
+            kubectl=str(self.plane.kubectl))
+        self.info.save(self.state_dir / "sandbox.json")
+        return self.info
+
+    def stop(self) -> None:
+        """Stop everything this sandbox started; safe to call more than once."""
+        if self.operator is not None and self.operator.poll() is None:
+            _terminate(self.operator)
+        if self.vms is not None:
+            self.vms.stop_all()
+        for emulator in (self.hetzner, self.cloudflare):
+            if emulator is not None:
+                emulator.stop()
+        if self.s3 is not None:
+            self.s3.stop()
+            self.s3 = None
+        if self.plane is not None:
+            self.plane.stop()
+            self.plane = None
+
+    # the class ------------------------------------------------------------------------
+
+    def _class_documents(self, hetzner_token: str, cloudflare_token: str, s3_url: str,
+                         s3_key: str, s3_secret: str) -> list[dict[str, Any]]:
+        assert self.hetzner is not None and self.cloudflare is not None
+        ns = OPERATOR_NAMESPACE
+        return [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+            _secret("sandbox-hetzner", ns, {"token": hetzner_token}),
+            _secret("sandbox-cloudflare", ns, {"token": cloudflare_token}),
+            _secret("sandbox-r2", ns, {"accessKeyId": s3_key, "secretAccessKey": s3_secret}),
+            _secret("sandbox-backup-key", ns,
+                    {"key": base64.b64encode(os.urandom(32)).decode()}),
+            # The example Workspace's API key (a placeholder: nothing calls Anthropic here).
+            _secret("anthropic", "default", {"apiKey": EXAMPLE_API_KEY}),
+            {"apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceClass",
+             "metadata": {"name": CLASS_NAME},
+             "spec": {
+                 "hetzner": {"tokenSecretRef": {"name": "sandbox-hetzner"},
+                             "endpoint": self.hetzner.url},
+                 "server": {"type": "cx23", "location": "fsn1", "image": "ubuntu-24.04"},
+                 "dns": {"zoneName": ZONE, "tokenSecretRef": {"name": "sandbox-cloudflare"},
+                         "endpoint": self.cloudflare.url},
+                 # Plain HTTP on a high port: no ACME and no root needed on a laptop.
+                 "tls": {"mode": "none", "httpPort": HTTP_PORT},
+                 "storage": {"endpoint": s3_url, "bucket": BUCKET, "keep": 3,
+                             "credentialsSecretRef": {"name": "sandbox-r2"}},
+                 "encryption": {"keySecretRef": {"name": "sandbox-backup-key"}},
+                 "idle": {"timeout": "2m", "grace": "30s", "agentBusyCap": "6h"},
+             }},
+        ]
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+def _start_s3() -> Any:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    return server
+
+
+def _create_bucket(url: str, key: str, secret: str) -> None:
+    client = boto3.client("s3", endpoint_url=url, aws_access_key_id=key,
+                          aws_secret_access_key=secret, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+
+
+def _start_operator(kubeconfig: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **OPERATOR_ENV, "KUBECONFIG": str(kubeconfig),
+           "AGENTSPACES_NAMESPACE": OPERATOR_NAMESPACE}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "agentspaces.cli", "run", "--verbose"],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def serve(state_dir: Path) -> int:
+    """Run the sandbox in the foreground until SIGTERM/SIGINT (used by `sandbox up`)."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    ready = state_dir / "ready"
+    ready.unlink(missing_ok=True)
+
+    def progress(message: str) -> None:
+        print(f"[sandbox {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    sandbox = Sandbox(state_dir, progress)
+    try:
+        sandbox.start()
+        ready.write_text("ok\n")
+        progress("ready")
+        while not done.wait(1.0):
+            if sandbox.operator is not None and sandbox.operator.poll() is not None:
+                progress("the operator exited; restarting it (see operator.log)")
+                sandbox.operator = _start_operator(Path(sandbox.info.kubeconfig),  # type: ignore[union-attr]
+                                                   state_dir / "operator.log")
+    except Exception as exc:  # reported to `sandbox up`, which shows the log
+        (state_dir / "failed").write_text(f"{type(exc).__name__}: {exc}\n")
+        progress(f"failed: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        progress("stopping")
+        sandbox.stop()
+        ready.unlink(missing_ok=True)
+        progress("stopped")
+    return 0

@@ -1,0 +1,183 @@
+"""The Caddy config renderer and the sync that pushes it."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentspaces_vm.caddy import (
+    BasicAuth,
+    CaddyAdminError,
+    CaddyInputs,
+    CaddySync,
+    TemplateError,
+    admin_origins,
+    render_config,
+)
+from agentspaces_vm.templates import load_template
+
+HOST = "demo-default-1a2b3c.example.com"
+HASH = "$2b$04$" + "a" * 53
+TEMPLATE = load_template("caddy.json")
+
+
+def inputs(**changes: Any) -> CaddyInputs:
+    base: dict[str, Any] = dict(
+        host=HOST, admin_listen="127.0.0.1:2019", bind="", tls_mode="acme", http_port=80,
+        https_port=443, ui_port=3001, ask_endpoint="http://127.0.0.1:9180/ask",
+        ports={3000: "127.0.0.1", 5173: "::1"}, public_ports=frozenset({8080}),
+        basic_auth=BasicAuth("dev", HASH))
+    base.update(changes)
+    return CaddyInputs(**base)
+
+
+def routes_of(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    routes = config["apps"]["http"]["servers"]["workspace"]["routes"]
+    return {r["@id"]: r for r in routes}
+
+
+def handlers(route: dict[str, Any]) -> list[str]:
+    return [h["handler"] for h in route["handle"]]
+
+
+def test_routes_cover_ui_discovered_and_public_ports_then_refuse_the_rest() -> None:
+    config = render_config(TEMPLATE, inputs())
+    routes = routes_of(config)
+    assert list(routes) == ["ws-ui", "ws-port-3000", "ws-port-5173", "ws-port-8080",
+                            "ws-unknown-host"]
+    ui = routes["ws-ui"]
+    assert ui["match"] == [{"host": [HOST]}]
+    assert handlers(ui) == ["authentication", "reverse_proxy"]
+    assert ui["handle"][1]["upstreams"] == [{"dial": "127.0.0.1:3001"}]
+    # The user's password is not forwarded to programs behind private routes.
+    assert ui["handle"][1]["headers"] == {"request": {"delete": ["Authorization"]}}
+    basic = ui["handle"][0]["providers"]["http_basic"]
+    assert basic["accounts"] == [{"username": "dev", "password": HASH}]
+    assert basic["hash"] == {"algorithm": "bcrypt"}
+    assert routes["ws-port-5173"]["match"] == [{"host": [f"5173.{HOST}"]}]
+    assert routes["ws-port-5173"]["handle"][1]["upstreams"] == [{"dial": "[::1]:5173"}]
+    public = routes["ws-port-8080"]
+    assert handlers(public) == ["reverse_proxy"]
+    assert public["handle"][0]["upstreams"] == [{"dial": "127.0.0.1:8080"}]
+    assert "headers" not in public["handle"][0]
+    unknown = routes["ws-unknown-host"]
+    assert "match" not in unknown and unknown["handle"][0]["status_code"] == 404
+
+
+def test_without_the_hash_private_routes_answer_503_but_public_ones_work() -> None:
+    routes = routes_of(render_config(TEMPLATE, inputs(basic_auth=None)))
+    for route_id in ("ws-ui", "ws-port-3000", "ws-port-5173"):
+        [only] = routes[route_id]["handle"]
+        assert only["handler"] == "static_response" and only["status_code"] == 503
+        assert only["body"] == "workspace is starting\n"
+    assert handlers(routes["ws-port-8080"]) == ["reverse_proxy"]
+
+
+def test_acme_mode_uses_on_demand_tls_with_the_agent_as_permission() -> None:
+    config = render_config(TEMPLATE, inputs())
+    server = config["apps"]["http"]["servers"]["workspace"]
+    assert server["listen"] == [":443"]
+    assert "automatic_https" not in server
+    automation = config["apps"]["tls"]["automation"]
+    assert automation["on_demand"] == {"permission": {
+        "module": "http", "endpoint": "http://127.0.0.1:9180/ask"}}
+    assert "ask" not in automation["on_demand"]
+    assert automation["policies"] == [{"on_demand": True}]  # default ACME issuers
+    assert "pki" not in config["apps"]
+    assert config["apps"]["http"]["http_port"] == 80
+    assert config["apps"]["http"]["https_port"] == 443
+    assert config["apps"]["http"]["metrics"] == {"per_host": True}
+
+
+def test_internal_mode_issues_locally_without_touching_the_trust_store() -> None:
+    config = render_config(TEMPLATE, inputs(tls_mode="internal", bind="127.0.0.9",
+                                            https_port=8443))
+    assert config["apps"]["http"]["servers"]["workspace"]["listen"] == ["127.0.0.9:8443"]
+    assert config["apps"]["tls"]["automation"]["policies"] == [
+        {"on_demand": True, "issuers": [{"module": "internal"}]}]
+    assert config["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False
+
+
+def test_none_mode_is_plain_http_on_the_http_port() -> None:
+    config = render_config(TEMPLATE, inputs(tls_mode="none", bind="127.0.0.9",
+                                            http_port=8080))
+    server = config["apps"]["http"]["servers"]["workspace"]
+    assert server["listen"] == ["127.0.0.9:8080"]
+    assert server["automatic_https"] == {"disable": True}
+    assert "tls" not in config["apps"] and "pki" not in config["apps"]
+
+
+def test_admin_listener_and_origins() -> None:
+    config = render_config(TEMPLATE, inputs(admin_listen="127.0.0.9:2999"))
+    assert config["admin"]["listen"] == "127.0.0.9:2999"
+    assert config["admin"]["origins"] == ["127.0.0.9:2999", "localhost:2999",
+                                          "127.0.0.1:2999"]
+    assert admin_origins("127.0.0.1:2019") == ["127.0.0.1:2019", "localhost:2019"]
+
+
+def test_upstream_host_follows_a_sandbox_bind() -> None:
+    routes = routes_of(render_config(TEMPLATE, inputs(upstream_host="127.0.0.9",
+                                                      ports={})))
+    assert routes["ws-ui"]["handle"][1]["upstreams"] == [{"dial": "127.0.0.9:3001"}]
+    assert routes["ws-port-8080"]["handle"][0]["upstreams"] == [{"dial": "127.0.0.9:8080"}]
+
+
+def test_rendering_is_pure_and_leaves_no_placeholders() -> None:
+    first = render_config(TEMPLATE, inputs())
+    assert first == render_config(TEMPLATE, inputs())
+    assert "{{" not in json.dumps(first)
+
+
+def test_template_errors_are_clear() -> None:
+    with pytest.raises(TemplateError, match="not JSON"):
+        render_config("{", inputs())
+    with pytest.raises(TemplateError, match="unknown placeholder"):
+        render_config(json.dumps({"admin": "{{nope}}"}), inputs())
+    with pytest.raises(TemplateError, match="lacks placeholders: listen, routes"):
+        render_config(json.dumps({"admin": {"listen": "{{admin_listen}}"}}), inputs())
+    with pytest.raises(ValueError, match="unknown tls mode"):
+        render_config(TEMPLATE, inputs(tls_mode="magic"))
+
+
+class FakeAdmin:
+    def __init__(self) -> None:
+        self.running: dict[str, Any] | None = None
+        self.loads = 0
+        self.down = False
+
+    def load(self, config: dict[str, Any]) -> None:
+        if self.down:
+            raise CaddyAdminError("Caddy admin API unreachable: refused")
+        self.loads += 1
+        self.running = json.loads(json.dumps(config))
+
+    def config(self) -> Any:
+        if self.down:
+            raise CaddyAdminError("Caddy admin API unreachable: refused")
+        return self.running
+
+
+def test_sync_posts_only_changes_retries_failures_and_repairs_drift(tmp_path: Path) -> None:
+    admin = FakeAdmin()
+    state = tmp_path / "caddy.json"
+    sync = CaddySync(admin, state, resync_seconds=60)  # type: ignore[arg-type]
+    one = render_config(TEMPLATE, inputs())
+    two = render_config(TEMPLATE, inputs(public_ports=frozenset({9000})))
+
+    admin.down = True
+    assert sync.apply(one, now=0) is False
+    assert sync.last_error and "unreachable" in sync.last_error
+    assert json.loads(state.read_text()) == one  # written even before Caddy is up
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    admin.down = False
+    assert sync.apply(one, now=1) is True and admin.loads == 1
+    assert sync.apply(one, now=2) is True and admin.loads == 1   # unchanged: no POST
+    assert sync.apply(two, now=3) is True and admin.loads == 2
+    admin.running = {"apps": {}}                                  # e.g. Caddy restarted
+    assert sync.apply(two, now=10) is True and admin.loads == 2   # not checked yet
+    assert sync.apply(two, now=64) is True and admin.loads == 3   # resync noticed it
+    assert admin.running == two

@@ -1,0 +1,62 @@
+"""Per-workspace agent credentials."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+
+from agentspaces.agent_client import pinned_context
+from agentspaces.pki import AgentCredentials, CredentialsError, generate
+
+HOST = "demo-default-1a2b3c.example.com"
+NOW = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
+
+
+def test_generated_credentials() -> None:
+    creds = generate(HOST, NOW)
+    cert = x509.load_pem_x509_certificate(creds.cert_pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [HOST, f"agent.{HOST}"]
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
+    assert cert.not_valid_before_utc <= NOW
+    assert cert.not_valid_after_utc == NOW + timedelta(days=3650)
+    assert cert.issuer == cert.subject
+    key = load_pem_private_key(creds.key_pem.encode(), password=None)
+    assert key.public_key() == cert.public_key()
+    assert len(creds.token) >= 43  # 32 random bytes, url-safe base64
+    assert creds.token_sha256 == hashlib.sha256(creds.token.encode()).hexdigest()
+    der_hash = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    assert creds.fingerprint_sha256 == der_hash
+    assert creds.token not in repr(creds) and "PRIVATE" not in repr(creds)
+    pinned_context(creds.cert_pem)  # usable as the client's only trust anchor
+
+
+def test_each_generation_is_fresh_and_validity_is_a_parameter() -> None:
+    one, two = generate(HOST, NOW), generate(HOST, NOW, validity=timedelta(days=30))
+    assert one.token != two.token and one.fingerprint_sha256 != two.fingerprint_sha256
+    cert = x509.load_pem_x509_certificate(two.cert_pem.encode())
+    assert cert.not_valid_after_utc == NOW + timedelta(days=30)
+
+
+def test_secret_data_round_trip_and_tamper_checks() -> None:
+    creds = generate(HOST, NOW)
+    data = creds.to_secret_data()
+    assert set(data) == {"tls.crt", "tls.key", "token", "tokenSha256", "fingerprintSha256"}
+    assert AgentCredentials.from_secret_data(data) == creds
+    other = generate(HOST, NOW)
+    for key, value, message in (
+        ("token", other.token, "token does not match"),
+        ("tls.crt", other.cert_pem, "does not match its stored fingerprint"),
+        ("tls.key", "not pem", "not valid PEM"),
+        ("tokenSha256", "", "lack tokenSha256"),
+    ):
+        with pytest.raises(CredentialsError) as err:
+            AgentCredentials.from_secret_data({**data, key: value})
+        assert message in str(err.value)
+        assert creds.token not in str(err.value) and other.token not in str(err.value)

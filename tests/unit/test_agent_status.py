@@ -1,0 +1,45 @@
+"""Assembling the status document."""
+
+from __future__ import annotations
+
+from agentspaces_vm.bootstrap import BootState
+from agentspaces_vm.status import build_status
+
+ACTIVITY = {"agentState": "waiting", "agentStateSince": "2026-11-27T04:00:00Z",
+            "lastActivityTime": "2026-11-27T04:00:00Z", "reasons": ["claude-hook:Stop"],
+            "malformedHookEvents": 1}
+
+
+def test_status_document_shape() -> None:
+    boot = BootState(start_requested=True, stage="failed", message="restore failed",
+                     devcontainer_state="absent", restore_state="failed",
+                     restore_error="chunk 2 failed authentication", restore_reason="Corrupt")
+    doc = build_status(version="0.1.0", simulated=False, boot=boot, ports=[8080, 3000, 8080],
+                       activity=ACTIVITY, secrets_version="v3",
+                       backup={"state": "running", "id": "b-1", "error": None,
+                               "result": None})
+    assert doc == {
+        "version": "0.1.0",
+        "simulated": False,
+        "bootStage": "failed",
+        "bootMessage": "restore failed",
+        "devcontainer": {"state": "absent", "message": ""},
+        "ports": [3000, 8080],
+        "activity": ACTIVITY,
+        "secrets": {"version": "v3"},
+        "restore": {"state": "failed", "error": "chunk 2 failed authentication",
+                    "reason": "Corrupt"},
+        "backup": {"state": "running", "id": "b-1"},
+    }
+    assert doc["activity"] is not ACTIVITY  # a copy, not the tracker's own object
+
+
+def test_fresh_agent_status() -> None:
+    doc = build_status(version="0.1.0", simulated=True, boot=BootState(), ports=(),
+                       activity=None, secrets_version=None, backup={})
+    assert doc["bootStage"] == "waiting-for-start"
+    assert doc["devcontainer"] == {"state": "absent", "message": ""}
+    assert doc["restore"] == {"state": "none", "error": None, "reason": None}
+    assert doc["backup"] == {"state": "idle", "id": None}
+    assert doc["activity"] is None and doc["secrets"] == {"version": None}
+    assert doc["simulated"] is True and doc["ports"] == []

@@ -1,0 +1,125 @@
+"""Pure parts of the backup orchestration: ids, object layout, records, plan parsing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from agentspaces.persistence import backups as bk
+from agentspaces_vm import backup as agent
+
+WS = bk.WorkspaceRef.for_workspace("agentspaces/", "team-a", "demo", "0f1e2d3c")
+
+
+def test_backup_id_is_utc_and_sortable() -> None:
+    local = datetime(2026, 11, 27, 5, 19, 0, 900_000, tzinfo=timezone(timedelta(hours=1)))
+    assert bk.backup_id(local) == "20261127T041900Z"
+    assert bk.parse_backup_id("20261127T041900Z") == datetime(2026, 11, 27, 4, 19, tzinfo=UTC)
+    ids = [bk.backup_id(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=m * 37))
+           for m in range(50)]
+    assert ids == sorted(ids)
+    with pytest.raises(ValueError):
+        bk.backup_id(datetime(2026, 11, 27))
+    with pytest.raises(ValueError):
+        bk.parse_backup_id("2026-11-27")
+
+
+def test_layout_keys() -> None:
+    assert WS.prefix == "agentspaces/team-a/demo-0f1e2d3c/"
+    assert bk.object_key(WS, "20261127T041900Z") == \
+        "agentspaces/team-a/demo-0f1e2d3c/20261127T041900Z.tar.zst.enc"
+    assert bk.manifest_key(WS, "20261127T041900Z") == \
+        "agentspaces/team-a/demo-0f1e2d3c/20261127T041900Z.manifest.json"
+    assert bk.classify_key(WS, bk.object_key(WS, "20261127T041900Z")) == \
+        ("20261127T041900Z", "object")
+    assert bk.classify_key(WS, bk.manifest_key(WS, "20261127T041900Z")) == \
+        ("20261127T041900Z", "manifest")
+    for foreign in (WS.prefix + "notes.txt", WS.prefix + "sub/20261127T041900Z.manifest.json",
+                    "agentspaces/team-a/demo-0f1e2d3c0/20261127T041900Z.tar.zst.enc"):
+        assert bk.classify_key(WS, foreign) is None
+
+
+def test_explicit_prefix() -> None:
+    assert bk.WorkspaceRef.from_prefix("agentspaces/team-a/demo-0f1e2d3c").prefix == WS.prefix
+    for bad in ("", "/abs/", "a/../b/"):
+        with pytest.raises(ValueError):
+            bk.WorkspaceRef.from_prefix(bad)
+    with pytest.raises(ValueError):
+        bk.WorkspaceRef.for_workspace("agentspaces/", "ns", "", "uid")
+
+
+def test_pending_backup_survives_json() -> None:
+    pending = bk.PendingBackup(prefix=WS.prefix, backup_id="20261127T041900Z",
+                               object_key=bk.object_key(WS, "20261127T041900Z"),
+                               manifest_key=bk.manifest_key(WS, "20261127T041900Z"),
+                               upload_id="upl-1", key_id="dk-1", part_size=16 << 20,
+                               max_parts=1024, chunk_size=1 << 20,
+                               started=datetime(2026, 11, 27, 4, 19, tzinfo=UTC))
+    assert bk.PendingBackup.from_dict(json.loads(json.dumps(pending.to_dict()))) == pending
+
+
+def test_manifest_round_trip_is_relative_to_the_prefix() -> None:
+    record = bk.BackupRecord(
+        backup_id="20261127T041900Z", time=datetime(2026, 11, 27, 4, 19, tzinfo=UTC),
+        object_key=bk.object_key(WS, "20261127T041900Z"),
+        manifest_key=bk.manifest_key(WS, "20261127T041900Z"), size=1234, sha256="ab" * 32,
+        key_id="dk-1", format_version=1, chunk_size=1 << 20, plaintext_size=1000,
+        completed=datetime(2026, 11, 27, 4, 25, tzinfo=UTC))
+    doc = record.manifest(WS)
+    assert doc["objectName"] == "20261127T041900Z.tar.zst.enc"
+    assert bk.BackupRecord.from_manifest(WS, json.loads(json.dumps(doc))) == record
+    moved = bk.WorkspaceRef.from_prefix("archive/demo/")
+    assert bk.BackupRecord.from_manifest(moved, doc).object_key == \
+        "archive/demo/20261127T041900Z.tar.zst.enc"
+    assert record.status() == {"time": "2026-11-27T04:19:00Z", "object": record.object_key,
+                               "size": 1234}
+    for broken in ({**doc, "kind": "other"}, {**doc, "objectName": "x.tar.zst.enc"},
+                   {**doc, "sha256": "zz"}):
+        with pytest.raises(ValueError):
+            bk.BackupRecord.from_manifest(WS, broken)
+
+
+KEY = base64.b64encode(bytes(32)).decode()
+PARTS = [{"partNumber": 2, "url": "https://r2.example/b/k?partNumber=2"},
+         {"partNumber": 1, "url": "https://r2.example/b/k?partNumber=1"}]
+
+
+def backup_plan(**changes: object) -> dict[str, object]:
+    plan: dict[str, object] = {"version": 1, "id": "20261127T041900Z", "keyId": "dk-1",
+                               "key": KEY, "chunkSize": 1 << 20, "partSize": 5 << 20,
+                               "parts": PARTS, "exclude": ["node_modules"]}
+    plan.update(changes)
+    return plan
+
+
+def test_agent_parses_a_backup_plan() -> None:
+    parsed = agent.BackupPlan.parse(backup_plan())
+    assert parsed.part_urls == (PARTS[1]["url"], PARTS[0]["url"])  # ordered by number
+    assert parsed.exclude == ("node_modules",)
+    assert KEY not in repr(parsed) and "r2.example" not in repr(parsed)
+
+
+@pytest.mark.parametrize("changes", [
+    {"version": 2}, {"key": "c2hvcnQ="}, {"key": "not base64"}, {"keyId": ""},
+    {"partSize": 1 << 20}, {"parts": []}, {"parts": [PARTS[0]]},
+    {"parts": [{"partNumber": 1, "url": "file:///etc/passwd"}]}, {"exclude": "x"},
+    {"chunkSize": 0}, {"id": "../../x"}, {"partSize": True},
+])
+def test_agent_rejects_a_bad_backup_plan(changes: dict[str, object]) -> None:
+    with pytest.raises(agent.BackupError) as info:
+        agent.BackupPlan.parse(backup_plan(**changes))
+    assert info.value.reason == "InvalidPlan"
+    assert KEY not in str(info.value)
+
+
+def test_agent_rejects_a_bad_restore_plan() -> None:
+    good = {"version": 1, "id": "20261127T041900Z", "keyId": "dk-1", "key": KEY,
+            "url": "https://r2.example/b/k", "size": 10, "sha256": "ab" * 32}
+    assert agent.RestorePlan.parse(good).size == 10
+    for changes in ({"size": 0}, {"sha256": "abc"}, {"url": None}):
+        with pytest.raises(agent.BackupError) as info:
+            agent.RestorePlan.parse({**good, **changes})
+        assert info.value.reason == "InvalidPlan"

@@ -1,0 +1,708 @@
+"""Back up and restore the workspace tree (agent side; stdlib + cryptography only).
+
+backup:  tar (GNU, pax) of the root | zstd | chunked AES-256-GCM | presigned multipart PUTs
+restore: presigned GET (resumable) | verify + decrypt | zstd -d | tar into a staging dir,
+         then swap the staged tree in; on any failure the root is left untouched.
+
+The operator builds both plans (docs/backup-format.md); the VM never holds storage
+credentials, only URLs that expire. Memory is bounded by about two upload parts plus
+one chunk, whatever the size of the tree. Every failure raises BackupError (or a
+subclass) whose `reason` is one CamelCase word for the Workspace conditions; messages
+never contain the key or a URL (presigned URLs are bearer credentials).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import http.client
+import io
+import os
+import queue
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+from agentspaces_vm.backup_format import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    VERSION,
+    BackupCorrupt,
+    BackupError,
+    Decryptor,
+    Encryptor,
+    UnsupportedFormat,
+    WrongKey,
+    check_key_id,
+)
+
+__all__ = ["BackupCorrupt", "BackupError", "BackupPlan", "RestorePlan", "UnsupportedFormat",
+           "WrongKey", "backup", "restore"]
+
+PLAN_VERSION = 1
+# Several chunks per read: most chunks are then encrypted/decrypted straight from the
+# read buffer instead of being copied into the format's carry-over buffer first.
+READ_SIZE = 4 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_SIZE = 5 * 1024 * 1024 * 1024 - 5 * 1024 * 1024
+ZSTD_LEVEL = 3
+PUT_ATTEMPTS = 5
+GET_FAILURES = 6
+HTTP_TIMEOUT = 120.0
+BACKOFF_CAP = 8.0
+PROCESS_EXIT_TIMEOUT = 120.0
+PARTS_IN_MEMORY = 2
+PIPE_SIZE = 1024 * 1024
+FEED_QUEUE = 4  # plaintext pieces (about a chunk each) waiting for zstd
+PREFETCH = 2  # downloaded pieces (READ_SIZE each) waiting for decryption
+# Restore scratch space lives inside the root (same filesystem, even when the root is a
+# mount point); backups never include it.
+STAGING_PREFIX = ".agentspaces-restore-"
+TRASH_PREFIX = ".agentspaces-trash-"
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _fail(reason: str, message: str) -> BackupError:
+    return BackupError(message, reason=reason)
+
+
+def _invalid(message: str) -> BackupError:
+    return _fail("InvalidPlan", message)
+
+
+# --- plans ------------------------------------------------------------------------------
+
+def _get(plan: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = plan.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _invalid(f"plan field {name!r} is missing or has the wrong type")
+    return value
+
+
+def _common(plan: Mapping[str, Any]) -> tuple[str, str, bytes]:
+    if not isinstance(plan, Mapping):
+        raise _invalid("the plan must be a JSON object")
+    if plan.get("version") != PLAN_VERSION:
+        raise _invalid(f"plan version {plan.get('version')!r} is not {PLAN_VERSION}")
+    backup_id = _get(plan, "id", str)
+    if not re.fullmatch(r"[0-9A-Za-z._-]{1,64}", backup_id):
+        raise _invalid("plan id is malformed")
+    try:
+        key_id = check_key_id(_get(plan, "keyId", str))
+    except ValueError:
+        raise _invalid("plan keyId is malformed") from None
+    try:
+        key = base64.b64decode(_get(plan, "key", str), validate=True)
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != 32:
+        raise _invalid("plan key is not a base64 256-bit key")
+    return backup_id, key_id, key
+
+
+def _url(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not re.match(r"^https?://", value):
+        raise _invalid(f"{what} is not an http(s) URL")
+    return value
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    backup_id: str
+    key_id: str
+    key: bytes = field(repr=False)
+    chunk_size: int
+    part_size: int
+    part_urls: tuple[str, ...] = field(repr=False)
+    exclude: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, plan: Mapping[str, Any]) -> BackupPlan:
+        backup_id, key_id, key = _common(plan)
+        chunk_size = plan.get("chunkSize", DEFAULT_CHUNK_SIZE)
+        if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+            raise _invalid("plan chunkSize is out of range")
+        part_size = _get(plan, "partSize", int)
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise _invalid("plan partSize is out of range")
+        parts = _get(plan, "parts", list)
+        if not parts:
+            raise _invalid("plan has no part URLs")
+        try:
+            numbered = sorted(parts, key=lambda p: int(p["partNumber"]))
+            numbers = [int(p["partNumber"]) for p in numbered]
+        except (TypeError, KeyError, ValueError):
+            raise _invalid("plan parts need partNumber and url") from None
+        if numbers != list(range(1, len(numbers) + 1)):
+            raise _invalid("plan part numbers must be 1..n")
+        urls = tuple(_url(p.get("url"), "a part url") for p in numbered)
+        exclude = plan.get("exclude", [])
+        if not isinstance(exclude, list) or not all(
+                isinstance(x, str) and x and "\0" not in x for x in exclude):
+            raise _invalid("plan exclude must be a list of patterns")
+        return cls(backup_id, key_id, key, chunk_size, part_size, urls, tuple(exclude))
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    backup_id: str
+    key_id: str
+    key: bytes = field(repr=False)
+    url: str = field(repr=False)
+    size: int
+    sha256: str
+
+    @classmethod
+    def parse(cls, plan: Mapping[str, Any]) -> RestorePlan:
+        backup_id, key_id, key = _common(plan)
+        url = _url(plan.get("url"), "plan url")
+        size = _get(plan, "size", int)
+        sha = _get(plan, "sha256", str).lower()
+        if size <= 0 or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise _invalid("plan size or sha256 is malformed")
+        return cls(backup_id, key_id, key, url, size, sha)
+
+
+# --- processes ----------------------------------------------------------------------------
+
+def tar_create_args(root: Path, exclude: tuple[str, ...]) -> list[str]:
+    # pax keeps nanosecond mtimes and long names; atime/ctime would only add noise.
+    # Patterns follow GNU tar --exclude: "node_modules" anywhere, "./build" at the root.
+    return ["tar", "--create", "--file=-", f"--directory={root}", "--format=posix",
+            "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--sort=name",
+            "--ignore-failed-read", f"--exclude={STAGING_PREFIX}*", f"--exclude={TRASH_PREFIX}*",
+            *(f"--exclude={pattern}" for pattern in exclude), "."]
+
+
+def tar_extract_args(target: Path) -> list[str]:
+    owner = "--same-owner" if os.geteuid() == 0 else "--no-same-owner"
+    return ["tar", "--extract", "--file=-", f"--directory={target}", "--numeric-owner",
+            "--preserve-permissions", owner, "--delay-directory-restore"]
+
+
+def _pipe_size() -> int:
+    """Pipes of PIPE_SIZE (not 64 KiB) let tar, zstd and this process overlap their work
+    instead of taking turns; an unprivileged process is capped by pipe-max-size."""
+    if os.geteuid() == 0:
+        return PIPE_SIZE
+    try:
+        return min(PIPE_SIZE, int(Path("/proc/sys/fs/pipe-max-size").read_text()))
+    except (OSError, ValueError):
+        return -1  # the system default
+
+
+def _tail(stream: IO[bytes], limit: int = 600) -> str:
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(max(0, size - limit))
+    return stream.read().decode(errors="replace").strip()
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=PROCESS_EXIT_TIMEOUT)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+def _wait(proc: subprocess.Popen[bytes], what: str) -> int:
+    try:
+        return proc.wait(timeout=PROCESS_EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise _fail("Timeout", f"{what} did not exit") from None
+
+
+# --- upload -------------------------------------------------------------------------------
+
+_opener = urllib.request.build_opener()
+
+
+def _retryable_status(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
+
+
+class _Uploader(threading.Thread):
+    """PUTs parts in order on its own thread so archiving continues while one uploads.
+    Part buffers come from a pool of PARTS_IN_MEMORY, reused (allocating a fresh
+    part-sized buffer each time fragments the heap and lets RSS creep up)."""
+
+    def __init__(self, urls: tuple[str, ...], part_size: int) -> None:
+        super().__init__(name="backup-upload", daemon=True)
+        self._urls = urls
+        self._part_size = part_size
+        self._queue: queue.Queue[tuple[int, bytearray, int] | None] = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._allocated = 0
+        self.events: queue.Queue[tuple[int, int]] = queue.Queue()
+        self.etags: dict[int, str] = {}
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+
+    def take_buffer(self) -> bytearray:
+        """A free part buffer; waits while both are in flight."""
+        if self._free.empty() and self._allocated < PARTS_IN_MEMORY:
+            self._allocated += 1
+            return bytearray(self._part_size)
+        while True:
+            self.check()
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def submit(self, number: int, buffer: bytearray, length: int) -> None:
+        self.check()
+        if number > len(self._urls):
+            raise _fail("BackupTooLarge", f"the archive needs more than the {len(self._urls)} "
+                                          "parts the plan allows")
+        self._queue.put((number, buffer, length))
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self._queue.put(None)
+
+    def run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            number, buffer, length = item
+            try:
+                if self.error is None and not self.cancelled.is_set():
+                    with memoryview(buffer) as view:
+                        self.etags[number] = self._put(number, view[:length])
+                    self.events.put((number, length))
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self._free.put(buffer)
+                del buffer, item
+
+    def _put(self, number: int, data: memoryview) -> str:
+        problem = ""
+        for attempt in range(1, PUT_ATTEMPTS + 1):
+            request = urllib.request.Request(
+                self._urls[number - 1], data=data, method="PUT",
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Length": str(len(data))})
+            try:
+                with _opener.open(request, timeout=HTTP_TIMEOUT) as response:
+                    response.read()
+                    etag = response.headers.get("ETag")
+                if not etag:
+                    raise _fail("UploadFailed", f"part {number}: no ETag in the answer")
+                return str(etag)
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                problem = f"HTTP {exc.code}"
+                retry = _retryable_status(exc.code)
+            except (OSError, http.client.HTTPException) as exc:
+                problem, retry = type(exc).__name__, True
+            if not retry or attempt == PUT_ATTEMPTS:
+                break
+            if self.cancelled.wait(min(BACKOFF_CAP, 0.5 * 2 ** (attempt - 1))):
+                break
+        raise _fail("UploadFailed", f"part {number}: {problem} after {attempt} attempt(s)")
+
+
+class _PartWriter:
+    """Cuts the ciphertext stream into parts of exactly part_size (the last may be
+    shorter, as R2 requires) and hashes it."""
+
+    def __init__(self, part_size: int, uploader: _Uploader) -> None:
+        self._size = part_size
+        self._up = uploader
+        self._buf: bytearray | None = None
+        self._filled = 0
+        self.parts = 0
+        self.total = 0
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.total += len(data)
+        with memoryview(data) as view:
+            pos = 0
+            while pos < len(view):
+                if self._buf is None:
+                    self._buf, self._filled = self._up.take_buffer(), 0
+                count = min(self._size - self._filled, len(view) - pos)
+                self._buf[self._filled:self._filled + count] = view[pos:pos + count]
+                self._filled += count
+                pos += count
+                if self._filled == self._size:
+                    self._flush()
+
+    def _flush(self) -> None:
+        assert self._buf is not None
+        self.parts += 1
+        buf, self._buf = self._buf, None
+        self._up.submit(self.parts, buf, self._filled)
+
+    def close(self) -> None:
+        if self._buf is not None:
+            self._flush()
+
+
+def backup(plan: Mapping[str, Any], root: Path, progress: Progress) -> dict[str, Any]:
+    """Archive, compress, encrypt and upload `root`; return the result for the commit.
+
+    `progress` is called on this thread with {"phase", "partsUploaded", "bytesUploaded",
+    "bytesEncrypted"}; an exception from it aborts the backup.
+    """
+    p = BackupPlan.parse(plan)
+    root = Path(root).absolute()
+    if not root.is_dir():
+        raise _fail("SourceMissing", f"{root} is not a directory")
+    uploaded = [0, 0]
+
+    def report(writer: _PartWriter, phase: str, block: float = 0.0) -> None:
+        changed = False
+        while True:
+            try:
+                _number, size = uploader.events.get(timeout=block) if block else \
+                    uploader.events.get_nowait()
+            except queue.Empty:
+                break
+            uploaded[0] += 1
+            uploaded[1] += size
+            changed, block = True, 0.0
+        if changed or phase != "uploading":
+            progress({"phase": phase, "partsUploaded": uploaded[0],
+                      "bytesUploaded": uploaded[1], "bytesEncrypted": writer.total})
+
+    uploader = _Uploader(p.part_urls, p.part_size)
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryFile() as tar_err, tempfile.TemporaryFile() as zstd_err:
+        try:
+            tar = subprocess.Popen(tar_create_args(root, p.exclude), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=tar_err,
+                                   pipesize=_pipe_size())
+            procs.append(tar)
+            zstd = subprocess.Popen(["zstd", f"-{ZSTD_LEVEL}", "-q", "-c", "-"], stdin=tar.stdout,
+                                    stdout=subprocess.PIPE, stderr=zstd_err,
+                                    pipesize=_pipe_size())
+            procs.append(zstd)
+            assert tar.stdout is not None and zstd.stdout is not None
+            tar.stdout.close()  # zstd owns it now; tar sees EPIPE if zstd dies
+            uploader.start()
+            writer = _PartWriter(p.part_size, uploader)
+            encryptor = Encryptor(p.key, p.key_id, p.chunk_size)
+            report(writer, "archiving")
+            buffer = bytearray(READ_SIZE)
+            with memoryview(buffer) as view:
+                while count := cast(io.BufferedReader, zstd.stdout).readinto(buffer):
+                    for out in encryptor.update_pieces(view[:count]):
+                        writer.write(out)
+                    report(writer, "uploading")
+            zstd_rc, tar_rc = _wait(zstd, "zstd"), _wait(tar, "tar")
+            if zstd_rc != 0:
+                raise _fail("CompressFailed", f"zstd exited {zstd_rc}: {_tail(zstd_err)}")
+            if tar_rc not in (0, 1):  # 1: a file changed while it was read (live tree)
+                raise _fail("ArchiveFailed", f"tar exited {tar_rc}: {_tail(tar_err)}")
+            warnings = _tail(tar_err) if tar_rc == 1 else ""
+            for out in encryptor.finalize_pieces():
+                writer.write(out)
+            writer.close()
+            uploader.close()
+            while uploader.is_alive():
+                report(writer, "uploading", block=0.5)
+                uploader.check()
+            uploader.check()
+            report(writer, "uploaded")
+        except BaseException:
+            uploader.cancel()
+            raise
+        finally:
+            _stop(procs)
+            if uploader.is_alive():
+                uploader.join(timeout=HTTP_TIMEOUT + 5)
+    parts = [{"partNumber": n, "etag": uploader.etags[n]} for n in range(1, writer.parts + 1)]
+    result: dict[str, Any] = {
+        "id": p.backup_id,
+        "parts": parts,
+        "size": writer.total,
+        "sha256": writer.sha256.hexdigest(),
+        "plaintextSize": encryptor.plaintext_size,
+        "keyId": p.key_id,
+        "chunkSize": p.chunk_size,
+        "formatVersion": VERSION,
+    }
+    if warnings:
+        result["warnings"] = warnings
+    return result
+
+
+# --- restore ------------------------------------------------------------------------------
+
+def _download(p: RestorePlan) -> Iterator[bytes]:
+    """The object's bytes, resuming with Range after a dropped connection. Sizes are
+    checked against the plan before anything is passed on."""
+    offset, failures, problem = 0, 0, ""
+    while offset < p.size:
+        if failures:
+            if failures >= GET_FAILURES:
+                raise _fail("DownloadFailed", f"{problem} after {failures} attempt(s)")
+            time.sleep(min(BACKOFF_CAP, 0.5 * 2 ** (failures - 1)))
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            response = _opener.open(urllib.request.Request(p.url, headers=headers),
+                                    timeout=HTTP_TIMEOUT)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 416:
+                raise BackupCorrupt("truncated", f"the object is shorter than {p.size} "
+                                                 "bytes") from None
+            if not _retryable_status(exc.code):
+                raise _fail("DownloadFailed", f"HTTP {exc.code}") from None
+            failures, problem = failures + 1, f"HTTP {exc.code}"
+            continue
+        except (OSError, http.client.HTTPException) as exc:
+            failures, problem = failures + 1, type(exc).__name__
+            continue
+        with response:
+            if offset and response.status != 206:
+                raise _fail("DownloadFailed", "the server ignored a Range request")
+            length = response.headers.get("Content-Length")
+            if length is not None and int(length) != p.size - offset:
+                actual = offset + int(length)
+                raise BackupCorrupt("truncated" if actual < p.size else "extended",
+                                    f"the object is {actual} bytes, the manifest says {p.size}")
+            try:
+                while piece := response.read(READ_SIZE):
+                    if offset + len(piece) > p.size:
+                        raise BackupCorrupt("extended", f"the object exceeds {p.size} bytes")
+                    offset += len(piece)
+                    yield piece
+            except (OSError, http.client.HTTPException) as exc:
+                failures, problem = failures + 1, type(exc).__name__
+                continue
+            if offset < p.size:
+                failures, problem = failures + 1, "short read"
+
+
+class _Prefetch(threading.Thread):
+    """Runs the download (and the object's sha256) on its own thread, a few pieces
+    ahead of decryption; errors are re-raised in the consumer."""
+
+    _END = object()
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        super().__init__(name="restore-download", daemon=True)
+        self._pieces = pieces
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH)
+        self._halt = threading.Event()
+        self.sha256 = hashlib.sha256()
+
+    def _offer(self, item: Any) -> bool:
+        while not self._halt.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for piece in self._pieces:
+                self.sha256.update(piece)
+                if not self._offer(piece):
+                    return
+            self._offer(self._END)
+        except BaseException as exc:
+            self._offer(exc)
+        finally:
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (item := self._queue.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=HTTP_TIMEOUT + 5)
+
+
+class _PipeFeeder(threading.Thread):
+    """Writes plaintext into zstd on its own thread, so downloading, hashing and
+    decrypting the next pieces overlap with decompression (a few MiB queued at most)."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        super().__init__(name="restore-feed", daemon=True)
+        self._pipe = pipe
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=FEED_QUEUE)
+        self.broken = False
+
+    def put(self, piece: bytes) -> None:
+        if self.broken:
+            raise BrokenPipeError("the decompressor stopped reading")
+        self._queue.put(piece)
+
+    def run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if not self.broken:
+                try:
+                    self._pipe.write(piece)
+                except (OSError, ValueError):  # EPIPE, or closed by _stop()
+                    self.broken = True  # keep draining so put() never blocks for good
+        if not self.broken:
+            try:
+                self._pipe.close()
+            except (OSError, ValueError):
+                self.broken = True
+
+    def finish(self) -> None:
+        """Flush and close the pipe; wait for it (the caller stops zstd if it hangs)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=PROCESS_EXIT_TIMEOUT)
+        self.join(timeout=PROCESS_EXIT_TIMEOUT)
+
+
+def _extract(p: RestorePlan, target: Path) -> None:
+    """Download, verify, decrypt, decompress and untar into `target`."""
+    procs: list[subprocess.Popen[bytes]] = []
+    feeder: _PipeFeeder | None = None
+    download: _Prefetch | None = None
+    with tempfile.TemporaryFile() as zstd_err, tempfile.TemporaryFile() as tar_err:
+        try:
+            zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", "-"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=zstd_err,
+                                    pipesize=_pipe_size())
+            procs.append(zstd)
+            tar = subprocess.Popen(tar_extract_args(target), stdin=zstd.stdout,
+                                   stdout=subprocess.DEVNULL, stderr=tar_err)
+            procs.append(tar)
+            assert zstd.stdin is not None and zstd.stdout is not None
+            zstd.stdout.close()
+            feeder = _PipeFeeder(zstd.stdin)
+            feeder.start()
+            decryptor = Decryptor(p.key, p.key_id)
+            download = _Prefetch(_download(p))
+            download.start()
+            verified = False
+            try:
+                for piece in download:
+                    for plain in decryptor.update_pieces(piece):
+                        feeder.put(plain)
+                decryptor.finalize()
+                if download.sha256.hexdigest() != p.sha256:
+                    raise BackupCorrupt("checksum", "the object is not the one the manifest "
+                                                    "names (sha256 differs)")
+                verified = True
+            except BrokenPipeError:
+                pass  # zstd or tar stopped reading; their exit codes say why
+            feeder.finish()
+            zstd_rc, tar_rc = _wait(zstd, "zstd"), _wait(tar, "tar")
+            if zstd_rc != 0:
+                raise _fail("DecompressFailed", f"zstd exited {zstd_rc}: {_tail(zstd_err)}")
+            if tar_rc != 0:
+                raise _fail("ExtractFailed", f"tar exited {tar_rc}: {_tail(tar_err)}")
+            if not verified or feeder.broken:
+                raise _fail("ExtractFailed", "extraction stopped before the end of the backup")
+        finally:
+            if download is not None:
+                download.stop()
+            _stop(procs)  # kills zstd first, so a feeder blocked on the pipe gets EPIPE
+            if feeder is not None and feeder.is_alive():
+                feeder.finish()
+
+
+def _make_staging(root: Path) -> tuple[Path, bool]:
+    """A fresh staging directory on the root's filesystem, and whether it is inside
+    the root (else next to it: the root does not exist yet)."""
+    if root.is_dir():
+        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)), True
+    if root.exists() or root.is_symlink():
+        raise _fail("InvalidTarget", f"{root} exists and is not a directory")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{root.name}{STAGING_PREFIX}", dir=root.parent)), False
+
+
+def _swap_in(staging: Path, inside: bool, root: Path) -> None:
+    """Replace the root's content with the staged tree. Each step is a rename on one
+    filesystem; if one fails, the moves done so far are undone."""
+    if not inside:
+        staging.rename(root)
+        for leftover in root.parent.glob(f".{root.name}{STAGING_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return
+    attrs = os.lstat(staging)  # the archived root's own owner, mode and mtime
+    trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, dir=root))
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for name in os.listdir(root):
+            if name not in (staging.name, trash.name):
+                os.rename(root / name, trash / name)
+                moved_out.append(name)
+        for name in os.listdir(staging):
+            os.rename(staging / name, root / name)
+            moved_in.append(name)
+    except OSError:
+        for src, dst, names in ((root, staging, moved_in), (trash, root, moved_out)):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    os.rename(src / name, dst / name)
+        with contextlib.suppress(OSError):
+            os.rmdir(trash)  # never rmtree here: it may still hold old content
+        raise
+    os.rmdir(staging)
+    # Old content, including scratch left by an interrupted earlier restore.
+    shutil.rmtree(trash, ignore_errors=True)
+    if os.geteuid() == 0:
+        os.chown(root, attrs.st_uid, attrs.st_gid)
+    os.chmod(root, attrs.st_mode & 0o7777)
+    os.utime(root, ns=(attrs.st_atime_ns, attrs.st_mtime_ns))
+
+
+def restore(plan: Mapping[str, Any], root: Path) -> None:
+    """Replace the content of `root` with the backup the plan names.
+
+    Nothing under `root` changes unless the whole object downloaded, authenticated,
+    matched the manifest's size and sha256, and extracted cleanly.
+    """
+    p = RestorePlan.parse(plan)
+    root = Path(root).absolute()
+    # The staging dir is created inside the root: put the root's times back on failure.
+    times = os.stat(root) if root.is_dir() else None
+    staging, inside = _make_staging(root)
+    try:
+        _extract(p, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if times is not None:
+            os.utime(root, ns=(times.st_atime_ns, times.st_mtime_ns))
+        raise
+    try:
+        _swap_in(staging, inside, root)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _fail("ExtractFailed", f"swapping the restored tree in failed: "
+                                     f"{exc.strerror or type(exc).__name__}") from None

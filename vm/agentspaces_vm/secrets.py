@@ -1,0 +1,182 @@
+"""Delivered secrets: validate the PUT /v1/secrets body and write it under state/secrets.
+
+Layout (directories 0700, files 0600, written atomically):
+
+    secrets/version              the delivery's version string
+    secrets/basic-auth.json      {"username", "bcryptHash"} -> Caddy's basic auth
+    secrets/repository-token     read by git through secrets/git-askpass (0700)
+    secrets/claude/anthropic-api-key
+                                 mounted read-only into the devcontainer at
+                                 /run/agentspaces; Claude Code reads it via apiKeyHelper
+
+A delivery replaces the previous one: an optional secret that is absent is removed.
+The claude/ directory belongs to the devcontainer's user (the helper runs as that
+user); everything else stays root's. No value is ever logged or echoed in an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentspaces_vm.caddy import BasicAuth
+
+CONTAINER_SECRETS_DIR = "/run/agentspaces"
+API_KEY_NAME = "anthropic-api-key"
+_BCRYPT = re.compile(r"^\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}$")
+_USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
+_TOKENISH = re.compile(r"^[\x21-\x7e]{1,8192}$")  # printable, no spaces or newlines
+
+
+class SecretsError(ValueError):
+    """The body is not a valid secrets delivery; the message names the field only."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    version: str
+    basic_auth: BasicAuth
+    anthropic_api_key: str | None
+    repository_token: str | None
+
+    def __repr__(self) -> str:  # keep values out of any accidental log line
+        return f"Delivery(version={self.version!r}, secrets=<redacted>)"
+
+
+@dataclass(frozen=True)
+class SecretsState:
+    version: str | None
+    basic_auth: BasicAuth | None
+    has_api_key: bool
+    has_repository_token: bool
+
+
+def parse_delivery(body: object) -> Delivery:
+    if not isinstance(body, dict):
+        raise SecretsError("expected a JSON object")
+    unknown = set(body) - {"version", "anthropicApiKey", "repositoryToken", "basicAuth"}
+    if unknown:
+        raise SecretsError(f"unknown fields: {', '.join(sorted(unknown))}")
+    version = body.get("version")
+    if not isinstance(version, str) or not 0 < len(version) <= 200 or not version.isprintable():
+        raise SecretsError("version: expected a non-empty printable string")
+    auth = body.get("basicAuth")
+    if not isinstance(auth, dict):
+        raise SecretsError("basicAuth: expected an object with username and bcryptHash")
+    username, hash_ = auth.get("username"), auth.get("bcryptHash")
+    if not isinstance(username, str) or not _USERNAME.match(username):
+        raise SecretsError("basicAuth.username: expected 1-64 of A-Z a-z 0-9 . _ @ + -")
+    if not isinstance(hash_, str) or not _BCRYPT.match(hash_):
+        raise SecretsError("basicAuth.bcryptHash: expected a bcrypt hash ($2a$/$2b$/$2y$)")
+
+    def optional(key: str) -> str | None:
+        value = body.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _TOKENISH.match(value):
+            raise SecretsError(f"{key}: expected a printable string without whitespace")
+        return value
+
+    return Delivery(version=version, basic_auth=BasicAuth(username, hash_),
+                    anthropic_api_key=optional("anthropicApiKey"),
+                    repository_token=optional("repositoryToken"))
+
+
+def _write_private(path: Path, data: str, mode: int = 0o600,
+                   owner: tuple[int, int] | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data.encode("utf-8"))
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _private_dir(path: Path, owner: tuple[int, int] | None = None) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    if owner is not None:
+        os.chown(path, *owner)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+class SecretStore:
+    """Secrets on disk under `root` (state/secrets)."""
+
+    def __init__(self, root: Path, container_owner: tuple[int, int] | None = None) -> None:
+        self.root = root
+        # Only root can hand files to another user; otherwise keep our own uid.
+        self._owner = container_owner if os.geteuid() == 0 else None
+
+    @property
+    def claude_dir(self) -> Path:
+        return self.root / "claude"
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.claude_dir / API_KEY_NAME
+
+    @property
+    def repository_token_file(self) -> Path:
+        return self.root / "repository-token"
+
+    @property
+    def askpass(self) -> Path:
+        return self.root / "git-askpass"
+
+    def prepare(self) -> None:
+        """Create the directories (and the askpass helper) with their modes."""
+        _private_dir(self.root)
+        _private_dir(self.claude_dir, self._owner)
+        script = ("#!/bin/sh\n# git asks for a username, then a password: answer with the\n"
+                  "# delivered repository token, which never appears in argv or the URL.\n"
+                  'case "$1" in\n  [Uu]sername*) echo x-access-token ;;\n'
+                  f"  *) cat {shlex.quote(str(self.repository_token_file))} ;;\nesac\n")
+        _write_private(self.askpass, script, mode=0o700)
+
+    def apply(self, delivery: Delivery) -> SecretsState:
+        self.prepare()
+        auth = {"username": delivery.basic_auth.username,
+                "bcryptHash": delivery.basic_auth.bcrypt_hash}
+        _write_private(self.root / "basic-auth.json", json.dumps(auth))
+        if delivery.anthropic_api_key is None:
+            _remove(self.api_key_file)
+        else:
+            _write_private(self.api_key_file, delivery.anthropic_api_key + "\n",
+                           owner=self._owner)
+        if delivery.repository_token is None:
+            _remove(self.repository_token_file)
+        else:
+            _write_private(self.repository_token_file, delivery.repository_token + "\n")
+        # The version goes last: it is what the operator reads back as "applied".
+        _write_private(self.root / "version", delivery.version)
+        return self.load()
+
+    def load(self) -> SecretsState:
+        version: str | None
+        try:
+            version = (self.root / "version").read_text(encoding="utf-8")
+        except OSError:
+            version = None
+        basic_auth = None
+        try:
+            raw = json.loads((self.root / "basic-auth.json").read_text(encoding="utf-8"))
+            basic_auth = BasicAuth(raw["username"], raw["bcryptHash"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return SecretsState(version=version, basic_auth=basic_auth,
+                            has_api_key=self.api_key_file.is_file(),
+                            has_repository_token=self.repository_token_file.is_file())

@@ -1,0 +1,301 @@
+"""HTTP front ends of the agent (stdlib ThreadingHTTPServer).
+
+- The API server (HTTPS, `listen.api`) for the operator: bearer token, per-address
+  failure limit, JSON in and out.
+- The local server (plain HTTP, loopback `listen.local`) for Caddy's on-demand TLS
+  permission check and Claude Code's http hooks.
+
+Both survive bad input: every error is a JSON answer, bodies have a size cap, sockets
+have timeouts, the TLS handshake happens in the connection's own thread (a slow client
+cannot stall the accept loop) and concurrent connections are capped. Nothing from a
+request body or header is ever logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from agentspaces_vm.agent import Agent, BadRequest
+from agentspaces_vm.config import Address
+
+log = logging.getLogger(__name__)
+
+MAX_API_BODY = 4 << 20     # backup plans carry many presigned part URLs
+MAX_HOOK_BODY = 8 << 20    # tool payloads can carry whole files
+MAX_DRAIN = 64 << 20       # read and drop oversized bodies up to this, so the 413 arrives
+MAX_CONNECTIONS = 64
+SOCKET_TIMEOUT = 30.0
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "agentspaces-agent"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT
+    agent: Agent  # set on the subclass each server builds
+    max_body = MAX_API_BODY
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the default prints the raw request line; we log our own line instead
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = urlsplit(self.path).path if hasattr(self, "path") else "-"
+        log.info("%s %s %s %s", self.client_address[0], getattr(self, "command", "-"),
+                 path[:200], code)
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        # Malformed request lines/headers: answer in JSON like everything else, without
+        # echoing any of the client's bytes.
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase.lower()
+        except ValueError:
+            phrase = "error"
+        self.error_json(code, phrase)
+
+    def send_json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(doc).encode() if doc is not None else b""
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if status != 204:
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if status != 204:
+            self.wfile.write(body)
+
+    def error_json(self, status: int, error: str, detail: str = "",
+                   headers: dict[str, str] | None = None) -> None:
+        doc = {"error": error}
+        if detail:
+            doc["detail"] = detail
+        self.send_json(status, doc, headers)
+
+    def read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise _BodyError(411, "length required", "send a Content-Length, not chunks")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return b""
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise _BodyError(400, "bad request", "invalid Content-Length") from None
+        if length > self.max_body:
+            self._drain(length)
+            raise _BodyError(413, "request too large", f"limit is {self.max_body} bytes")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise _BodyError(400, "bad request", "body shorter than Content-Length")
+        return body
+
+    def _drain(self, length: int) -> None:
+        if length > MAX_DRAIN:
+            self.close_connection = True
+            return
+        left = length
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+        self.close_connection = True
+
+    def read_json(self) -> Any:
+        body = self.read_body()
+        if not body:
+            raise _BodyError(400, "bad request", "expected a JSON body")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise _BodyError(400, "bad request", f"invalid JSON: {detail}") from None
+
+    def dispatch(self, routes: dict[tuple[str, str], Callable[[], None]]) -> None:
+        path = urlsplit(self.path).path
+        handler = routes.get((self.command, path))
+        try:
+            if handler is None:
+                if any(p == path for _, p in routes):
+                    self.error_json(405, "method not allowed")
+                else:
+                    self.error_json(404, "not found")
+                return
+            handler()
+        except _BodyError as exc:
+            self.error_json(exc.status, exc.error, exc.detail)
+        except BadRequest as exc:
+            self.error_json(400, "bad request", str(exc))
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        except Exception:
+            log.exception("%s %s failed", self.command, path)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.error_json(500, "internal error")
+
+
+class ApiHandler(_Handler):
+    def _guard(self) -> bool:
+        status, retry = self.agent.authenticate(self.client_address[0],
+                                                self.headers.get("Authorization"))
+        if status == 0:
+            return True
+        # The body is not read: close so its bytes are not taken for a next request.
+        self.close_connection = True
+        if status == 429:
+            self.error_json(429, "too many failed attempts", headers={"Retry-After": str(retry)})
+        else:
+            self.error_json(401, "unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        return False
+
+    def _route(self) -> None:
+        if not self._guard():
+            return
+        a = self.agent
+        self.dispatch({
+            ("GET", "/v1/status"): lambda: self.send_json(200, a.status_document()),
+            ("PUT", "/v1/secrets"): lambda: self.send_json(200, a.apply_secrets(self.read_json())),
+            ("PUT", "/v1/config"): lambda: self.send_json(200,
+                                                          a.set_public_ports(self.read_json())),
+            ("POST", "/v1/start"): lambda: self.send_json(*a.request_start(self.read_json())),
+            ("POST", "/v1/backup"): lambda: self.send_json(*a.start_backup(self.read_json())),
+            ("GET", "/v1/backup"): lambda: self.send_json(200, a.backups.snapshot()),
+        })
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _route
+
+
+class LocalHandler(_Handler):
+    max_body = MAX_HOOK_BODY
+
+    def _ask(self) -> None:
+        domains = parse_qs(urlsplit(self.path).query).get("domain", [])
+        allowed = len(domains) == 1 and self.agent.allowed_domain(domains[0])
+        self.send_json(200 if allowed else 403, {"allowed": allowed})
+
+    def _hooks(self) -> None:
+        if not self.agent.hook_authorized(self.headers.get("Authorization")):
+            self.close_connection = True
+            self.error_json(401, "unauthorized")
+            return
+        body = self.read_body()
+        try:
+            payload: object = json.loads(body) if body else None
+        except (ValueError, UnicodeDecodeError):
+            payload = None  # still reported, so the tracker counts it as malformed
+        self.agent.record_hook(payload)
+        self.send_json(204, None)
+
+    def _route(self) -> None:
+        self.dispatch({("GET", "/ask"): self._ask, ("POST", "/hooks"): self._hooks})
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _route
+
+
+class AgentHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, address: Address, handler: type[_Handler],
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self._tls = tls
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__((address.host, address.port), handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (slow, pointless here).
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over capacity: drop instead of queueing
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(SOCKET_TIMEOUT)
+        if self._tls is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            conn = self._tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("%s TLS handshake failed: %s", client_address[0],
+                     getattr(exc, "reason", None) or type(exc).__name__)
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("connection from %s failed", client_address[0])
+
+
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    return ctx
+
+
+def build_servers(agent: Agent) -> tuple[AgentHTTPServer, AgentHTTPServer]:
+    """(api, local) servers bound to the configured addresses (not yet serving)."""
+    cfg = agent.config
+    api_handler = type("BoundApiHandler", (ApiHandler,), {"agent": agent})
+    local_handler = type("BoundLocalHandler", (LocalHandler,), {"agent": agent})
+    tls = server_tls_context(cfg.tls_cert, cfg.tls_key)
+    api = AgentHTTPServer(cfg.api_listen, api_handler, tls)
+    try:
+        local = AgentHTTPServer(cfg.local_listen, local_handler)
+    except BaseException:
+        api.server_close()
+        raise
+    return api, local
