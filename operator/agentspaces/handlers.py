@@ -3,7 +3,7 @@
 Creation, spec/annotation changes and operator restarts reconcile immediately; a
 timer re-runs the same level-based reconcile every poll interval (agent polling,
 idle policy, secret rotation, drift). A per-workspace lock keeps the two from
-overlapping. Status is written through Kopf's patch, and only what changed.
+overlapping; status is read fresh and written (only what changed) inside that lock.
 """
 
 from __future__ import annotations
@@ -61,34 +61,43 @@ def _emitter(body: kopf.Body) -> Any:
     return emit
 
 
-def _scope(body: kopf.Body) -> Scope:
+async def _run(body: kopf.Body, step: Any) -> None:
+    """Run one domain step for a Workspace with its status read fresh and written
+    before the per-workspace lock is released.
+
+    Kopf's own patch is applied only after a handler returns, i.e. after the lock is
+    gone; the next trigger (timer or change) would then start from a stale status and
+    overwrite what this one wrote. Reading and writing status inside the lock keeps
+    every reconcile working on the latest status.
+    """
     rt = runtime()
     ref = WorkspaceRef.from_body(body)
-    draft = StatusDraft(body.get("status"), rt.clock(), ref.generation)
-    return Scope(ref=ref, body=body, status=draft, runtime=rt, emit=_emitter(body))
-
-
-def _finish(scope: Scope, patch: kopf.Patch, outcome: Outcome) -> None:
-    changes = scope.status.patch()
-    if changes:
-        patch.status.update(changes)
+    async with rt.lock(ref.uid):
+        fresh = await rt.kube.get_workspace(ref.namespace, ref.name)
+        if fresh is None or (fresh.get("metadata") or {}).get("uid") != ref.uid:
+            return  # deleted (or replaced by a namesake) meanwhile
+        ref = WorkspaceRef.from_body(fresh)
+        draft = StatusDraft(fresh.get("status"), rt.clock(), ref.generation)
+        scope = Scope(ref=ref, body=fresh, status=draft, runtime=rt, emit=_emitter(body))
+        try:
+            outcome: Outcome = await step(scope)
+        finally:
+            # Even when a step fails, what happened before it (e.g. a created server's
+            # id) must reach status.
+            changes = draft.patch()
+            if changes:
+                await rt.kube.patch_workspace_status(ref.namespace, ref.name, changes)
+    await rt.close_stale_clients()
     if outcome.requeue is not None:
         raise kopf.TemporaryError(outcome.message or "waiting", delay=outcome.requeue)
-
-
-async def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
-    scope = _scope(body)
-    async with runtime().lock(scope.ref.uid):
-        outcome = await workspace.reconcile(scope)
-    _finish(scope, patch, outcome)
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 @kopf.on.update(*RESOURCE, field="metadata.annotations")
-async def workspace_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await _reconcile(body, patch)
+async def workspace_changed(body: kopf.Body, **_: Any) -> None:
+    await _run(body, workspace.reconcile)
 
 
 # Timer intervals are fixed at registration, so the setting is read at import.
@@ -96,16 +105,13 @@ _POLL_INTERVAL = OperatorSettings.from_env().poll_interval
 
 
 @kopf.timer(*RESOURCE, interval=_POLL_INTERVAL, initial_delay=min(5.0, _POLL_INTERVAL))
-async def workspace_tick(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def workspace_tick(body: kopf.Body, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    await _reconcile(body, patch)
+    await _run(body, workspace.reconcile)
 
 
 @kopf.on.delete(*RESOURCE)
-async def workspace_deleted(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    scope = _scope(body)
-    async with runtime().lock(scope.ref.uid):
-        outcome = await workspace.finalize(scope)
-    _finish(scope, patch, outcome)
-    runtime().forget(scope.ref.uid)
+async def workspace_deleted(body: kopf.Body, **_: Any) -> None:
+    await _run(body, workspace.finalize)
+    runtime().forget(WorkspaceRef.from_body(body).uid)

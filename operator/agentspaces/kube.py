@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kubernetes import client, config
@@ -39,6 +39,7 @@ class SecretData:
     resource_version: str
     owner_uids: tuple[str, ...]
     labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 class KubeError(Exception):
@@ -48,13 +49,19 @@ class KubeError(Exception):
 
 
 class KubePort(Protocol):
+    async def get_workspace(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+    async def patch_workspace_status(self, namespace: str, name: str,
+                                     patch: Mapping[str, Any]) -> None: ...
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None: ...
     async def read_secret(self, namespace: str, name: str) -> SecretData | None: ...
     async def create_secret(self, namespace: str, name: str, data: Mapping[str, str],
-                            owner: Owner | None, labels: Mapping[str, str]) -> SecretData: ...
+                            owner: Owner | None, labels: Mapping[str, str],
+                            annotations: Mapping[str, str] | None = None) -> SecretData: ...
     async def replace_secret_data(self, namespace: str, name: str,
                                   data: Mapping[str, str]) -> None: ...
-    async def release_secret(self, namespace: str, name: str, owner_uid: str) -> None: ...
+    async def release_secret(self, namespace: str, name: str, owner_uid: str,
+                             labels: Mapping[str, str] | None = None,
+                             annotations: Mapping[str, str] | None = None) -> None: ...
     async def delete_secret(self, namespace: str, name: str) -> None: ...
 
 
@@ -62,7 +69,8 @@ def _decode(secret: client.V1Secret) -> SecretData:
     data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
     owners = tuple(ref.uid for ref in secret.metadata.owner_references or [])
     return SecretData(data=data, resource_version=secret.metadata.resource_version or "",
-                      owner_uids=owners, labels=dict(secret.metadata.labels or {}))
+                      owner_uids=owners, labels=dict(secret.metadata.labels or {}),
+                      annotations=dict(secret.metadata.annotations or {}))
 
 
 def _encode(data: Mapping[str, str]) -> dict[str, str]:
@@ -88,6 +96,25 @@ class KubernetesApi:
         except ApiException as exc:
             raise KubeError(exc.status or 0, exc.reason or "error") from None
 
+    async def get_workspace(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        try:
+            return await self._run(self._custom.get_namespaced_custom_object, GROUP,  # type: ignore[no-any-return]
+                                   VERSION, namespace, "workspaces", name)
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def patch_workspace_status(self, namespace: str, name: str,
+                                     patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch of .status (a dict body is sent as merge-patch)."""
+        try:
+            await self._run(self._custom.patch_namespaced_custom_object_status, GROUP,
+                            VERSION, namespace, "workspaces", name, {"status": dict(patch)})
+        except KubeError as err:
+            if err.status != 404:  # gone: nothing left to describe
+                raise
+
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None:
         try:
             return await self._run(self._custom.get_cluster_custom_object, GROUP, VERSION,  # type: ignore[no-any-return]
@@ -107,10 +134,12 @@ class KubernetesApi:
         return _decode(secret)
 
     async def create_secret(self, namespace: str, name: str, data: Mapping[str, str],
-                            owner: Owner | None, labels: Mapping[str, str]) -> SecretData:
+                            owner: Owner | None, labels: Mapping[str, str],
+                            annotations: Mapping[str, str] | None = None) -> SecretData:
         body = client.V1Secret(
             metadata=client.V1ObjectMeta(
                 name=name, namespace=namespace, labels=dict(labels),
+                annotations=dict(annotations) if annotations else None,
                 owner_references=[owner.reference()] if owner else None),
             type="Opaque", data=_encode(data))
         try:
@@ -129,8 +158,11 @@ class KubernetesApi:
         await self._run(self._core.patch_namespaced_secret, name, namespace,
                         {"data": _encode(data)})
 
-    async def release_secret(self, namespace: str, name: str, owner_uid: str) -> None:
-        """Drop one owner reference so the Secret outlives its Workspace."""
+    async def release_secret(self, namespace: str, name: str, owner_uid: str,
+                             labels: Mapping[str, str] | None = None,
+                             annotations: Mapping[str, str] | None = None) -> None:
+        """Drop one owner reference so the Secret outlives its Workspace, and add
+        labels/annotations that say why it was kept."""
         try:
             secret = await self._run(self._core.read_namespaced_secret, name, namespace)
         except KubeError as err:
@@ -140,9 +172,14 @@ class KubernetesApi:
         refs = [r for r in secret.metadata.owner_references or [] if r.uid != owner_uid]
         # A JSON patch (a list body): a strategic merge would keep the removed entry.
         value = [client.ApiClient().sanitize_for_serialization(r) for r in refs]
-        await self._run(self._core.patch_namespaced_secret, name, namespace,
-                        [{"op": "replace", "path": "/metadata/ownerReferences",
-                          "value": value}])
+        ops: list[dict[str, Any]] = [{"op": "replace", "path": "/metadata/ownerReferences",
+                                      "value": value}]
+        for field_name, extra in (("labels", labels), ("annotations", annotations)):
+            if extra:
+                current = getattr(secret.metadata, field_name) or {}
+                ops.append({"op": "add", "path": f"/metadata/{field_name}",
+                            "value": {**current, **extra}})
+        await self._run(self._core.patch_namespaced_secret, name, namespace, ops)
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         try:

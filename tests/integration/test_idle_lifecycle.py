@@ -80,7 +80,7 @@ def _hook(state: Path, ws: dict[str, Any], event: str, session: str = "s1") -> N
                        "transcript_path": "/tmp/t.jsonl"}).encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 204
 
 
@@ -168,4 +168,4 @@ def test_idle_rules_stop_and_start(stack: tuple[Clouds, VmSimulator, S3, Operato
     assert clouds.hetzner.servers == {}
     wait_for(lambda: vms.vms == {}, 15, "every simulated VM stopped")
     uid_prefix = f"agentspaces/{namespace}/waiter-"
-    assert [k for k in s3.keys() if k.startswith(uid_prefix)] == []  # onDelete: Delete
+    assert [k for k in s3.object_keys() if k.startswith(uid_prefix)] == []  # onDelete: Delete

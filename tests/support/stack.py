@@ -44,7 +44,7 @@ class S3:
         return {"endpoint": self.url, "bucket": self.bucket, "accessKeyId": self.access_key,
                 "secretAccessKey": self.secret_key, "keep": keep}
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def object_keys(self, prefix: str = "") -> list[str]:
         client = boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.access_key,
                               aws_secret_access_key=self.secret_key, region_name="auto")
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,

@@ -303,6 +303,8 @@ def workspace_status() -> Schema:
             "restore": _obj("The backup the running server was restored from.", {
                 "object": {"type": "string"},
                 "time": time,
+                "prefix": _str("A retained workspace's backups to restore from "
+                               "(agentspaces.dev/restore-from)."),
             }),
             "agentEndpoint": _obj("How the operator reaches the workspace agent.", {
                 "url": {"type": "string"},

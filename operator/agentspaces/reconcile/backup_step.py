@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from agentspaces.agent_client import AgentError, AgentUnreachable
@@ -43,17 +44,26 @@ def store(scope: Scope) -> ObjectStore:
 
 
 def location(scope: Scope) -> backups.WorkspaceRef:
+    """Where this workspace's own backups go."""
     assert scope.creds is not None and scope.creds.klass.storage is not None
-    restore_from = scope.annotations.get(RESTORE_FROM_ANNOTATION)
-    if restore_from and not scope.status.get("backup"):
-        # A new Workspace adopting a Retained workspace's backups (docs/backup-format.md).
-        return backups.WorkspaceRef.from_prefix(restore_from)
     return backups.WorkspaceRef.for_workspace(scope.creds.klass.storage.prefix,
                                               scope.ref.namespace, scope.ref.name,
                                               scope.ref.uid)
 
 
+def restore_location(scope: Scope) -> backups.WorkspaceRef:
+    """Where to restore from: a retained workspace's backups until this one has its own
+    (see docs/backup-format.md, "Restoring a retained backup"), else its own."""
+    prefix = scope.status.get("restore", "prefix")
+    if prefix and not scope.status.get("backup"):
+        return backups.WorkspaceRef.from_prefix(prefix)
+    return location(scope)
+
+
 RESTORE_FROM_ANNOTATION = "agentspaces.dev/restore-from"
+BACKUP_PREFIX_ANNOTATION = "agentspaces.dev/backup-prefix"
+RETAINED_LABEL = "agentspaces.dev/retained"
+KEY_LABELS = {"app.kubernetes.io/managed-by": "agentspaces", "agentspaces.dev/role": "backup-key"}
 
 
 # --- the data key ------------------------------------------------------------------------
@@ -76,22 +86,61 @@ async def ensure_data_key(scope: Scope) -> keys.DataKey | None:
             scope.status.condition(C.BACKUP_RESTORED, False, C.DATA_KEY_MISSING,
                                    f"Secret {name} with the backup data key is missing; "
                                    "existing backups cannot be decrypted")
+            return None
+        source = scope.annotations.get(RESTORE_FROM_ANNOTATION)
+        if source:
+            return await _adopt_retained_key(scope, name, source)
         data_key, wrapped = keys.create_data_key(scope.creds.class_key)
         await kube.create_secret(scope.ref.namespace, name, keys.encode_key_secret(wrapped),
-                                 scope.owner, {"app.kubernetes.io/managed-by": "agentspaces",
-                                               "agentspaces.dev/role": "backup-key"})
+                                 scope.owner, KEY_LABELS)
         return data_key
-    stored = keys.decode_key_secret(secret.data)
+    try:
+        return await _open_data_key(scope, name, secret.data)
+    except (keys.WrongKey, keys.InvalidKey) as err:
+        scope.status.condition(C.BACKUP_RESTORED, False, C.WRONG_KEY,
+                               f"Secret {name}: the class key cannot open the data key "
+                               f"({type(err).__name__}); was the class key replaced without "
+                               "previousKey?")
+        return None
+
+
+async def _open_data_key(scope: Scope, name: str, data: Mapping[str, str]) -> keys.DataKey:
+    assert scope.creds is not None and scope.creds.class_key is not None
+    kube = scope.runtime.kube
+    stored = keys.decode_key_secret(data)
     current_fp = keys.key_fingerprint(scope.creds.class_key)
     previous = scope.creds.class_key_previous
     if stored.class_key_fingerprint != current_fp and previous is not None:
-        rotated = keys.rotate_key_secret(previous, scope.creds.class_key, secret.data)
+        rotated = keys.rotate_key_secret(previous, scope.creds.class_key, data)
         if rotated is not None:
             await kube.replace_secret_data(scope.ref.namespace, name, rotated)
             scope.emit("Normal", "KeyRewrapped", "backup data key re-wrapped with the new "
                        "class key")
             stored = keys.decode_key_secret(rotated)
     return keys.open_data_key(scope.creds.class_key, stored)
+
+
+async def _adopt_retained_key(scope: Scope, name: str, source: str) -> keys.DataKey | None:
+    """Copy a retained workspace's key Secret (same namespace only) and remember where
+    its backups are, so the first start restores them."""
+    assert scope.creds is not None and scope.creds.class_key is not None
+    kube = scope.runtime.kube
+    retained = await kube.read_secret(scope.ref.namespace, source)
+    prefix = retained.annotations.get(BACKUP_PREFIX_ANNOTATION) if retained else None
+    if retained is None or not prefix:
+        scope.status.condition(
+            C.BACKUP_RESTORED, False, C.DATA_KEY_MISSING,
+            f"{RESTORE_FROM_ANNOTATION}: Secret {scope.ref.namespace}/{source} is missing or "
+            f"is not a retained backup key (no {BACKUP_PREFIX_ANNOTATION} annotation)")
+        return None
+    stored = keys.decode_key_secret(retained.data)
+    data_key = keys.open_data_key(scope.creds.class_key, stored)
+    await kube.create_secret(scope.ref.namespace, name, dict(retained.data), scope.owner,
+                             KEY_LABELS, {"agentspaces.dev/copied-from": source})
+    scope.status.update("restore", prefix=prefix)
+    scope.emit("Normal", "RetainedBackupAdopted",
+               f"will restore the retained backups under {prefix}")
+    return data_key
 
 
 # --- restore on start --------------------------------------------------------------------
@@ -107,11 +156,11 @@ async def restore_plan(scope: Scope, data_key: keys.DataKey | None
         scope.status.condition(C.BACKUP_RESTORED, False, C.BACKUP_DISABLED,
                                "persistence is disabled")
         return None
-    if scope.status.reason(C.BACKUP_RESTORED) == C.DATA_KEY_MISSING:
+    if data_key is None:  # ensure_data_key said why in BackupRestored
         return Outcome.after(FAILED_RETRY, "data key missing")
-    assert data_key is not None
     try:
-        latest = await asyncio.to_thread(backups.latest_backup, store(scope), location(scope))
+        latest = await asyncio.to_thread(backups.latest_backup, store(scope),
+                                          restore_location(scope))
         if latest is None:
             scope.status.condition(C.BACKUP_RESTORED, False, C.NO_BACKUP,
                                    "no backup yet: starting from the repository")
@@ -127,8 +176,7 @@ async def restore_plan(scope: Scope, data_key: keys.DataKey | None
         scope.status.condition(C.BACKUP_RESTORED, False, C.RESTORE_FAILED,
                                f"cannot read backups: {err}")
         return Outcome.after(FAILED_RETRY / 2, "object store error")
-    scope.status.set("restore", {"object": latest.object_key,
-                                 "time": iso(latest.time)})
+    scope.status.update("restore", object=latest.object_key, time=iso(latest.time))
     return plan
 
 
@@ -217,7 +265,11 @@ async def backup_before_stop(scope: Scope) -> Outcome | None:
     if not _agent_ever_ready(scope):
         return None  # it never got past boot: nothing new to save
     data_key = await ensure_data_key(scope)
-    assert data_key is not None
+    if data_key is None:
+        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.DATA_KEY_MISSING,
+                               "cannot back up without the data key; the server is kept "
+                               "(annotate agentspaces.dev/skip-backup=true to stop anyway)")
+        return Outcome.after(FAILED_RETRY, "no data key")
     if scope.status.get("pendingBackup") is None and _fresh_backup_exists(scope):
         return None
     return await run_backup(scope, data_key)
@@ -243,9 +295,9 @@ def scheduled_backup_due(scope: Scope) -> bool:
         return False
     if scope.status.get("pendingBackup"):
         return True
-    last = parse_time(scope.status.get("backup", "time")) or \
-        parse_time(scope.status.get("startedAt"))
-    return last is None or scope.runtime.clock() - last >= interval
+    moments = [t for t in (parse_time(scope.status.get("backup", "time")),
+                           parse_time(scope.status.get("startedAt"))) if t is not None]
+    return not moments or scope.runtime.clock() - max(moments) >= interval
 
 
 # --- delete ------------------------------------------------------------------------------
@@ -269,7 +321,11 @@ async def on_delete(scope: Scope) -> Outcome:
         scope.emit("Normal", "BackupsDeleted", f"deleted {deleted} backup objects and the "
                    "data key")
     else:
-        await kube.release_secret(scope.ref.namespace, key_secret, scope.ref.uid)
+        await kube.release_secret(
+            scope.ref.namespace, key_secret, scope.ref.uid, {RETAINED_LABEL: "true"},
+            {BACKUP_PREFIX_ANNOTATION: location(scope).prefix,
+             "agentspaces.dev/retained-from": f"{scope.ref.namespace}/{scope.ref.name} "
+                                              f"uid {scope.ref.uid}"})
         scope.emit("Normal", "BackupsRetained",
                    f"backups kept under {location(scope).prefix}; key Secret {key_secret} "
                    "kept (see docs/backup-format.md to restore)")

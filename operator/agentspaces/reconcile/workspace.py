@@ -97,6 +97,14 @@ async def _ensure_running(scope: Scope) -> Outcome:
     access = await ensure_access(scope)
     agent_creds = await ensure_agent_credentials(scope)
     data_key = await backup_step.ensure_data_key(scope)
+    if data_key is None and backup_step.enabled(scope):
+        # Backups cannot be read or written: do not start (and pay for) a server that
+        # would come up on empty data. BackupRestored says why.
+        cond = status.reason(C.BACKUP_RESTORED) or C.DATA_KEY_MISSING
+        status.condition(C.READY, False, cond, "the backup data key cannot be used")
+        if status.get("server", "id") is None:
+            status.set("phase", "Failed")
+        return Outcome.after(backup_step.FAILED_RETRY, "data key unusable")
     if status.get("phase") in (None, "Pending", "Stopped", "Failed"):
         status.set("phase", "Creating")
         status.set("stoppedAt", None)
@@ -120,6 +128,10 @@ async def _ensure_running(scope: Scope) -> Outcome:
         status.set("stoppedBy", stop)
         scope.emit("Normal", "Stopping", f"stopping: {status.reason(C.IDLE)}")
         return await _ensure_stopped(scope, stop, backup=True)
+    if data_key is not None and backup_step.scheduled_backup_due(scope):
+        outcome = await backup_step.run_backup(scope, data_key)
+        if outcome is not None:
+            return outcome
     return Outcome.done()
 
 

@@ -109,17 +109,18 @@ def _apply_example(info: SandboxInfo) -> int:
 
 
 def _print_next_steps(info: SandboxInfo) -> None:
-    k = f"export KUBECONFIG={info.kubeconfig}"
+    me = f"{Path(sys.executable).parent / 'agentspaces'} sandbox --dir {info.state_dir}"
     print(f"""
-The sandbox is running. State, logs and the kubeconfig live in {info.state_dir}.
-kubectl matching the sandbox's apiserver: {info.kubectl}
+The sandbox is running; state, logs and the kubeconfig are in {info.state_dir}.
 
-  {k}
-  kubectl apply -f examples/sandbox-workspace.yaml     # the example (already applied by make sandbox)
+  export KUBECONFIG={info.kubeconfig}
+  alias kubectl={info.kubectl}       # matches the sandbox's apiserver
   kubectl get ws -A
-  agentspaces sandbox url demo                         # curl command with the password
+  {me} url demo            # the URL, password and curl commands
+  {me} hook demo Stop      # what Claude Code posts when it finishes a turn
+  {me} down                # stop everything
 
-  agentspaces sandbox down                             # stops everything
+Walkthrough: README.md, "The local sandbox".
 """)
 
 
@@ -202,7 +203,7 @@ def hook(state: Path, name: str, namespace: str, event: str, session: str) -> in
                        "cwd": "/workspaces", "transcript_path": "/tmp/t.jsonl"}).encode()
     request = urllib.request.Request(endpoint, data=body, method="POST", headers={
         "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=5) as response:
         print(f"{event} -> {response.status}")
     return 0
 

@@ -1,0 +1,193 @@
+"""Encrypted backups through the operator: stop backs up, start restores, class-key
+rotation re-wraps without touching backups, Retain keeps backups for a new Workspace,
+and a tampered backup or an unusable key refuses to start instead of starting empty."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from agentspaces.sandbox.vmsim import VmSimulator
+from agentspaces.sandbox.vmsim_ips import LoopbackPool
+from tests.conftest import Kubectl
+from tests.support.operator import OperatorProcess
+from tests.support.stack import (
+    OPERATOR_NAMESPACE,
+    S3,
+    Clouds,
+    condition,
+    install_class,
+    running_clouds,
+    running_s3,
+    secret,
+    start_operator,
+    workspace,
+)
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+CLASS = "persist"
+OLD_KEY = os.urandom(32)
+
+
+@pytest.fixture(scope="module")
+def stack(control_plane, kubectl: Kubectl,  # type: ignore[no-untyped-def]
+          tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[Clouds, VmSimulator, S3, OperatorProcess]]:
+    state = tmp_path_factory.mktemp("vms")
+    with running_clouds() as clouds, running_s3() as s3:
+        vms = VmSimulator(state, ip_pool=LoopbackPool("127.0.5.10", "127.0.5.250"))
+        vms.attach(clouds.hetzner)
+        install_class(kubectl, clouds, CLASS, storage=s3.storage(keep=2), class_key=OLD_KEY,
+                      extra={"tls": {"mode": "none", "httpPort": 18081}})
+        op = start_operator(control_plane.admin_kubeconfig, state,
+                            extra_env={"AGENTSPACES_BACKUP_PART_MIB": "5"})
+        try:
+            yield clouds, vms, s3, op
+        finally:
+            op.stop()
+            vms.stop_all()
+
+
+def _ws(kubectl: Kubectl, name: str, ns: str) -> dict[str, Any]:
+    return kubectl.get_json("workspace", name, "-n", ns) or {}
+
+
+def _until(kubectl: Kubectl, name: str, ns: str, what: str, test: Any,
+           timeout: float = 60) -> dict[str, Any]:
+    return wait_for(lambda: (w := _ws(kubectl, name, ns)) and test(w) and w, timeout, what)
+
+
+def _ready(kubectl: Kubectl, name: str, ns: str) -> dict[str, Any]:
+    return _until(kubectl, name, ns, f"{name} Ready",
+                  lambda w: condition(w, "Ready").get("status") == "True")
+
+
+def _stop(kubectl: Kubectl, name: str, ns: str) -> dict[str, Any]:
+    kubectl("patch", "workspace", name, "-n", ns, "--type", "merge",
+            "-p", '{"spec":{"running":false}}')
+    return _until(kubectl, name, ns, f"{name} Stopped",
+                  lambda w: w.get("status", {}).get("phase") == "Stopped")
+
+
+def _start(kubectl: Kubectl, name: str, ns: str) -> None:
+    kubectl("patch", "workspace", name, "-n", ns, "--type", "merge",
+            "-p", '{"spec":{"running":true}}')
+
+
+def _files(vms: VmSimulator, ws: dict[str, Any]) -> Any:
+    return vms.workspace_dir(int(ws["status"]["server"]["id"]))
+
+
+def _key_secret(kubectl: Kubectl, name: str, ns: str) -> dict[str, Any] | None:
+    return kubectl.get_json("secret", f"{name}-backup-key", "-n", ns)
+
+
+def _s3(s3: S3) -> Any:
+    return boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=s3.access_key,
+                        aws_secret_access_key=s3.secret_key, region_name="us-east-1")
+
+
+def test_backups_rotation_retain_tamper_and_wrong_key(
+        stack: tuple[Clouds, VmSimulator, S3, OperatorProcess], kubectl: Kubectl,
+        namespace: str) -> None:
+    _, vms, s3, _ = stack
+    kubectl.apply(workspace("keeper", namespace, CLASS, persistence={"onDelete": "Retain"}))
+    ws = _ready(kubectl, "keeper", namespace)
+    assert condition(ws, "BackupRestored")["reason"] == "NoBackup"
+    root = _files(vms, ws)
+    (root / "project").mkdir()
+    (root / "project" / "main.py").write_text("print('kept across stops')\n")
+    (root / "project" / "run.sh").write_text("#!/bin/sh\n")
+    (root / "project" / "run.sh").chmod(0o750)
+    (root / "project" / "link").symlink_to("main.py")
+    (root / ".claude").mkdir(exist_ok=True)
+    (root / ".claude" / "history.jsonl").write_text('{"session": 1}\n')
+
+    stopped = _stop(kubectl, "keeper", namespace)
+    assert condition(stopped, "BackupSucceeded")["status"] == "True"
+    first_backup = stopped["status"]["backup"]["object"]
+    assert first_backup in s3.object_keys()
+    # The key Secret holds only the wrapped key, never the raw data key.
+    key_secret = _key_secret(kubectl, "keeper", namespace)
+    assert key_secret is not None
+    assert set(key_secret["data"]) == {"wrappedKey", "classKeyFingerprint", "dataKeyId"}
+
+    # Class-key rotation: new key, old one as previousKey; the data key is re-wrapped.
+    new_key = os.urandom(32)
+    kubectl.apply(yaml.safe_dump(secret(f"{CLASS}-key", OPERATOR_NAMESPACE, {
+        "key": base64.b64encode(new_key).decode(),
+        "previousKey": base64.b64encode(OLD_KEY).decode()})))
+    etag_before = _s3(s3).head_object(Bucket=s3.bucket, Key=first_backup)["ETag"]
+    _start(kubectl, "keeper", namespace)
+    ws = _ready(kubectl, "keeper", namespace)
+    assert condition(ws, "BackupRestored")["reason"] == "Restored"
+    restored = _files(vms, ws) / "project"
+    assert (restored / "main.py").read_text() == "print('kept across stops')\n"
+    assert (restored / "run.sh").stat().st_mode & 0o777 == 0o750
+    assert os.readlink(restored / "link") == "main.py"
+    assert (_files(vms, ws) / ".claude" / "history.jsonl").read_text() == '{"session": 1}\n'
+    rotated = _key_secret(kubectl, "keeper", namespace)
+    assert rotated is not None
+    assert rotated["data"]["classKeyFingerprint"] != key_secret["data"]["classKeyFingerprint"]
+    assert rotated["data"]["dataKeyId"] == key_secret["data"]["dataKeyId"]
+    assert _s3(s3).head_object(Bucket=s3.bucket, Key=first_backup)["ETag"] == etag_before
+
+    # Retain: deleting keeps the backups and the key Secret, labelled for reuse.
+    kubectl("delete", "workspace", "keeper", "-n", namespace, "--wait=false")
+    wait_for(lambda: not _ws(kubectl, "keeper", namespace), 60, "keeper deleted")
+    retained = _key_secret(kubectl, "keeper", namespace)
+    assert retained is not None and not retained["metadata"].get("ownerReferences")
+    assert retained["metadata"]["labels"]["agentspaces.dev/retained"] == "true"
+    prefix = retained["metadata"]["annotations"]["agentspaces.dev/backup-prefix"]
+    assert [k for k in s3.object_keys(prefix) if k.endswith(".manifest.json")]
+
+    # ... and a new Workspace restores them.
+    heir = yaml.safe_load(workspace("heir", namespace, CLASS,
+                                    persistence={"onDelete": "Delete"}))
+    heir["metadata"]["annotations"] = {"agentspaces.dev/restore-from": "keeper-backup-key"}
+    kubectl.apply(yaml.safe_dump(heir))
+    ws = _ready(kubectl, "heir", namespace)
+    assert ws["status"]["restore"]["prefix"] == prefix
+    assert (_files(vms, ws) / "project" / "main.py").read_text() == \
+        "print('kept across stops')\n"
+
+    # A tampered backup refuses to restore and the workspace does not start empty.
+    stopped = _stop(kubectl, "heir", namespace)
+    latest = stopped["status"]["backup"]["object"]
+    assert latest.startswith(f"agentspaces/{namespace}/heir-")
+    body = bytearray(_s3(s3).get_object(Bucket=s3.bucket, Key=latest)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    _s3(s3).put_object(Bucket=s3.bucket, Key=latest, Body=bytes(body))
+    _start(kubectl, "heir", namespace)
+    ws = _until(kubectl, "heir", namespace, "restore refused",
+                lambda w: condition(w, "BackupRestored").get("status") == "False" and
+                condition(w, "BackupRestored").get("reason") == "BackupCorrupt")
+    assert condition(ws, "Ready")["status"] == "False"
+    assert ws["status"]["phase"] != "Running"
+    assert not (_files(vms, ws) / "project").exists()  # nothing half-restored
+
+    # A class key that cannot open the data key: no server is started at all.
+    _stop(kubectl, "heir", namespace)
+    kubectl.apply(yaml.safe_dump(secret(f"{CLASS}-key", OPERATOR_NAMESPACE, {
+        "key": base64.b64encode(os.urandom(32)).decode()})))
+    _start(kubectl, "heir", namespace)
+    ws = _until(kubectl, "heir", namespace, "wrong key reported",
+                lambda w: condition(w, "BackupRestored").get("reason") == "WrongKey")
+    assert "server" not in ws["status"]
+    assert condition(ws, "Ready")["status"] == "False"
+
+    # onDelete: Delete removes the heir's objects and its key; the retained ones stay.
+    kubectl.apply(yaml.safe_dump(secret(f"{CLASS}-key", OPERATOR_NAMESPACE, {
+        "key": base64.b64encode(new_key).decode()})))
+    kubectl("delete", "workspace", "heir", "-n", namespace, "--wait=false")
+    wait_for(lambda: not _ws(kubectl, "heir", namespace), 60, "heir deleted")
+    assert [k for k in s3.object_keys(f"agentspaces/{namespace}/heir-")] == []
+    assert _key_secret(kubectl, "heir", namespace) is None
+    assert [k for k in s3.object_keys(prefix)]
