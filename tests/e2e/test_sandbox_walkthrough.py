@@ -64,8 +64,8 @@ def _proc_alive(pid: int) -> bool:
 
 def _sandbox_processes(state: Path) -> dict[int, str]:
     """Live processes that belong to this sandbox: anything naming its state directory
-    (etcd, kube-apiserver, Caddy, the agents, the dev servers, `serve`) and the CloudCLI
-    stand-ins bound to our loopback range."""
+    (etcd, kube-apiserver, Caddy, the agents, the dev servers, `serve`), the CloudCLI
+    stand-ins bound to our loopback range and the operator (by its KUBECONFIG)."""
     found: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -77,6 +77,12 @@ def _sandbox_processes(state: Path) -> dict[int, str]:
             continue
         ours = str(state) in cmdline or ("vmsim_standin.py" in cmdline
                                          and f"--bind {IP_PREFIX}" in cmdline)
+        if not ours:  # the operator (also one `serve` restarted) names only its kubeconfig
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ours = f"KUBECONFIG={state / 'kubeconfig'}".encode() in environ
         if ours and _proc_alive(int(entry.name)):
             found[int(entry.name)] = cmdline.strip()
     return found

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import hcloud
 import pytest
 
+from agentspaces.api.hostnames import workspace_label
 from tests.conftest import Kubectl
 from tests.support.operator import OperatorProcess
 from tests.support.stack import (
@@ -68,6 +70,7 @@ def _ws(kubectl: Kubectl, name: str, ns: str) -> dict | None:
 def test_apply_creates_one_server_and_delete_removes_it(
         operator: OperatorProcess, kubectl: Kubectl, clouds: Clouds, namespace: str) -> None:
     clouds.hetzner.reset_calls()
+    clouds.cloudflare.reset_counts()
     kubectl.apply(workspace("alpha", namespace, CLASS))
 
     def server_ready() -> dict | None:
@@ -93,6 +96,15 @@ def test_apply_creates_one_server_and_delete_removes_it(
                if uid in (r.get("comment") or "")}
     host = f"{status['hostname']}.example.test"
     assert records == {("A", host), ("A", f"*.{host}"), ("AAAA", host), ("AAAA", f"*.{host}")}
+    for record in clouds.cloudflare.records():
+        if uid in (record.get("comment") or ""):
+            assert record["content"] in (status["server"]["ipv4"], status["server"]["ipv6"])
+            assert record["comment"].startswith(f"agentspaces:{uid}")
+    # Once ready, polling costs no Cloudflare (or Hetzner) call at all.
+    cf_before, hz_before = clouds.cloudflare.total_calls, sum(clouds.hetzner.calls.values())
+    time.sleep(4)  # ~4 polls
+    assert clouds.cloudflare.total_calls == cf_before
+    assert sum(clouds.hetzner.calls.values()) - hz_before <= 1  # at most one inventory page
 
     kubectl("delete", "workspace", "alpha", "-n", namespace, "--wait=false")
     wait_for(lambda: _ws(kubectl, "alpha", namespace) is None, 60, "Workspace gone")
@@ -102,7 +114,11 @@ def test_apply_creates_one_server_and_delete_removes_it(
     writes = calls["POST /servers"] + calls["DELETE /servers/{id}"]
     print(f"\nHetzner calls for one create+delete: {sum(calls.values())} "
           f"({dict(calls)}); writes: {writes}")
+    print(f"Cloudflare calls for one create+delete: {clouds.cloudflare.total_calls} "
+          f"({dict(clouds.cloudflare.calls)}); writes: {clouds.cloudflare.writes}")
     assert calls["POST /servers"] == 1 and calls["DELETE /servers/{id}"] == 1
+    # Two records (host + wildcard) per address family, created once and deleted once.
+    assert clouds.cloudflare.writes == 8
 
 
 def test_crash_between_create_and_status_write_leaves_one_server(
@@ -197,6 +213,10 @@ def test_server_deleted_out_of_band_is_recreated(
                   condition(w, "ServerReady").get("status") == "True" and w, 60, "ready")
     first = ws["status"]["server"]["id"]
     uid = ws["metadata"]["uid"]
+    wait_for(lambda: condition(_ws(kubectl, "drift", namespace), "DNSReady")
+             .get("status") == "True", 30, "DNS ready")
+    ids_before = {r["id"] for r in clouds.cloudflare.records() if uid in (r.get("comment") or "")}
+    clouds.cloudflare.reset_counts()
     # Deleted behind the operator's back, e.g. from the Hetzner console.
     client = hcloud.Client(token=clouds.hetzner_token, api_endpoint=clouds.hetzner.url)
     client.servers.get_by_id(first).delete()
@@ -205,5 +225,34 @@ def test_server_deleted_out_of_band_is_recreated(
                   condition(w, "ServerReady").get("status") == "True" and w,
                   60, "a replacement server")
     assert len(_servers(clouds, uid)) == 1
+    # The new IP is written into the same records (PATCH), never as duplicates.
+    ws = wait_for(lambda: (w := _ws(kubectl, "drift", namespace)) and
+                  condition(w, "DNSReady").get("status") == "True" and w, 30, "DNS updated")
+    ours = [r for r in clouds.cloudflare.records() if uid in (r.get("comment") or "")]
+    assert {r["id"] for r in ours} == ids_before
+    assert {r["content"] for r in ours if r["type"] == "A"} == {ws["status"]["server"]["ipv4"]}
+    assert clouds.cloudflare.calls["POST /zones/{id}/dns_records"] == 0
+    assert clouds.cloudflare.calls["PATCH /zones/{id}/dns_records/{id}"] >= 2
     kubectl("delete", "workspace", "drift", "-n", namespace, "--wait=false")
     wait_for(lambda: _ws(kubectl, "drift", namespace) is None, 60, "deleted")
+
+
+def test_foreign_record_at_our_name_is_reported_and_left_alone(
+        operator: OperatorProcess, kubectl: Kubectl, clouds: Clouds, namespace: str) -> None:
+    label = workspace_label("taken", namespace)
+    host = f"{label}.example.test"
+    foreign = clouds.cloudflare.seed_record("example.test", "A", host, "198.51.100.7")
+    kubectl.apply(workspace("taken", namespace, CLASS))
+    ws = wait_for(lambda: (w := _ws(kubectl, "taken", namespace)) and
+                  condition(w, "DNSReady").get("reason") == "NameTaken" and w, 60,
+                  "DNSReady NameTaken")
+    cond = condition(ws, "DNSReady")
+    assert cond["status"] == "False" and host in cond["message"]
+    assert condition(ws, "Ready")["status"] == "False"
+    untouched = [r for r in clouds.cloudflare.records() if r["name"] == host and r["type"] == "A"]
+    assert untouched == [foreign]
+    kubectl("delete", "workspace", "taken", "-n", namespace, "--wait=false")
+    wait_for(lambda: _ws(kubectl, "taken", namespace) is None, 60, "deleted")
+    assert foreign in clouds.cloudflare.records()  # still there after our cleanup
+    assert [r for r in clouds.cloudflare.records()
+            if ws["metadata"]["uid"] in (r.get("comment") or "")] == []

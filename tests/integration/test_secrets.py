@@ -1,0 +1,143 @@
+"""Secrets reach the VM only over the pinned agent channel, rotate within one poll
+interval, and never appear in user-data, status, events or logs."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from agentspaces.sandbox.vmsim import VmSimulator
+from agentspaces.sandbox.vmsim_ips import LoopbackPool
+from tests.conftest import Kubectl
+from tests.support.operator import OperatorProcess
+from tests.support.stack import (
+    Clouds,
+    condition,
+    install_class,
+    running_clouds,
+    secret,
+    start_operator,
+    workspace,
+)
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+CLASS = "secrets"
+HTTP_PORT = 18082
+API_KEY_1 = "sk-ant-api03-first-" + "A" * 24
+API_KEY_2 = "sk-ant-api03-second-" + "B" * 24
+REPO_TOKEN = "ghp_repository_token_" + "C" * 20
+
+
+@pytest.fixture(scope="module")
+def stack(control_plane, kubectl: Kubectl,  # type: ignore[no-untyped-def]
+          tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[Clouds, VmSimulator, OperatorProcess]]:
+    state = tmp_path_factory.mktemp("vms")
+    with running_clouds() as clouds:
+        vms = VmSimulator(state, ip_pool=LoopbackPool("127.0.6.10", "127.0.6.250"))
+        vms.attach(clouds.hetzner)
+        install_class(kubectl, clouds, CLASS,
+                      extra={"tls": {"mode": "none", "httpPort": HTTP_PORT}})
+        op = start_operator(control_plane.admin_kubeconfig, state)
+        try:
+            yield clouds, vms, op
+        finally:
+            op.stop()
+            vms.stop_all()
+
+
+def _get(ip: str, host: str, auth: tuple[str, str] | None) -> int:
+    conn = http.client.HTTPConnection(ip, HTTP_PORT, timeout=5)
+    headers = {"Host": host}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            f"{auth[0]}:{auth[1]}".encode()).decode()
+    conn.request("GET", "/", headers=headers)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def _secret_value(kubectl: Kubectl, name: str, ns: str, key: str) -> str:
+    doc = kubectl.get_json("secret", name, "-n", ns)
+    assert doc is not None
+    return base64.b64decode(doc["data"][key]).decode()
+
+
+def test_secrets_are_delivered_rotated_and_never_leak(
+        stack: tuple[Clouds, VmSimulator, OperatorProcess], kubectl: Kubectl,
+        namespace: str) -> None:
+    clouds, vms, op = stack
+    kubectl.apply(yaml.safe_dump_all([
+        secret("anthropic", namespace, {"apiKey": API_KEY_1}),
+        secret("repo", namespace, {"token": REPO_TOKEN}),
+    ]))
+    kubectl.apply(workspace("vault", namespace, CLASS,
+                            agent={"apiKeySecretRef": {"name": "anthropic"}},
+                            repository={"url": "https://github.com/example/private",
+                                        "credentialsSecretRef": {"name": "repo"}}))
+    ws = wait_for(lambda: (w := kubectl.get_json("workspace", "vault", "-n", namespace)) and
+                  condition(w, "Ready").get("status") == "True" and w, 60, "Ready")
+    server_id = int(ws["status"]["server"]["id"])
+    vm = vms.vm(server_id)
+    assert vm is not None
+    state = vm.root / "var" / "lib" / "agentspaces" / "secrets"
+    key_file = state / "claude" / "anthropic-api-key"
+    assert key_file.read_text().strip() == API_KEY_1
+    assert key_file.stat().st_mode & 0o077 == 0
+
+    # The API key rotates without a rebuild, within one poll interval (1s here).
+    kubectl.apply(yaml.safe_dump(secret("anthropic", namespace, {"apiKey": API_KEY_2})))
+    changed = time.monotonic()
+    wait_for(lambda: key_file.read_text().strip() == API_KEY_2, 15, "rotated key on the VM")
+    print(f"\nAPI key rotation reached the VM after {time.monotonic() - changed:.1f}s "
+          "(poll interval 1s)")
+    assert vms.vm(server_id) is not None and vms.vm(server_id).ip == vm.ip  # same VM
+
+    # The workspace password gates Caddy and rotates the same way.
+    host = f"{ws['status']['hostname']}.example.test"
+    password = _secret_value(kubectl, "vault-access", namespace, "password")
+    assert _get(vm.ip, host, None) == 401
+    assert _get(vm.ip, host, ("agent", password)) == 200
+    kubectl("patch", "secret", "vault-access", "-n", namespace, "--type", "merge", "-p",
+            '{"stringData":{"password":"a-new-password-chosen-by-the-user"}}')
+    wait_for(lambda: _get(vm.ip, host, ("agent", "a-new-password-chosen-by-the-user")) == 200,
+             15, "new password accepted")
+    assert _get(vm.ip, host, ("agent", password)) == 401
+
+    # Nothing secret in user-data, status, events or any log.
+    token = _secret_value(kubectl, "vault-agent", namespace, "token")
+    secrets = {
+        "anthropic key 1": API_KEY_1, "anthropic key 2": API_KEY_2,
+        "repository token": REPO_TOKEN, "hetzner token": clouds.hetzner_token,
+        "cloudflare token": clouds.cloudflare_token, "workspace password": password,
+        "new password": "a-new-password-chosen-by-the-user", "agent bearer token": token,
+    }
+    places: dict[str, str] = {
+        "user-data": clouds.hetzner.servers[server_id]["user_data"],
+        "status": yaml.safe_dump(kubectl.get_json("workspace", "vault", "-n", namespace)),
+        "events": kubectl("get", "events", "-n", namespace, "-o", "yaml"),
+        "operator log": op.log(),
+    }
+    for log in sorted(vm.root.rglob("*.log")):
+        places[f"VM log {log.name}"] = log.read_text(errors="replace")
+    for place, text in places.items():
+        for what, value in secrets.items():
+            assert value not in text, f"{what} found in {place}"
+    # No cloud credential ever reaches the VM's files either.
+    for path in vm.root.rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            data = path.read_bytes()
+            for what in ("hetzner token", "cloudflare token"):
+                assert secrets[what].encode() not in data, f"{what} in {path}"
+
+    kubectl("delete", "workspace", "vault", "-n", namespace, "--wait=false")
+    wait_for(lambda: kubectl.get_json("workspace", "vault", "-n", namespace) is None, 60,
+             "deleted")
+    assert clouds.hetzner.servers == {}
