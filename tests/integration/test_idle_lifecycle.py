@@ -18,18 +18,12 @@ from typing import Any
 
 import pytest
 
-from agentspaces.sandbox.vmsim import VmSimulator, hook_endpoint
-from agentspaces.sandbox.vmsim_ips import LoopbackPool
+from agentspaces.sandbox.vmsim import hook_endpoint
 from tests.conftest import Kubectl
-from tests.support.operator import OperatorProcess
 from tests.support.stack import (
-    S3,
-    Clouds,
+    VmStack,
     condition,
-    install_class,
-    running_clouds,
-    running_s3,
-    start_operator,
+    vm_stack,
     workspace,
 )
 from tests.support.waiting import wait_for
@@ -40,23 +34,11 @@ CLASS = "idle"
 
 @pytest.fixture(scope="module")
 def stack(control_plane, kubectl: Kubectl,  # type: ignore[no-untyped-def]
-          tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[tuple[Clouds, VmSimulator, S3, OperatorProcess]]:
-    state = tmp_path_factory.mktemp("vms")
-    with running_clouds() as clouds, running_s3() as s3:
-        # Its own address range, so a sandbox running on the same machine cannot answer.
-        vms = VmSimulator(state, ip_pool=LoopbackPool("127.0.3.10", "127.0.3.250"))
-        vms.attach(clouds.hetzner)
-        install_class(kubectl, clouds, CLASS, storage=s3.storage(),
-                      extra={"tls": {"mode": "none", "httpPort": 18080}})
-        # A long inventory interval: any Hetzner call at steady state would be a bug.
-        op = start_operator(control_plane.admin_kubeconfig, state, extra_env={
-            "AGENTSPACES_INVENTORY_INTERVAL": "10m", "AGENTSPACES_BACKUP_PART_MIB": "5"})
-        try:
-            yield clouds, vms, s3, op
-        finally:
-            op.stop()
-            vms.stop_all()
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmStack]:
+    # A long inventory interval: any Hetzner call at steady state would be a bug.
+    with vm_stack(control_plane, kubectl, tmp_path_factory.mktemp("vms"), CLASS, 3, 18080,
+                  storage=True, env={"AGENTSPACES_INVENTORY_INTERVAL": "10m"}) as stack:
+        yield stack
 
 
 def _ws(kubectl: Kubectl, name: str, ns: str) -> dict[str, Any] | None:
@@ -84,9 +66,9 @@ def _hook(state: Path, ws: dict[str, Any], event: str, session: str = "s1") -> N
         assert response.status == 204
 
 
-def test_idle_rules_stop_and_start(stack: tuple[Clouds, VmSimulator, S3, OperatorProcess],
-                                   kubectl: Kubectl, namespace: str) -> None:
-    clouds, vms, s3, _ = stack
+def test_idle_rules_stop_and_start(stack: VmStack, kubectl: Kubectl, namespace: str) -> None:
+    clouds, vms, s3 = stack.clouds, stack.vms, stack.s3
+    assert s3 is not None
     state = vms.state_dir
     minute = {"timeout": "1m", "grace": "0s"}
     kubectl.apply(workspace("worker", namespace, CLASS, idle={**minute, "agentBusyCap": "6h"},

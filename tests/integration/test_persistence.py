@@ -14,19 +14,14 @@ import pytest
 import yaml
 
 from agentspaces.sandbox.vmsim import VmSimulator
-from agentspaces.sandbox.vmsim_ips import LoopbackPool
 from tests.conftest import Kubectl
-from tests.support.operator import OperatorProcess
 from tests.support.stack import (
     OPERATOR_NAMESPACE,
     S3,
-    Clouds,
+    VmStack,
     condition,
-    install_class,
-    running_clouds,
-    running_s3,
     secret,
-    start_operator,
+    vm_stack,
     workspace,
 )
 from tests.support.waiting import wait_for
@@ -38,21 +33,10 @@ OLD_KEY = os.urandom(32)
 
 @pytest.fixture(scope="module")
 def stack(control_plane, kubectl: Kubectl,  # type: ignore[no-untyped-def]
-          tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[tuple[Clouds, VmSimulator, S3, OperatorProcess]]:
-    state = tmp_path_factory.mktemp("vms")
-    with running_clouds() as clouds, running_s3() as s3:
-        vms = VmSimulator(state, ip_pool=LoopbackPool("127.0.5.10", "127.0.5.250"))
-        vms.attach(clouds.hetzner)
-        install_class(kubectl, clouds, CLASS, storage=s3.storage(keep=2), class_key=OLD_KEY,
-                      extra={"tls": {"mode": "none", "httpPort": 18081}})
-        op = start_operator(control_plane.admin_kubeconfig, state,
-                            extra_env={"AGENTSPACES_BACKUP_PART_MIB": "5"})
-        try:
-            yield clouds, vms, s3, op
-        finally:
-            op.stop()
-            vms.stop_all()
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmStack]:
+    with vm_stack(control_plane, kubectl, tmp_path_factory.mktemp("vms"), CLASS, 5, 18081,
+                  storage=True, keep=2, class_key=OLD_KEY) as stack:
+        yield stack
 
 
 def _ws(kubectl: Kubectl, name: str, ns: str) -> dict[str, Any]:
@@ -95,9 +79,9 @@ def _s3(s3: S3) -> Any:
 
 
 def test_backups_rotation_retain_tamper_and_wrong_key(
-        stack: tuple[Clouds, VmSimulator, S3, OperatorProcess], kubectl: Kubectl,
-        namespace: str) -> None:
-    _, vms, s3, _ = stack
+        stack: VmStack, kubectl: Kubectl, namespace: str) -> None:
+    vms, s3 = stack.vms, stack.s3
+    assert s3 is not None
     kubectl.apply(workspace("keeper", namespace, CLASS, persistence={"onDelete": "Retain"}))
     ws = _ready(kubectl, "keeper", namespace)
     assert condition(ws, "BackupRestored")["reason"] == "NoBackup"

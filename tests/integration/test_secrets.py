@@ -11,17 +11,12 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from agentspaces.sandbox.vmsim import VmSimulator
-from agentspaces.sandbox.vmsim_ips import LoopbackPool
 from tests.conftest import Kubectl
-from tests.support.operator import OperatorProcess
 from tests.support.stack import (
-    Clouds,
+    VmStack,
     condition,
-    install_class,
-    running_clouds,
     secret,
-    start_operator,
+    vm_stack,
     workspace,
 )
 from tests.support.waiting import wait_for
@@ -36,20 +31,10 @@ REPO_TOKEN = "ghp_repository_token_" + "C" * 20
 
 @pytest.fixture(scope="module")
 def stack(control_plane, kubectl: Kubectl,  # type: ignore[no-untyped-def]
-          tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[tuple[Clouds, VmSimulator, OperatorProcess]]:
-    state = tmp_path_factory.mktemp("vms")
-    with running_clouds() as clouds:
-        vms = VmSimulator(state, ip_pool=LoopbackPool("127.0.6.10", "127.0.6.250"))
-        vms.attach(clouds.hetzner)
-        install_class(kubectl, clouds, CLASS,
-                      extra={"tls": {"mode": "none", "httpPort": HTTP_PORT}})
-        op = start_operator(control_plane.admin_kubeconfig, state)
-        try:
-            yield clouds, vms, op
-        finally:
-            op.stop()
-            vms.stop_all()
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmStack]:
+    with vm_stack(control_plane, kubectl, tmp_path_factory.mktemp("vms"), CLASS, 6,
+                  HTTP_PORT) as stack:
+        yield stack
 
 
 def _get(ip: str, host: str, auth: tuple[str, str] | None) -> int:
@@ -71,9 +56,8 @@ def _secret_value(kubectl: Kubectl, name: str, ns: str, key: str) -> str:
 
 
 def test_secrets_are_delivered_rotated_and_never_leak(
-        stack: tuple[Clouds, VmSimulator, OperatorProcess], kubectl: Kubectl,
-        namespace: str) -> None:
-    clouds, vms, op = stack
+        stack: VmStack, kubectl: Kubectl, namespace: str) -> None:
+    clouds, vms, op = stack.clouds, stack.vms, stack.operator
     kubectl.apply(yaml.safe_dump_all([
         secret("anthropic", namespace, {"apiKey": API_KEY_1}),
         secret("repo", namespace, {"token": REPO_TOKEN}),

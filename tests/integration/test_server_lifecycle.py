@@ -120,6 +120,20 @@ def test_apply_creates_one_server_and_delete_removes_it(
     # Two records (host + wildcard) per address family, created once and deleted once.
     assert clouds.cloudflare.writes == 8
 
+    # No garbage collector here, so alpha's Secrets outlived it; a new Workspace with the
+    # same name must not inherit its password or agent credentials.
+    old_secret = kubectl.get_json("secret", "alpha-access", "-n", namespace)
+    assert old_secret is not None
+    kubectl.apply(workspace("alpha", namespace, CLASS))
+    again = wait_for(server_ready, 60, "the new alpha ServerReady=True")
+    new_secret = kubectl.get_json("secret", "alpha-access", "-n", namespace)
+    assert new_secret is not None
+    assert [o["uid"] for o in new_secret["metadata"]["ownerReferences"]] == \
+        [again["metadata"]["uid"]]
+    assert new_secret["data"]["password"] != old_secret["data"]["password"]
+    kubectl("delete", "workspace", "alpha", "-n", namespace, "--wait=false")
+    wait_for(lambda: _ws(kubectl, "alpha", namespace) is None, 60, "second alpha gone")
+
 
 def test_crash_between_create_and_status_write_leaves_one_server(
         control_plane, kubectl: Kubectl, clouds: Clouds, namespace: str,  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ import base64
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,3 +143,40 @@ def start_operator(kubeconfig: Path, log_dir: Path, name: str = "operator",
                    extra_env: dict[str, str] | None = None) -> OperatorProcess:
     return OperatorProcess(kubeconfig, log_dir / f"{name}.log", OPERATOR_NAMESPACE,
                            extra_env).start()
+
+
+@dataclass
+class VmStack:
+    """Clouds, simulated VMs (real agent + Caddy per server), optional S3, operator."""
+
+    clouds: Clouds
+    vms: Any
+    s3: S3 | None
+    operator: OperatorProcess
+
+
+@contextmanager
+def vm_stack(plane: Any, kubectl: Kubectl, state: Path, class_name: str, ip_block: int,
+             http_port: int, *, storage: bool = False, keep: int = 3,
+             class_key: bytes | None = None, env: dict[str, str] | None = None
+             ) -> Iterator[VmStack]:
+    """Everything a lifecycle test needs. `ip_block` picks 127.0.<block>.x for the VMs,
+    so test modules and a developer's running sandbox never answer for each other."""
+    from agentspaces.sandbox.vmsim import VmSimulator
+    from agentspaces.sandbox.vmsim_ips import LoopbackPool
+
+    with running_clouds() as clouds, ExitStack() as stack:
+        s3 = stack.enter_context(running_s3()) if storage else None
+        vms = VmSimulator(state, ip_pool=LoopbackPool(f"127.0.{ip_block}.10",
+                                                      f"127.0.{ip_block}.250"))
+        vms.attach(clouds.hetzner)
+        install_class(kubectl, clouds, class_name, class_key=class_key,
+                      storage=s3.storage(keep=keep) if s3 else None,
+                      extra={"tls": {"mode": "none", "httpPort": http_port}})
+        op = start_operator(plane.admin_kubeconfig, state,
+                            extra_env={"AGENTSPACES_BACKUP_PART_MIB": "5", **(env or {})})
+        try:
+            yield VmStack(clouds, vms, s3, op)
+        finally:
+            op.stop()
+            vms.stop_all()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import bcrypt
 
+from agentspaces.kube import SecretData
 from agentspaces.pki import AgentCredentials, generate
 from agentspaces.reconcile.scope import Scope
 
@@ -40,7 +41,7 @@ def _labels(scope: Scope, role: str) -> dict[str, str]:
 async def ensure_access(scope: Scope) -> Access:
     kube = scope.runtime.kube
     name = scope.secret_name(ACCESS_SUFFIX)
-    secret = await kube.read_secret(scope.ref.namespace, name)
+    secret = await _ours_or_none(scope, name)
     if secret is None or not secret.data.get("password"):
         password = pysecrets.token_urlsafe(18)
         secret = await kube.create_secret(
@@ -59,6 +60,18 @@ async def ensure_access(scope: Scope) -> Access:
                   password=data["password"], bcrypt_hash=data["bcryptHash"])
 
 
+async def _ours_or_none(scope: Scope, name: str) -> SecretData | None:
+    """The Secret if it belongs to this Workspace (or to nobody); a leftover owned by a
+    deleted namesake is removed, so a re-created Workspace never inherits its password
+    or agent credentials (and garbage collection cannot pull them away later)."""
+    kube = scope.runtime.kube
+    secret = await kube.read_secret(scope.ref.namespace, name)
+    if secret is None or not secret.owner_uids or scope.ref.uid in secret.owner_uids:
+        return secret
+    await kube.delete_secret(scope.ref.namespace, name)
+    return None
+
+
 def _fingerprint(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
 
@@ -71,7 +84,7 @@ async def _hash_fields(password: str) -> dict[str, str]:
 async def ensure_agent_credentials(scope: Scope) -> AgentCredentials:
     kube = scope.runtime.kube
     name = scope.secret_name(AGENT_SUFFIX)
-    secret = await kube.read_secret(scope.ref.namespace, name)
+    secret = await _ours_or_none(scope, name)
     if secret is not None:
         try:
             return AgentCredentials.from_secret_data(dict(secret.data))

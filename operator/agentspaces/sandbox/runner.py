@@ -147,7 +147,7 @@ class Sandbox:
             state_dir=str(self.state_dir), kubeconfig=str(kubeconfig),
             hetzner_url=self.hetzner.url, cloudflare_url=self.cloudflare.url, s3_url=s3_url,
             operator_pid=self.operator.pid, serve_pid=os.getpid(),
-            kubectl=str(self.plane.kubectl))
+            kubectl=str(self.plane.kubectl), pids=self.plane.pids)
         self.info.save(self.state_dir / "sandbox.json")
         return self.info
 
