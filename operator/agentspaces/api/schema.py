@@ -406,8 +406,6 @@ def workspace_class_status() -> Schema:
         "conditions": {"type": "array", "items": _condition(),
                        "x-kubernetes-list-type": "map",
                        "x-kubernetes-list-map-keys": ["type"]},
-        "encryptionKeyFingerprint": _str("Fingerprint of the class key data keys are "
-                                         "wrapped with."),
     })
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agentspaces.api.hostnames import workspace_host, workspace_label
@@ -45,7 +45,6 @@ class Scope:
     agent_credentials: AgentCredentials | None = None
     activity: Any = None
     """The agent's latest activity report (set by the agent step for the idle policy)."""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def spec_raw(self) -> Mapping[str, Any]:
