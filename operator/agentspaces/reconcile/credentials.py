@@ -16,7 +16,7 @@ from typing import Any
 
 from agentspaces.api import conditions as C
 from agentspaces.api.types import SecretKeyRef, WorkspaceClass, WorkspaceSpec
-from agentspaces.kube import KubeError, KubePort
+from agentspaces.kube import KubeError, KubePort, SecretData
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,23 @@ class CredentialsProblem:
     message: str
 
 
-async def _secret_value(kube: KubePort, ref: SecretKeyRef, namespace: str
+class _SecretReader:
+    """Reads each Secret once per resolve (several keys often live in one Secret)."""
+
+    def __init__(self, kube: KubePort) -> None:
+        self._kube = kube
+        self._seen: dict[tuple[str, str], SecretData | None] = {}
+
+    async def read(self, namespace: str, name: str) -> SecretData | None:
+        if (namespace, name) not in self._seen:
+            self._seen[(namespace, name)] = await self._kube.read_secret(namespace, name)
+        return self._seen[(namespace, name)]
+
+
+async def _secret_value(kube: _SecretReader, ref: SecretKeyRef, namespace: str
                         ) -> str | CredentialsProblem:
     try:
-        secret = await kube.read_secret(namespace, ref.name)
+        secret = await kube.read(namespace, ref.name)
     except KubeError as err:
         return CredentialsProblem(C.SECRET_NOT_FOUND,
                                   f"cannot read Secret {namespace}/{ref.name}: {err.status}")
@@ -73,6 +86,7 @@ def decode_class_key(text: str) -> bytes | None:
 async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespace: str,
                   operator_namespace: str) -> ResolvedCredentials | CredentialsProblem:
     class_name = spec_raw.get("className", "")
+    secrets = _SecretReader(kube)
     try:
         body = await kube.get_workspace_class(class_name)
     except KubeError as err:
@@ -89,10 +103,11 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
     def class_ns(ref: SecretKeyRef) -> str:
         return ref.namespace or operator_namespace
 
-    hetzner = await _secret_value(kube, klass.hetzner_token_ref, class_ns(klass.hetzner_token_ref))
+    hetzner = await _secret_value(secrets, klass.hetzner_token_ref,
+                                  class_ns(klass.hetzner_token_ref))
     if isinstance(hetzner, CredentialsProblem):
         return hetzner
-    dns = await _secret_value(kube, klass.dns.token_ref, class_ns(klass.dns.token_ref))
+    dns = await _secret_value(secrets, klass.dns.token_ref, class_ns(klass.dns.token_ref))
     if isinstance(dns, CredentialsProblem):
         return dns
 
@@ -101,17 +116,17 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
     class_key_previous: bytes | None = None
     if spec.persistence_enabled and klass.storage is not None:
         ref = klass.storage.credentials_ref
-        access = await _secret_value(kube, ref, class_ns(ref))
+        access = await _secret_value(secrets, ref, class_ns(ref))
         if isinstance(access, CredentialsProblem):
             return access
-        secret = await _secret_value(kube, SecretKeyRef(ref.name, "secretAccessKey",
+        secret = await _secret_value(secrets, SecretKeyRef(ref.name, "secretAccessKey",
                                                         ref.namespace), class_ns(ref))
         if isinstance(secret, CredentialsProblem):
             return secret
         access_key, secret_key = access, secret
         if klass.encryption_key_ref is None:
             return CredentialsProblem(C.CLASS_INVALID, "storage needs encryption.keySecretRef")
-        raw_key = await _secret_value(kube, klass.encryption_key_ref,
+        raw_key = await _secret_value(secrets, klass.encryption_key_ref,
                                       class_ns(klass.encryption_key_ref))
         if isinstance(raw_key, CredentialsProblem):
             return raw_key
@@ -119,7 +134,7 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
         # During a rotation the same Secret carries the old key as previousKey.
         previous_ref = SecretKeyRef(klass.encryption_key_ref.name, "previousKey",
                                     klass.encryption_key_ref.namespace)
-        previous = await _secret_value(kube, previous_ref, class_ns(previous_ref))
+        previous = await _secret_value(secrets, previous_ref, class_ns(previous_ref))
         class_key_previous = None if isinstance(previous, CredentialsProblem) \
             else decode_class_key(previous)
         if class_key is None:
@@ -130,12 +145,12 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
 
     api_key = repo_token = None
     if spec.api_key_ref is not None:
-        value = await _secret_value(kube, spec.api_key_ref, workspace_namespace)
+        value = await _secret_value(secrets, spec.api_key_ref, workspace_namespace)
         if isinstance(value, CredentialsProblem):
             return value
         api_key = value
     if spec.repository_credentials_ref is not None:
-        value = await _secret_value(kube, spec.repository_credentials_ref, workspace_namespace)
+        value = await _secret_value(secrets, spec.repository_credentials_ref, workspace_namespace)
         if isinstance(value, CredentialsProblem):
             return value
         repo_token = value

@@ -16,7 +16,7 @@ from agentspaces.reconcile.lifecycle import decide_intent, wants_force_stop
 from agentspaces.reconcile.owned_secrets import ensure_access, ensure_agent_credentials
 from agentspaces.reconcile.scope import Outcome, Scope
 from agentspaces.reconcile.server_step import delete_server, ensure_server
-from agentspaces.reconcile.status import iso
+from agentspaces.reconcile.status import StatusDraft, iso
 from agentspaces.vmconfig.userdata import render_user_data
 
 CREDENTIALS_RETRY = 30.0
@@ -31,6 +31,13 @@ async def reconcile(scope: Scope) -> Outcome:
     status.init_conditions()
     status.set("observedGeneration", scope.ref.generation)
 
+    intent = decide_intent(scope.spec_raw, status.data, scope.annotations)
+    if _settled_stop(status, intent.running):
+        # Stopped with nothing left in any cloud: the poll costs no API call at all.
+        status.set("stoppedBy", intent.stopped_by)
+        status.set("wakeHandled", intent.wake_handled)
+        return Outcome.done()
+
     resolved = await resolve(scope.runtime.kube, scope.spec_raw, scope.ref.namespace,
                              scope.runtime.settings.namespace)
     if isinstance(resolved, CredentialsProblem):
@@ -39,8 +46,6 @@ async def reconcile(scope: Scope) -> Outcome:
     status.condition(C.CREDENTIALS_AVAILABLE, True, C.CREDENTIALS_FOUND,
                      f"WorkspaceClass {resolved.klass.name} and its Secrets are readable")
     status.set("hostname", scope.label)
-
-    intent = decide_intent(scope.spec_raw, status.data, scope.annotations)
     status.set("wakeHandled", intent.wake_handled)
     if intent.woke:
         scope.emit("Normal", "Waking", "woken by the agentspaces.dev/wake annotation")
@@ -80,6 +85,12 @@ async def finalize(scope: Scope) -> Outcome:
         return outcome
     scope.emit("Normal", "Deleted", "server, DNS records and owned objects cleaned up")
     return Outcome.done()
+
+
+def _settled_stop(status: StatusDraft, running: bool) -> bool:
+    return (not running and status.get("phase") == "Stopped"
+            and status.get("server", "id") is None and not status.get("dns")
+            and status.is_true(C.CREDENTIALS_AVAILABLE))
 
 
 def _credentials_missing(scope: Scope, problem: CredentialsProblem) -> Outcome:
