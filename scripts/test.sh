@@ -6,6 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v cloud-init >/dev/null 2>&1; then
+  echo "[test] installing cloud-init (for cloud-init schema)" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    cloud-init >&2 || {
+    $SUDO apt-get update >&2
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      cloud-init >&2
+  }
+fi
 assets=$(bash scripts/bootstrap.sh | tail -n 1)
 export KUBEBUILDER_ASSETS="$assets"
 export PATH="$PWD/.venv/bin:$PATH"
