@@ -254,8 +254,9 @@ class HetznerEmulator:
         if plan.drop_after is not None:
             self._drop(plan.drop_after, record)
             return
-        respond(status, payload, limit.headers())
+        # Recorded before answering: a client that saw the answer must find it logged.
         self._finish_record(record, status, "hold" if plan.holds else None)
+        respond(status, payload, limit.headers())
 
     def _api_answer(self, method: str, path: str, query: str, token: str, body: bytes,
                     limit: RateLimitState) -> tuple[int, dict[str, Any] | None]:
@@ -283,12 +284,12 @@ class HetznerEmulator:
         self._wait(rule, rule.seconds)
         status = rule.status or 500
         headers = self.rate_limiter.peek(token).headers()
+        self._finish_record(record, status, "status")
         if rule.json_body:
             message = rule.message or f"injected fault {status}"
             respond(status, error_body(rule.error_code(), message), headers)
         else:
             respond(status, rule.message or "upstream error", headers)
-        self._finish_record(record, status, "status")
 
     def _drop(self, rule: FaultRule, record: RequestRecord) -> None:
         if rule.kind == "hang":
