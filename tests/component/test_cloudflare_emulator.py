@@ -12,23 +12,16 @@ import httpx
 import pytest
 
 from agentspaces.sandbox.cloudflare import CloudflareEmulator, endpoint_key, running
+from tests.support.clock import FakeClock
 
 TOKEN = "emulator-test-token"
 SCOPED = "scoped-token"  # may only use other.org
 HOST = "ws-demo-ns-abc123.example.com"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture

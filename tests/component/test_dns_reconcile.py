@@ -18,6 +18,7 @@ from agentspaces.clouds.cloudflare import (
 )
 from agentspaces.reconcile import dns
 from agentspaces.sandbox.cloudflare import CloudflareEmulator, running
+from tests.support.clock import FakeClock
 
 TOKEN = "reconcile-test-token-5e1f"
 UID = "9d7c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -27,17 +28,9 @@ WILD = f"*.{HOST}"
 IPV4 = "203.0.113.10"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(5000.0)
 
 
 @pytest.fixture
