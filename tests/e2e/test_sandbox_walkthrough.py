@@ -31,6 +31,7 @@ import httpx
 import pytest
 from hcloud import Client as HcloudClient
 
+from agentspaces.lifeline import OWNER_ENV
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
@@ -97,7 +98,9 @@ class Sandbox:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "AGENTSPACES_SANDBOX_IPS": IP_RANGE}
+        # The sandbox goes down with this test run, even if the run is killed outright.
+        env = {**os.environ, "AGENTSPACES_SANDBOX_IPS": IP_RANGE,
+               OWNER_ENV: str(os.getpid())}
         if self.info:
             env["KUBECONFIG"] = self.info["kubeconfig"]  # `export KUBECONFIG=...`
         return env

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agentspaces.lifeline import die_with_parent
+
 FAST_SETTINGS = {
     "AGENTSPACES_POLL_INTERVAL": "1s",
     "AGENTSPACES_BOOT_POLL": "0.5s",
@@ -33,7 +35,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentspaces.cli", "run", "--verbose"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         return self
 

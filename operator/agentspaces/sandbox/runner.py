@@ -28,6 +28,7 @@ import boto3
 import yaml
 
 from agentspaces.controlplane import ControlPlane, free_port
+from agentspaces.lifeline import OwnerWatch, die_with_parent, owner_from_env
 from agentspaces.sandbox.cloudflare import CloudflareEmulator
 from agentspaces.sandbox.hetzner import HetznerEmulator
 from agentspaces.sandbox.vmsim import VmSimulator
@@ -223,7 +224,8 @@ def _start_operator(kubeconfig: Path, log_path: Path) -> subprocess.Popen[bytes]
     with open(log_path, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "agentspaces.cli", "run", "--verbose"],
                                 stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
@@ -249,11 +251,16 @@ def serve(state_dir: Path) -> int:
         print(f"[sandbox {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     sandbox = Sandbox(state_dir, progress)
+    # Started for a test run: go down with it, even when it is killed outright.
+    owner = OwnerWatch(owner_from_env())
     try:
         sandbox.start()
         ready.write_text("ok\n")
         progress("ready")
         while not done.wait(1.0):
+            if owner.gone():
+                progress(f"process {owner.owner} that owns this sandbox is gone")
+                break
             if sandbox.operator is not None and sandbox.operator.poll() is not None:
                 progress("the operator exited; restarting it (see operator.log)")
                 sandbox.operator = _start_operator(Path(sandbox.info.kubeconfig),  # type: ignore[union-attr]

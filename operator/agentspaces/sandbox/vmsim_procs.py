@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentspaces.lifeline import die_with_parent
+
 PROC = Path("/proc")
 
 
@@ -43,7 +45,7 @@ def spawn(role: str, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
         out.flush()
         popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, cwd=cwd, env=dict(env),
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=die_with_parent)
     return VmProcess(role, popen, log)
 
 
