@@ -1,7 +1,7 @@
 """Hetzner Cloud API emulator: a local HTTP server that speaks enough of the real v1 API
 for the `hcloud` library (servers, actions, server types, locations, data centers,
-images, SSH keys), with the real error bodies, pagination, per-token rate limiting,
-runtime fault injection, per-endpoint call counters and hooks for simulated VMs.
+images, SSH keys, firewalls), with the real error bodies, pagination, per-token rate
+limiting, runtime fault injection, per-endpoint call counters and hooks for simulated VMs.
 
     with HetznerEmulator(token="t", boot_seconds=0.2) as emu:
         client = hcloud.Client(token="t", api_endpoint=emu.url)
@@ -182,6 +182,16 @@ class HetznerEmulator:
 
     def server(self, server_id: int) -> dict[str, Any] | None:
         return self.servers.get(server_id)
+
+    @property
+    def firewalls(self) -> dict[int, dict[str, Any]]:
+        """Snapshot: firewall id -> API representation (with `applied_to`)."""
+        return {f["id"]: f for f in self.api.firewalls.all()}
+
+    def firewall_servers(self, firewall_id: int) -> set[int]:
+        """The servers a firewall applies to, directly or by label selector. The
+        simulated VMs are local processes, so nothing is actually filtered."""
+        return self.api.firewalls.servers_of(firewall_id)
 
     def user_data(self, server_id: int) -> str | None:
         server = self.server(server_id)

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import hetzner_catalog as catalog
 from .hetzner_errors import ApiError, invalid_input, not_found
+from .hetzner_firewalls import FirewallBook
 from .hetzner_labels import label_errors, parse_selector
 from .hetzner_state import POWER_ACTIONS, CloudState, ServerSpec
 
@@ -102,6 +103,8 @@ class HetznerApi:
 
     def __init__(self, state: CloudState) -> None:
         self.state = state
+        self.firewalls = FirewallBook(state)
+        state.delete_listeners.append(self.firewalls.forget_server)
         d = r"(\d+)"
         table: list[tuple[str, dict[str, Handler]]] = [
             ("/servers", {"GET": self.list_servers, "POST": self.create_server}),
@@ -122,6 +125,11 @@ class HetznerApi:
             ("/datacenters", {"GET": self.list_datacenters}),
             ("/images", {"GET": self.list_images}),
             (f"/images/{d}", {"GET": self.get_image}),
+            ("/firewalls", {"GET": self.list_firewalls, "POST": self.create_firewall}),
+            (f"/firewalls/{d}", {"GET": self.get_firewall, "PUT": self.update_firewall,
+                                 "DELETE": self.delete_firewall}),
+            (f"/firewalls/{d}/actions/(set_rules|apply_to_resources|remove_from_resources)",
+             {"POST": self.firewall_action}),
             ("/ssh_keys", {"GET": self.list_ssh_keys, "POST": self.create_ssh_key}),
             (f"/ssh_keys/{d}", {"GET": self.get_ssh_key, "DELETE": self.delete_ssh_key}),
         ]
@@ -142,14 +150,20 @@ class HetznerApi:
         raise ApiError(404, "not_found", "not found")
 
     # -- servers ---------------------------------------------------------------------
+    def _with_firewalls(self, server: dict[str, Any]) -> dict[str, Any]:
+        server["public_net"]["firewalls"] = [
+            {"id": fid, "status": "applied"} for fid in self.firewalls.of_server(server["id"])]
+        return server
+
     def list_servers(self, *, query: Query) -> Result:
         items = _filter_common(self.state.list_servers(), query)
         if "status" in query:
             items = [i for i in items if i["status"] in query["status"]]
+        items = [self._with_firewalls(i) for i in items]
         return paginate(_sort(items, query, ("id", "name", "created")), query, "servers")
 
     def get_server(self, server_id: int, *, query: Query) -> Result:
-        return 200, {"server": self.state.get_server(server_id)}
+        return 200, {"server": self._with_firewalls(self.state.get_server(server_id))}
 
     def create_server(self, *, query: Query, body: dict[str, Any]) -> Result:
         return 201, self.state.create_server(self._server_spec(body))
@@ -312,6 +326,32 @@ class HetznerApi:
         if image is None:
             raise not_found("image", image_id)
         return 200, {"image": image}
+
+    # -- firewalls ------------------------------------------------------------------
+    def list_firewalls(self, *, query: Query) -> Result:
+        items = _filter_common(self.firewalls.all(), query)
+        return paginate(_sort(items, query, ("id", "name", "created")), query, "firewalls")
+
+    def create_firewall(self, *, query: Query, body: dict[str, Any]) -> Result:
+        return 201, self.firewalls.create(body)
+
+    def get_firewall(self, firewall_id: int, *, query: Query) -> Result:
+        return 200, {"firewall": self.firewalls.get(firewall_id)}
+
+    def update_firewall(self, firewall_id: int, *, query: Query, body: dict[str, Any]
+                        ) -> Result:
+        return 200, {"firewall": self.firewalls.update(firewall_id, body)}
+
+    def delete_firewall(self, firewall_id: int, *, query: Query) -> Result:
+        self.firewalls.delete(firewall_id)
+        return 204, None
+
+    def firewall_action(self, firewall_id: int, verb: str, *, query: Query,
+                        body: dict[str, Any]) -> Result:
+        act = {"set_rules": self.firewalls.set_rules,
+               "apply_to_resources": self.firewalls.apply_to,
+               "remove_from_resources": self.firewalls.remove_from}[verb]
+        return 201, {"actions": act(firewall_id, body)}
 
     # -- ssh keys --------------------------------------------------------------------
     def list_ssh_keys(self, *, query: Query) -> Result:

@@ -81,6 +81,8 @@ class CloudState:
         self._action_ids = itertools.count(500_000_001)
         self._ip_ids = itertools.count(80_000_001)
         self._key_ids = itertools.count(2_000_001)
+        # Called with a server's id once it is gone (e.g. firewalls drop it).
+        self.delete_listeners: list[Callable[[int], None]] = []
 
     # -- helpers ---------------------------------------------------------------------
     def next_documentation_ip(self) -> str:
@@ -106,6 +108,18 @@ class CloudState:
             "resources": [{"id": server_id, "type": "server"}], "error": None}
         self._actions[action["id"]] = action
         return action
+
+    def finished_action(self, command: str, resources: list[dict[str, Any]]
+                        ) -> dict[str, Any]:
+        """An action that completed at once (e.g. on a firewall)."""
+        with self.lock:
+            stamp = now_iso()
+            action: dict[str, Any] = {
+                "id": next(self._action_ids), "command": command, "status": "success",
+                "progress": 100, "started": stamp, "finished": stamp,
+                "resources": copy.deepcopy(resources), "error": None}
+            self._actions[action["id"]] = action
+            return copy.deepcopy(action)
 
     def _finish_action(self, action_id: int, ok: bool = True) -> None:
         action = self._actions[action_id]
@@ -227,6 +241,8 @@ class CloudState:
     def _finish_delete(self, server_id: int, action_id: int) -> None:
         server = self._servers.pop(server_id, None)
         self._finish_action(action_id)
+        for listener in self.delete_listeners:
+            listener(server_id)
         if server is not None:
             self._hooks.emit("deleted", server.snapshot())
 
