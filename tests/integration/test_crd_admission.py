@@ -68,6 +68,24 @@ INVALID_WORKSPACES = [
     ("bad-ssh-key", {"spec": {"sshKeys": ["not a key"]}}, "spec.sshKeys[0]"),
     ("bad-agent-kind", {"spec": {"agent": {"kind": "other-agent"}}}, "spec.agent.kind"),
     ("running-not-bool", {"spec": {"running": "yes"}}, "spec.running"),
+    # The VM's own services must never get a (public) URL: CloudCLI, the agent's
+    # local /ask listener, Caddy's admin API, SSH.
+    ("publish-cloudcli", {"spec": {"access": {"ports": [{"port": 3001,
+                                                         "visibility": "public"}]}}},
+     "are the VM's own services and cannot be published"),
+    ("publish-agent-local", {"spec": {"access": {"ports": [{"port": 3000},
+                                                            {"port": 9180,
+                                                             "visibility": "public"}]}}},
+     "spec.access.ports[1].port: Invalid value"),
+    ("publish-caddy-admin", {"spec": {"access": {"ports": [{"port": 2019}]}}},
+     "are the VM's own services and cannot be published"),
+    ("publish-agent-api", {"spec": {"access": {"ports": [{"port": 9443}]}}},
+     "are the VM's own services and cannot be published"),
+    # git would take these refs for options.
+    ("ref-is-an-option", {"spec": {"repository": {"ref": "-c"}}},
+     "repository.ref must not start with '-'"),
+    ("ref-upload-pack", {"spec": {"repository": {"ref": "--upload-pack=x"}}},
+     "repository.ref must not start with '-'"),
 ]
 
 
@@ -111,7 +129,39 @@ INVALID_CLASSES = [
               "tokenSecretRef": {"name": "cf"}}},
      "dns.baseDomain must be inside dns.zoneName"),
     ("bad-tls-mode", {"tls": {"mode": "selfsigned"}}, "spec.tls.mode"),
+    # A class's own defaults must respect its own limits (workspaces inherit them).
+    ("default-type-not-allowed", {"server": {"type": "cx23"},
+                                  "limits": {"serverTypes": ["cpx32"]}},
+     "server.type must be one of limits.serverTypes"),
+    ("implicit-image-not-allowed", {"limits": {"images": ["12345"]}},
+     "server.image must be one of limits.images"),
+    ("implicit-idle-over-cap", {"limits": {"idleTimeout": "10m"}},
+     "idle.timeout (30m when unset) must not exceed limits.idleTimeout"),
+    ("busy-cap-over-cap", {"idle": {"agentBusyCap": "12h"}, "limits": {"agentBusyCap": "8h"}},
+     "idle.agentBusyCap (6h when unset) must not exceed limits.agentBusyCap"),
+    ("lifetime-over-cap", {"lifetime": {"max": "48h"}, "limits": {"lifetime": "24h"}},
+     "lifetime.max must not exceed limits.lifetime"),
+    ("bad-allowed-type", {"limits": {"serverTypes": ["huge1"]}},
+     "spec.limits.serverTypes[0]"),
 ]
+
+
+def test_class_with_consistent_limits_is_accepted(kubectl: Kubectl) -> None:
+    spec = {"hetzner": {"tokenSecretRef": {"name": "hetzner"}},
+            "dns": {"zoneName": "example.com", "tokenSecretRef": {"name": "cf"}},
+            "server": {"type": "cpx32", "image": "ubuntu-24.04"},
+            "idle": {"timeout": "1h"}, "lifetime": {"max": "8h"},
+            "limits": {"serverTypes": ["cx23", "cpx32"], "images": ["ubuntu-24.04", "4711"],
+                       "idleTimeout": "2h", "agentBusyCap": "6h", "lifetime": "12h"}}
+    manifest = yaml.safe_dump({"apiVersion": "agentspaces.dev/v1alpha1",
+                               "kind": "WorkspaceClass",
+                               "metadata": {"name": "limited-consistent"}, "spec": spec})
+    try:
+        kubectl("apply", "-f", "-", input=manifest)
+        stored = kubectl.get_json("workspaceclass", "limited-consistent")
+        assert stored is not None and stored["spec"]["limits"] == spec["limits"]
+    finally:
+        kubectl("delete", "workspaceclass", "limited-consistent", "--ignore-not-found")
 
 
 @pytest.mark.parametrize(("case", "patch", "expected"), INVALID_CLASSES,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # --- types ---------------------------------------------------------------------------
 READY = "Ready"
+ACCEPTED = "Accepted"
 CREDENTIALS_AVAILABLE = "CredentialsAvailable"
 SERVER_READY = "ServerReady"
 DNS_READY = "DNSReady"
@@ -15,9 +16,10 @@ AGENT_READY = "AgentReady"
 BACKUP_SUCCEEDED = "BackupSucceeded"
 BACKUP_RESTORED = "BackupRestored"
 IDLE = "Idle"
+DEVCONTAINER_RESTRICTED = "DevcontainerRestricted"
 
-ALL_TYPES = (READY, CREDENTIALS_AVAILABLE, SERVER_READY, DNS_READY, AGENT_READY,
-             BACKUP_SUCCEEDED, BACKUP_RESTORED, IDLE)
+ALL_TYPES = (READY, ACCEPTED, CREDENTIALS_AVAILABLE, SERVER_READY, DNS_READY, AGENT_READY,
+             BACKUP_SUCCEEDED, BACKUP_RESTORED, IDLE, DEVCONTAINER_RESTRICTED)
 
 # --- reasons -------------------------------------------------------------------------
 FIRST_VISIT = "Reconciling"
@@ -29,6 +31,13 @@ SECRET_NOT_FOUND = "SecretNotFound"
 SECRET_KEY_MISSING = "SecretKeyMissing"
 CREDENTIALS_INVALID = "CredentialsInvalid"
 CREDENTIALS_FOUND = "CredentialsFound"
+SECRET_CONFLICT = "SecretConflict"  # a Secret at one of the workspace's names is not ours
+
+# Accepted: the spec within what its class allows. NotAllowedByClass keeps a server
+# from being created; ReservedPort only leaves the port unpublished.
+SPEC_ACCEPTED = "Accepted"
+NOT_ALLOWED_BY_CLASS = "NotAllowedByClass"
+RESERVED_PORT = "ReservedPort"
 
 # ServerReady
 SERVER_CREATING = "Creating"
@@ -41,10 +50,12 @@ LOCATION_NOT_FOUND = "LocationNotFound"
 IMAGE_NOT_FOUND = "ImageNotFound"
 INVALID_INPUT = "InvalidInput"
 RESOURCE_LIMIT_EXCEEDED = "ResourceLimitExceeded"
+USER_DATA_TOO_LARGE = "UserDataTooLarge"
 RATE_LIMITED = "RateLimited"
 CLOUD_API_ERROR = "CloudAPIError"
 SERVER_DELETED = "ServerDeleted"
 SERVER_MISSING = "ServerMissing"
+SERVER_NOT_OURS = "ServerNotOurs"  # status named a server without this workspace's uid label
 STOPPED = "Stopped"
 
 # DNSReady
@@ -54,12 +65,26 @@ DNS_ZONE_NOT_FOUND = "ZoneNotFound"
 DNS_WAITING_FOR_SERVER = "WaitingForServer"
 DNS_RECORDS_REMOVED = "RecordsRemoved"
 
+# FirewallReady: set only while the class restricts the agent port (agent.sourceRanges)
+FIREWALL_READY = "FirewallReady"
+FIREWALL_APPLIED = "Applied"
+FIREWALL_NAME_TAKEN = "NameTaken"
+FIREWALL_NOT_CONFIGURED = "NotConfigured"
+
 # AgentReady
 AGENT_BOOTING = "Booting"
 AGENT_READY_REASON = "AgentReady"
 AGENT_UNREACHABLE = "Unreachable"
 AGENT_CERTIFICATE_MISMATCH = "CertificateMismatch"
 AGENT_SIMULATED = "Simulated"
+DEVCONTAINER_REFUSED = "DevcontainerRefused"
+
+# DevcontainerRestricted: True when keys of the repository's devcontainer.json were
+# removed because the class does not trust the repository.
+KEYS_REMOVED = "KeysRemoved"
+NOTHING_REMOVED = "NothingRemoved"
+REPOSITORY_TRUSTED = "RepositoryTrusted"
+NOT_FROM_REPOSITORY = "NotFromRepository"
 
 # BackupSucceeded / BackupRestored
 BACKUP_DONE = "BackupCompleted"
@@ -69,8 +94,11 @@ NO_BACKUP = "NoBackup"
 RESTORED = "Restored"
 RESTORE_FAILED = "RestoreFailed"
 BACKUP_TAMPERED = "BackupCorrupt"
+MANIFEST_TAMPERED = "BackupTampered"  # a manifest fails its MAC or workspace binding
+BACKUP_ROLLED_BACK = "BackupRolledBack"  # the newest backup is older than status.backup
 WRONG_KEY = "WrongKey"
 DATA_KEY_MISSING = "DataKeyMissing"
+RESTORE_SOURCE_REFUSED = "RestoreSourceRefused"
 
 # Idle
 ACTIVE = "Active"

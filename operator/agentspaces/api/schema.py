@@ -28,11 +28,20 @@ REPOSITORY_URL_PATTERN = (
 # Hetzner server type names: cx23, cpx32, cax11, ccx13 ... The live list is checked
 # at reconcile time (ServerTypeNotFound); the pattern catches typos at admission.
 SERVER_TYPE_PATTERN = r"^(cx|cpx|cax|ccx)[0-9]{2,3}$"
+# An image name ("ubuntu-24.04") or a numeric id (any snapshot or backup in the project).
+IMAGE_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
 LOCATIONS = ["fsn1", "nbg1", "hel1", "ash", "hil", "sin"]
 SSH_KEY_PATTERN = (
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521"
     r"|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/=]+( .*)?$"
 )
+# Ports the VM's own services listen on (SSH, Caddy's HTTP/HTTPS and admin API, the
+# CloudCLI UI, the agent's local listener and its default API port): publishing one
+# would expose that service, so admission refuses them. vmconfig.claude.reserved_ports
+# adds the class's own ports, which the operator checks (a test keeps both in step).
+RESERVED_PORTS = (22, 80, 443, 2019, 3001, 9180, 9443)
+RESERVED_PORTS_MESSAGE = ("ports " + ", ".join(map(str, RESERVED_PORTS))
+                          + " are the VM's own services and cannot be published")
 PHASES = ["Pending", "Creating", "Starting", "Running", "Stopping", "Stopped", "Deleting", "Failed"]
 AGENT_STATES = ["working", "waiting", "idle", "absent", "unknown"]
 STOPPED_BY = ["user", "inactivity", "lifetime"]
@@ -97,8 +106,8 @@ def _server_settings(defaults: bool) -> Schema:
             "type": _str("Server type, e.g. cx23 or cpx32.", pattern=SERVER_TYPE_PATTERN,
                          **d("cx23")),
             "location": _str("Location.", enum=LOCATIONS, **d("fsn1")),
-            "image": _str("Image name; the VM bootstrap targets Ubuntu 24.04.",
-                          maxLength=63, pattern=r"^[a-z0-9][a-z0-9.-]*$", **d("ubuntu-24.04")),
+            "image": _str("Image name or id; the VM bootstrap targets Ubuntu 24.04.",
+                          maxLength=63, pattern=IMAGE_PATTERN, **d("ubuntu-24.04")),
         },
     )
 
@@ -144,7 +153,10 @@ MCP_SERVER = _obj(
 PORT_ACCESS = _obj(
     "Visibility of one port served at https://{port}.{host}.",
     {
-        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535,
+                 "x-kubernetes-validations": [{
+                     "rule": f"!(self in {list(RESERVED_PORTS)})",
+                     "message": RESERVED_PORTS_MESSAGE}]},
         "visibility": _str("private ports need the workspace password; public ones do not.",
                            enum=["private", "public"], default="private"),
     },
@@ -166,7 +178,11 @@ def workspace_spec() -> Schema:
                     "url": _str("Clone URL (https or ssh).", pattern=REPOSITORY_URL_PATTERN,
                                 maxLength=2048),
                     "ref": _str("Branch, tag or commit; the default branch when empty.",
-                                maxLength=255, pattern=r"^[A-Za-z0-9._/-]+$"),
+                                maxLength=255, pattern=r"^[A-Za-z0-9._/-]+$",
+                                **{"x-kubernetes-validations": [{
+                                    # git would read a leading '-' as an option
+                                    "rule": "!self.startsWith('-')",
+                                    "message": "repository.ref must not start with '-'"}]}),
                     "credentialsSecretRef": secret_key_ref(
                         "Secret in the workspace's namespace holding a token for private "
                         "repositories.", "token", namespaced=False),
@@ -390,14 +406,88 @@ def workspace_class_spec() -> Schema:
             }),
             "agent": _obj("Workspace agent polling.", {
                 "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 9443},
+                "sourceRanges": {
+                    "type": "array", "maxItems": 100, "x-kubernetes-list-type": "set",
+                    "description": "The operator's egress addresses (CIDRs, IPv4 and IPv6). "
+                                   "Set: a Hetzner Cloud Firewall admits the agent port only "
+                                   "from these. Unset: the agent port is open to the internet.",
+                    "items": {"type": "string", "maxLength": 43, "x-kubernetes-validations": [{
+                        "rule": "isCIDR(self) && cidr(self) == cidr(self).masked()",
+                        "message": "must be a CIDR with no host bits set, e.g. "
+                                   "203.0.113.7/32 or 2001:db8::/64"}]},
+                },
             }),
+            "devcontainer": _obj("How far a repository's devcontainer.json is trusted.", {
+                "trustRepository": {
+                    "type": "boolean", "default": False,
+                    "description": "Run the repository's devcontainer.json as written: "
+                                   "host commands (initializeCommand), privileges, runArgs, "
+                                   "host mounts, docker compose. Off: only what acts inside "
+                                   "the container is used (docs/vm.md)."},
+            }),
+            "limits": class_limits(),
         },
         required=["hetzner", "dns"],
         validations=[
             {"rule": "!has(self.storage) || has(self.encryption)",
              "message": "storage needs encryption.keySecretRef: backups are always encrypted"},
+            *CLASS_LIMIT_RULES,
         ],
     )
+
+
+def class_limits() -> Schema:
+    names = {"type": "array", "maxItems": 64, "x-kubernetes-list-type": "set"}
+    return _obj(
+        "What a Workspace of this class may ask for. The operator refuses (condition "
+        "Accepted=False, reason NotAllowedByClass) and creates no server otherwise.",
+        {
+            "serverTypes": {**names,
+                            "items": _str("A server type.", maxLength=16,
+                                          pattern=SERVER_TYPE_PATTERN),
+                            "description": "Allowed server types; any when unset."},
+            "images": {**names,
+                       "items": _str("An image name or id.", maxLength=63,
+                                     pattern=IMAGE_PATTERN),
+                       "description": "Allowed images (names or numeric ids). When unset, "
+                                      "any image name but no numeric id (snapshots and "
+                                      "backups are reachable only by id)."},
+            "idleTimeout": _duration("Longest idle.timeout a workspace may set.", "1m"),
+            "agentBusyCap": _duration("Longest idle.agentBusyCap a workspace may set.",
+                                      "1m"),
+            "lifetime": _duration("Longest lifetime.max a workspace may set; also the "
+                                  "lifetime of workspaces that set none.", "1m"),
+        },
+    )
+
+
+def _field_or(section: str, field: str, default: str) -> str:
+    """CEL for the class's own setting, or the default the operator applies."""
+    return (f"(has(self.{section}) && has(self.{section}.{field}) ? "
+            f"self.{section}.{field} : '{default}')")
+
+
+def _limit_rule(limit: str, check: str, message: str) -> Schema:
+    """The class's own defaults must respect its own limits: a workspace inherits them."""
+    return {"rule": f"!has(self.limits) || !has(self.limits.{limit}) || {check}",
+            "message": message}
+
+
+CLASS_LIMIT_RULES = [
+    _limit_rule("serverTypes", f"{_field_or('server', 'type', 'cx23')} in "
+                "self.limits.serverTypes", "server.type must be one of limits.serverTypes"),
+    _limit_rule("images", f"{_field_or('server', 'image', 'ubuntu-24.04')} in "
+                "self.limits.images", "server.image must be one of limits.images"),
+    _limit_rule("idleTimeout", f"duration({_field_or('idle', 'timeout', '30m')}) <= "
+                "duration(self.limits.idleTimeout)",
+                "idle.timeout (30m when unset) must not exceed limits.idleTimeout"),
+    _limit_rule("agentBusyCap", f"duration({_field_or('idle', 'agentBusyCap', '6h')}) <= "
+                "duration(self.limits.agentBusyCap)",
+                "idle.agentBusyCap (6h when unset) must not exceed limits.agentBusyCap"),
+    _limit_rule("lifetime", "!has(self.lifetime) || !has(self.lifetime.max) || "
+                "duration(self.lifetime.max) <= duration(self.limits.lifetime)",
+                "lifetime.max must not exceed limits.lifetime"),
+]
 
 
 def workspace_class_status() -> Schema:

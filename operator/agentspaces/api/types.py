@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from agentspaces.api.durations import parse_duration
+from agentspaces.api.schema import RESERVED_PORTS
 
 
 def _get(obj: Mapping[str, Any] | None, *path: str, default: Any = None) -> Any:
@@ -99,6 +100,31 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class ClassLimits:
+    """What a workspace of the class may ask for (None: no limit of that kind)."""
+
+    server_types: frozenset[str] | None = None
+    images: frozenset[str] | None = None
+    idle_timeout: timedelta | None = None
+    agent_busy_cap: timedelta | None = None
+    lifetime: timedelta | None = None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> ClassLimits:
+        raw = raw or {}
+
+        def names(key: str) -> frozenset[str] | None:
+            return frozenset(raw[key]) if key in raw else None
+
+        def cap(key: str) -> timedelta | None:
+            return parse_duration(raw[key]) if raw.get(key) else None
+
+        return cls(server_types=names("serverTypes"), images=names("images"),
+                   idle_timeout=cap("idleTimeout"), agent_busy_cap=cap("agentBusyCap"),
+                   lifetime=cap("lifetime"))
+
+
+@dataclass(frozen=True)
 class WorkspaceClass:
     name: str
     hetzner_token_ref: SecretKeyRef
@@ -111,6 +137,17 @@ class WorkspaceClass:
     idle: IdleSettings
     lifetime_max: timedelta | None
     agent_port: int
+    agent_source_ranges: tuple[str, ...] = ()
+    """Where the agent port admits connections from (a firewall); empty: anywhere."""
+    limits: ClassLimits = field(default_factory=ClassLimits)
+    # spec.devcontainer.trustRepository: run a repository's devcontainer.json unvetted.
+    trust_repository_devcontainer: bool = False
+
+    @property
+    def reserved_ports(self) -> frozenset[int]:
+        """Ports of the VM's own services, including this class's own choices."""
+        return frozenset({*RESERVED_PORTS, self.tls.http_port, self.tls.https_port,
+                          self.agent_port})
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkspaceClass:
@@ -168,6 +205,10 @@ class WorkspaceClass:
             ),
             lifetime_max=parse_duration(lifetime) if lifetime else None,
             agent_port=int(_get(spec, "agent", "port", default=9443)),
+            agent_source_ranges=tuple(_get(spec, "agent", "sourceRanges", default=[]) or ()),
+            limits=ClassLimits.parse(spec.get("limits")),
+            trust_repository_devcontainer=bool(
+                _get(spec, "devcontainer", "trustRepository", default=False)),
         )
 
 
@@ -190,10 +231,13 @@ class WorkspaceSpec:
     idle: IdleSettings
     lifetime_max: timedelta | None
     ports: tuple[PortAccess, ...]
+    """The ports that may be published: reserved ones are left out (see refused_ports)."""
     persistence_enabled: bool
     persistence_on_delete: str
     backup_interval: timedelta | None
     ssh_keys: tuple[str, ...]
+    refused_ports: tuple[int, ...] = ()
+    """Requested ports that are the VM's own (never published; Accepted says so)."""
 
     @property
     def public_ports(self) -> tuple[int, ...]:
@@ -207,6 +251,8 @@ class WorkspaceSpec:
         persistence = spec.get("persistence") or {}
         lifetime = _get(spec, "lifetime", "max")
         schedule = persistence.get("schedule")
+        ports = [PortAccess(port=int(p["port"]), public=p.get("visibility") == "public")
+                 for p in _get(spec, "access", "ports", default=[]) or []]
         mcp = tuple(
             McpServer(name=name, type=raw.get("type", "stdio"), command=raw.get("command"),
                       args=tuple(raw.get("args") or ()), url=raw.get("url"),
@@ -238,11 +284,11 @@ class WorkspaceSpec:
                 agent_busy_cap=parse_duration(idle["agentBusyCap"]) if "agentBusyCap" in idle
                 else klass.idle.agent_busy_cap,
             ),
-            lifetime_max=parse_duration(lifetime) if lifetime else klass.lifetime_max,
-            ports=tuple(
-                PortAccess(port=int(p["port"]), public=p.get("visibility") == "public")
-                for p in _get(spec, "access", "ports", default=[]) or []
-            ),
+            lifetime_max=parse_duration(lifetime) if lifetime
+            else klass.lifetime_max or klass.limits.lifetime,
+            ports=tuple(p for p in ports if p.port not in klass.reserved_ports),
+            refused_ports=tuple(sorted(p.port for p in ports
+                                       if p.port in klass.reserved_ports)),
             persistence_enabled=bool(persistence.get("enabled", True))
             and klass.storage is not None,
             persistence_on_delete=persistence.get("onDelete", "Retain"),

@@ -168,7 +168,7 @@ def render_user_data(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceClas
     size = len(text.encode())
     if size > USER_DATA_LIMIT:
         hint = ("use agent_delivery='push'" if agent_delivery == "inline"
-                else "shorten spec.agent.instructions or spec.agent.mcpServers")
+                else "shorten spec.agent.instructions, spec.agent.mcpServers or spec.sshKeys")
         raise UserDataTooLarge(size, USER_DATA_LIMIT, hint)
     return text
 
