@@ -173,7 +173,8 @@ def make_tree(root: Path, big: int = 12 * MIB, generation: int = 0) -> None:
     (root / "node_modules" / "pkg" / "index.js").write_text("module.exports = 1\n")
     os.symlink("src/main.py", root / "link-relative")
     os.symlink("nowhere/at/all", root / "link-dangling")
-    os.symlink("/etc/hostname", root / "link-absolute")
+    # Goes up and back down, staying inside (links out are dropped: test_restore_hostile).
+    os.symlink("src/../link-relative", root / "link-up-and-down")
     # Distinct nanosecond mtimes, set bottom-up so parents keep theirs.
     stamp = 1_600_000_000_123_456_789 + generation * 1_000_000_000
     for i, (dirpath, dirnames, filenames) in enumerate(os.walk(root, topdown=False)):

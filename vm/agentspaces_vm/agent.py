@@ -232,7 +232,10 @@ class Agent:
         return self.activity.record_hook(payload)
 
     def configure_claude(self, repo: Path | None = None) -> None:
-        """Install the Claude Code files (settings + hooks, CLAUDE.md, .mcp.json)."""
+        """Install the Claude Code files (settings + hooks, CLAUDE.md, .mcp.json).
+
+        Root writes into the container's tree: claude_settings goes through safefs from
+        the root-owned /workspaces, so no link planted there is ever followed."""
         cfg = self.config
         if repo is None:
             known = self.bootstrap.snapshot().repo_dir
@@ -244,10 +247,19 @@ class Agent:
             api_key=self.store.load().has_api_key, owner=owner, is_tracked=self._git_tracks)
 
     def _git_tracks(self, repo: Path, name: str) -> bool:
-        result = self._runner([self.config.tools.git, "-C", str(repo), "ls-files",
-                               "--error-unmatch", "--", name],
-                              {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, None, 30.0)
-        return result.returncode == 0
+        """Whether git tracks `name`. The repository (its .git/config too) is the
+        container's: git runs as the container's user, without the system and global
+        config and with the fsmonitor hook off, so the config cannot run a program."""
+        cfg = self.config
+        argv = [cfg.tools.git, "-c", "core.fsmonitor=false", "-C", str(repo), "ls-files",
+                "--error-unmatch", "--", name]
+        if os.geteuid() == 0 and not cfg.simulate:
+            user = cfg.container_user
+            argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
+                    "--", *argv]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_CONFIG_GLOBAL": os.devnull, "HOME": "/nonexistent"}
+        return self._runner(argv, env, None, 30.0).returncode == 0
 
     def _suppress_file_activity(self, busy: bool) -> None:
         suppress = getattr(self.activity, "suppress_files_until", None)

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import http.client
 import io
+import logging
 import os
 import queue
 import re
@@ -46,6 +47,7 @@ from agentspaces_vm.backup_format import (
     WrongKey,
     check_key_id,
 )
+from agentspaces_vm.safefs import neutralise_tree
 
 __all__ = ["BackupCorrupt", "BackupError", "BackupPlan", "RestorePlan", "UnsupportedFormat",
            "WrongKey", "backup", "restore"]
@@ -72,6 +74,7 @@ STAGING_PREFIX = ".agentspaces-restore-"
 TRASH_PREFIX = ".agentspaces-trash-"
 
 Progress = Callable[[dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 def _fail(reason: str, message: str) -> BackupError:
@@ -682,6 +685,17 @@ def _swap_in(staging: Path, inside: bool, root: Path) -> None:
     os.utime(root, ns=(attrs.st_atime_ns, attrs.st_mtime_ns))
 
 
+def _neutralise(staging: Path, root: Path) -> None:
+    """GNU tar already refuses absolute and `..` member names and never writes through
+    a link it extracted; what remains is links that would lead out of the restored tree,
+    device nodes and hard links out: removed before the tree is swapped in."""
+    removed = neutralise_tree(staging, root)
+    if removed:
+        shown = ", ".join(removed[:10]) + (", ..." if len(removed) > 10 else "")
+        log.warning("restore: removed %d entries pointing outside %s or device nodes: %s",
+                    len(removed), root, shown)
+
+
 def restore(plan: Mapping[str, Any], root: Path) -> None:
     """Replace the content of `root` with the backup the plan names.
 
@@ -695,6 +709,7 @@ def restore(plan: Mapping[str, Any], root: Path) -> None:
     staging, inside = _make_staging(root)
     try:
         _extract(p, staging)
+        _neutralise(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if times is not None:

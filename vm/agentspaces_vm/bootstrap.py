@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentspaces_vm import devcontainer
+from agentspaces_vm import devcontainer, safefs
 from agentspaces_vm.config import AgentConfig
 from agentspaces_vm.redact import redact
 from agentspaces_vm.secrets import SecretStore
@@ -115,10 +115,13 @@ def repo_dir_name(url: str) -> str:
 
 
 def chown_tree(root: Path, uid: int, gid: int) -> None:
-    os.lchown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Give a tree to `uid`: each name itself, links included, and never what a link
+    points to (os.fwalk enters no linked directory, not even a linked `root`)."""
+    for _dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+        if _dirpath == str(root):
+            os.fchown(dirfd, uid, gid)
         for name in (*dirnames, *filenames):
-            os.lchown(os.path.join(dirpath, name), uid, gid)
+            os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
 
 
 class Bootstrap:
@@ -288,6 +291,11 @@ class Bootstrap:
         repo_cfg = cfg.repository
         name = repo_dir_name(repo_cfg.url) if repo_cfg else "workspace"
         repo = cfg.paths.workspaces / name
+        # /workspaces is root's, but a restored tree may hold a link at the repository's
+        # name: it would send the clone, the chown and the container's mount elsewhere.
+        if safefs.kind(cfg.paths.workspaces, name) == "link":
+            log.warning("%s is a symbolic link; replacing it with a directory", repo)
+            safefs.remove(cfg.paths.workspaces, name)
         if self.state.cloned or cfg.simulate or repo_cfg is None:
             repo.mkdir(parents=True, exist_ok=True)
             self._update(repo_dir=str(repo))
@@ -302,7 +310,7 @@ class Bootstrap:
             return repo
         self._update(stage=CLONING, message=f"cloning {redact(repo_cfg.url, 300)}")
         scratch = cfg.paths.workspaces / f".agentspaces-clone-{name}"
-        shutil.rmtree(scratch, ignore_errors=True)
+        safefs.remove(cfg.paths.workspaces, scratch.name)  # a link too, not its target
         env = self._git_env()
         git = cfg.tools.git
         steps = [[git, "-c", "credential.helper=", "clone", "--quiet", "--", repo_cfg.url,

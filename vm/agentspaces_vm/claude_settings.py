@@ -13,17 +13,25 @@ Cloud-init writes seeds to the `claude/` directory next to agent.json (docs/vm.m
   untracked `.mcp.json` is added to `.git/info/exclude`.
 
 Without seeds (tests, old VMs) the agent's hooks and helper are still installed.
+
+The agent runs as root and everything under /workspaces is the container's: the files
+are read and written through safefs, from the directory holding CLAUDE_CONFIG_DIR and
+the repository (root-owned /workspaces), so a planted link is replaced or refused,
+never followed. A file that cannot be written safely is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentspaces_vm import safefs
 from agentspaces_vm.secrets import API_KEY_NAME, CONTAINER_SECRETS_DIR
+
+log = logging.getLogger(__name__)
 
 MARKER_HEADER = "X-Agentspaces-Hook"
 HOOK_TIMEOUT_SECONDS = 5
@@ -96,36 +104,83 @@ def merge_mcp(existing: dict[str, Any] | None, seed: dict[str, Any]) -> dict[str
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A seed (root's own file under state/)."""
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _read_container_text(root: Path, rel: str) -> str:
+    """A file of the container's, "" when missing; a link (or a device, a FIFO) is
+    not read but replaced by the write that follows."""
+    try:
+        data = safefs.read_file(root, rel)
+    except safefs.UnsafePath as exc:
+        log.warning("not reading %s; the agent's file replaces it", exc.strerror)
+        return ""
+    return data.decode("utf-8", "replace") if data is not None else ""
+
+
+def _read_container_json(root: Path, rel: str) -> dict[str, Any] | None:
+    try:
+        loaded = json.loads(_read_container_text(root, rel) or "null")
     except (OSError, ValueError):
         return None  # missing or broken: replaced rather than blocking the hooks
     return loaded if isinstance(loaded, dict) else None
 
 
-def _write(path: Path, text: str, mode: int, owner: Owner) -> None:
-    tmp = path.with_name(f".{path.name}.agentspaces-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    if owner is not None and os.geteuid() == 0:
-        os.chown(tmp, *owner)
-    os.replace(tmp, path)
-
-
 def write_settings(config_dir: Path, *, hook_url: str, hook_token: str, api_key: bool,
                    owner: Owner, seed: dict[str, Any] | None = None) -> Path:
-    """Merge into `config_dir`/settings.json (created if needed); returns its path."""
-    config_dir.mkdir(parents=True, exist_ok=True)
-    if owner is not None and os.geteuid() == 0:
-        os.chown(config_dir, *owner)
-    path = config_dir / "settings.json"
-    doc = merge_settings(_read_json(path), hook_url=hook_url, hook_token=hook_token,
-                         api_key=api_key, seed=seed)
+    """Merge into `config_dir`/settings.json (created if needed); returns its path.
+
+    `config_dir`'s parent is trusted (root-owned); nothing below it is followed.
+    """
+    root, name = config_dir.parent, config_dir.name
+    root.mkdir(parents=True, exist_ok=True)
+    safefs.make_dir(root, name, mode=0o755, owner=owner)
+    rel = f"{name}/settings.json"
+    doc = merge_settings(_read_container_json(root, rel), hook_url=hook_url,
+                         hook_token=hook_token, api_key=api_key, seed=seed)
     # 0600: the file carries the hook token.
-    _write(path, json.dumps(doc, indent=2) + "\n", 0o600, owner)
-    return path
+    safefs.write_file(root, rel, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600,
+                      owner=owner)
+    return config_dir / "settings.json"
+
+
+def _skip_unsafe(what: str, step: Callable[[], object]) -> None:
+    try:
+        step()
+    except safefs.UnsafePath as exc:
+        log.warning("not installing %s: %s", what, exc.strerror)
+
+
+def _not_a_dir(root: Path, rel: str) -> bool:
+    found = safefs.kind(root, rel)
+    if found == "link":
+        log.warning("not installing .mcp.json: %s is a symbolic link", root / rel)
+    return found != "dir"
+
+
+def _install_mcp(repo: Path, mcp: dict[str, Any], owner: Owner,
+                 is_tracked: Callable[[Path, str], bool] | None) -> None:
+    root, name = repo.parent, repo.name
+    if _not_a_dir(root, name):
+        return
+    target = f"{name}/.mcp.json"
+    doc = merge_mcp(_read_container_json(root, target), mcp)
+    safefs.write_file(root, target, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o644,
+                      owner=owner)
+    if _not_a_dir(root, f"{name}/.git"):
+        return
+    if is_tracked and is_tracked(repo, ".mcp.json"):
+        return
+    exclude = f"{name}/.git/info/exclude"
+    lines = _read_container_text(root, exclude).splitlines()
+    if "/.mcp.json" not in lines:
+        safefs.write_file(root, exclude, ("\n".join([*lines, "/.mcp.json"]) + "\n").encode(),
+                          mode=0o644, owner=owner, dir_mode=0o755)
 
 
 def install(*, seed_dir: Path | None, config_dir: Path, repo: Path | None, hook_url: str,
@@ -134,26 +189,21 @@ def install(*, seed_dir: Path | None, config_dir: Path, repo: Path | None, hook_
     """Install settings, CLAUDE.md and .mcp.json from the seeds (see module doc).
 
     `is_tracked(repo, name)` says whether git tracks a file; untracked .mcp.json files
-    are excluded locally so they never show up as a change to commit.
+    are excluded locally so they never show up as a change to commit. The parents of
+    `config_dir` and `repo` are trusted; nothing below them is followed.
     """
     seed = _read_json(seed_dir / "settings.json") if seed_dir else None
-    write_settings(config_dir, hook_url=hook_url, hook_token=hook_token, api_key=api_key,
-                   owner=owner, seed=seed)
+    _skip_unsafe("settings.json", lambda: write_settings(
+        config_dir, hook_url=hook_url, hook_token=hook_token, api_key=api_key, owner=owner,
+        seed=seed))
     if seed_dir is None:
         return
     memory = seed_dir / "CLAUDE.md"
     if memory.is_file():
-        _write(config_dir / "CLAUDE.md", memory.read_text(encoding="utf-8"), 0o644, owner)
+        text = memory.read_bytes()
+        _skip_unsafe("CLAUDE.md", lambda: safefs.write_file(
+            config_dir.parent, f"{config_dir.name}/CLAUDE.md", text, mode=0o644, owner=owner))
     mcp = _read_json(seed_dir / "mcp.json")
-    if mcp is None or repo is None or not repo.is_dir():
+    if mcp is None or repo is None:
         return
-    target = repo / ".mcp.json"
-    _write(target, json.dumps(merge_mcp(_read_json(target), mcp), indent=2) + "\n", 0o644,
-           owner)
-    git_dir = repo / ".git"
-    if git_dir.is_dir() and not (is_tracked and is_tracked(repo, ".mcp.json")):
-        exclude = git_dir / "info" / "exclude"
-        exclude.parent.mkdir(parents=True, exist_ok=True)
-        lines = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
-        if "/.mcp.json" not in lines:
-            exclude.write_text("\n".join([*lines, "/.mcp.json"]) + "\n", encoding="utf-8")
+    _skip_unsafe(".mcp.json", lambda: _install_mcp(repo, mcp, owner, is_tracked))

@@ -24,6 +24,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentspaces_vm import safefs
 from agentspaces_vm.caddy import BasicAuth
 
 CONTAINER_SECRETS_DIR = "/run/agentspaces"
@@ -89,16 +90,8 @@ def parse_delivery(body: object) -> Delivery:
 
 def _write_private(path: Path, data: str, mode: int = 0o600,
                    owner: tuple[int, int] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data.encode("utf-8"))
-        os.fchmod(fd, mode)
-        if owner is not None:
-            os.fchown(fd, *owner)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    # claude/ belongs to the container's user: never through a name it could plant.
+    safefs.write_file(path.parent, path.name, data.encode("utf-8"), mode=mode, owner=owner)
 
 
 def _private_dir(path: Path, owner: tuple[int, int] | None = None) -> None:
