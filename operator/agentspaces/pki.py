@@ -1,9 +1,11 @@
-"""Per-workspace credentials for the VM agent's HTTPS API.
+"""Per-server credentials for the VM agent's HTTPS API.
 
-The operator generates them once per workspace and keeps them in a Kubernetes Secret:
-a self-signed EC P-256 certificate + key (the VM serves it; the operator pins it, so no
-CA is involved and a long validity is harmless) and a random bearer token (the VM gets
-only its sha256).
+The operator generates new ones for every server it creates and keeps them in a
+Kubernetes Secret: a self-signed EC P-256 certificate + key (the VM serves it; the
+operator pins its fingerprint, so no CA is involved) and a random bearer token (the VM
+gets only its sha256). The certificate is valid for 30 days; the operator checks the
+pin, not the dates, so a workspace running longer keeps working, and a key copied off
+one server is worthless once that server is gone: the next one has its own.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-DEFAULT_VALIDITY = timedelta(days=3650)
+DEFAULT_VALIDITY = timedelta(days=30)
 _KEYS = ("tls.crt", "tls.key", "token", "tokenSha256", "fingerprintSha256")
 
 
@@ -73,7 +75,8 @@ class AgentCredentials:
 
 
 def generate(host: str, now: datetime, validity: timedelta = DEFAULT_VALIDITY) -> AgentCredentials:
-    """New credentials for the workspace at `host` (SANs: host and agent.<host>)."""
+    """New credentials for one server of the workspace at `host` (SANs: host and
+    agent.<host>)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"agent.{host}"[:64])])
     cert = (

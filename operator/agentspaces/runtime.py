@@ -68,6 +68,9 @@ class Runtime:
         self._stores: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._agents: dict[str, tuple[str, Any]] = {}
+        # (project, class) -> (digest of its desired firewall, the firewall's id or
+        # None): what the class's firewall was last checked against.
+        self.firewall_checks: dict[str, tuple[str, int | None]] = {}
         self._closing: list[Any] = []
         self.agent_slots = asyncio.Semaphore(settings.agent_concurrency)
 

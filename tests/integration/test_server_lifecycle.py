@@ -3,16 +3,25 @@ kubectl, the real operator process and the Hetzner emulator (driven by hcloud)."
 
 from __future__ import annotations
 
+import base64
+import gzip
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import hcloud
 import pytest
+import yaml
+from cryptography import x509
+from hcloud.images import Image
+from hcloud.server_types import ServerType
 
 from agentspaces.api.hostnames import workspace_label
+from agentspaces.pki import certificate_fingerprint
 from tests.conftest import Kubectl
 from tests.support.operator import OperatorProcess
 from tests.support.stack import (
@@ -270,3 +279,128 @@ def test_foreign_record_at_our_name_is_reported_and_left_alone(
     assert foreign in clouds.cloudflare.records()  # still there after our cleanup
     assert [r for r in clouds.cloudflare.records()
             if ws["metadata"]["uid"] in (r.get("comment") or "")] == []
+
+
+def _agent_secret(kubectl: Kubectl, name: str, ns: str) -> dict[str, str]:
+    secret = kubectl.get_json("secret", f"{name}-agent", "-n", ns)
+    assert secret is not None
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def _user_data_file(user_data: str | None, suffix: str) -> str:
+    assert user_data is not None
+    for entry in yaml.safe_load(user_data)["write_files"]:
+        if entry["path"].endswith(suffix):
+            if entry.get("encoding") == "gz+b64":
+                return gzip.decompress(base64.b64decode(entry["content"])).decode()
+            return str(entry["content"])
+    raise AssertionError(f"no {suffix} in the user-data")
+
+
+def _patch_running(kubectl: Kubectl, name: str, ns: str, running: bool) -> None:
+    kubectl("patch", "workspace", name, "-n", ns, "--type=merge", "-p",
+            json.dumps({"spec": {"running": running}}))
+
+
+def test_each_server_gets_its_own_short_lived_agent_credentials(
+        operator: OperatorProcess, kubectl: Kubectl, clouds: Clouds, namespace: str) -> None:
+    # The attack: a key taken from one server (its disk, a snapshot, a backup of it)
+    # must not let anyone pose as the agent of the workspace's next server.
+    kubectl.apply(workspace("rotate", namespace, CLASS))
+    ws = wait_for(lambda: (w := _ws(kubectl, "rotate", namespace)) and
+                  condition(w, "ServerReady").get("status") == "True" and w, 60, "ready")
+    first = ws["status"]["server"]["id"]
+    old = _agent_secret(kubectl, "rotate", namespace)
+    assert old["serverId"] == str(first)
+    user_data = clouds.hetzner.user_data(first)
+    assert _user_data_file(user_data, "/tls.crt") == old["tls.crt"]
+    assert _user_data_file(user_data, "/tls.key") == old["tls.key"]
+    cert = x509.load_pem_x509_certificate(old["tls.crt"].encode())
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(days=30, hours=1)
+
+    _patch_running(kubectl, "rotate", namespace, False)
+    wait_for(lambda: (w := _ws(kubectl, "rotate", namespace)) and
+             w["status"].get("phase") == "Stopped" and not w["status"].get("server"),
+             60, "stopped")
+    _patch_running(kubectl, "rotate", namespace, True)
+    ws = wait_for(lambda: (w := _ws(kubectl, "rotate", namespace)) and
+                  (w["status"].get("server") or {}).get("id") not in (None, first) and
+                  condition(w, "ServerReady").get("status") == "True" and w, 60, "woken")
+    second = ws["status"]["server"]["id"]
+    new = _agent_secret(kubectl, "rotate", namespace)
+    assert new["serverId"] == str(second)
+    assert new["fingerprintSha256"] != old["fingerprintSha256"]
+    assert new["tls.key"] != old["tls.key"] and new["token"] != old["token"]
+    assert certificate_fingerprint(new["tls.crt"]) == new["fingerprintSha256"]
+    user_data = clouds.hetzner.user_data(second)
+    assert _user_data_file(user_data, "/tls.crt") == new["tls.crt"]
+    assert old["tls.key"] not in (user_data or "") and old["tls.crt"] not in (user_data or "")
+    # The operator pins the new server's certificate, not the old one.
+    wait_for(lambda: ((_ws(kubectl, "rotate", namespace) or {}).get("status", {})
+                      .get("agentEndpoint") or {}).get("certificateSHA256")
+             == new["fingerprintSha256"], 30, "the new pin in status")
+    kubectl("delete", "workspace", "rotate", "-n", namespace, "--wait=false")
+    wait_for(lambda: _ws(kubectl, "rotate", namespace) is None, 60, "deleted")
+
+
+def _server_not_ours_events(kubectl: Kubectl, name: str, ns: str) -> list[str]:
+    out = kubectl("get", "events", "-n", ns, "--field-selector",
+                  f"involvedObject.name={name},reason=ServerNotOurs", "-o",
+                  "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}")
+    return [line for line in out.splitlines() if line]
+
+
+def _point_status_at(kubectl: Kubectl, name: str, ns: str, server_id: int) -> None:
+    kubectl("patch", "workspace", name, "-n", ns, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"server": {"id": server_id}}}))
+
+
+def test_status_naming_a_foreign_server_never_deletes_it(
+        control_plane, kubectl: Kubectl, clouds: Clouds, namespace: str,  # type: ignore[no-untyped-def]
+        operator: OperatorProcess) -> None:
+    # The attack: whoever may write a Workspace's status points status.server.id at a
+    # server that is not this workspace's (another workspace's, or anything else in the
+    # project), then stops or deletes the workspace to have the operator delete it.
+    client = hcloud.Client(token=clouds.hetzner_token, api_endpoint=clouds.hetzner.url)
+
+    def server(name: str, labels: dict[str, str]) -> int:
+        created = client.servers.create(name, server_type=ServerType(name="cx23"),
+                                        image=Image(name="ubuntu-24.04"), labels=labels)
+        assert created.server.id is not None
+        return created.server.id
+
+    other_workspace = server("victim-of-another", {
+        "agentspaces.dev/managed-by": "agentspaces",
+        "agentspaces.dev/workspace-uid": "00000000-another-workspace"})
+    unlabelled = server("victim-unlabelled", {})
+    kubectl.apply(workspace("pointer", namespace, CLASS))
+    ws = wait_for(lambda: (w := _ws(kubectl, "pointer", namespace)) and
+                  condition(w, "ServerReady").get("status") == "True" and w, 60, "ready")
+    ours, uid = ws["status"]["server"]["id"], ws["metadata"]["uid"]
+
+    # While running: refused, forgotten, and our own server adopted again.
+    _point_status_at(kubectl, "pointer", namespace, other_workspace)
+    messages = wait_for(lambda: _server_not_ours_events(kubectl, "pointer", namespace), 30,
+                        "a ServerNotOurs event")
+    assert str(other_workspace) in messages[0]
+    wait_for(lambda: (w := _ws(kubectl, "pointer", namespace)) and
+             (w["status"].get("server") or {}).get("id") == ours and
+             condition(w, "ServerReady").get("status") == "True", 30, "ours adopted again")
+
+    # While deleting (the operator is down when status is changed, so the finalizer
+    # meets the foreign id first): refused, and our server still deleted.
+    operator.stop()
+    try:
+        _point_status_at(kubectl, "pointer", namespace, unlabelled)
+        kubectl("delete", "workspace", "pointer", "-n", namespace, "--wait=false")
+    finally:
+        operator.start()
+    wait_for(lambda: _ws(kubectl, "pointer", namespace) is None, 60, "deleted")
+    for victim in (other_workspace, unlabelled):
+        assert (clouds.hetzner.server(victim) or {}).get("status") == "running", victim
+    assert _servers(clouds, uid) == []
+    assert clouds.hetzner.server(ours) is None  # the finalizer waits until it is gone
+    assert any(str(unlabelled) in m for m in
+               _server_not_ours_events(kubectl, "pointer", namespace))
+    for victim in (other_workspace, unlabelled):
+        client.servers.get_by_id(victim).delete()

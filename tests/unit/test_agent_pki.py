@@ -1,17 +1,20 @@
-"""Per-workspace agent credentials."""
+"""Per-server agent credentials: fresh, short-lived, and trusted by their pin alone."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
-from agentspaces.agent_client import pinned_context
+from agentspaces.agent_client import AgentCertificateMismatch, AgentClient, pinned_context
 from agentspaces.pki import AgentCredentials, CredentialsError, generate
+from tests.component.agent_harness import AgentProcess, make_agent
 
 HOST = "demo-default-1a2b3c.example.com"
 NOW = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
@@ -25,7 +28,7 @@ def test_generated_credentials() -> None:
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     assert cert.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
     assert cert.not_valid_before_utc <= NOW
-    assert cert.not_valid_after_utc == NOW + timedelta(days=3650)
+    assert cert.not_valid_after_utc == NOW + timedelta(days=30)  # short-lived
     assert cert.issuer == cert.subject
     key = load_pem_private_key(creds.key_pem.encode(), password=None)
     assert key.public_key() == cert.public_key()
@@ -60,3 +63,35 @@ def test_secret_data_round_trip_and_tamper_checks() -> None:
             AgentCredentials.from_secret_data({**data, key: value})
         assert message in str(err.value)
         assert creds.token not in str(err.value) and other.token not in str(err.value)
+
+
+@pytest.fixture
+def agent_with_expired_certificate(tmp_path: Path) -> Iterator[AgentProcess]:
+    """The real agent process serving a certificate that expired ten days ago, as a
+    server would after running past its certificate's 30 days."""
+    expired = generate(HOST, datetime.now(UTC) - timedelta(days=40))
+    agent = make_agent(tmp_path)
+    (tmp_path / "tls.crt").write_text(expired.cert_pem)
+    (tmp_path / "tls.key").write_text(expired.key_pem)
+    agent.config["tokenSha256"] = expired.token_sha256
+    agent.creds = expired
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+async def test_pinned_client_trusts_the_pin_not_the_dates(
+        agent_with_expired_certificate: AgentProcess) -> None:
+    agent = agent_with_expired_certificate
+    cert = x509.load_pem_x509_certificate(agent.creds.cert_pem.encode())
+    assert cert.not_valid_after_utc < datetime.now(UTC)
+    async with AgentClient(agent.base_url, agent.creds.token, agent.creds.cert_pem) as client:
+        assert "bootStage" in await client.status()  # a long-running workspace keeps working
+    # A valid certificate of another server (same host names) is still refused: the
+    # pin, which changes with every server, is what is trusted.
+    other = generate(HOST, datetime.now(UTC))
+    async with AgentClient(agent.base_url, agent.creds.token, other.cert_pem) as client:
+        with pytest.raises(AgentCertificateMismatch):
+            await client.status()

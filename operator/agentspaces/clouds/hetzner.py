@@ -10,6 +10,7 @@ with backoff and treats `uniqueness_error` after a lost response as "adopt ours"
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 from collections.abc import Mapping
@@ -17,6 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hcloud import APIException, Client
+from hcloud.firewalls import (
+    BoundFirewall,
+    FirewallResource,
+    FirewallResourceLabelSelector,
+    FirewallRule,
+)
 from hcloud.images import Image
 from hcloud.locations import Location
 from hcloud.server_types import ServerType
@@ -30,6 +37,7 @@ LABEL_WORKSPACE_UID = "agentspaces.dev/workspace-uid"
 LABEL_WORKSPACE = "agentspaces.dev/workspace"
 LABEL_NAMESPACE = "agentspaces.dev/namespace"
 LABEL_MANAGED_BY = "agentspaces.dev/managed-by"
+LABEL_CLASS = "agentspaces.dev/class"
 MANAGED_BY = "agentspaces"
 
 
@@ -65,6 +73,8 @@ class ServerInfo:
     location: str
     labels: Mapping[str, str] = field(default_factory=dict)
     created: str | None = None
+    firewalls: tuple[int, ...] = ()
+    """Firewalls applied to it (directly or by label selector)."""
 
     @property
     def workspace_uid(self) -> str | None:
@@ -81,6 +91,28 @@ class ServerRequest:
     user_data: str
 
 
+@dataclass(frozen=True)
+class InboundRule:
+    """One inbound firewall rule; `sources` are canonical CIDRs, sorted."""
+
+    protocol: str
+    port: str | None
+    sources: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class FirewallInfo:
+    id: int
+    name: str
+    labels: Mapping[str, str]
+    rules: tuple[InboundRule, ...]
+    selectors: tuple[str, ...]
+    """Label selectors in its `apply_to`."""
+    servers: tuple[int, ...]
+    """Servers it is applied to directly (not through a selector)."""
+
+
 class ServerProvider(Protocol):
     async def get(self, server_id: int) -> ServerInfo | None: ...
     async def find_by_uid(self, uid: str) -> list[ServerInfo]: ...
@@ -88,16 +120,44 @@ class ServerProvider(Protocol):
     async def create(self, request: ServerRequest) -> ServerInfo: ...
     async def delete(self, server_id: int) -> None: ...
     async def list_managed(self) -> list[ServerInfo]: ...
+    async def list_firewalls(self, label_selector: str) -> list[FirewallInfo]: ...
+    async def find_firewall_by_name(self, name: str) -> FirewallInfo | None: ...
+    async def create_firewall(self, name: str, labels: Mapping[str, str],
+                              rules: tuple[InboundRule, ...], selector: str) -> FirewallInfo: ...
+    async def set_firewall_rules(self, firewall_id: int,
+                                 rules: tuple[InboundRule, ...]) -> None: ...
+    async def apply_firewall(self, firewall_id: int, selector: str) -> None: ...
+    async def detach_firewall(self, firewall: FirewallInfo) -> None: ...
+    async def delete_firewall(self, firewall_id: int) -> None: ...
 
 
-def workspace_labels(uid: str, name: str, namespace: str) -> dict[str, str]:
-    """Owner labels on every server we create (values ≤ 63 chars, as Hetzner requires)."""
-    return {
+def class_label(class_name: str) -> str:
+    """A class name as a Hetzner label value (≤ 63 chars). A longer name is cut and
+    hashed; "__" marks that, as no Kubernetes name contains "_"."""
+    if len(class_name) <= 63:
+        return class_name
+    digest = hashlib.sha256(class_name.encode()).hexdigest()[:12]
+    return f"{class_name[:48].rstrip('.-')}__{digest}"
+
+
+def workspace_labels(uid: str, name: str, namespace: str,
+                     class_name: str | None = None) -> dict[str, str]:
+    """Owner labels on every server we create (values ≤ 63 chars, as Hetzner requires).
+    The class label is what the class's firewall selects servers by."""
+    labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_WORKSPACE_UID: uid,
         LABEL_WORKSPACE: name[:63],
         LABEL_NAMESPACE: namespace[:63],
     }
+    if class_name:
+        labels[LABEL_CLASS] = class_label(class_name)
+    return labels
+
+
+def canonical_cidr(text: str) -> str:
+    """The form Hetzner stores (RFC 5952 for IPv6); ValueError for a malformed one."""
+    return str(ipaddress.ip_network(text.strip(), strict=False))
 
 
 def _classify(exc: Exception) -> CloudError:
@@ -141,7 +201,38 @@ def _info(server: BoundServer) -> ServerInfo:
         location=_location(server),
         labels=dict(server.labels or {}),
         created=server.created.isoformat() if server.created else None,
+        firewalls=tuple(int(f.firewall.id or 0)
+                        for f in ((public.firewalls if public else None) or [])
+                        if f.firewall is not None),
     )
+
+
+def _firewall_info(firewall: BoundFirewall) -> FirewallInfo:
+    rules = tuple(
+        InboundRule(protocol=str(r.protocol), port=r.port,
+                    sources=tuple(sorted(canonical_cidr(ip) for ip in r.source_ips or [])),
+                    description=r.description or "")
+        for r in firewall.rules or [] if r.direction == FirewallRule.DIRECTION_IN)
+    selectors, servers = [], []
+    for applied in firewall.applied_to or []:
+        if applied.type == FirewallResource.TYPE_LABEL_SELECTOR and applied.label_selector:
+            selectors.append(str(applied.label_selector.selector))
+        elif applied.type == FirewallResource.TYPE_SERVER and applied.server is not None:
+            servers.append(int(applied.server.id or 0))
+    return FirewallInfo(id=int(firewall.id or 0), name=str(firewall.name),
+                        labels=dict(firewall.labels or {}), rules=rules,
+                        selectors=tuple(selectors), servers=tuple(servers))
+
+
+def _hcloud_rules(rules: tuple[InboundRule, ...]) -> list[FirewallRule]:
+    return [FirewallRule(direction=FirewallRule.DIRECTION_IN, protocol=r.protocol, port=r.port,
+                         source_ips=list(r.sources), description=r.description or None)
+            for r in rules]
+
+
+def _selector(selector: str) -> FirewallResource:
+    return FirewallResource(type=FirewallResource.TYPE_LABEL_SELECTOR,
+                            label_selector=FirewallResourceLabelSelector(selector))
 
 
 class HcloudServers:
@@ -204,3 +295,48 @@ class HcloudServers:
         servers = await self._call(self._client.servers.get_all,
                                    label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
         return [_info(s) for s in servers]
+
+    # -- firewalls -------------------------------------------------------------------
+    def _firewall_ref(self, firewall_id: int) -> BoundFirewall:
+        return BoundFirewall(self._client.firewalls, {"id": firewall_id}, complete=False)
+
+    async def list_firewalls(self, label_selector: str) -> list[FirewallInfo]:
+        found = await self._call(self._client.firewalls.get_all, label_selector=label_selector)
+        return [_firewall_info(f) for f in found]
+
+    async def find_firewall_by_name(self, name: str) -> FirewallInfo | None:
+        found = await self._call(self._client.firewalls.get_by_name, name)
+        return _firewall_info(found) if found else None
+
+    async def create_firewall(self, name: str, labels: Mapping[str, str],
+                              rules: tuple[InboundRule, ...], selector: str) -> FirewallInfo:
+        response = await self._call(self._client.firewalls.create, name=name,
+                                    rules=_hcloud_rules(rules), labels=dict(labels),
+                                    resources=[_selector(selector)])
+        return _firewall_info(response.firewall)
+
+    async def set_firewall_rules(self, firewall_id: int, rules: tuple[InboundRule, ...]) -> None:
+        await self._call(self._client.firewalls.set_rules, self._firewall_ref(firewall_id),
+                         _hcloud_rules(rules))
+
+    async def apply_firewall(self, firewall_id: int, selector: str) -> None:
+        await self._call(self._client.firewalls.apply_to_resources,
+                         self._firewall_ref(firewall_id), [_selector(selector)])
+
+    async def detach_firewall(self, firewall: FirewallInfo) -> None:
+        """Remove every application (selectors and servers), so it can be deleted."""
+        resources = [_selector(s) for s in firewall.selectors] + [
+            FirewallResource(type=FirewallResource.TYPE_SERVER,
+                             server=BoundServer(self._client.servers, {"id": sid},
+                                                complete=False))
+            for sid in firewall.servers]
+        if resources:
+            await self._call(self._client.firewalls.remove_from_resources,
+                             self._firewall_ref(firewall.id), resources)
+
+    async def delete_firewall(self, firewall_id: int) -> None:
+        try:
+            await self._call(self._client.firewalls.delete, self._firewall_ref(firewall_id))
+        except CloudPermanent as err:
+            if err.code != "not_found":
+                raise

@@ -97,3 +97,43 @@ async def ensure_agent_credentials(scope: Scope) -> AgentCredentials:
         return AgentCredentials.from_secret_data(dict(created.data))
     await kube.replace_secret_data(scope.ref.namespace, name, creds.to_secret_data())
     return creds
+
+
+SERVER_KEY = "serverId"
+"""In `<name>-agent`: the server the stored credentials belong to; absent until the
+server they were made for exists."""
+
+
+async def credentials_for_new_server(scope: Scope) -> AgentCredentials:
+    """Credentials for a server about to be created: always fresh, so no key, certificate
+    or token is shared by two servers. Only stored ones bound to no server yet are
+    reused: they were made for a create whose answer may have been lost, and that server
+    (adopted later) runs with them."""
+    kube = scope.runtime.kube
+    name = scope.secret_name(AGENT_SUFFIX)
+    secret = await _ours_or_none(scope, name)
+    if secret is not None and not secret.data.get(SERVER_KEY):
+        try:
+            return AgentCredentials.from_secret_data(dict(secret.data))
+        except (KeyError, ValueError):
+            pass  # unreadable: replaced below
+    creds = generate(scope.host, scope.runtime.clock())
+    # The data is merged into the Secret, so the old binding is cleared explicitly.
+    data = {**creds.to_secret_data(), SERVER_KEY: ""}
+    if secret is None:
+        await kube.create_secret(scope.ref.namespace, name, data, scope.owner,
+                                 _labels(scope, "agent"))
+    else:
+        await kube.replace_secret_data(scope.ref.namespace, name, data)
+    return creds
+
+
+async def bind_agent_credentials(scope: Scope, server_id: int) -> None:
+    """Record that the stored credentials are `server_id`'s, so the next server gets new
+    ones. Credentials already bound (to this or another server) are left as they are."""
+    name = scope.secret_name(AGENT_SUFFIX)
+    secret = await _ours_or_none(scope, name)
+    if secret is None or secret.data.get(SERVER_KEY):
+        return
+    await scope.runtime.kube.replace_secret_data(
+        scope.ref.namespace, name, {**dict(secret.data), SERVER_KEY: str(server_id)})

@@ -6,6 +6,11 @@ its labels carry the Workspace uid. Before creating we look the uid up; a
 retried, or we restarted in between) means "look up by name and adopt it if the uid
 matches", and a server at our name with another uid is never touched. The id goes to
 status before anything else happens.
+
+Status is not proof of ownership (anyone who may write it could point it elsewhere):
+a server is used, kept or deleted only if its uid label is this Workspace's. One that is
+not is refused, its id cleared from status and a ServerNotOurs condition and event say
+why. Each new server gets fresh agent credentials, made just before its create call.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ from agentspaces.clouds.hetzner import (
     ServerProvider,
     ServerRequest,
     workspace_labels,
+)
+from agentspaces.pki import AgentCredentials
+from agentspaces.reconcile.owned_secrets import (
+    bind_agent_credentials,
+    credentials_for_new_server,
 )
 from agentspaces.reconcile.scope import Outcome, Scope
 from agentspaces.reconcile.status import iso, parse_time
@@ -71,7 +81,19 @@ def cloud_failure(scope: Scope, condition: str, err: CloudError, what: str) -> O
     return Outcome.after(scope.runtime.settings.boot_poll * 2, "transient cloud error")
 
 
-async def _adopt_or_create(scope: Scope, render_user_data: Callable[[], str]
+def refuse_foreign(scope: Scope, server: ServerInfo) -> None:
+    """Status named a server that is not this workspace's: forget it, touch nothing."""
+    message = (f"status named server {server.id} ({server.name}), which does not carry this "
+               "workspace's uid label; it is left alone and the id was cleared")
+    scope.status.set("server", None)
+    scope.status.set("dns", None)
+    scope.status.set("secretsVersion", None)
+    scope.status.set("agentEndpoint", None)
+    scope.status.condition(C.SERVER_READY, False, C.SERVER_NOT_OURS, message)
+    scope.emit("Warning", C.SERVER_NOT_OURS, message)
+
+
+async def _adopt_or_create(scope: Scope, render_user_data: Callable[[AgentCredentials], str]
                            ) -> ServerInfo | Outcome:
     assert scope.creds is not None
     servers = provider(scope)
@@ -84,14 +106,17 @@ async def _adopt_or_create(scope: Scope, render_user_data: Callable[[], str]
                        f"deleting duplicate server {duplicate.id} ({duplicate.name})")
             await servers.delete(duplicate.id)
         scope.emit("Normal", C.SERVER_ADOPTED, f"adopted server {keep.id} ({keep.name})")
+        await bind_agent_credentials(scope, keep.id)
         return keep
 
     spec = scope.creds.spec
+    fresh = await credentials_for_new_server(scope)
     request = ServerRequest(
         name=scope.label, server_type=spec.server.type, location=spec.server.location,
         image=spec.server.image,
-        labels=workspace_labels(scope.ref.uid, scope.ref.name, scope.ref.namespace),
-        user_data=render_user_data())
+        labels=workspace_labels(scope.ref.uid, scope.ref.name, scope.ref.namespace,
+                                scope.creds.klass.name),
+        user_data=render_user_data(fresh))
     try:
         created = await servers.create(request)
     except CloudPermanent as err:
@@ -101,6 +126,7 @@ async def _adopt_or_create(scope: Scope, render_user_data: Callable[[], str]
         if existing is not None and existing.workspace_uid == scope.ref.uid:
             scope.emit("Normal", C.SERVER_ADOPTED, f"adopted server {existing.id} after a "
                        "lost create response")
+            await bind_agent_credentials(scope, existing.id)
             return existing
         scope.status.condition(
             C.SERVER_READY, False, C.SERVER_NAME_TAKEN,
@@ -108,10 +134,11 @@ async def _adopt_or_create(scope: Scope, render_user_data: Callable[[], str]
         scope.emit("Warning", C.SERVER_NAME_TAKEN, f"server name {scope.label} is taken")
         return Outcome.after(PERMANENT_WAIT, "name taken")
     scope.emit("Normal", "ServerCreated", f"created server {created.id} ({created.name})")
+    await bind_agent_credentials(scope, created.id)
     return created
 
 
-async def ensure_server(scope: Scope, render_user_data: Callable[[], str]
+async def ensure_server(scope: Scope, render_user_data: Callable[[AgentCredentials], str]
                         ) -> ServerInfo | Outcome:
     """A running server for the workspace, or the Outcome to wait for."""
     assert scope.creds is not None
@@ -140,6 +167,9 @@ async def ensure_server(scope: Scope, render_user_data: Callable[[], str]
     except CloudError as err:
         return cloud_failure(scope, C.SERVER_READY, err, "server")
 
+    if current is not None and current.workspace_uid != scope.ref.uid:
+        refuse_foreign(scope, current)
+        return Outcome.after(1.0, "server in status is not ours")
     if current is None:
         scope.emit("Warning", C.SERVER_MISSING,
                    f"server {server_id} disappeared outside the operator; recreating")
@@ -168,7 +198,9 @@ async def _from_inventory(scope: Scope, server_id: int) -> ServerInfo | None:
                                         scope.creds.klass.hetzner_endpoint)
     fetched, servers = await inventory.snapshot()
     if server_id in servers:
-        return servers[server_id]
+        listed = servers[server_id]
+        # Not ours: None sends the caller to its GET, which refuses it.
+        return listed if listed.workspace_uid == scope.ref.uid else None
     created = parse_time(scope.status.get("server", "createdAt"))
     if fetched is None or (created is not None and fetched <= created):
         # The list predates the server; trust status until the next inventory.
@@ -184,28 +216,29 @@ def _status_server(scope: Scope) -> ServerInfo:
 
 
 async def delete_server(scope: Scope) -> Outcome | None:
-    """Delete the workspace's server(s) and wait until gone; None when none is left."""
+    """Delete the workspace's server(s) and wait until gone; None when none is left.
+    Only servers labelled with this workspace's uid are ever deleted."""
     servers = provider(scope)
     status = scope.status
     try:
         server_id = status.get("server", "id")
-        targets = [int(server_id)] if server_id is not None else []
-        if not targets:
-            targets = [s.id for s in await servers.find_by_uid(scope.ref.uid)]
-        if not targets:
-            status.set("server", None)
-            return None
+        targets: list[ServerInfo] = []
+        if server_id is not None:
+            current = await servers.get(int(server_id))
+            if current is not None and current.workspace_uid != scope.ref.uid:
+                refuse_foreign(scope, current)
+                return Outcome.after(1.0, "server in status is not ours")
+            targets = [current] if current is not None else []
+        else:
+            targets = await servers.find_by_uid(scope.ref.uid)
         remaining = []
-        for target in targets:
-            current = await servers.get(target)
-            if current is None:
-                continue
-            if current.workspace_uid not in (None, scope.ref.uid):
+        for current in targets:
+            if current.workspace_uid != scope.ref.uid:
                 continue  # never touch what is not ours
             remaining.append(current)
             if current.status != "deleting":
-                await servers.delete(target)
-                scope.emit("Normal", C.SERVER_DELETED, f"deleting server {target}")
+                await servers.delete(current.id)
+                scope.emit("Normal", C.SERVER_DELETED, f"deleting server {current.id}")
     except CloudError as err:
         return cloud_failure(scope, C.SERVER_READY, err, "server delete")
     if remaining:

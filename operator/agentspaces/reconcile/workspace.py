@@ -10,7 +10,7 @@ later; nothing here waits in a loop.
 from __future__ import annotations
 
 from agentspaces.api import conditions as C
-from agentspaces.reconcile import agent_step, backup_step, dns_step
+from agentspaces.reconcile import agent_step, backup_step, dns_step, firewall_step
 from agentspaces.reconcile.credentials import CredentialsProblem, resolve
 from agentspaces.reconcile.lifecycle import decide_intent, wants_force_stop
 from agentspaces.reconcile.owned_secrets import ensure_access, ensure_agent_credentials
@@ -120,9 +120,12 @@ async def _ensure_running(scope: Scope) -> Outcome:
         status.set("phase", "Creating")
         status.set("stoppedAt", None)
 
-    server = await ensure_server(scope, lambda: render_user_data(
+    outcome = await firewall_step.ensure(scope)  # before a server could exist unprotected
+    if outcome is not None:
+        return outcome
+    server = await ensure_server(scope, lambda fresh: render_user_data(
         scope.ref, scope.creds.spec, scope.creds.klass,  # type: ignore[union-attr]
-        host=scope.host, agent_credentials=agent_creds))
+        host=scope.host, agent_credentials=fresh))
     if isinstance(server, Outcome):
         return server
 

@@ -130,7 +130,12 @@ class FaultInjector:
     def hold_create_response(self, seconds: float) -> FaultRule:
         """The next POST /servers creates the server for real, then its response is held
         back for `seconds` (or until clear())."""
-        return self._add(FaultRule("hold", seconds=seconds, endpoint="POST /servers"), 1, None)
+        return self.hold_response("POST /servers", seconds)
+
+    def hold_response(self, endpoint: str, seconds: float) -> FaultRule:
+        """The next request to `endpoint` (e.g. "POST /firewalls") is carried out, then
+        its response is held back for `seconds` (or until clear())."""
+        return self._add(FaultRule("hold", seconds=seconds, endpoint=endpoint), 1, None)
 
     def clear(self) -> None:
         """Remove every rule and release requests currently held, hung or delayed."""
