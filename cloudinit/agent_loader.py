@@ -11,7 +11,9 @@ this loader, agent.json, the TLS files and the sha256 of the expected bundle
   it in the same process (same PID for systemd).
 
 While waiting, `GET /v1/status` answers with bootStage "awaiting-agent"; every other
-request gets 503. Python 3 standard library only, like the agent.
+request gets 503. Like the agent's API, it caps connections (in total and per address),
+gives the TLS handshake and request head one total deadline, and checks the token
+before reading any body byte. Python 3 standard library only, like the agent.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import hashlib
 import hmac
 import http.server
+import io
 import json
 import os
 import re
@@ -35,6 +38,9 @@ from typing import Any
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 FAILURES_PER_MINUTE = 10
 IO_TIMEOUT_SECONDS = 30
+# Defaults of agent.json's optional apiLimits (the agent reads the same keys).
+LIMITS = {"maxConnections": 64, "perAddress": 8, "headerSeconds": 10.0,
+          "bodyFloorSeconds": 10.0, "bodyBytesPerSecond": 65536}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -61,10 +67,44 @@ def parse_address(text: str) -> tuple[str, int]:
     return match.group(1) or match.group(3), port
 
 
+def read_limits(config: dict[str, Any]) -> dict[str, float]:
+    given = config.get("apiLimits") or {}
+    limits = {}
+    for key, default in LIMITS.items():
+        value = given.get(key, default) if isinstance(given, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise LoaderError(f"apiLimits.{key}: expected a positive number")
+        limits[key] = value
+    return limits
+
+
+class DeadlineReader(io.RawIOBase):
+    """Socket reads that share one total budget: with a timeout per read, a client
+    trickling a byte now and then would hold its connection forever."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock, self.deadline = sock, deadline
+
+    def expect(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 class State:
     """What the request handlers share with the main loop."""
 
     def __init__(self, config: dict[str, Any], bundle: Path, expected: str) -> None:
+        self.limits = read_limits(config)
         self.token_sha256 = str(config.get("tokenSha256", "")).lower()
         if not _HEX64.match(self.token_sha256):
             raise LoaderError("tokenSha256: expected 64 hex digits")
@@ -118,11 +158,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"
     state: State  # set on the subclass made by serve()
+    server: TlsServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # replaced: the head's budget began before the handshake
+        self.reader = DeadlineReader(self.connection, self.server.deadline.head)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def _body_budget(self, length: int) -> None:
+        limits = self.state.limits
+        self.reader.expect(limits["bodyFloorSeconds"] + length / limits["bodyBytesPerSecond"])
 
     def _send(self, code: int, body: dict[str, Any], *headers: tuple[str, str]) -> None:
         # One request per connection: a kept-alive connection would hold server_close()
         # (and so the exec of the agent) for as long as the client keeps polling on it.
         self.close_connection = True
+        self.connection.settimeout(IO_TIMEOUT_SECONDS)
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -140,6 +192,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except ValueError:
             return
         left = left if 0 < left <= MAX_BUNDLE_BYTES else 0
+        self._body_budget(left)
         while left > 0:
             chunk = self.rfile.read(min(left, 65536))
             if not chunk:
@@ -147,16 +200,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             left -= len(chunk)
 
     def _authorized(self) -> bool:
+        # Token first: others failing at the same address never lock out the valid
+        # token. No body byte is read before this; refusals close the connection.
+        if self.state.token_ok(self.headers.get("Authorization")):
+            return True
         address, now = self.client_address[0], time.monotonic()
         if self.state.throttled(address, now):
             self._send(429, {"error": "too-many-requests"}, ("Retry-After", "60"))
             return False
-        if not self.state.token_ok(self.headers.get("Authorization")):
-            self.state.failed(address, now)
-            self._drain()
-            self._send(401, {"error": "unauthorized"})
-            return False
-        return True
+        self.state.failed(address, now)
+        self._send(401, {"error": "unauthorized"})
+        return False
 
     def _not_yet(self) -> None:
         self._drain()
@@ -186,6 +240,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not 0 < length <= MAX_BUNDLE_BYTES:
             self._send(413, {"error": "too-large", "detail": f"at most {MAX_BUNDLE_BYTES} bytes"})
             return
+        self._body_budget(length)
         body = self.rfile.read(length)
         digest = hashlib.sha256(body).hexdigest()
         if len(body) != length or not hmac.compare_digest(digest, self.state.expected):
@@ -207,18 +262,48 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class TlsServer(http.server.ThreadingHTTPServer):
-    """Handshakes in the request thread, so a silent client cannot block accept()."""
+    """Handshakes in the request thread, so a silent client cannot block accept();
+    connections over the total or per-address cap are closed there at once."""
 
     daemon_threads = False  # server_close() waits for the 202 to be sent
 
     def __init__(self, address: tuple[str, int], handler: type[Handler],
-                 context: ssl.SSLContext) -> None:
+                 context: ssl.SSLContext, limits: dict[str, float]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.context = context
+        self.limits = limits
+        self.deadline = threading.local()  # each connection has its own thread
+        self.open: dict[str, int] = {}
+        self.lock = threading.Lock()
         super().__init__(address, handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        address = client_address[0]
+        with self.lock:
+            held = self.open.get(address, 0)
+            full = (sum(self.open.values()) >= self.limits["maxConnections"]
+                    or held >= self.limits["perAddress"])
+            if not full:
+                self.open[address] = held + 1
+        if full:
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                left = self.open.pop(client_address[0]) - 1
+                if left:
+                    self.open[client_address[0]] = left
+
     def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(IO_TIMEOUT_SECONDS)
+        # The handshake, request line and headers share one deadline (CPython's
+        # do_handshake keeps the timeout as a total across its waits).
+        self.deadline.head = time.monotonic() + self.limits["headerSeconds"]
+        request.settimeout(self.limits["headerSeconds"])
         try:
             tls = self.context.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError):
@@ -242,7 +327,7 @@ def serve(config: dict[str, Any], bundle: Path, expected: str) -> None:
         raise LoaderError(f"cannot load the TLS certificate or key: {exc.__class__.__name__}"
                           ) from None
     handler = type("BoundHandler", (Handler,), {"state": state})
-    server = TlsServer((host, port), handler, context)
+    server = TlsServer((host, port), handler, context, state.limits)
     server.timeout = 0.5
     bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
     print(f"agentspaces-loader: waiting for the agent bundle on {bound_host}:{bound_port}",

@@ -22,9 +22,12 @@ import pytest
 
 from agentspaces import pki
 from agentspaces.vmconfig.agent_bundle import zip_files
+from tests.component.slow_clients import SlowClient, all_closed, poke_all, raw_request
+from tests.support.waiting import wait_for
 
 LOADER = Path(__file__).resolve().parents[2] / "cloudinit" / "agent_loader.py"
 HOST = "demo-default-1a2b3c.example.com"
+MAX_BUNDLE = 64 * 1024 * 1024
 
 
 def fake_agent(marker: Path) -> bytes:
@@ -58,7 +61,8 @@ class Loader:
             conn.close()
 
 
-def _start(tmp_path: Path, bundle: bytes, *, preinstalled: bool) -> Loader:
+def _start(tmp_path: Path, bundle: bytes, *, preinstalled: bool,
+           limits: dict[str, float] | None = None) -> Loader:
     creds = pki.generate(HOST, datetime.now(UTC))
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert.write_text(creds.cert_pem)
@@ -66,7 +70,8 @@ def _start(tmp_path: Path, bundle: bytes, *, preinstalled: bool) -> Loader:
     config = tmp_path / "agent.json"
     config.write_text(json.dumps({
         "listen": {"api": "127.0.0.1:0"}, "tls": {"cert": str(cert), "key": str(key)},
-        "tokenSha256": creds.token_sha256, "simulate": True}))
+        "tokenSha256": creds.token_sha256, "simulate": True,
+        **({"apiLimits": limits} if limits else {})}))
     digest = tmp_path / "agent.pyz.sha256"
     digest.write_text(hashlib.sha256(bundle).hexdigest() + "\n")
     bundle_path = tmp_path / "opt" / "agent.pyz"
@@ -95,6 +100,15 @@ def _wait_for_port(loader: Loader) -> int:
     raise AssertionError(f"loader did not start: {loader.process.stderr.read()}")  # type: ignore[union-attr]
 
 
+def _stop(loader: Loader) -> None:
+    if loader.process.poll() is None:
+        loader.process.kill()
+    loader.process.wait(timeout=10)
+    for stream in (loader.process.stdout, loader.process.stderr):
+        if stream:
+            stream.close()
+
+
 @pytest.fixture
 def waiting_loader(tmp_path: Path) -> Iterator[tuple[Loader, bytes]]:
     bundle = fake_agent(tmp_path / "ran.json")
@@ -103,12 +117,23 @@ def waiting_loader(tmp_path: Path) -> Iterator[tuple[Loader, bytes]]:
         loader.port = _wait_for_port(loader)
         yield loader, bundle
     finally:
-        if loader.process.poll() is None:
-            loader.process.kill()
-        loader.process.wait(timeout=10)
-        for stream in (loader.process.stdout, loader.process.stderr):
-            if stream:
-                stream.close()
+        _stop(loader)
+
+
+PER_ADDRESS = 2
+HEADER_SECONDS = 2.0
+
+
+@pytest.fixture
+def limited_loader(tmp_path: Path) -> Iterator[Loader]:
+    """A waiting loader with short limits, so deadlines pass in seconds."""
+    loader = _start(tmp_path, fake_agent(tmp_path / "ran.json"), preinstalled=False,
+                    limits={"perAddress": PER_ADDRESS, "headerSeconds": HEADER_SECONDS})
+    try:
+        loader.port = _wait_for_port(loader)
+        yield loader
+    finally:
+        _stop(loader)
 
 
 def test_status_says_it_awaits_the_agent(waiting_loader: tuple[Loader, bytes]) -> None:
@@ -127,8 +152,52 @@ def test_wrong_token_is_refused_then_throttled(waiting_loader: tuple[Loader, byt
     for _ in range(10):
         status, body, _ = loader.request("GET", "/v1/status", token="wrong")
         assert (status, body) == (401, {"error": "unauthorized"})
-    status, _, headers = loader.request("GET", "/v1/status")
+    status, _, headers = loader.request("GET", "/v1/status", token="wrong")
     assert status == 429 and headers["Retry-After"] == "60"
+    # The failures at this address (the operator's, say) never lock out the valid token.
+    assert loader.request("GET", "/v1/status")[0] == 200
+
+
+def test_an_unauthenticated_put_is_refused_before_its_body(
+        waiting_loader: tuple[Loader, bytes]) -> None:
+    loader, _ = waiting_loader
+    for auth in ("Authorization: Bearer wrong\r\n", ""):
+        head = (f"PUT /v1/agent HTTP/1.1\r\nHost: agent\r\n{auth}"
+                f"Content-Length: {MAX_BUNDLE}\r\n\r\n").encode()
+        # Only the head is sent: the answer and the close come without any body byte.
+        answer, seconds = raw_request("127.0.0.41", "127.0.0.1", loader.port,
+                                      loader.context, head)
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"unauthorized" in answer
+        assert seconds < 2.0
+    head = (f"PUT /v1/agent HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer "
+            f"{loader.token}\r\nContent-Length: {MAX_BUNDLE + 1}\r\n\r\n").encode()
+    answer, seconds = raw_request("127.0.0.41", "127.0.0.1", loader.port, loader.context,
+                                  head)
+    assert answer.startswith(b"HTTP/1.1 413 ") and seconds < 2.0
+
+
+def test_slow_clients_cannot_hold_the_loader(limited_loader: Loader) -> None:
+    loader, attacker = limited_loader, "127.0.0.42"
+    head = b"GET /v1/status HTTP/1.1\r\nHost: agent\r\nX-Slow: " + b"a" * 200
+    clients = [SlowClient.handshake(attacker, "127.0.0.1", loader.port),
+               SlowClient.headers(attacker, "127.0.0.1", loader.port, loader.context, head)]
+    extra = [SlowClient.handshake(attacker, "127.0.0.1", loader.port) for _ in range(2)]
+    try:
+        wait_for(lambda: all_closed(extra), 1.0, "the connections over the cap to close",
+                 interval=0.05)
+        assert poke_all(clients) == clients
+        started = time.monotonic()
+        assert loader.request("GET", "/v1/status")[0] == 200  # from 127.0.0.1
+        assert time.monotonic() - started < 2.0
+        # A byte every 0.3 s keeps neither the handshake nor the headers going.
+        wait_for(lambda: all_closed(clients), HEADER_SECONDS + 3, "the header deadline",
+                 interval=0.3)
+        for client in clients:
+            assert HEADER_SECONDS - 0.5 <= client.lifetime <= HEADER_SECONDS + 1.5
+            assert client.sent >= 4
+    finally:
+        for client in clients + extra:
+            client.close()
 
 
 def test_only_the_expected_bundle_is_accepted_and_then_run(

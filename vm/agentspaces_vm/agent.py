@@ -118,12 +118,16 @@ class Agent:
     # -- authentication -----------------------------------------------------------
 
     def authenticate(self, address: str, header: str | None) -> tuple[int, int | None]:
-        """(0, None) when allowed, (429, retry_after) when blocked, (401, None) otherwise."""
+        """(0, None) when allowed, (429, retry_after) when blocked, (401, None) otherwise.
+
+        The token is checked first: failures from a shared address (NAT, the operator's
+        egress) must never lock out the valid token; only failures are limited.
+        """
+        if token_matches(header, self.config.token_sha256):
+            return 0, None
         retry = self.limiter.retry_after(address)
         if retry is not None:
             return 429, retry
-        if token_matches(header, self.config.token_sha256):
-            return 0, None
         self.limiter.record_failure(address)
         return 401, None
 

@@ -2,8 +2,10 @@
 
 The VM stores only sha256(token); comparing digests in constant time keeps both the
 token and its timing out of reach. The limiter counts failures per client address in a
-sliding window; it never counts successes, so a correct client is only blocked while
-someone at its own address keeps failing.
+sliding window and is consulted only after the token failed to match: a valid token is
+never refused because others at the same address (a NAT, the operator's egress) fail.
+A blocked address just gets 429 instead of 401; guessing stays hopeless because the
+token is 256 random bits.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentspaces_vm.connections import API_LIMITS, ConnectionLimits
+
 SUPPORTED_VERSION = 1
 TLS_MODES = ("acme", "internal", "none")
 DEFAULT_DISCOVERY_ADDRESSES = ("0.0.0.0", "::", "127.0.0.1", "::1")
@@ -110,6 +112,7 @@ class AgentConfig:
     # Claude Code seeds cloud-init writes (settings.json, CLAUDE.md, mcp.json); by
     # default the `claude/` directory next to agent.json.
     claude_seed_dir: Path | None
+    api_limits: ConnectionLimits = API_LIMITS
 
     @property
     def internal_ports(self) -> frozenset[int]:
@@ -289,12 +292,30 @@ def parse_config(doc: object, base_dir: Path | None = None) -> AgentConfig:
         container_user=ContainerUser(uid=user.integer("uid", default=1000, low=0, high=2**31),
                                      gid=user.integer("gid", default=1000, low=0, high=2**31)),
         claude_seed_dir=_seed_dir(root.text("claudeSeedDir", required=False), base_dir),
+        api_limits=_api_limits(root.child("apiLimits", required=False)),
     )
     _check_paths(config)
     if not config.local_listen.host.startswith("127.") and config.local_listen.host != "::1":
         raise ConfigError("listen.local: must be a loopback address (it serves unauthenticated "
                           "Caddy permission checks)")
     return config
+
+
+def _api_limits(reader: _Reader | None) -> ConnectionLimits:
+    """Optional `apiLimits` (tests shorten the deadlines); defaults are API_LIMITS."""
+    if reader is None:
+        return API_LIMITS
+    d = API_LIMITS
+    return ConnectionLimits(
+        max_connections=reader.integer("maxConnections", d.max_connections, 1, 4096),
+        per_address=reader.integer("perAddress", d.per_address, 1, 4096),
+        header_seconds=reader.number("headerSeconds", d.header_seconds, 0.1, 300.0),
+        idle_seconds=reader.number("idleSeconds", d.idle_seconds, 0.1, 300.0),
+        body_floor_seconds=reader.number("bodyFloorSeconds", d.body_floor_seconds, 0.1, 300.0),
+        body_bytes_per_second=reader.integer("bodyBytesPerSecond", d.body_bytes_per_second,
+                                             1024, 1 << 30),
+        write_seconds=reader.number("writeSeconds", d.write_seconds, 0.1, 300.0),
+    )
 
 
 def _repository(reader: _Reader | None) -> Repository | None:

@@ -5,21 +5,24 @@
 - The local server (plain HTTP, loopback `listen.local`) for Caddy's on-demand TLS
   permission check and Claude Code's http hooks.
 
-Both survive bad input: every error is a JSON answer, bodies have a size cap, sockets
-have timeouts, the TLS handshake happens in the connection's own thread (a slow client
-cannot stall the accept loop) and concurrent connections are capped. Nothing from a
-request body or header is ever logged.
+Both survive bad input: every error is a JSON answer, bodies have a size cap, the TLS
+handshake happens in the connection's own thread (a slow client cannot stall the accept
+loop), connections are capped in total and per address, and each phase of a connection
+has a total deadline (agentspaces_vm.connections). Nothing from a request body or header
+is ever logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import socket
 import socketserver
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,13 +32,20 @@ from urllib.parse import parse_qs, urlsplit
 
 from agentspaces_vm.agent import Agent, BadRequest
 from agentspaces_vm.config import Address
+from agentspaces_vm.connections import (
+    LOCAL_LIMITS,
+    ConnectionLimits,
+    ConnectionSlots,
+    DeadlineReader,
+    DeadlineWriter,
+    address_key,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_API_BODY = 4 << 20     # backup plans carry many presigned part URLs
 MAX_HOOK_BODY = 8 << 20    # tool payloads can carry whole files
 MAX_DRAIN = 64 << 20       # read and drop oversized bodies up to this, so the 413 arrives
-MAX_CONNECTIONS = 64
 SOCKET_TIMEOUT = 30.0
 
 
@@ -54,6 +64,32 @@ class _Handler(BaseHTTPRequestHandler):
     max_body = MAX_API_BODY
 
     # -- plumbing -------------------------------------------------------------------
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        return self._server().limits
+
+    def _server(self) -> AgentHTTPServer:
+        assert isinstance(self.server, AgentHTTPServer)
+        return self.server
+
+    def setup(self) -> None:
+        super().setup()
+        # Swap the plain socket files for ones whose reads and writes have total
+        # deadlines; the first request's budget started before the TLS handshake.
+        self.rfile.close()
+        self.wfile.close()
+        self._reader = DeadlineReader(self.connection, self._server().head_deadline())
+        self.rfile = io.BufferedReader(self._reader)
+        self.wfile = DeadlineWriter(self.connection, self.limits.write_seconds)
+
+    def handle(self) -> None:
+        # BaseHTTPRequestHandler.handle, with the keep-alive wait on its own deadline.
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            self._reader.expect_next(self.limits.idle_seconds, self.limits.header_seconds)
+            self.handle_one_request()
 
     def version_string(self) -> str:
         return self.server_version
@@ -114,6 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length > self.max_body:
             self._drain(length)
             raise _BodyError(413, "request too large", f"limit is {self.max_body} bytes")
+        self._reader.expect(self.limits.body_seconds(length))
         body = self.rfile.read(length)
         if len(body) != length:
             self.close_connection = True
@@ -124,6 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_DRAIN:
             self.close_connection = True
             return
+        self._reader.expect(self.limits.body_seconds(length))
         left = length
         while left > 0:
             chunk = self.rfile.read(min(left, 1 << 16))
@@ -230,10 +268,13 @@ class AgentHTTPServer(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(self, address: Address, handler: type[_Handler],
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 limits: ConnectionLimits = LOCAL_LIMITS) -> None:
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         self._tls = tls
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.limits = limits
+        self._slots = ConnectionSlots(limits.max_connections, limits.per_address)
+        self._connection = threading.local()  # each connection has its own thread
         super().__init__((address.host, address.port), handler)
 
     def server_bind(self) -> None:
@@ -243,23 +284,34 @@ class AgentHTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over capacity: drop instead of queueing
+        key = address_key(client_address[0])
+        if not self._slots.acquire(key):
+            # Over a cap: close in the accept loop, so a flood costs no threads.
+            self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._slots.release(key)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._slots.release(address_key(client_address[0]))
+
+    def head_deadline(self) -> float:
+        """When the current connection's first request head must be complete."""
+        deadline = getattr(self._connection, "head_deadline", None)
+        return deadline if deadline is not None else time.monotonic() + \
+            self.limits.header_seconds
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(SOCKET_TIMEOUT)
+        self._connection.head_deadline = time.monotonic() + self.limits.header_seconds
+        # The handshake is bounded in total by the timeout (CPython's do_handshake keeps
+        # one deadline across its waits).
+        request.settimeout(self.limits.header_seconds)
         if self._tls is None:
             super().finish_request(request, client_address)
             return
@@ -292,7 +344,7 @@ def build_servers(agent: Agent) -> tuple[AgentHTTPServer, AgentHTTPServer]:
     api_handler = type("BoundApiHandler", (ApiHandler,), {"agent": agent})
     local_handler = type("BoundLocalHandler", (LocalHandler,), {"agent": agent})
     tls = server_tls_context(cfg.tls_cert, cfg.tls_key)
-    api = AgentHTTPServer(cfg.api_listen, api_handler, tls)
+    api = AgentHTTPServer(cfg.api_listen, api_handler, tls, cfg.api_limits)
     try:
         local = AgentHTTPServer(cfg.local_listen, local_handler)
     except BaseException:
