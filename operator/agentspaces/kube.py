@@ -1,7 +1,8 @@
 """The few Kubernetes reads and writes the domain needs, behind a small port.
 
 Kopf owns watching and status patching; this module reads WorkspaceClasses and
-Secrets and manages the Secrets a Workspace owns. The official client is synchronous,
+Secrets, manages the Secrets a Workspace owns, and keeps the Leases that claim
+hostnames (reconcile/host_claim.py). The official client is synchronous,
 so calls run in worker threads and never block the event loop.
 """
 
@@ -34,12 +35,32 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class OwnerRef:
+    kind: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
 class SecretData:
     data: Mapping[str, str]
     resource_version: str
     owner_uids: tuple[str, ...]
     labels: Mapping[str, str]
     annotations: Mapping[str, str] = field(default_factory=dict)
+    owners: tuple[OwnerRef, ...] = ()
+    uid: str = ""
+
+
+@dataclass(frozen=True)
+class LeaseData:
+    """A Lease's holder and metadata (the hostname claims use nothing else)."""
+
+    name: str
+    holder: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    resource_version: str
 
 
 class KubeError(Exception):
@@ -62,15 +83,44 @@ class KubePort(Protocol):
     async def release_secret(self, namespace: str, name: str, owner_uid: str,
                              labels: Mapping[str, str] | None = None,
                              annotations: Mapping[str, str] | None = None) -> None: ...
-    async def delete_secret(self, namespace: str, name: str) -> None: ...
+    async def delete_secret(self, namespace: str, name: str, uid: str | None = None
+                            ) -> None: ...
+    async def read_lease(self, namespace: str, name: str) -> LeaseData | None: ...
+    async def create_lease(self, namespace: str, name: str, holder: str,
+                           labels: Mapping[str, str], annotations: Mapping[str, str]
+                           ) -> LeaseData | None: ...
+    async def replace_lease(self, namespace: str, current: LeaseData, holder: str,
+                            labels: Mapping[str, str], annotations: Mapping[str, str]
+                            ) -> bool: ...
+    async def delete_lease(self, namespace: str, current: LeaseData) -> None: ...
 
 
 def _decode(secret: client.V1Secret) -> SecretData:
     data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-    owners = tuple(ref.uid for ref in secret.metadata.owner_references or [])
+    refs = tuple(OwnerRef(kind=ref.kind, name=ref.name, uid=ref.uid)
+                 for ref in secret.metadata.owner_references or [])
     return SecretData(data=data, resource_version=secret.metadata.resource_version or "",
-                      owner_uids=owners, labels=dict(secret.metadata.labels or {}),
-                      annotations=dict(secret.metadata.annotations or {}))
+                      owner_uids=tuple(ref.uid for ref in refs),
+                      labels=dict(secret.metadata.labels or {}),
+                      annotations=dict(secret.metadata.annotations or {}), owners=refs,
+                      uid=secret.metadata.uid or "")
+
+
+def _lease(lease: client.V1Lease) -> LeaseData:
+    return LeaseData(name=lease.metadata.name, holder=(lease.spec and lease.spec.holder_identity)
+                     or "", labels=dict(lease.metadata.labels or {}),
+                     annotations=dict(lease.metadata.annotations or {}),
+                     resource_version=lease.metadata.resource_version or "")
+
+
+def _lease_body(namespace: str, name: str, holder: str, labels: Mapping[str, str],
+                annotations: Mapping[str, str], resource_version: str | None = None
+                ) -> client.V1Lease:
+    return client.V1Lease(
+        metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=dict(labels),
+                                     annotations=dict(annotations),
+                                     resource_version=resource_version),
+        spec=client.V1LeaseSpec(holder_identity=holder))
 
 
 def _encode(data: Mapping[str, str]) -> dict[str, str]:
@@ -89,6 +139,7 @@ class KubernetesApi:
             api_client = client.ApiClient()
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._coordination = client.CoordinationV1Api(api_client)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -181,9 +232,63 @@ class KubernetesApi:
                             "value": {**current, **extra}})
         await self._run(self._core.patch_namespaced_secret, name, namespace, ops)
 
-    async def delete_secret(self, namespace: str, name: str) -> None:
+    async def delete_secret(self, namespace: str, name: str, uid: str | None = None
+                            ) -> None:
+        """Delete a Secret; with `uid`, only that very object (a precondition, so a
+        Secret re-created under the same name in between is never deleted)."""
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)) \
+            if uid else None
         try:
-            await self._run(self._core.delete_namespaced_secret, name, namespace)
+            await self._run(self._core.delete_namespaced_secret, name, namespace,
+                            body=options)
         except KubeError as err:
-            if err.status != 404:
+            if err.status not in (404, 409):  # 409: the uid precondition failed
+                raise
+
+    async def read_lease(self, namespace: str, name: str) -> LeaseData | None:
+        try:
+            return _lease(await self._run(self._coordination.read_namespaced_lease, name,
+                                          namespace))
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def create_lease(self, namespace: str, name: str, holder: str,
+                           labels: Mapping[str, str], annotations: Mapping[str, str]
+                           ) -> LeaseData | None:
+        """The created Lease, or None when one with that name exists already."""
+        body = _lease_body(namespace, name, holder, labels, annotations)
+        try:
+            return _lease(await self._run(self._coordination.create_namespaced_lease,
+                                          namespace, body))
+        except KubeError as err:
+            if err.status == 409:
+                return None
+            raise
+
+    async def replace_lease(self, namespace: str, current: LeaseData, holder: str,
+                            labels: Mapping[str, str], annotations: Mapping[str, str]
+                            ) -> bool:
+        """Take `current` over; False when it changed since it was read (409)."""
+        body = _lease_body(namespace, current.name, holder, labels, annotations,
+                           current.resource_version)
+        try:
+            await self._run(self._coordination.replace_namespaced_lease, current.name,
+                            namespace, body)
+        except KubeError as err:
+            if err.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def delete_lease(self, namespace: str, current: LeaseData) -> None:
+        """Delete `current` only if nobody changed it since it was read."""
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(
+            resource_version=current.resource_version))
+        try:
+            await self._run(self._coordination.delete_namespaced_lease, current.name,
+                            namespace, body=options)
+        except KubeError as err:
+            if err.status not in (404, 409):
                 raise

@@ -1,10 +1,12 @@
 """The shipped manifests apply cleanly, and the operator works with exactly the shipped
 RBAC: run as the ServiceAccount (a real TokenRequest token), it completes a
-create/delete; with any single rule removed, it does not."""
+create/delete; with any single rule removed, it does not. Its Secret rights can be
+confined to namespaces with RoleBindings instead of the cluster-wide binding."""
 
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,10 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration
 CLASS = "rbac"
 SA = "agentspaces-operator"
-RBAC = yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text())
-CLUSTER_ROLE: dict[str, Any] = next(d for d in RBAC if d["kind"] == "ClusterRole")
+RBAC = list(yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text()))
+ROLES: list[dict[str, Any]] = [d for d in RBAC if d["kind"] in ("ClusterRole", "Role")]
+RULES = [(r, i) for r, role in enumerate(ROLES) for i in range(len(role["rules"]))]
+SECRETS_ROLE = "agentspaces-operator-secrets"
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +94,13 @@ def test_operator_with_shipped_rbac_completes_create_and_delete(
         op.stop()
 
 
-@pytest.mark.parametrize("rule_index", range(len(CLUSTER_ROLE["rules"])),
-                         ids=[f"{'/'.join(r['resources'])}" for r in CLUSTER_ROLE["rules"]])
+@pytest.mark.parametrize("role_rule", RULES, ids=[
+    f"{ROLES[r]['kind']}-{'/'.join(ROLES[r]['rules'][i]['resources'])}" for r, i in RULES])
 def test_operator_fails_when_any_rule_is_removed(
         control_plane, installed: Kubectl, namespace: str, tmp_path: Path,  # type: ignore[no-untyped-def]
-        rule_index: int) -> None:
-    reduced = copy.deepcopy(CLUSTER_ROLE)
+        role_rule: tuple[int, int]) -> None:
+    role_index, rule_index = role_rule
+    reduced = copy.deepcopy(ROLES[role_index])
     del reduced["rules"][rule_index]
     installed.apply(yaml.safe_dump(reduced))
     kubeconfig = _service_account_kubeconfig(control_plane, installed, tmp_path)
@@ -106,7 +111,7 @@ def test_operator_fails_when_any_rule_is_removed(
             f"removing rule {reduced} did not break the operator"
     finally:
         op.stop()
-        installed.apply(yaml.safe_dump(CLUSTER_ROLE))
+        installed.apply(yaml.safe_dump(ROLES[role_index]))
         # Clean up what the crippled operator may have left behind, with full rights.
         ws = installed.get_json("workspace", f"denied-{rule_index}", "-n", namespace)
         if ws is not None:
@@ -118,3 +123,48 @@ def test_operator_fails_when_any_rule_is_removed(
                                                     "-n", namespace) is None, 60, "cleanup")
             finally:
                 admin_op.stop()
+
+
+def _bind_secrets(kubectl: Kubectl, namespace: str) -> None:
+    kubectl("create", "rolebinding", SECRETS_ROLE, "-n", namespace,
+            f"--clusterrole={SECRETS_ROLE}",
+            f"--serviceaccount={OPERATOR_NAMESPACE}:{SA}")
+
+
+def test_secret_rights_can_be_confined_to_workspace_namespaces(
+        control_plane, installed: Kubectl, clouds: Clouds, namespace: str,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
+    """Without the cluster-wide binding, RoleBindings in the operator's namespace and a
+    workspace's namespace are enough, and a namespace without one is out of reach."""
+    binding = next(d for d in RBAC if d["kind"] == "ClusterRoleBinding"
+                   and d["metadata"]["name"] == SECRETS_ROLE)
+    unbound = f"t-{uuid.uuid4().hex[:8]}"
+    installed("create", "namespace", unbound)
+    installed("delete", "clusterrolebinding", SECRETS_ROLE)
+    kubeconfig = _service_account_kubeconfig(control_plane, installed, tmp_path)
+    op = None
+    try:
+        _bind_secrets(installed, OPERATOR_NAMESPACE)
+        _bind_secrets(installed, namespace)
+        assert installed("auth", "can-i", "get", "secrets", "-n", unbound,
+                         f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{SA}",
+                         check=False).strip() == "no"
+        op = start_operator(kubeconfig, tmp_path)
+        assert _create_and_delete(installed, namespace, "confined", 60), op.log()[-3000:]
+
+        installed.apply(workspace("outside", unbound, CLASS))
+        wait_for(lambda: _forbidden(op.log()), 30, "a Forbidden Secret read")  # type: ignore[union-attr]
+        ws = installed.get_json("workspace", "outside", "-n", unbound)
+        assert ws is not None and condition(ws, "ServerReady").get("status") != "True"
+        uid = ws["metadata"]["uid"]
+        assert [s for s in clouds.hetzner.servers.values()
+                if s["labels"].get("agentspaces.dev/workspace-uid") == uid] == []
+        installed("delete", "workspace", "outside", "-n", unbound, "--wait=false")
+        wait_for(lambda: installed.get_json("workspace", "outside", "-n", unbound) is None,
+                 60, "outside deleted")
+    finally:
+        if op is not None:
+            op.stop()
+        installed("delete", "rolebinding", SECRETS_ROLE, "-n", OPERATOR_NAMESPACE,
+                  "--ignore-not-found")
+        installed.apply(yaml.safe_dump(binding))

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentspaces.api import conditions as C
-from agentspaces.api.hostnames import MAX_LABEL, workspace_label
+from agentspaces.api.hostnames import HASH_LEN, MAX_LABEL, recorded_label, workspace_label
 from agentspaces.reconcile.lifecycle import WAKE_ANNOTATION, decide_intent
 from agentspaces.reconcile.status import StatusDraft, set_condition
 
@@ -37,6 +37,25 @@ def test_long_names_are_cut_but_keep_their_hash() -> None:
     b = workspace_label("x" * 63, "team-two")
     assert len(a) == len(b) == MAX_LABEL
     assert a != b
+
+
+def test_names_identical_after_the_cut_differ_by_at_least_64_bits_of_hash() -> None:
+    # The readable part is cut at 49 characters: these two read the same.
+    a = workspace_label("victim-" + "y" * 50, "team")
+    b = workspace_label("victim-" + "y" * 50 + "z", "team")
+    assert a[:-HASH_LEN] == b[:-HASH_LEN]
+    assert a != b
+    assert HASH_LEN * 5 >= 64  # base32: 5 bits per character
+    assert all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in a[-HASH_LEN:])
+
+
+def test_a_recorded_hostname_is_kept_and_junk_is_not() -> None:
+    legacy = "demo-team-a-1960e3"  # the 6-hex-digit scheme of earlier releases
+    assert recorded_label(legacy, "demo", "team-a") == legacy
+    fresh = workspace_label("demo", "team-a")
+    assert fresh != legacy
+    for junk in (None, "", "Not_A.Label", "x" * 64, "-lead", 42):
+        assert recorded_label(junk, "demo", "team-a") == fresh
 
 
 def test_intent_user_stop_and_start() -> None:

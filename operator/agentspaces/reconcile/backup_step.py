@@ -21,6 +21,14 @@ from agentspaces.api import conditions as C
 from agentspaces.clouds.r2 import ObjectStore, ObjectStoreError
 from agentspaces.persistence import backups, keys
 from agentspaces.reconcile.scope import Outcome, Scope
+from agentspaces.reconcile.secret_ownership import (
+    RETAINED_LABEL,
+    Ownership,
+    ours_or_none,
+    ownership,
+    why_foreign,
+    workspace_labels,
+)
 from agentspaces.reconcile.status import iso, parse_time
 
 log = logging.getLogger(__name__)
@@ -62,8 +70,6 @@ def restore_location(scope: Scope) -> backups.WorkspaceRef:
 
 RESTORE_FROM_ANNOTATION = "agentspaces.dev/restore-from"
 BACKUP_PREFIX_ANNOTATION = "agentspaces.dev/backup-prefix"
-RETAINED_LABEL = "agentspaces.dev/retained"
-KEY_LABELS = {"app.kubernetes.io/managed-by": "agentspaces", "agentspaces.dev/role": "backup-key"}
 
 
 # --- the data key ------------------------------------------------------------------------
@@ -79,7 +85,7 @@ async def ensure_data_key(scope: Scope) -> keys.DataKey | None:
     assert scope.creds is not None and scope.creds.class_key is not None
     kube = scope.runtime.kube
     name = scope.secret_name(KEY_SUFFIX)
-    secret = await kube.read_secret(scope.ref.namespace, name)
+    secret = await ours_or_none(scope, name, KEY_SUFFIX)  # anyone else's: SecretConflict
     if secret is None:
         if scope.status.get("backup"):
             # Backups exist but their key is gone: never silently start fresh.
@@ -92,7 +98,7 @@ async def ensure_data_key(scope: Scope) -> keys.DataKey | None:
             return await _adopt_retained_key(scope, name, source)
         data_key, wrapped = keys.create_data_key(scope.creds.class_key)
         await kube.create_secret(scope.ref.namespace, name, keys.encode_key_secret(wrapped),
-                                 scope.owner, KEY_LABELS)
+                                 scope.owner, workspace_labels(scope, KEY_SUFFIX))
         return data_key
     try:
         return await _open_data_key(scope, name, secret.data)
@@ -136,7 +142,8 @@ async def _adopt_retained_key(scope: Scope, name: str, source: str) -> keys.Data
     stored = keys.decode_key_secret(retained.data)
     data_key = keys.open_data_key(scope.creds.class_key, stored)
     await kube.create_secret(scope.ref.namespace, name, dict(retained.data), scope.owner,
-                             KEY_LABELS, {"agentspaces.dev/copied-from": source})
+                             workspace_labels(scope, KEY_SUFFIX),
+                             {"agentspaces.dev/copied-from": source})
     scope.status.update("restore", prefix=prefix)
     scope.emit("Normal", "RetainedBackupAdopted",
                f"will restore the retained backups under {prefix}")
@@ -310,6 +317,12 @@ async def on_delete(scope: Scope) -> Outcome:
     assert scope.creds is not None
     kube = scope.runtime.kube
     key_secret = scope.secret_name(KEY_SUFFIX)
+    secret = await kube.read_secret(scope.ref.namespace, key_secret)
+    if secret is not None and ownership(scope, secret, KEY_SUFFIX) is not Ownership.OURS:
+        # Someone else's Secret at our name is neither deleted nor relabelled.
+        scope.emit("Warning", C.SECRET_CONFLICT, f"Secret {key_secret} "
+                   f"{why_foreign(scope, secret)}; left alone")
+        secret = None
     if scope.creds.spec.persistence_on_delete == "Delete":
         try:
             deleted = await asyncio.to_thread(backups.delete_all, store(scope),
@@ -317,10 +330,11 @@ async def on_delete(scope: Scope) -> Outcome:
         except ObjectStoreError as err:
             scope.emit("Warning", C.BACKUP_FAILED, f"cannot delete backups yet: {err}")
             return Outcome.after(FAILED_RETRY / 2, "backup delete failed")
-        await kube.delete_secret(scope.ref.namespace, key_secret)
+        if secret is not None:
+            await kube.delete_secret(scope.ref.namespace, key_secret, uid=secret.uid or None)
         scope.emit("Normal", "BackupsDeleted", f"deleted {deleted} backup objects and the "
                    "data key")
-    else:
+    elif secret is not None:
         await kube.release_secret(
             scope.ref.namespace, key_secret, scope.ref.uid, {RETAINED_LABEL: "true"},
             {BACKUP_PREFIX_ANNOTATION: location(scope).prefix,

@@ -19,6 +19,7 @@ import bcrypt
 from agentspaces.kube import SecretData
 from agentspaces.pki import AgentCredentials, generate
 from agentspaces.reconcile.scope import Scope
+from agentspaces.reconcile.secret_ownership import ours_or_none
 
 ACCESS_SUFFIX = "access"
 AGENT_SUFFIX = "agent"
@@ -61,15 +62,9 @@ async def ensure_access(scope: Scope) -> Access:
 
 
 async def _ours_or_none(scope: Scope, name: str) -> SecretData | None:
-    """The Secret if it belongs to this Workspace (or to nobody); a leftover owned by a
-    deleted namesake is removed, so a re-created Workspace never inherits its password
-    or agent credentials (and garbage collection cannot pull them away later)."""
-    kube = scope.runtime.kube
-    secret = await kube.read_secret(scope.ref.namespace, name)
-    if secret is None or not secret.owner_uids or scope.ref.uid in secret.owner_uids:
-        return secret
-    await kube.delete_secret(scope.ref.namespace, name)
-    return None
+    """The Secret if it belongs to this Workspace; a leftover of a deleted namesake is
+    removed, and anyone else's raises SecretConflict (see secret_ownership)."""
+    return await ours_or_none(scope, name, role=name.removeprefix(scope.secret_name("")))
 
 
 def _fingerprint(password: str) -> str:

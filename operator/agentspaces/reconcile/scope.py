@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agentspaces.api.hostnames import workspace_host, workspace_label
+from agentspaces.api.hostnames import recorded_label, workspace_host
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import Owner
 from agentspaces.pki import AgentCredentials
@@ -56,7 +56,8 @@ class Scope:
 
     @property
     def label(self) -> str:
-        return workspace_label(self.ref.name, self.ref.namespace)
+        """The name once recorded in status.hostname (never renamed), else a new one."""
+        return recorded_label(self.status.get("hostname"), self.ref.name, self.ref.namespace)
 
     @property
     def host(self) -> str:

@@ -10,11 +10,18 @@ later; nothing here waits in a loop.
 from __future__ import annotations
 
 from agentspaces.api import conditions as C
-from agentspaces.reconcile import agent_step, backup_step, dns_step, firewall_step
+from agentspaces.reconcile import (
+    agent_step,
+    backup_step,
+    dns_step,
+    firewall_step,
+    host_claim,
+)
 from agentspaces.reconcile.credentials import CredentialsProblem, resolve
 from agentspaces.reconcile.lifecycle import decide_intent, wants_force_stop
 from agentspaces.reconcile.owned_secrets import ensure_access, ensure_agent_credentials
 from agentspaces.reconcile.scope import Outcome, Scope
+from agentspaces.reconcile.secret_ownership import SecretConflict
 from agentspaces.reconcile.server_step import delete_server, ensure_server
 from agentspaces.reconcile.status import StatusDraft, iso
 from agentspaces.vmconfig.userdata import render_user_data
@@ -30,6 +37,9 @@ async def reconcile(scope: Scope) -> Outcome:
     status = scope.status
     status.init_conditions()
     status.set("observedGeneration", scope.ref.generation)
+    claimed = await host_claim.ensure(scope)  # before any cloud call, stopped or not
+    if claimed is not None:
+        return claimed
 
     intent = decide_intent(scope.spec_raw, status.data, scope.annotations)
     if _settled_stop(status, intent.running):
@@ -50,12 +60,15 @@ async def reconcile(scope: Scope) -> Outcome:
     if intent.woke:
         scope.emit("Normal", "Waking", "woken by the agentspaces.dev/wake annotation")
         status.set("stoppedBy", None)
-    if intent.running:
-        status.set("stoppedBy", None)
-        outcome = await _ensure_running(scope)
-    else:
-        assert intent.stopped_by is not None
-        outcome = await _ensure_stopped(scope, intent.stopped_by, backup=True)
+    try:
+        if intent.running:
+            status.set("stoppedBy", None)
+            outcome = await _ensure_running(scope)
+        else:
+            assert intent.stopped_by is not None
+            outcome = await _ensure_stopped(scope, intent.stopped_by, backup=True)
+    except SecretConflict as conflict:
+        return _secret_conflict(scope, conflict)
     _summarize(scope)
     return outcome
 
@@ -67,6 +80,7 @@ async def finalize(scope: Scope) -> Outcome:
                              scope.runtime.settings.namespace)
     if isinstance(resolved, CredentialsProblem):
         if status.get("server", "id") is None and not status.get("dns", "records"):
+            await host_claim.release(scope)
             return Outcome.done()  # nothing was ever created
         # Without credentials we cannot clean up; deleting anyway would leak a billed
         # server, so the Workspace stays Terminating and says why.
@@ -77,12 +91,17 @@ async def finalize(scope: Scope) -> Outcome:
     scope.creds = resolved
     status.set("phase", "Deleting")
     retain = resolved.spec.persistence_on_delete == "Retain"
-    outcome = await _ensure_stopped(scope, status.get("stoppedBy") or "user", backup=retain)
+    try:
+        outcome = await _ensure_stopped(scope, status.get("stoppedBy") or "user",
+                                        backup=retain)
+    except SecretConflict as conflict:
+        return _secret_conflict(scope, conflict)
     if outcome.requeue is not None:
         return outcome
     outcome = await backup_step.on_delete(scope)
     if outcome.requeue is not None:
         return outcome
+    await host_claim.release(scope)  # last: the name stays ours until all is gone
     scope.emit("Normal", "Deleted", "server, DNS records and owned objects cleaned up")
     return Outcome.done()
 
@@ -100,6 +119,16 @@ def _credentials_missing(scope: Scope, problem: CredentialsProblem) -> Outcome:
     if status.get("server", "id") is None:
         status.set("phase", "Pending")
     return Outcome.after(CREDENTIALS_RETRY, problem.reason)
+
+
+def _secret_conflict(scope: Scope, conflict: SecretConflict) -> Outcome:
+    """Someone else's Secret sits at one of our names: stop here and say so."""
+    status = scope.status
+    status.condition(C.READY, False, C.SECRET_CONFLICT, str(conflict))
+    if status.get("server", "id") is None:
+        status.set("phase", "Failed")
+    scope.emit("Warning", C.SECRET_CONFLICT, str(conflict))
+    return Outcome.after(CREDENTIALS_RETRY, C.SECRET_CONFLICT)
 
 
 async def _ensure_running(scope: Scope) -> Outcome:

@@ -1,0 +1,85 @@
+"""Whose is a Secret at one of a Workspace's names (`<name>-access`, `-agent`,
+`-backup-key`)?
+
+Namespace users may create any Secret, including one at such a name, so the name
+proves nothing. A Secret is this Workspace's when it names the Workspace's uid as an
+owner, or when it carries the operator's labels for this workspace and role and has no
+owner (a user may re-create a deleted one by hand). Labelled Secrets whose only owners
+are namesake Workspaces (same name, another uid: a deleted predecessor) are stale and
+replaced, so a re-created Workspace never inherits a password, agent credentials or a
+data key. Everything else is foreign: the operator does not use, change or delete it
+and reports `SecretConflict` instead.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from agentspaces.kube import SecretData
+from agentspaces.reconcile.scope import Scope
+
+MANAGED_BY = ("app.kubernetes.io/managed-by", "agentspaces")
+WORKSPACE_LABEL = "agentspaces.dev/workspace"
+ROLE_LABEL = "agentspaces.dev/role"
+RETAINED_LABEL = "agentspaces.dev/retained"
+
+
+class Ownership(Enum):
+    OURS = "ours"
+    STALE = "stale"
+    FOREIGN = "foreign"
+
+
+class SecretConflict(Exception):
+    """A Secret at one of the workspace's names belongs to someone else."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"Secret {name} exists and {why}; the operator leaves it alone. "
+                         "Delete or rename it so the workspace can proceed")
+        self.name = name
+
+
+def workspace_labels(scope: Scope, role: str) -> dict[str, str]:
+    """The labels that mark a Secret as this workspace's, for `role`."""
+    return {MANAGED_BY[0]: MANAGED_BY[1], WORKSPACE_LABEL: scope.ref.name[:63],
+            ROLE_LABEL: role}
+
+
+def ownership(scope: Scope, secret: SecretData, role: str) -> Ownership:
+    if scope.ref.uid in secret.owner_uids:
+        return Ownership.OURS
+    labels = secret.labels
+    labelled = (all(labels.get(k) == v for k, v in workspace_labels(scope, role).items())
+                and RETAINED_LABEL not in labels)
+    if not labelled:
+        return Ownership.FOREIGN
+    if not secret.owners:
+        return Ownership.OURS
+    if all(o.kind == "Workspace" and o.name == scope.ref.name for o in secret.owners):
+        return Ownership.STALE
+    return Ownership.FOREIGN
+
+
+def why_foreign(scope: Scope, secret: SecretData) -> str:
+    if secret.owners:
+        kinds = ", ".join(sorted({o.kind for o in secret.owners}))
+        return f"is owned by another object ({kinds})"
+    if RETAINED_LABEL in secret.labels:
+        return "is a retained backup key of a deleted workspace"
+    return f"was not created by the operator for workspace {scope.ref.name}"
+
+
+async def ours_or_none(scope: Scope, name: str, role: str) -> SecretData | None:
+    """This workspace's Secret `name`, or None when there is none (a stale one from a
+    deleted namesake is deleted first). Raises SecretConflict for a foreign one."""
+    kube = scope.runtime.kube
+    secret = await kube.read_secret(scope.ref.namespace, name)
+    if secret is None:
+        return None
+    owned = ownership(scope, secret, role)
+    if owned is Ownership.OURS:
+        return secret
+    if owned is Ownership.FOREIGN:
+        raise SecretConflict(name, why_foreign(scope, secret))
+    await kube.delete_secret(scope.ref.namespace, name, uid=secret.uid or None)
+    return None
