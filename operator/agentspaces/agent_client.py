@@ -69,7 +69,7 @@ def pinned_context(cert_pem: str) -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     # The pinned leaf is its own trust anchor. Its dates are not checked: trust is the
-    # pin, which changes with every server (docs/agent-protocol.md, "Credentials").
+    # pin, which changes with every server (docs/agent-protocol.md, "HTTPS API").
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | _NO_CHECK_TIME
     ctx.load_verify_locations(cadata=cert_pem)
     return ctx

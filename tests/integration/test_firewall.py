@@ -155,6 +155,17 @@ def test_agent_port_only_from_the_operator(
     [again] = _class_firewalls(clouds, CLASS)
     assert clouds.hetzner.firewall_servers(again["id"]) == {server_id, second}
 
+    # Deleted behind the operator's back: the server inventory shows the servers without
+    # it, and it is made again.
+    client = hcloud.Client(token=clouds.hetzner_token, api_endpoint=clouds.hetzner.url)
+    bound = client.firewalls.get_by_id(again["id"])
+    client.firewalls.remove_from_resources(bound, bound.applied_to)
+    client.firewalls.delete(bound)
+    wait_for(lambda: (f := _class_firewalls(clouds, CLASS)) and
+             clouds.hetzner.firewall_servers(f[0]["id"]) == {server_id, second}, 30,
+             "firewall made again")
+    [again] = _class_firewalls(clouds, CLASS)
+
     # Changed ranges reach the rules of the same firewall at the next poll.
     _set_ranges(kubectl, ["203.0.113.0/24"])
     wait_for(lambda: ("tcp", "9443", ("203.0.113.0/24",)) in _inbound(

@@ -95,3 +95,21 @@ async def test_pinned_client_trusts_the_pin_not_the_dates(
     async with AgentClient(agent.base_url, agent.creds.token, other.cert_pem) as client:
         with pytest.raises(AgentCertificateMismatch):
             await client.status()
+
+
+async def test_new_credentials_or_url_give_a_new_pinned_client() -> None:
+    from agentspaces.runtime import Runtime
+    from agentspaces.settings import OperatorSettings
+
+    runtime = Runtime(OperatorSettings.from_env(), kube=None)  # type: ignore[arg-type]
+    one, two = generate(HOST, NOW), generate(HOST, NOW)
+    first = runtime.agent_client("uid", "https://192.0.2.1:9443", one.token, one.cert_pem)
+    assert runtime.agent_client("uid", "https://192.0.2.1:9443", one.token,
+                                one.cert_pem) is first
+    second = runtime.agent_client("uid", "https://192.0.2.1:9443", two.token, two.cert_pem)
+    third = runtime.agent_client("uid", "https://192.0.2.2:9443", two.token, two.cert_pem)
+    assert len({id(first), id(second), id(third)}) == 3
+    await runtime.close_stale_clients()  # the replaced ones are closed, not leaked
+    assert first._client.is_closed and second._client.is_closed
+    assert not third._client.is_closed
+    await third.aclose()
