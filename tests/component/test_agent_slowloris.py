@@ -60,7 +60,7 @@ def assert_closed_by_deadline(clients: list[SlowClient], deadline: float) -> Non
     wait_for(lambda: all_closed(clients), deadline + 3, "the header deadline",
              interval=TRICKLE)
     for client in clients:
-        assert deadline - 0.5 <= client.lifetime <= deadline + 1.5, client.lifetime
+        assert deadline - 0.5 <= client.lifetime <= deadline + 2.0, client.lifetime
         assert client.sent >= 5  # it kept trickling until the end
 
 
@@ -71,9 +71,9 @@ def test_stalled_handshakes_over_the_per_address_cap_are_closed_at_once(
                for _ in range(PER_ADDRESS + 2)]
     held, extra = clients[:PER_ADDRESS], clients[PER_ADDRESS:]
     try:
-        wait_for(lambda: all_closed(extra), 1.0, "the connections over the cap to close",
+        wait_for(lambda: all_closed(extra), 1.5, "the connections over the cap to close",
                  interval=0.05)
-        assert all(client.lifetime < 1.0 for client in extra)
+        assert all(client.lifetime < 1.5 for client in extra)
         # While the attack holds its slots, the operator at another address gets in.
         code, seconds = status_from(agent, operator)
         assert code == 200 and seconds < 2.0
@@ -96,7 +96,7 @@ def test_trickled_request_headers_are_cut_by_one_total_deadline(agent: AgentProc
     try:
         assert poke_all(clients) == clients
         over = SlowClient.handshake(attacker, agent.addr, port(agent))
-        wait_for(lambda: all_closed([over]), 1.0, "the connection over the cap to close",
+        wait_for(lambda: all_closed([over]), 1.5, "the connection over the cap to close",
                  interval=0.05)
         over.close()
         assert status_from(agent, operator)[0] == 200
@@ -123,7 +123,7 @@ def test_idle_keep_alive_connections_count_and_get_a_short_timeout(
         idle_since = time.monotonic()
         # Kept-alive connections hold their address's slots ...
         over = connect_from(source, agent.addr, port(agent))
-        wait_for(lambda: peer_closed(over), 1.0, "the connection over the cap to close",
+        wait_for(lambda: peer_closed(over), 1.5, "the connection over the cap to close",
                  interval=0.05)
         over.close()
         # ... until the idle timeout, well before the header deadline.
