@@ -86,6 +86,12 @@ INVALID_WORKSPACES = [
      "repository.ref must not start with '-'"),
     ("ref-upload-pack", {"spec": {"repository": {"ref": "--upload-pack=x"}}},
      "repository.ref must not start with '-'"),
+    # Each field within its own cap, together more than the user-data can carry.
+    ("user-text-over-budget", {"spec": {
+        "agent": {"instructions": "x" * 8000,
+                  "mcpServers": {"big": {"command": "npx", "args": ["y" * 1024] * 2}}},
+        "sshKeys": ["ssh-ed25519 " + "A" * 1000]}},
+     "agent.instructions, agent.mcpServers and sshKeys together must stay within 10240"),
 ]
 
 
@@ -105,6 +111,18 @@ def test_long_name_is_rejected(kubectl: Kubectl, namespace: str) -> None:
     code, _, err = kubectl.run("apply", "-n", namespace, "-f", "-", input=manifest)
     assert code != 0
     assert "at most 63 characters" in err
+
+
+def test_user_text_within_the_budget_is_accepted(kubectl: Kubectl, namespace: str) -> None:
+    spec = {"spec": {"agent": {"instructions": "x" * 8192,
+                               "mcpServers": {"docs": {"command": "npx",
+                                                       "args": ["-y", "docs-server"],
+                                                       "env": {"MODE": "read-only"}}}},
+                     "sshKeys": ["ssh-ed25519 " + "A" * 68 + " dev@laptop"]}}
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=yaml.safe_dump(_with(spec, name="text-budget")))
+    stored = kubectl.get_json("workspace", "text-budget", "-n", namespace)
+    assert stored is not None and len(stored["spec"]["agent"]["instructions"]) == 8192
 
 
 def test_valid_workspace_is_accepted_with_defaults(kubectl: Kubectl, namespace: str) -> None:

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import ast
 import inspect
+import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from agentspaces import pki
 from agentspaces.api import schema, types
 from agentspaces.api.durations import format_duration, parse_duration
+from agentspaces.vmconfig.userdata import USER_DATA_LIMIT, render_user_data
+from tests.unit.vmconfig_inputs import HOST, SSH_KEY, WS, make_klass, make_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,3 +116,26 @@ def test_durations_round_trip() -> None:
             assert repr(bad) in str(err)
         else:
             raise AssertionError(f"{bad!r} parsed")
+
+
+def test_the_admission_text_budget_keeps_ordinary_text_within_the_user_data_limit() -> None:
+    """USER_TEXT_BUDGET characters of prose, split like a real spec, still render under
+    Hetzner's 32 KiB (text that compresses badly is the operator's UserDataTooLarge)."""
+    rng = random.Random(5)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 9)))
+             for _ in range(800)]
+
+    def prose(chars: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(chars))[:chars]
+
+    budget = schema.USER_TEXT_BUDGET
+    instructions = prose(8192)
+    name, command = "docs", "npx"
+    arg = prose(budget - len(instructions) - len(SSH_KEY) - len(name) - len(command))
+    klass = make_klass()
+    spec = make_spec(klass, sshKeys=[SSH_KEY], agent={
+        "instructions": instructions, "mcpServers": {name: {"command": command,
+                                                            "args": [arg]}}})
+    creds = pki.generate(HOST, datetime(2026, 1, 1, tzinfo=UTC))
+    size = len(render_user_data(WS, spec, klass, host=HOST, agent_credentials=creds).encode())
+    assert size <= USER_DATA_LIMIT, size

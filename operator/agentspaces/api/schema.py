@@ -164,6 +164,29 @@ PORT_ACCESS = _obj(
 )
 
 
+# The owner's text that travels in the VM's user-data (Hetzner: at most 32 KiB, of
+# which the fixed files take about 20). Admission refuses more than this in total; a
+# spec that still does not fit (text that compresses badly) is reported by the
+# operator as UserDataTooLarge, and no server is created.
+USER_TEXT_BUDGET = 10240
+_MCP_TEXT = ("(has({s}.command) ? size({s}.command) : 0)"
+             " + (has({s}.url) ? size({s}.url) : 0)"
+             " + (has({s}.args) ? {s}.args.map(a, size(a)).sum() : 0)"
+             " + (has({s}.env) ? {s}.env.map(e, size(e) + size({s}.env[e])).sum() : 0)")
+USER_TEXT_RULE = {
+    "rule": "(has(self.agent) && has(self.agent.instructions) ? "
+            "size(self.agent.instructions) : 0)"
+            " + (has(self.sshKeys) ? self.sshKeys.map(k, size(k)).sum() : 0)"
+            " + (has(self.agent) && has(self.agent.mcpServers) ? "
+            "self.agent.mcpServers.map(n, size(n) + "
+            + _MCP_TEXT.format(s="self.agent.mcpServers[n]") + ").sum() : 0)"
+            f" <= {USER_TEXT_BUDGET}",
+    "message": f"agent.instructions, agent.mcpServers and sshKeys together must stay "
+               f"within {USER_TEXT_BUDGET} characters: they travel in the VM's user-data, "
+               "which Hetzner limits to 32 KiB",
+}
+
+
 def workspace_spec() -> Schema:
     return _obj(
         "Desired state of a workspace. The operator never writes spec.",
@@ -250,6 +273,7 @@ def workspace_spec() -> Schema:
                                   "maxLength": 16384}},
         },
         required=["className", "repository"],
+        validations=[USER_TEXT_RULE],
     )
 
 

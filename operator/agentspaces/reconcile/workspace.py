@@ -13,6 +13,7 @@ from agentspaces.api import conditions as C
 from agentspaces.reconcile import (
     agent_step,
     backup_step,
+    class_policy,
     dns_step,
     firewall_step,
     host_claim,
@@ -24,13 +25,15 @@ from agentspaces.reconcile.scope import Outcome, Scope
 from agentspaces.reconcile.secret_ownership import SecretConflict
 from agentspaces.reconcile.server_step import delete_server, ensure_server
 from agentspaces.reconcile.status import StatusDraft, iso
-from agentspaces.vmconfig.userdata import render_user_data
+from agentspaces.vmconfig.userdata import UserDataTooLarge, render_user_data
 
 CREDENTIALS_RETRY = 30.0
+USER_DATA_RETRY_POLLS = 10  # only a spec change helps; each retry costs one lookup
 
 # ServerReady reasons a retry cannot fix: the user has to change something.
 _FAILED_REASONS = {C.SERVER_NAME_TAKEN, C.INVALID_INPUT, C.SERVER_TYPE_NOT_FOUND,
-                   C.LOCATION_NOT_FOUND, C.IMAGE_NOT_FOUND, C.RESOURCE_LIMIT_EXCEEDED}
+                   C.LOCATION_NOT_FOUND, C.IMAGE_NOT_FOUND, C.RESOURCE_LIMIT_EXCEEDED,
+                   C.USER_DATA_TOO_LARGE}
 
 
 async def reconcile(scope: Scope) -> Outcome:
@@ -60,6 +63,9 @@ async def reconcile(scope: Scope) -> Outcome:
     if intent.woke:
         scope.emit("Normal", "Waking", "woken by the agentspaces.dev/wake annotation")
         status.set("stoppedBy", None)
+    if not _class_allows(scope, intent.running):
+        # No cloud call was made: check again at the poll, e.g. for a relaxed class.
+        return Outcome.after(scope.runtime.settings.poll_interval, C.NOT_ALLOWED_BY_CLASS)
     try:
         if intent.running:
             status.set("stoppedBy", None)
@@ -112,6 +118,25 @@ def _settled_stop(status: StatusDraft, running: bool) -> bool:
             and status.is_true(C.CREDENTIALS_AVAILABLE))
 
 
+def _class_allows(scope: Scope, running: bool) -> bool:
+    """Record Accepted; False when a server would have to be created against the
+    class's limits (a running one is kept, see docs/design-decisions.md)."""
+    assert scope.creds is not None
+    status = scope.status
+    verdict = class_policy.check(scope.creds.spec, scope.creds.klass)
+    has_server = status.get("server", "id") is not None
+    ok, reason, message = class_policy.accepted_condition(verdict, scope.creds.klass.name,
+                                                          has_server)
+    if not ok and status.reason(C.ACCEPTED) != reason:
+        scope.emit("Warning", reason, message)
+    status.condition(C.ACCEPTED, ok, reason, message)
+    if verdict.allowed or not running or has_server:
+        return True
+    status.condition(C.READY, False, reason, message)
+    status.set("phase", "Failed")
+    return False
+
+
 def _credentials_missing(scope: Scope, problem: CredentialsProblem) -> Outcome:
     status = scope.status
     status.condition(C.CREDENTIALS_AVAILABLE, False, problem.reason, problem.message)
@@ -152,9 +177,17 @@ async def _ensure_running(scope: Scope) -> Outcome:
     outcome = await firewall_step.ensure(scope)  # before a server could exist unprotected
     if outcome is not None:
         return outcome
-    server = await ensure_server(scope, lambda fresh: render_user_data(
-        scope.ref, scope.creds.spec, scope.creds.klass,  # type: ignore[union-attr]
-        host=scope.host, agent_credentials=fresh))
+    try:
+        server = await ensure_server(scope, lambda fresh: render_user_data(
+            scope.ref, scope.creds.spec, scope.creds.klass,  # type: ignore[union-attr]
+            host=scope.host, agent_credentials=fresh))
+    except UserDataTooLarge as err:
+        # Rendered just before the create call: nothing was created.
+        if status.reason(C.SERVER_READY) != C.USER_DATA_TOO_LARGE:
+            scope.emit("Warning", C.USER_DATA_TOO_LARGE, str(err))
+        status.condition(C.SERVER_READY, False, C.USER_DATA_TOO_LARGE, str(err))
+        return Outcome.after(scope.runtime.settings.poll_interval * USER_DATA_RETRY_POLLS,
+                             C.USER_DATA_TOO_LARGE)
     if isinstance(server, Outcome):
         return server
 
