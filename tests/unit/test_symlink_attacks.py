@@ -25,6 +25,7 @@ import pytest
 from agentspaces_vm.agent import Agent
 from agentspaces_vm.bootstrap import READY, Bootstrap, CommandResult, chown_tree, run_command
 from agentspaces_vm.config import parse_config
+from agentspaces_vm.devcontainer import choose_config
 from agentspaces_vm.secrets import API_KEY_NAME, SecretStore, _write_private
 from agentspaces_vm.templates import load_template
 
@@ -259,3 +260,33 @@ def test_the_api_key_is_not_written_through_a_planted_name(tmp_path: Path,
     _write_private(claude / API_KEY_NAME, "sk-test\n", owner=(UID, GID))
     assert_written_for_the_container(claude / API_KEY_NAME)
     assert (claude / API_KEY_NAME).read_text() == "sk-test\n"
+
+
+@pytest.mark.parametrize("planted", [".devcontainer/devcontainer.json", ".devcontainer.json",
+                                     ".devcontainer"])
+def test_a_devcontainer_config_leading_out_of_the_repository_is_not_read(
+        tmp_path: Path, planted: str) -> None:
+    """Root reads the repository's devcontainer.json: a link must not make it read (and
+    hand the CLI) a root-only file such as the agent's own state."""
+    private = tmp_path / "state" / "private"
+    private.mkdir(parents=True)
+    (private / "devcontainer.json").write_text('{"image": "x", "containerEnv": '
+                                               '{"LEAKED": "root-only"}}')
+    repo = tmp_path / "workspaces" / "demo"
+    repo.mkdir(parents=True)
+    target = private if planted == ".devcontainer" else private / "devcontainer.json"
+    (repo / planted).parent.mkdir(exist_ok=True)
+    os.symlink(target, repo / planted)
+    kwargs: dict[str, Any] = dict(image=None, default_text=None, work_dir=tmp_path / "dc",
+                                  secrets_dir=tmp_path / "s", claude_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="leads outside the repository"):
+        choose_config(repo=repo, devcontainer_path=None, **kwargs)
+    with pytest.raises(ValueError, match="leads outside the repository"):
+        choose_config(repo=repo, devcontainer_path="../../state/private", **kwargs)
+    # A link that stays inside the repository still works.
+    os.unlink(repo / planted)
+    (repo / "tools").mkdir()
+    (repo / "tools" / "devcontainer.json").write_text('{"image": "mine"}')
+    os.symlink("tools/devcontainer.json", repo / ".devcontainer.json")
+    choice = choose_config(repo=repo, devcontainer_path=None, **kwargs)
+    assert choice.document["image"] == "mine"

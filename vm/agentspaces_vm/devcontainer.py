@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +99,21 @@ def find_repo_config(repo: Path, devcontainer_path: str | None) -> Path | None:
         if not path.is_file():
             raise FileNotFoundError(f"devcontainerPath {devcontainer_path!r} not found in "
                                     "the repository")
-        return path
+        return _inside_repo(repo, path)
     for candidate in (".devcontainer/devcontainer.json", ".devcontainer.json"):
         if (repo / candidate).is_file():
-            return repo / candidate
+            return _inside_repo(repo, repo / candidate)
     return None
+
+
+def _inside_repo(repo: Path, path: Path) -> Path:
+    """`path`, unless it or a link on the way leads out of the repository: the tree is
+    the container's, and root reads the config (the CLI too)."""
+    real, top = os.path.realpath(path), os.path.realpath(repo)
+    if not real.startswith(top + os.sep):
+        raise ValueError(f"{os.path.relpath(path, repo)} leads outside the repository "
+                         "(a symbolic link or '..'); refusing it")
+    return path
 
 
 def augment(config: dict[str, Any], *, secrets_dir: Path,
