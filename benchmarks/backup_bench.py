@@ -246,7 +246,7 @@ def bench_size(size_mib: int, workdir: Path, endpoint: str, part_size: int,
                                              clock + timedelta(minutes=rep), part_size,
                                              backups.DEFAULT_MAX_PARTS, 3600)
         run = run_agent("backup", plan, tree, scratch)
-        record = backups.commit_backup(store, pending, run["result"])
+        record = backups.commit_backup(store, pending, run["result"], data_key)
         if run["seconds"] < agent_b:
             cpu_b = (run["cpu"], run["childCpu"], run["serverCpu"])
         agent_b, rss_b = min(agent_b, run["seconds"]), max(rss_b, run["rssKiB"])

@@ -32,7 +32,7 @@ from moto.server import ThreadedMotoServer
 
 from agentspaces.clouds.r2 import S3ObjectStore, make_client
 from agentspaces.persistence import backups as bk
-from agentspaces.persistence import keys
+from agentspaces.persistence import keys, manifest_auth
 from agentspaces_vm import backup as agent
 from agentspaces_vm import backup_format as bf
 
@@ -237,7 +237,8 @@ def run_backup(store: S3ObjectStore, ws: bk.WorkspaceRef, data_key: keys.DataKey
             part["url"] = proxy.route(part["url"])
     events: list[dict[str, Any]] = []
     result = agent.backup(plan, root, events.append)
-    return bk.commit_backup(store, pending, result, now + timedelta(seconds=5)), result, events
+    record = bk.commit_backup(store, pending, result, data_key, now + timedelta(seconds=5))
+    return record, result, events
 
 
 def restore(store: S3ObjectStore, record: bk.BackupRecord, data_key: keys.DataKey,
@@ -424,11 +425,13 @@ def test_commit_rejects_an_inconsistent_result(store: S3ObjectStore, data_key: k
                    {**result, "sha256": "nope"},
                    {**result, "id": "20991231T000000Z"}):
         with pytest.raises(bk.CommitFailed):
-            bk.commit_backup(store, pending, broken)
+            bk.commit_backup(store, pending, broken, data_key)
     assert store.head_object(pending.manifest_key) is None
-    record = bk.commit_backup(store, pending, result)
+    with pytest.raises(bk.CommitFailed):  # signed with another workspace's key: never
+        bk.commit_backup(store, pending, result, keys.DataKey("dk-other", data_key.material))
+    record = bk.commit_backup(store, pending, result, data_key)
     # Committing again (operator crashed before recording it) is harmless.
-    assert bk.commit_backup(store, pending, result).sha256 == record.sha256
+    assert bk.commit_backup(store, pending, result, data_key).sha256 == record.sha256
     assert bk.list_backups(store, workspace())[0].sha256 == record.sha256
 
 
@@ -592,3 +595,100 @@ def test_damaged_backup_leaves_the_target_untouched(
     assert base64.b64encode(data_key.material).decode() not in str(info.value)
     assert snapshot(target) == before
     assert leftovers(target) == []
+
+
+# --- a bucket writer without the keys -----------------------------------------------------
+
+def _put(store: S3ObjectStore, key: str, body: bytes) -> None:
+    store.put_object(key, body, "application/octet-stream")
+
+
+def _manifest(store: S3ObjectStore, record: bk.BackupRecord) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(store.get_object(record.manifest_key))
+    return doc
+
+
+def test_bucket_writer_cannot_swap_or_forge_backups(
+        store: S3ObjectStore, data_key: keys.DataKey, tmp_path: Path) -> None:
+    """Someone with write access to the bucket (a leaked R2 token) but neither the class
+    key nor the data key tries to make the workspace restore something else than its
+    newest backup. The operator refuses every altered or forged manifest before building
+    a plan; the agent refuses an object written as another backup (binding in the AAD)
+    even when handed a plan whose size and sha256 match it; the target stays as it was."""
+    ws = workspace()
+    old_tree, new_tree = tmp_path / "old", tmp_path / "new"
+    make_tree(old_tree, big=1 * MIB, generation=0)
+    make_tree(new_tree, big=1 * MIB, generation=1)
+    old, _, _ = run_backup(store, ws, data_key, old_tree, T0)
+    new, _, _ = run_backup(store, ws, data_key, new_tree, T0 + timedelta(hours=1))
+    old_blob = store.get_object(old.object_key)
+    target = tmp_path / "target"
+    make_tree(target, big=1000, generation=7)
+    before = snapshot(target)
+
+    # 1. Swap: the old object under the new backup's key, manifest size/sha fixed up.
+    _put(store, new.object_key, old_blob)
+    fixed = {**_manifest(store, new), "size": len(old_blob),
+             "sha256": hashlib.sha256(old_blob).hexdigest()}
+    _put(store, new.manifest_key, json.dumps(fixed).encode())
+    swapped = bk.latest_backup(store, ws)
+    assert swapped is not None and swapped.backup_id == new.backup_id
+    with pytest.raises(bk.ManifestTampered) as refused:
+        bk.restore_plan(store, swapped, data_key, 600)
+    assert refused.value.reason == "BackupTampered"
+
+    # ... and had a plan been built from that manifest, the agent refuses the object.
+    plan = bk.restore_plan(store, new, data_key, 600)  # the genuine record of `new`
+    plan.update(size=len(old_blob), sha256=hashlib.sha256(old_blob).hexdigest())
+    with pytest.raises(agent.BackupCorrupt) as info:
+        agent.restore(plan, target)
+    assert info.value.problem == "swapped"
+    assert snapshot(target) == before and leftovers(target) == []
+
+    # ... also when the header is rewritten to name the new backup (digest recomputed):
+    # the binding is in every chunk's AAD, so chunk 0 no longer authenticates.
+    header = bf.parse_header(old_blob)
+    assert header is not None
+    body = header.raw[:-bf.DIGEST_SIZE].replace(old.backup_id.encode(), new.backup_id.encode())
+    relabelled = body + hashlib.sha256(body).digest()[:bf.DIGEST_SIZE] + \
+        old_blob[len(header.raw):]
+    _put(store, new.object_key, relabelled)
+    plan.update(size=len(relabelled), sha256=hashlib.sha256(relabelled).hexdigest())
+    with pytest.raises(agent.BackupCorrupt) as info:
+        agent.restore(plan, target)
+    assert info.value.problem == "tampered"
+    assert snapshot(target) == before and leftovers(target) == []
+
+    # 2. Forgery: a complete manifest for a newer backup id, signed with a made-up key.
+    forged_id = bk.backup_id(T0 + timedelta(hours=2))
+    forger = keys.DataKey(data_key.key_id, keys.generate_data_key())
+    doc = {**_manifest(store, old), "id": forged_id, "objectName": forged_id + bk.OBJECT_SUFFIX,
+           "time": "2026-11-27T06:19:00Z"}
+    _put(store, bk.object_key(ws, forged_id), old_blob)
+    _put(store, bk.manifest_key(ws, forged_id),
+         json.dumps(manifest_auth.sign(doc, forger)).encode())
+    forged = bk.latest_backup(store, ws)
+    assert forged is not None and forged.backup_id == forged_id
+    with pytest.raises(bk.ManifestTampered):
+        bk.restore_plan(store, forged, data_key, 600)
+    # The same manifest with its mac removed (an "old-style" manifest) is no better.
+    _put(store, bk.manifest_key(ws, forged_id),
+         json.dumps({k: v for k, v in doc.items() if k != "mac"}).encode())
+    with pytest.raises(bk.ManifestTampered):
+        bk.restore_plan(store, bk.latest_backup(store, ws) or forged, data_key, 600)
+
+    # 3. Copying another workspace's backup (here: one sharing the data key, as a
+    # retained workspace and its heir do) into this prefix under a newer id.
+    neighbour = workspace("5e6f7a8b")
+    theirs, _, _ = run_backup(store, neighbour, data_key, old_tree, T0 + timedelta(hours=3))
+    their_doc = _manifest(store, theirs)
+    _put(store, bk.object_key(ws, theirs.backup_id), store.get_object(theirs.object_key))
+    _put(store, bk.manifest_key(ws, theirs.backup_id), json.dumps(their_doc).encode())
+    copied = bk.latest_backup(store, ws)
+    assert copied is not None and copied.backup_id == theirs.backup_id
+    with pytest.raises(bk.ManifestTampered):
+        bk.restore_plan(store, copied, data_key, 600)
+
+    # The untouched old backup still restores: nothing above damaged what is genuine.
+    restore(store, old, data_key, target)
+    assert snapshot(target) == snapshot(old_tree)

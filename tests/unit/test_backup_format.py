@@ -16,6 +16,8 @@ from agentspaces_vm import backup_format as bf
 KEY = bytes(range(32))
 KEY_ID = "dk-test"
 CHUNK = 64
+UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+BINDING = bf.backup_binding(UID, "20261127T041900Z")
 
 
 def split(blob: bytes) -> tuple[bytes, list[bytes]]:
@@ -33,7 +35,7 @@ def split(blob: bytes) -> tuple[bytes, list[bytes]]:
 
 def problem(blob: bytes, key: bytes = KEY, key_id: str | None = KEY_ID) -> str:
     with pytest.raises(bf.BackupCorrupt) as info:
-        bf.decrypt_bytes(blob, key, key_id)
+        bf.decrypt_bytes(blob, key, key_id, binding=BINDING)
     assert info.value.reason == "BackupCorrupt"
     return info.value.problem
 
@@ -45,15 +47,15 @@ def data() -> bytes:
 
 @pytest.fixture
 def blob(data: bytes) -> bytes:
-    return bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK)
+    return bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK, binding=BINDING)
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 5])
 def test_round_trip_and_exact_size(size: int) -> None:
     data = os.urandom(size)
-    blob = bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK)
+    blob = bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK, binding=BINDING)
     assert bf.decrypt_bytes(blob, KEY, KEY_ID) == data
-    assert len(blob) == bf.encrypted_size(size, CHUNK, len(KEY_ID))
+    assert len(blob) == bf.encrypted_size(size, CHUNK, len(KEY_ID), len(BINDING))
     header, records = split(blob)
     assert header.startswith(bf.MAGIC)
     assert len(records) == max(1, -(-size // CHUNK))
@@ -62,8 +64,8 @@ def test_round_trip_and_exact_size(size: int) -> None:
 
 
 def test_same_input_gives_different_ciphertext(data: bytes) -> None:
-    one = bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK)
-    two = bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK)
+    one = bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK, binding=BINDING)
+    two = bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK, binding=BINDING)
     assert one != two
     assert split(one)[1][0][bf.RECORD_HEADER_SIZE:] != split(two)[1][0][bf.RECORD_HEADER_SIZE:]
 
@@ -74,7 +76,7 @@ def test_same_input_gives_different_ciphertext(data: bytes) -> None:
        feeds=st.lists(st.integers(1, 900), min_size=1, max_size=8))
 def test_streaming_round_trip_any_split(data: bytes, chunk: int, cuts: list[int],
                                         feeds: list[int]) -> None:
-    enc = bf.Encryptor(KEY, KEY_ID, chunk)
+    enc = bf.Encryptor(KEY, KEY_ID, chunk, binding=BINDING)
     out, start = [], 0
     for cut in sorted(c for c in cuts if c <= len(data)):
         out.append(enc.update(data[start:cut]))
@@ -82,7 +84,7 @@ def test_streaming_round_trip_any_split(data: bytes, chunk: int, cuts: list[int]
     out.append(enc.update(data[start:]))
     out.append(enc.finalize())
     blob = b"".join(out)
-    assert len(blob) == bf.encrypted_size(len(data), chunk, len(KEY_ID))
+    assert len(blob) == bf.encrypted_size(len(data), chunk, len(KEY_ID), len(BINDING))
     dec = bf.Decryptor(KEY, KEY_ID)
     plain, pos, i = [], 0, 0
     while pos < len(blob):
@@ -97,7 +99,7 @@ def test_streaming_round_trip_any_split(data: bytes, chunk: int, cuts: list[int]
 @given(data=st.binary(min_size=1, max_size=2000), chunk=st.integers(16, 300),
        where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
 def test_any_flipped_bit_is_refused(data: bytes, chunk: int, where: float, bit: int) -> None:
-    blob = bytearray(bf.encrypt_bytes(data, KEY, KEY_ID, chunk))
+    blob = bytearray(bf.encrypt_bytes(data, KEY, KEY_ID, chunk, binding=BINDING))
     blob[int(where * len(blob))] ^= 1 << bit
     with pytest.raises(bf.BackupCorrupt):
         bf.decrypt_bytes(bytes(blob), KEY, KEY_ID)
@@ -107,7 +109,7 @@ def test_any_flipped_bit_is_refused(data: bytes, chunk: int, where: float, bit: 
 @given(index=st.integers(0, 5), offset=st.integers(0, CHUNK + bf.TAG_SIZE - 1))
 def test_tampered_chunk_body(index: int, offset: int) -> None:
     data = bytes(CHUNK * 5 + 17)
-    header, records = split(bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK))
+    header, records = split(bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK, binding=BINDING))
     body = bytearray(records[index])
     pos = bf.RECORD_HEADER_SIZE + offset % (len(body) - bf.RECORD_HEADER_SIZE)
     body[pos] ^= 0x80
@@ -187,8 +189,8 @@ def test_wrong_key_and_wrong_key_id(blob: bytes) -> None:
 
 
 def test_chunks_from_another_backup_with_the_same_key_are_refused(data: bytes) -> None:
-    one = split(bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK))
-    two = split(bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK))
+    one = split(bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK, binding=BINDING))
+    two = split(bf.encrypt_bytes(data, KEY, KEY_ID, CHUNK, binding=BINDING))
     mixed = one[0] + one[1][0] + two[1][1] + b"".join(one[1][2:])
     assert problem(mixed) == "tampered"
 
@@ -230,7 +232,7 @@ def test_stream_helpers_keep_buffers_to_one_chunk() -> None:
     seen: list[int] = []
     cipher = io.BytesIO()
     size = bf.encrypt_stream(io.BytesIO(data), cipher, KEY, KEY_ID,
-                             on_output=lambda out: seen.append(len(out)))
+                             on_output=lambda out: seen.append(len(out)), binding=BINDING)
     assert size == len(cipher.getvalue()) == sum(seen)
     assert max(seen) <= bf.DEFAULT_CHUNK_SIZE + 200
     plain = io.BytesIO()
@@ -240,8 +242,66 @@ def test_stream_helpers_keep_buffers_to_one_chunk() -> None:
 
 def test_key_id_rules() -> None:
     with pytest.raises(ValueError):
-        bf.Encryptor(KEY, "", CHUNK)
+        bf.Encryptor(KEY, "", CHUNK, binding=BINDING)
     with pytest.raises(ValueError):
-        bf.Encryptor(KEY, "x" * 65, CHUNK)
+        bf.Encryptor(KEY, "x" * 65, CHUNK, binding=BINDING)
     with pytest.raises(ValueError):
-        bf.Encryptor(KEY, "dk-\u00e9", CHUNK)
+        bf.Encryptor(KEY, "dk-\u00e9", CHUNK, binding=BINDING)
+
+
+# --- the binding (workspace uid + backup id) --------------------------------------------
+
+def test_object_written_as_another_backup_is_refused(blob: bytes) -> None:
+    """A bucket writer copies backup A's object to backup B's key (same workspace, same
+    data key): a reader expecting B refuses it before releasing any plaintext."""
+    other = bf.backup_binding(UID, "20261128T000000Z")
+    dec = bf.Decryptor(KEY, KEY_ID, binding=other)
+    with pytest.raises(bf.BackupCorrupt) as info:
+        dec.update(blob)
+    assert info.value.problem == "swapped"
+    assert dec.plaintext_size == 0
+    # Another workspace that shares the data key (a retained one and its heir) too.
+    with pytest.raises(bf.BackupCorrupt) as info:
+        bf.decrypt_bytes(blob, KEY, KEY_ID, binding=bf.backup_binding("heir", "20261127T041900Z"))
+    assert info.value.problem == "swapped"
+
+
+def test_rewriting_the_binding_breaks_every_chunk(blob: bytes, data: bytes) -> None:
+    """The binding is in every chunk's AAD: a header rewritten to name backup B (with a
+    valid digest, as anyone can compute it) makes chunk 0 fail authentication."""
+    header, records = split(blob)
+    parsed = bf.parse_header(blob)
+    assert parsed is not None and parsed.binding == BINDING
+    other = bf.backup_binding(UID, "20261128T000000Z")
+    assert len(other) == len(BINDING)
+    body = header[:-bf.DIGEST_SIZE].replace(BINDING.encode(), other.encode())
+    forged = body + hashlib.sha256(body).digest()[:bf.DIGEST_SIZE]
+    with pytest.raises(bf.BackupCorrupt) as info:
+        bf.decrypt_bytes(forged + b"".join(records), KEY, KEY_ID, binding=other)
+    assert info.value.problem == "tampered"
+    assert bf.decrypt_bytes(blob, KEY, KEY_ID, binding=BINDING) == data
+
+
+def _version_1_header(key_id: str = KEY_ID) -> bytes:
+    kid = key_id.encode()
+    body = struct.pack(">8sBBHI32s16sB", bf.MAGIC, 1, 1, 0, CHUNK, bytes(32), bytes(16),
+                       len(kid)) + kid
+    return body + hashlib.sha256(body).digest()[:bf.DIGEST_SIZE]
+
+
+def test_version_1_objects_are_refused() -> None:
+    """Version 1 had no binding, so a v1 object could be moved to any backup's key."""
+    with pytest.raises(bf.UnsupportedFormat) as info:
+        bf.decrypt_bytes(_version_1_header() + bytes(100), KEY, KEY_ID, binding=BINDING)
+    assert "version 1" in str(info.value)
+    damaged = bytearray(_version_1_header())
+    damaged[20] ^= 1
+    assert problem(bytes(damaged)) == "header"
+    assert problem(_version_1_header()[:-1]) == "truncated"
+
+
+@pytest.mark.parametrize("uid, backup_id", [("", "20261127T041900Z"), ("a/b", "x"),
+                                            ("uid", "../x"), ("uid", "x" * 101)])
+def test_binding_rules(uid: str, backup_id: str) -> None:
+    with pytest.raises(ValueError):
+        bf.backup_binding(uid, backup_id)

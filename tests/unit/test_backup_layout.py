@@ -57,7 +57,8 @@ def test_pending_backup_survives_json() -> None:
                                manifest_key=bk.manifest_key(WS, "20261127T041900Z"),
                                upload_id="upl-1", key_id="dk-1", part_size=16 << 20,
                                max_parts=1024, chunk_size=1 << 20,
-                               started=datetime(2026, 11, 27, 4, 19, tzinfo=UTC))
+                               started=datetime(2026, 11, 27, 4, 19, tzinfo=UTC),
+                               namespace="team-a", name="demo", workspace_uid="0f1e2d3c")
     assert bk.PendingBackup.from_dict(json.loads(json.dumps(pending.to_dict()))) == pending
 
 
@@ -67,7 +68,7 @@ def test_manifest_round_trip_is_relative_to_the_prefix() -> None:
         object_key=bk.object_key(WS, "20261127T041900Z"),
         manifest_key=bk.manifest_key(WS, "20261127T041900Z"), size=1234, sha256="ab" * 32,
         key_id="dk-1", format_version=1, chunk_size=1 << 20, plaintext_size=1000,
-        completed=datetime(2026, 11, 27, 4, 25, tzinfo=UTC))
+        completed=datetime(2026, 11, 27, 4, 25, tzinfo=UTC), workspace_uid="0f1e2d3c")
     doc = record.manifest(WS)
     assert doc["objectName"] == "20261127T041900Z.tar.zst.enc"
     assert bk.BackupRecord.from_manifest(WS, json.loads(json.dumps(doc))) == record
@@ -88,7 +89,8 @@ PARTS = [{"partNumber": 2, "url": "https://r2.example/b/k?partNumber=2"},
 
 
 def backup_plan(**changes: object) -> dict[str, object]:
-    plan: dict[str, object] = {"version": 1, "id": "20261127T041900Z", "keyId": "dk-1",
+    plan: dict[str, object] = {"version": 2, "id": "20261127T041900Z", "keyId": "dk-1",
+                               "workspaceUid": "0f1e2d3c",
                                "key": KEY, "chunkSize": 1 << 20, "partSize": 5 << 20,
                                "parts": PARTS, "exclude": ["node_modules"]}
     plan.update(changes)
@@ -103,7 +105,8 @@ def test_agent_parses_a_backup_plan() -> None:
 
 
 @pytest.mark.parametrize("changes", [
-    {"version": 2}, {"key": "c2hvcnQ="}, {"key": "not base64"}, {"keyId": ""},
+    {"version": 1}, {"workspaceUid": None}, {"workspaceUid": "a/b"},
+    {"key": "c2hvcnQ="}, {"key": "not base64"}, {"keyId": ""},
     {"partSize": 1 << 20}, {"parts": []}, {"parts": [PARTS[0]]},
     {"parts": [{"partNumber": 1, "url": "file:///etc/passwd"}]}, {"exclude": "x"},
     {"chunkSize": 0}, {"id": "../../x"}, {"partSize": True},
@@ -116,10 +119,11 @@ def test_agent_rejects_a_bad_backup_plan(changes: dict[str, object]) -> None:
 
 
 def test_agent_rejects_a_bad_restore_plan() -> None:
-    good = {"version": 1, "id": "20261127T041900Z", "keyId": "dk-1", "key": KEY,
-            "url": "https://r2.example/b/k", "size": 10, "sha256": "ab" * 32}
-    assert agent.RestorePlan.parse(good).size == 10
-    for changes in ({"size": 0}, {"sha256": "abc"}, {"url": None}):
+    good = {"version": 2, "id": "20261127T041900Z", "keyId": "dk-1", "key": KEY,
+            "workspaceUid": "0f1e2d3c", "url": "https://r2.example/b/k", "size": 10,
+            "sha256": "ab" * 32}
+    assert agent.RestorePlan.parse(good).binding == "0f1e2d3c/20261127T041900Z"
+    for changes in ({"size": 0}, {"sha256": "abc"}, {"url": None}, {"workspaceUid": ""}):
         with pytest.raises(agent.BackupError) as info:
             agent.RestorePlan.parse({**good, **changes})
         assert info.value.reason == "InvalidPlan"

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from agentspaces.persistence import keys
+from agentspaces.persistence import keys, manifest_auth
 from agentspaces_vm import backup_format
 
 
@@ -133,10 +133,31 @@ def test_rotate_key_secret_reports_already_current(class_key: bytes) -> None:
 
 def test_backups_still_decrypt_after_rotation(class_key: bytes) -> None:
     data_key, stored = keys.create_data_key(class_key)
+    binding = backup_format.backup_binding("ws-uid", "20261127T041900Z")
     blob = backup_format.encrypt_bytes(b"workspace tar" * 1000, data_key.material,
-                                       data_key.key_id, chunk_size=4096)
+                                       data_key.key_id, chunk_size=4096, binding=binding)
     new_class_key = os.urandom(32)
     (rotated,) = keys.rotate_class_key(class_key, new_class_key, [stored])
     reopened = keys.open_data_key(new_class_key, rotated)
-    assert backup_format.decrypt_bytes(blob, reopened.material, reopened.key_id) == \
+    assert backup_format.decrypt_bytes(blob, reopened.material, reopened.key_id,
+                                       binding=binding) == \
         b"workspace tar" * 1000
+
+
+def test_manifest_mac_key_is_a_purpose_bound_subkey() -> None:
+    data_key = keys.DataKey(keys.new_key_id(), keys.generate_data_key())
+    mac_key = keys.manifest_mac_key(data_key)
+    assert len(mac_key) == 32 and mac_key != data_key.material
+    assert keys.manifest_mac_key(data_key) == mac_key
+    # The same material under another id (a Secret pasted elsewhere) derives another key.
+    assert keys.manifest_mac_key(keys.DataKey("dk-other", data_key.material)) != mac_key
+
+
+def test_manifest_mac_survives_class_key_rotation(class_key: bytes) -> None:
+    """Manifests are signed with a subkey of the data key, which rotation keeps: one
+    signed before a rotation verifies after it, with the new class key only."""
+    data_key, stored = keys.create_data_key(class_key)
+    signed = manifest_auth.sign({"id": "20261127T041900Z", "size": 10}, data_key)
+    new_class_key = os.urandom(32)
+    (rotated,) = keys.rotate_class_key(class_key, new_class_key, [stored])
+    manifest_auth.verify(signed, keys.open_data_key(new_class_key, rotated))

@@ -45,6 +45,7 @@ from agentspaces_vm.backup_format import (
     Encryptor,
     UnsupportedFormat,
     WrongKey,
+    backup_binding,
     check_key_id,
 )
 from agentspaces_vm.safefs import neutralise_tree
@@ -52,7 +53,8 @@ from agentspaces_vm.safefs import neutralise_tree
 __all__ = ["BackupCorrupt", "BackupError", "BackupPlan", "RestorePlan", "UnsupportedFormat",
            "WrongKey", "backup", "restore"]
 
-PLAN_VERSION = 1
+# Version 2 added workspaceUid: with the id it forms the object's binding.
+PLAN_VERSION = 2
 # Several chunks per read: most chunks are then encrypted/decrypted straight from the
 # read buffer instead of being copied into the format's carry-over buffer first.
 READ_SIZE = 4 * 1024 * 1024
@@ -94,7 +96,8 @@ def _get(plan: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> A
     return value
 
 
-def _common(plan: Mapping[str, Any]) -> tuple[str, str, bytes]:
+def _common(plan: Mapping[str, Any]) -> tuple[str, str, bytes, str]:
+    """The plan's backup id, key id, key, and the binding of the object (format v2)."""
     if not isinstance(plan, Mapping):
         raise _invalid("the plan must be a JSON object")
     if plan.get("version") != PLAN_VERSION:
@@ -112,7 +115,11 @@ def _common(plan: Mapping[str, Any]) -> tuple[str, str, bytes]:
         key = b""
     if len(key) != 32:
         raise _invalid("plan key is not a base64 256-bit key")
-    return backup_id, key_id, key
+    try:
+        binding = backup_binding(_get(plan, "workspaceUid", str), backup_id)
+    except ValueError:
+        raise _invalid("plan workspaceUid is malformed") from None
+    return backup_id, key_id, key, binding
 
 
 def _url(value: Any, what: str) -> str:
@@ -126,6 +133,7 @@ class BackupPlan:
     backup_id: str
     key_id: str
     key: bytes = field(repr=False)
+    binding: str
     chunk_size: int
     part_size: int
     part_urls: tuple[str, ...] = field(repr=False)
@@ -133,7 +141,7 @@ class BackupPlan:
 
     @classmethod
     def parse(cls, plan: Mapping[str, Any]) -> BackupPlan:
-        backup_id, key_id, key = _common(plan)
+        backup_id, key_id, key, binding = _common(plan)
         chunk_size = plan.get("chunkSize", DEFAULT_CHUNK_SIZE)
         if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise _invalid("plan chunkSize is out of range")
@@ -155,7 +163,8 @@ class BackupPlan:
         if not isinstance(exclude, list) or not all(
                 isinstance(x, str) and x and "\0" not in x for x in exclude):
             raise _invalid("plan exclude must be a list of patterns")
-        return cls(backup_id, key_id, key, chunk_size, part_size, urls, tuple(exclude))
+        return cls(backup_id, key_id, key, binding, chunk_size, part_size, urls,
+                   tuple(exclude))
 
 
 @dataclass(frozen=True)
@@ -163,19 +172,20 @@ class RestorePlan:
     backup_id: str
     key_id: str
     key: bytes = field(repr=False)
+    binding: str
     url: str = field(repr=False)
     size: int
     sha256: str
 
     @classmethod
     def parse(cls, plan: Mapping[str, Any]) -> RestorePlan:
-        backup_id, key_id, key = _common(plan)
+        backup_id, key_id, key, binding = _common(plan)
         url = _url(plan.get("url"), "plan url")
         size = _get(plan, "size", int)
         sha = _get(plan, "sha256", str).lower()
         if size <= 0 or not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise _invalid("plan size or sha256 is malformed")
-        return cls(backup_id, key_id, key, url, size, sha)
+        return cls(backup_id, key_id, key, binding, url, size, sha)
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -412,7 +422,7 @@ def backup(plan: Mapping[str, Any], root: Path, progress: Progress) -> dict[str,
             tar.stdout.close()  # zstd owns it now; tar sees EPIPE if zstd dies
             uploader.start()
             writer = _PartWriter(p.part_size, uploader)
-            encryptor = Encryptor(p.key, p.key_id, p.chunk_size)
+            encryptor = Encryptor(p.key, p.key_id, p.chunk_size, binding=p.binding)
             report(writer, "archiving")
             buffer = bytearray(READ_SIZE)
             with memoryview(buffer) as view:
@@ -606,7 +616,7 @@ def _extract(p: RestorePlan, target: Path) -> None:
             zstd.stdout.close()
             feeder = _PipeFeeder(zstd.stdin)
             feeder.start()
-            decryptor = Decryptor(p.key, p.key_id)
+            decryptor = Decryptor(p.key, p.key_id, binding=p.binding)
             download = _Prefetch(_download(p))
             download.start()
             verified = False

@@ -4,7 +4,8 @@ Runs on the VM (Python 3.12 stdlib + cryptography) and in the operator's tests. 
 layout is specified in docs/backup-format.md; in short:
 
     header  = magic "AGSPBACK" | version u8 | algorithm u8 | reserved u16 | chunk size u32
-              | salt (32) | key check (16) | key-id length u8 | key id | digest (8)
+              | salt (32) | key check (16) | key-id length u8 | key id
+              | binding length u8 | binding | digest (8)
     record  = index u32 | flags u8 | length u32 | AES-GCM ciphertext+tag (length bytes)
 
 A per-backup subkey, nonce prefix and key-check value come from HKDF-SHA256 over the
@@ -13,6 +14,11 @@ made with the same data key. Each record's nonce is prefix | index | final flag,
 AAD is the whole header plus the record header: reordering, dropping, duplicating or
 appending records, flipping the final flag, editing the header and changing a byte are
 all rejected, and the reader reports which of them it saw (`BackupCorrupt.problem`).
+
+The binding names the backup the object was written as ("<workspace uid>/<backup id>").
+It sits in the header, so every chunk's AAD covers it: an object copied or renamed to
+another backup's key (even of the same workspace, with the same data key) is refused by
+a reader that expects the other binding, and editing the binding breaks every chunk.
 
 Integers are big-endian. Every non-final record holds exactly `chunk size` plaintext
 bytes; the final record holds 0..chunk size bytes and ends the stream.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +41,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC = b"AGSPBACK"
-VERSION = 1
+# Version 2 added the binding. Version 1 objects (no binding) are refused: they could be
+# moved to another backup's key unnoticed, and none were ever deployed.
+VERSION = 2
 ALGORITHM_HKDF_SHA256_AES256_GCM = 1
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 # A reader refuses larger chunks so a hostile header cannot make it buffer gigabytes.
@@ -46,13 +55,15 @@ NONCE_PREFIX_SIZE = 7
 DIGEST_SIZE = 8
 TAG_SIZE = 16
 MAX_KEY_ID_LENGTH = 64
+MAX_BINDING_LENGTH = 255
 MAX_CHUNKS = 2**32 - 1
 FLAG_FINAL = 0x01
 
 _FIXED = struct.Struct(">8sBBHI32s16sB")  # magic .. key-id length
 _RECORD = struct.Struct(">IBI")  # index, flags, ciphertext length
 RECORD_HEADER_SIZE = _RECORD.size
-_HKDF_INFO = b"agentspaces backup v1"
+_HKDF_INFO = b"agentspaces backup v2"
+_BINDING_PART = re.compile(r"[0-9A-Za-z._-]{1,100}")
 
 
 class BackupError(Exception):
@@ -74,6 +85,7 @@ class BackupCorrupt(BackupError):
     reordered  a chunk sits at the wrong position (swapped, dropped or duplicated)
     tampered   a chunk or its framing fails authentication in place
     header     the header is damaged
+    swapped    the object was written as another backup (its binding differs)
     checksum   the object authenticates but is not the one the manifest names
     format     not a backup object at all (bad magic)
     """
@@ -105,6 +117,7 @@ class Header:
     salt: bytes
     key_check: bytes
     key_id: str
+    binding: str
     raw: bytes  # the exact header bytes, bound into every chunk's AAD
 
 
@@ -137,11 +150,38 @@ def check_key_id(key_id: str) -> str:
     return key_id
 
 
-def _build_header(key_check: bytes, key_id: str, chunk_size: int, salt: bytes) -> bytes:
+def backup_binding(workspace_uid: str, backup_id: str) -> str:
+    """What an object is bound to: the workspace uid and the backup id it was written as."""
+    for part in (workspace_uid, backup_id):
+        if not (isinstance(part, str) and _BINDING_PART.fullmatch(part)):
+            raise ValueError("a workspace uid or backup id is 1..100 of [0-9A-Za-z._-]")
+    return f"{workspace_uid}/{backup_id}"
+
+
+def _build_header(key_check: bytes, key_id: str, binding: str, chunk_size: int,
+                  salt: bytes) -> bytes:
     kid = check_key_id(key_id).encode("ascii")
+    bound = binding.encode("ascii")
+    if not 0 < len(bound) <= MAX_BINDING_LENGTH:
+        raise ValueError(f"a binding is 1..{MAX_BINDING_LENGTH} ASCII characters")
     body = _FIXED.pack(MAGIC, VERSION, ALGORITHM_HKDF_SHA256_AES256_GCM, 0, chunk_size, salt,
-                       key_check, len(kid)) + kid
+                       key_check, len(kid)) + kid + bytes([len(bound)]) + bound
     return body + hashlib.sha256(body).digest()[:DIGEST_SIZE]
+
+
+def _digest_matches(body: bytes, digest: bytes | bytearray | memoryview) -> bool:
+    return hmac.compare_digest(hashlib.sha256(body).digest()[:DIGEST_SIZE], bytes(digest))
+
+
+def _refuse_version_1(buf: bytes | bytearray | memoryview, digest_at: int) -> None:
+    """Refuse a version-1 header (no binding), as UnsupportedFormat when it is intact;
+    return only when more bytes are needed to tell."""
+    if len(buf) < digest_at + DIGEST_SIZE:
+        return
+    if not _digest_matches(bytes(buf[:digest_at]), buf[digest_at:digest_at + DIGEST_SIZE]):
+        raise BackupCorrupt("header", "header digest mismatch")
+    raise UnsupportedFormat("backup format version 1 does not bind the backup id and is "
+                            f"no longer read (this reader knows {VERSION})")
 
 
 def parse_header(buf: bytes | bytearray | memoryview) -> Header | None:
@@ -154,33 +194,40 @@ def parse_header(buf: bytes | bytearray | memoryview) -> Header | None:
         return None
     _magic, version, algorithm, _reserved, chunk_size, salt, key_check, kid_len = \
         _FIXED.unpack_from(buf)
-    total = _FIXED.size + kid_len + DIGEST_SIZE
+    binding_at = _FIXED.size + kid_len
+    if version == 1:
+        _refuse_version_1(buf, binding_at)
+        return None  # not refused yet: more bytes are needed
+    if len(buf) < binding_at + 1:
+        return None
+    total = binding_at + 1 + buf[binding_at] + DIGEST_SIZE
     if len(buf) < total:
         return None
     body = bytes(buf[:total - DIGEST_SIZE])
-    if not hmac.compare_digest(hashlib.sha256(body).digest()[:DIGEST_SIZE],
-                               bytes(buf[total - DIGEST_SIZE:total])):
+    if not _digest_matches(body, buf[total - DIGEST_SIZE:total]):
         raise BackupCorrupt("header", "header digest mismatch")
     if version != VERSION:
         raise UnsupportedFormat(f"backup format version {version} is not supported "
                                 f"(this reader knows {VERSION})")
     if algorithm != ALGORITHM_HKDF_SHA256_AES256_GCM:
         raise UnsupportedFormat(f"unknown backup algorithm {algorithm}")
-    if not 1 <= chunk_size <= MAX_CHUNK_SIZE or kid_len == 0:
-        raise BackupCorrupt("header", f"invalid chunk size {chunk_size} or key id")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE or kid_len == 0 or body[binding_at] == 0:
+        raise BackupCorrupt("header", f"invalid chunk size {chunk_size}, key id or binding")
     try:
-        key_id = body[_FIXED.size:].decode("ascii")
+        key_id = body[_FIXED.size:binding_at].decode("ascii")
+        binding = body[binding_at + 1:].decode("ascii")
     except UnicodeDecodeError:
-        raise BackupCorrupt("header", "key id is not ASCII") from None
+        raise BackupCorrupt("header", "key id or binding is not ASCII") from None
     return Header(version=version, algorithm=algorithm, chunk_size=chunk_size, salt=salt,
-                  key_check=key_check, key_id=key_id, raw=bytes(buf[:total]))
+                  key_check=key_check, key_id=key_id, binding=binding, raw=bytes(buf[:total]))
 
 
 def encrypted_size(plaintext_size: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                   key_id_length: int = 32) -> int:
-    """The exact object size for a plaintext of `plaintext_size` bytes."""
+                   key_id_length: int = 35, binding_length: int = 53) -> int:
+    """The exact object size for a plaintext of `plaintext_size` bytes (the defaults:
+    a `dk-<32 hex>` key id, a UUID workspace uid and a `YYYYMMDDTHHMMSSZ` backup id)."""
     chunks = max(1, -(-plaintext_size // chunk_size))
-    header = _FIXED.size + key_id_length + DIGEST_SIZE
+    header = _FIXED.size + key_id_length + 1 + binding_length + DIGEST_SIZE
     return header + plaintext_size + chunks * (RECORD_HEADER_SIZE + TAG_SIZE)
 
 
@@ -188,11 +235,12 @@ class Encryptor:
     """Streaming encryption: feed plaintext to `update`, then call `finalize` once.
 
     Both return ciphertext to append to the object (the first output carries the
-    header). Memory stays below one chunk plus the caller's input.
+    header). Memory stays below one chunk plus the caller's input. `binding` is
+    `backup_binding(workspace uid, backup id)` of the backup being written.
     """
 
     def __init__(self, data_key: bytes, key_id: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 *, salt: bytes | None = None) -> None:
+                 *, binding: str, salt: bytes | None = None) -> None:
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size must be 1..{MAX_CHUNK_SIZE}")
         salt = os.urandom(SALT_SIZE) if salt is None else salt
@@ -200,7 +248,7 @@ class Encryptor:
             raise ValueError(f"salt must be {SALT_SIZE} bytes")
         self._derived = _derive(data_key, salt)
         self.chunk_size = chunk_size
-        self.header = _build_header(self._derived.key_check, key_id, chunk_size, salt)
+        self.header = _build_header(self._derived.key_check, key_id, binding, chunk_size, salt)
         self._pending = bytearray()
         self._index = 0
         self._header_sent = False
@@ -270,15 +318,17 @@ class Decryptor:
 
     `update` returns only plaintext that has been authenticated, in order. Raises
     WrongKey, BackupCorrupt (with `.problem`) or UnsupportedFormat. If `key_id` is
-    given the header must name it.
+    given the header must name it; if `binding` is given the object must have been
+    written as that backup (else BackupCorrupt "swapped"). A restore always passes both.
     """
 
     def __init__(self, data_key: bytes, key_id: str | None = None,
-                 max_chunk_size: int = MAX_CHUNK_SIZE) -> None:
+                 max_chunk_size: int = MAX_CHUNK_SIZE, *, binding: str | None = None) -> None:
         if len(data_key) != KEY_SIZE:
             raise WrongKey(f"a data key must be {KEY_SIZE} bytes")
         self._key = data_key
         self._expected_key_id = key_id
+        self._expected_binding = binding
         self._max_chunk = max_chunk_size
         self._buf = bytearray()  # an incomplete record (or header) carried over
         self._derived: _Derived | None = None
@@ -295,6 +345,11 @@ class Decryptor:
         derived = _derive(self._key, header.salt)
         if not hmac.compare_digest(derived.key_check, header.key_check):
             raise WrongKey("the data key does not match this backup")
+        # After the key check, so a wrong key is still reported as such. The binding is
+        # also in every chunk's AAD: editing it here makes chunk 0 fail ("tampered").
+        if self._expected_binding is not None and header.binding != self._expected_binding:
+            raise BackupCorrupt("swapped", f"the object was written as backup "
+                                           f"{header.binding}, not {self._expected_binding}")
         self.header, self._derived = header, derived
 
     def _diagnose(self, index: int, final: bool, ct: bytes, aad: bytes) -> BackupCorrupt:
@@ -393,9 +448,9 @@ READ_SIZE = 1024 * 1024
 
 def encrypt_stream(src: BinaryIO, dst: BinaryIO, data_key: bytes, key_id: str,
                    chunk_size: int = DEFAULT_CHUNK_SIZE,
-                   on_output: Callable[[bytes], None] | None = None) -> int:
+                   on_output: Callable[[bytes], None] | None = None, *, binding: str) -> int:
     """Encrypt `src` into `dst`; returns the ciphertext size."""
-    enc = Encryptor(data_key, key_id, chunk_size)
+    enc = Encryptor(data_key, key_id, chunk_size, binding=binding)
     written = 0
     while True:
         piece = src.read(READ_SIZE)
@@ -410,9 +465,9 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, data_key: bytes, key_id: str,
 
 
 def decrypt_stream(src: BinaryIO, dst: BinaryIO, data_key: bytes,
-                   key_id: str | None = None) -> int:
+                   key_id: str | None = None, *, binding: str | None = None) -> int:
     """Decrypt `src` into `dst` (authenticated plaintext only); returns plaintext size."""
-    dec = Decryptor(data_key, key_id)
+    dec = Decryptor(data_key, key_id, binding=binding)
     while piece := src.read(READ_SIZE):
         out = dec.update(piece)
         if out:
@@ -422,13 +477,15 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, data_key: bytes,
 
 
 def encrypt_bytes(data: bytes, data_key: bytes, key_id: str,
-                  chunk_size: int = DEFAULT_CHUNK_SIZE, *, salt: bytes | None = None) -> bytes:
-    enc = Encryptor(data_key, key_id, chunk_size, salt=salt)
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, *, binding: str,
+                  salt: bytes | None = None) -> bytes:
+    enc = Encryptor(data_key, key_id, chunk_size, binding=binding, salt=salt)
     return enc.update(data) + enc.finalize()
 
 
-def decrypt_bytes(blob: bytes, data_key: bytes, key_id: str | None = None) -> bytes:
-    dec = Decryptor(data_key, key_id)
+def decrypt_bytes(blob: bytes, data_key: bytes, key_id: str | None = None, *,
+                  binding: str | None = None) -> bytes:
+    dec = Decryptor(data_key, key_id, binding=binding)
     out = dec.update(blob)
     dec.finalize()
     return out

@@ -13,6 +13,13 @@ runs `agentspaces_vm.backup.backup(plan, ...)`, and `commit_backup` completes th
 and only then writes the manifest. A backup without a manifest does not exist: listing,
 restore and retention only ever look at manifests.
 
+Manifests carry a MAC under a subkey of the workspace's data key (manifest_auth.py), and
+`restore_plan` refuses one that does not verify or is not bound to the prefix it was
+found under (`ManifestTampered`). The object itself is bound to the workspace uid and
+backup id (backup_format.py), so a bucket writer can delete backups but cannot forge
+one, alter a manifest, or pass one backup's object off as another's. Deleting the newest
+manifest (a rollback) is detected by the caller against status.backup.
+
 Everything here is synchronous (boto3); call it through `asyncio.to_thread` from the
 event loop. `PendingBackup.to_dict()` is what to keep in status between the two calls.
 """
@@ -24,19 +31,21 @@ import json
 import logging
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentspaces.clouds.r2 import CompletedPart, ObjectNotFound, ObjectStore
+from agentspaces.persistence import manifest_auth
 from agentspaces.persistence.keys import DataKey, WrongKey
+from agentspaces.persistence.manifest_auth import ManifestTampered
 from agentspaces_vm import backup_format
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: plans carry workspaceUid (the object's binding)
 MANIFEST_KIND = "agentspaces.dev/backup"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: authenticated (mac), always names the workspace
 OBJECT_SUFFIX = ".tar.zst.enc"
 MANIFEST_SUFFIX = ".manifest.json"
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -138,6 +147,14 @@ class PendingBackup:
     max_parts: int
     chunk_size: int
     started: datetime
+    # Empty in a pending backup recorded by an operator without manifest MACs: its
+    # commit fails and the backup is started again.
+    namespace: str = ""
+    name: str = ""
+    workspace_uid: str = ""
+
+    def workspace(self) -> WorkspaceRef:
+        return WorkspaceRef(self.prefix, self.namespace, self.name, self.workspace_uid)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -166,6 +183,12 @@ class BackupRecord:
     chunk_size: int
     plaintext_size: int | None = None
     completed: datetime | None = None
+    workspace_uid: str = ""  # as the manifest says; trust it only after verify_manifest
+    document: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def prefix(self) -> str:
+        return self.manifest_key[:-len(self.backup_id + MANIFEST_SUFFIX)]
 
     def status(self) -> dict[str, Any]:
         """The Workspace `status.backup` fields."""
@@ -209,12 +232,28 @@ class BackupRecord:
             raise ValueError("manifest sha256 is malformed")
         completed = doc.get("completedAt")
         plaintext = doc.get("plaintextSize")
+        workspace = doc.get("workspace")
+        uid = str(workspace.get("uid") or "") if isinstance(workspace, Mapping) else ""
         return cls(backup_id=bid, time=parse_backup_id(bid), object_key=ws.prefix + name,
                    manifest_key=manifest_key(ws, bid), size=int(doc["size"]), sha256=sha,
                    key_id=str(doc["keyId"]), format_version=int(doc["formatVersion"]),
                    chunk_size=int(doc["chunkSize"]),
                    plaintext_size=int(plaintext) if plaintext is not None else None,
-                   completed=_parse_iso(completed) if completed else None)
+                   completed=_parse_iso(completed) if completed else None,
+                   workspace_uid=uid, document=dict(doc))
+
+
+def verify_manifest(record: BackupRecord, data_key: DataKey) -> None:
+    """Raise ManifestTampered unless the record's manifest was written by the operator
+    with this data key for the workspace whose prefix it was found under."""
+    if record.document is None:
+        raise ManifestTampered(f"backup {record.backup_id}: no manifest to verify")
+    manifest_auth.verify(record.document, data_key)
+    # Authentic, but maybe copied from another workspace sharing the data key (a
+    # retained one and its heir): the uid must be the one in its own prefix.
+    if not record.workspace_uid or not record.prefix.endswith(f"-{record.workspace_uid}/"):
+        raise ManifestTampered(f"backup {record.backup_id}: the manifest belongs to another "
+                               "workspace's prefix")
 
 
 # --- begin / commit / abort -------------------------------------------------------------
@@ -244,6 +283,8 @@ def begin_backup(store: ObjectStore, ws: WorkspaceRef, data_key: DataKey, now: d
     The plan's capacity is part_size * max_parts bytes of ciphertext.
     """
     _check_limits(part_size, max_parts, url_ttl)
+    if not ws.uid:
+        raise ValueError("a backup needs the workspace's uid (WorkspaceRef.for_workspace)")
     bid = backup_id(now)
     if store.head_object(manifest_key(ws, bid)) is not None:
         raise BackupConflict(f"backup {bid} already exists")
@@ -258,10 +299,12 @@ def begin_backup(store: ObjectStore, ws: WorkspaceRef, data_key: DataKey, now: d
     pending = PendingBackup(prefix=ws.prefix, backup_id=bid, object_key=key,
                             manifest_key=manifest_key(ws, bid), upload_id=upload_id,
                             key_id=data_key.key_id, part_size=part_size, max_parts=max_parts,
-                            chunk_size=chunk_size, started=now.astimezone(UTC))
+                            chunk_size=chunk_size, started=now.astimezone(UTC),
+                            namespace=ws.namespace, name=ws.name, workspace_uid=ws.uid)
     plan = {
         "version": PLAN_VERSION,
         "id": bid,
+        "workspaceUid": ws.uid,
         "object": key,
         "keyId": data_key.key_id,
         "key": _b64(data_key.material),
@@ -301,12 +344,17 @@ def _parse_result(pending: PendingBackup, result: Mapping[str, Any]
 
 
 def commit_backup(store: ObjectStore, pending: PendingBackup, agent_result: Mapping[str, Any],
-                  now: datetime | None = None) -> BackupRecord:
-    """Complete the upload, check the object, then write the manifest (last).
+                  data_key: DataKey, now: datetime | None = None) -> BackupRecord:
+    """Complete the upload, check the object, then write the manifest (last), signed
+    with the data key the backup was made with.
 
     Safe to call again after a crash between the two writes: an upload that is already
     complete is accepted when the object has the reported size.
     """
+    if not pending.workspace_uid:
+        raise CommitFailed("the pending backup does not name its workspace uid")
+    if data_key.key_id != pending.key_id:
+        raise CommitFailed("the data key is not the one the backup was made with")
     parts, size, sha = _parse_result(pending, agent_result)
     try:
         store.complete_multipart_upload(pending.object_key, pending.upload_id, parts)
@@ -325,12 +373,12 @@ def commit_backup(store: ObjectStore, pending: PendingBackup, agent_result: Mapp
         manifest_key=pending.manifest_key, size=size, sha256=sha, key_id=pending.key_id,
         format_version=backup_format.VERSION, chunk_size=pending.chunk_size,
         plaintext_size=int(plaintext) if isinstance(plaintext, int) else None,
-        completed=(now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0))
-    ws = WorkspaceRef.from_prefix(pending.prefix)
-    doc = record.manifest(ws)
+        completed=(now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
+        workspace_uid=pending.workspace_uid)
+    doc = manifest_auth.sign(record.manifest(pending.workspace()), data_key)
     store.put_object(pending.manifest_key,
                      json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
-    return record
+    return replace(record, document=doc)
 
 
 def abort_backup(store: ObjectStore, pending: PendingBackup) -> None:
@@ -398,15 +446,20 @@ def latest_backup(store: ObjectStore, ws: WorkspaceRef) -> BackupRecord | None:
 def restore_plan(store: ObjectStore, record: BackupRecord, data_key: DataKey,
                  url_ttl: int = DEFAULT_RESTORE_URL_TTL,
                  now: datetime | None = None) -> dict[str, Any]:
-    """The agent's restore plan for a committed backup (contains the data key)."""
+    """The agent's restore plan for a committed backup (contains the data key).
+
+    WrongKey if the backup needs another data key; ManifestTampered if its manifest does
+    not verify (verify_manifest): no plan, so nothing is downloaded or restored."""
     if data_key.key_id != record.key_id:
         raise WrongKey(f"backup {record.backup_id} needs data key {record.key_id}, "
                        f"the workspace has {data_key.key_id}")
+    verify_manifest(record, data_key)
     _check_ttl(url_ttl)
     moment = now or datetime.now(UTC)
     return {
         "version": PLAN_VERSION,
         "id": record.backup_id,
+        "workspaceUid": record.workspace_uid,
         "object": record.object_key,
         "url": store.presign_get(record.object_key, url_ttl),
         "expiresAt": _iso(moment + timedelta(seconds=url_ttl)),

@@ -12,6 +12,11 @@ class key wraps a few keys per workspace over its lifetime, far below the 2**32
 random-nonce budget of GCM. Blob: version byte 0x01 | nonce (12) | ciphertext+tag (48).
 
 Class-key rotation re-wraps the data keys only; backup objects never change.
+
+Backup manifests are authenticated with a subkey of the data key (`manifest_mac_key`),
+not of the class key: the data key does not change when the class key is rotated, so
+manifests written before a rotation keep verifying after the old class key is gone, and
+a bucket writer, who holds neither key, cannot forge one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -34,6 +41,7 @@ WRAP_VERSION = 1
 WRAPPED_SIZE = 1 + NONCE_SIZE + KEY_SIZE + 16
 _AAD_PREFIX = b"agentspaces data-key wrap v1\x00"
 _FINGERPRINT_LABEL = b"agentspaces key fingerprint v1"
+_MANIFEST_MAC_INFO = b"agentspaces backup manifest mac v1"
 
 # Keys of the per-workspace key Secret's `data` (values base64, as Kubernetes wants).
 SECRET_WRAPPED_KEY = "wrappedKey"
@@ -119,6 +127,16 @@ def key_fingerprint(key: bytes) -> str:
     """16 hex digits of HMAC-SHA256(key, label): identifies a key, reveals nothing of it."""
     _check_key(key, "a key")
     return hmac.new(bytes(key), _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]
+
+
+def manifest_mac_key(data_key: DataKey) -> bytes:
+    """The HMAC key for a workspace's backup manifests: HKDF-SHA256 of the data key with
+    a purpose label, so the MAC never uses the encryption key itself. The data-key id
+    is in the info too: a key Secret copied under another id derives another MAC key."""
+    _check_key(data_key.material, "a data key")
+    info = _MANIFEST_MAC_INFO + b"\x00" + data_key.key_id.encode()
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None,
+                info=info).derive(bytes(data_key.material))
 
 
 def parse_class_key(value: bytes | str) -> bytes:
