@@ -69,8 +69,8 @@ class Runtime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._agents: dict[str, tuple[str, Any]] = {}
         # (project, class) -> (digest of its desired firewall, the firewall's id or
-        # None): what the class's firewall was last checked against.
-        self.firewall_checks: dict[str, tuple[str, int | None]] = {}
+        # None, when it was checked): what the class's firewall was last checked against.
+        self.firewall_checks: dict[str, tuple[str, int | None, datetime]] = {}
         self._closing: list[Any] = []
         self.agent_slots = asyncio.Semaphore(settings.agent_concurrency)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from agentspaces.api import conditions as C
 from agentspaces.api.types import WorkspaceClass
@@ -32,8 +33,10 @@ from agentspaces.clouds.hetzner import (
     canonical_cidr,
     class_label,
 )
+from agentspaces.kube import KubeError
 from agentspaces.reconcile.scope import Outcome, Scope
 from agentspaces.reconcile.server_step import cloud_failure, provider
+from agentspaces.runtime import utcnow
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
 RETRY = 30.0
@@ -114,7 +117,7 @@ async def ensure(scope: Scope) -> Outcome | None:
     seen = checks.get(key)
     servers = provider(scope)
     try:
-        if seen is not None and seen[0] == digest and not await _drifted(scope, seen[1]):
+        if seen is not None and seen[0] == digest and not await _drifted(scope, *seen[1:]):
             _report(scope, klass, rules)  # checked before, maybe for another workspace
             return None
         managed = await servers.list_firewalls(MANAGED)  # the one call per check
@@ -133,20 +136,23 @@ async def ensure(scope: Scope) -> Outcome | None:
     if firewall_id == FAILED:
         return (Outcome.after(RETRY, "firewall not ready")
                 if scope.status.get("server", "id") is None else None)
-    checks[key] = digest, firewall_id
+    checks[key] = digest, firewall_id, utcnow()
     _report(scope, klass, rules)
     return None
 
 
-async def _drifted(scope: Scope, firewall_id: int | None) -> bool:
-    """Does the server inventory (listed anyway for drift checks, so no extra call)
-    show this workspace's server without the class firewall, e.g. it was deleted?"""
+async def _drifted(scope: Scope, firewall_id: int | None, checked: datetime) -> bool:
+    """Does a server inventory newer than the last check (listed anyway for drift
+    checks, so no extra call) show this workspace's server without the class firewall,
+    e.g. because it was deleted? Each inventory triggers at most one check."""
     assert scope.creds is not None
     server_id = scope.status.get("server", "id")
     if firewall_id is None or server_id is None:
         return False
-    _, listed = await scope.runtime.inventory(
+    fetched, listed = await scope.runtime.inventory(
         scope.creds.hetzner_token, scope.creds.klass.hetzner_endpoint).snapshot()
+    if fetched is None or fetched <= checked:
+        return False
     server = listed.get(int(server_id))
     # A server from before class labels existed is not selected; its next start is.
     return (server is not None and LABEL_CLASS in server.labels
@@ -234,7 +240,10 @@ async def _sweep_orphans(scope: Scope, servers: ServerProvider,
         label = firewall.labels[LABEL_CLASS]
         if label in in_use:
             continue
-        body = await scope.runtime.kube.get_workspace_class(label)
+        try:
+            body = await scope.runtime.kube.get_workspace_class(label)
+        except KubeError:
+            continue  # unknown for now: kept until a later check
         if body is not None and ((body.get("spec") or {}).get("agent") or {}).get(
                 "sourceRanges"):
             continue  # that class still wants it
