@@ -117,8 +117,8 @@ def repo_dir_name(url: str) -> str:
 def chown_tree(root: Path, uid: int, gid: int) -> None:
     """Give a tree to `uid`: each name itself, links included, and never what a link
     points to (os.fwalk enters no linked directory, not even a linked `root`)."""
-    for _dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
-        if _dirpath == str(root):
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+        if dirpath == str(root):
             os.fchown(dirfd, uid, gid)
         for name in (*dirnames, *filenames):
             os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
