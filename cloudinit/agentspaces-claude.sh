@@ -4,6 +4,12 @@
 # every session runs in the container with the repository's tools and the API key mount.
 set -euo pipefail
 
+# CloudCLI runs unprivileged; Docker is root's. The sudo rule in
+# /etc/sudoers.d/agentspaces-claude allows exactly this script, with no environment.
+if [[ $EUID -ne 0 ]]; then
+  exec sudo --non-interactive -- /usr/local/bin/agentspaces-claude "$@"
+fi
+
 label() {
   docker inspect --format "{{ index .Config.Labels \"$2\" }}" "$1"
 }

@@ -10,6 +10,10 @@ STATE_DIR=/var/lib/agentspaces
 STATE_FILE=$STATE_DIR/bootstrap
 WORKSPACES=/workspaces
 KEYRINGS=/etc/apt/keyrings
+# CloudCLI and the shell it offers run as this user, with the devcontainer user's uid
+# (agent.json containerUser, default 1000) so its file browser can edit the workspace.
+UI_USER=cloudcli
+UI_UID=1000
 NODE_MAJOR=22
 # Major versions are pinned; patches come from the registry at boot.
 NPM_PACKAGES=("@devcontainers/cli@0" "@cloudcli-ai/cloudcli@1")
@@ -95,6 +99,13 @@ fi
 
 stage npm
 retry 3 npm install --global --no-fund --no-audit --loglevel=error "${NPM_PACKAGES[@]}"
+
+stage users
+if ! id -u "$UI_USER" >/dev/null 2>&1; then
+  getent group "$UI_UID" >/dev/null || groupadd --gid "$UI_UID" "$UI_USER"
+  useradd --uid "$UI_UID" --gid "$UI_UID" --non-unique --no-create-home \
+    --home-dir /var/lib/cloudcli --shell /bin/bash --comment "agentspaces CloudCLI" "$UI_USER"
+fi
 
 stage services
 # The package's own unit would serve its default Caddyfile on port 80; ours starts

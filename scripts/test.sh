@@ -6,15 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cloud-init >/dev/null 2>&1; then
-  echo "[test] installing cloud-init (for cloud-init schema)" >&2
+# cloud-init (schema), sudo (visudo, cvtsudoers) and systemd (systemd-analyze) check
+# the rendered user-data with the real tools.
+if ! command -v cloud-init >/dev/null 2>&1 || ! command -v cvtsudoers >/dev/null 2>&1 ||
+  ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "[test] installing cloud-init, sudo and systemd (to check the user-data)" >&2
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-    cloud-init >&2 || {
+    cloud-init sudo systemd >&2 || {
     $SUDO apt-get update >&2
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      cloud-init >&2
+      cloud-init sudo systemd >&2
   }
 fi
 assets=$(bash scripts/bootstrap.sh | tail -n 1)

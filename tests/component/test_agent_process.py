@@ -163,7 +163,8 @@ def test_status_document_has_the_documented_shape(agent: AgentProcess) -> None:
     assert doc["version"] == "0.1.0"
     assert doc["simulated"] is True
     assert doc["bootStage"] == "waiting-for-start"
-    assert doc["devcontainer"] == {"state": "absent", "message": ""}
+    assert doc["devcontainer"] == {"state": "absent", "message": "", "policy": None,
+                                   "removed": []}
     assert doc["ports"] == []
     assert doc["secrets"] == {"version": None}
     assert doc["restore"] == {"state": "none", "error": None, "reason": None}
@@ -466,7 +467,8 @@ def test_real_start_clones_with_the_token_and_runs_devcontainer_up(tmp_path: Pat
             doc = wait_for(lambda: (d := c.get("/v1/status").json())["bootStage"] in (
                 "ready", "failed") and d, 30, "the start sequence to end")
         assert doc["bootStage"] == "ready", doc["bootMessage"]
-        assert doc["devcontainer"] == {"state": "running", "message": ""}
+        assert doc["devcontainer"] == {"state": "running", "message": "",
+                                       "policy": "generated", "removed": []}
         repo = spec.workspaces / "demo"
         assert (repo / "README.md").read_text() == "hello\n"
         assert REPO_TOKEN not in (repo / ".git" / "config").read_text()

@@ -23,7 +23,7 @@ def test_status_document_shape() -> None:
         "simulated": False,
         "bootStage": "failed",
         "bootMessage": "restore failed",
-        "devcontainer": {"state": "absent", "message": ""},
+        "devcontainer": {"state": "absent", "message": "", "policy": None, "removed": []},
         "ports": [3000, 8080],
         "activity": ACTIVITY,
         "secrets": {"version": "v3"},
@@ -38,7 +38,8 @@ def test_fresh_agent_status() -> None:
     doc = build_status(version="0.1.0", simulated=True, boot=BootState(), ports=(),
                        activity=None, secrets_version=None, backup={})
     assert doc["bootStage"] == "waiting-for-start"
-    assert doc["devcontainer"] == {"state": "absent", "message": ""}
+    assert doc["devcontainer"] == {"state": "absent", "message": "", "policy": None,
+                                   "removed": []}
     assert doc["restore"] == {"state": "none", "error": None, "reason": None}
     assert doc["backup"] == {"state": "idle", "id": None}
     assert doc["activity"] is None and doc["secrets"] == {"version": None}

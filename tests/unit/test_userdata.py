@@ -348,7 +348,8 @@ def test_small_files_stay_readable_and_large_ones_are_gzipped() -> None:
 def test_templates_fill_strictly() -> None:
     with pytest.raises(templates.TemplateError, match=r"missing values \['ui_port'\]"):
         templates.fill_text("agentspaces-cloudcli.service",
-                            {"claude_config_dir": "x", "workspaces": "y", "install_dir": "z"})
+                            {"claude_config_dir": "x", "workspaces": "y", "install_dir": "z",
+                             "ui_user": "u"})
     with pytest.raises(templates.TemplateError, match=r"unused values \['extra'\]"):
         templates.fill_text("caddy-bootstrap.json", {"caddy_admin": "x", "extra": 1})
     with pytest.raises(templates.TemplateError, match="not found"):

@@ -15,7 +15,8 @@ After a failure another POST /v1/start retries the steps that did not complete, 
 a failed restore, which is final (the operator replaces the VM).
 
 In `simulate` mode clone, Docker and devcontainer are skipped and the devcontainer is
-reported as `simulated`; restore still runs.
+reported as `simulated`; restore still runs, and so does the vetting of a repository
+devcontainer.json found in the (restored) tree, so its outcome is reported as on a VM.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 
 from agentspaces_vm import devcontainer, safefs
 from agentspaces_vm.config import AgentConfig
+from agentspaces_vm.devcontainer_policy import DevcontainerRefused
 from agentspaces_vm.redact import redact
 from agentspaces_vm.secrets import SecretStore
 from agentspaces_vm.templates import TemplateNotFound, load_template
@@ -90,6 +92,9 @@ class BootState:
     repo_dir: str | None = None
     container_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    # How far the devcontainer config was trusted and what the policy removed from it.
+    devcontainer_policy: str | None = None
+    devcontainer_removed: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> BootState:
@@ -238,8 +243,9 @@ class Bootstrap:
         self._update(stage=STARTING, message="")
         self._configure_claude(repo)
         if cfg.simulate:
-            self._update(stage=READY, devcontainer_state="simulated",
-                         devcontainer_message="simulate mode: no Docker, no devcontainer")
+            if self._prepare_devcontainer(repo) is not None:
+                self._update(stage=READY, devcontainer_state="simulated",
+                             devcontainer_message="simulate mode: no Docker, no devcontainer")
             return
         if self._wait_for_vm():
             self._devcontainer_up(repo)
@@ -343,10 +349,10 @@ class Bootstrap:
             env["GIT_ASKPASS"] = str(self._store.askpass)
         return env
 
-    def _devcontainer_up(self, repo: Path) -> None:
+    def _prepare_devcontainer(self, repo: Path) -> devcontainer.ConfigChoice | None:
+        """Choose, vet and write the config `devcontainer up` gets; None when refused."""
         cfg = self._config
         repo_cfg = cfg.repository
-        self._update(stage=STARTING, devcontainer_state="starting", devcontainer_message="")
         try:
             default_text: str | None = load_template("devcontainer.json")
         except TemplateNotFound:
@@ -357,12 +363,30 @@ class Bootstrap:
                 repo=repo, devcontainer_path=repo_cfg.devcontainer_path if repo_cfg else None,
                 image=repo_cfg.devcontainer_image if repo_cfg else None,
                 default_text=default_text, work_dir=cfg.paths.state / "devcontainer",
-                secrets_dir=self._store.claude_dir, claude_dir=claude_dir)
+                secrets_dir=self._store.claude_dir, claude_dir=claude_dir,
+                trust_repository=repo_cfg.trust_devcontainer if repo_cfg else False)
+        except DevcontainerRefused as exc:
+            self._update(devcontainer_policy=devcontainer.RESTRICTED, devcontainer_removed=[])
+            self._fail_devcontainer(str(exc), state="refused")
+            return None
         except (OSError, ValueError) as exc:
             self._fail_devcontainer(f"devcontainer config: {exc}")
-            return
+            return None
         choice.write_path.parent.mkdir(parents=True, exist_ok=True)
         choice.write_path.write_text(json.dumps(choice.document, indent=2), encoding="utf-8")
+        if choice.removed:
+            log.warning("removed from the repository's devcontainer.json (the class does not "
+                        "trust it): %s", ", ".join(choice.removed))
+        self._update(devcontainer_policy=choice.policy,
+                     devcontainer_removed=list(choice.removed))
+        return choice
+
+    def _devcontainer_up(self, repo: Path) -> None:
+        cfg = self._config
+        self._update(stage=STARTING, devcontainer_state="starting", devcontainer_message="")
+        choice = self._prepare_devcontainer(repo)
+        if choice is None:
+            return
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "DOCKER_HOST")}
         argv = devcontainer.up_argv(cfg.tools.devcontainer, repo, choice.args)
         result = self._runner(argv, env, repo, UP_TIMEOUT)
@@ -375,10 +399,10 @@ class Bootstrap:
         self._update(stage=READY, devcontainer_state="running", container_id=outcome.container_id,
                      devcontainer_message="", message="; ".join(notes), notes=notes)
 
-    def _fail_devcontainer(self, message: str) -> None:
+    def _fail_devcontainer(self, message: str, state: str = "failed") -> None:
         text = redact(message, 800)
         log.error("%s", text)
-        self._update(stage=FAILED, devcontainer_state="failed", devcontainer_message=text,
+        self._update(stage=FAILED, devcontainer_state=state, devcontainer_message=text,
                      message=text)
 
 

@@ -70,6 +70,9 @@ class Repository:
     ref: str | None
     devcontainer_path: str | None
     devcontainer_image: str | None
+    # The class lets the repository's devcontainer.json run unvetted (host commands,
+    # privileges); off, devcontainer_policy decides what of it runs.
+    trust_devcontainer: bool = False
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,7 @@ def _repository(reader: _Reader | None) -> Repository | None:
         ref=ref,
         devcontainer_path=reader.text("devcontainerPath", required=False),
         devcontainer_image=reader.text("devcontainerImage", required=False),
+        trust_devcontainer=reader.flag("trustDevcontainer", False),
     )
 
 

@@ -12,7 +12,9 @@ What the agent adds to every devcontainer:
 The CLI's `--mount` flag cannot say `readonly`, so mounts and runArgs go into the
 config: a generated config is written whole; a repository's own config is merged into
 an override file passed with `--override-config`, while `--config` keeps naming the
-original so its relative paths (Dockerfile, compose files) resolve as before.
+original so its relative paths (Dockerfile, compose files) resolve as before. The CLI
+reads only the override's content, so a key removed from it is gone: unless the class
+trusts the repository, the override holds only what devcontainer_policy allows.
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentspaces_vm.devcontainer_policy import vet
+
 CLAUDE_FEATURE = "ghcr.io/anthropics/devcontainer-features/claude-code:1"
 CLAUDE_CONFIG_DIR = "/workspaces/.claude"
 SECRETS_TARGET = "/run/agentspaces"
+# Where the config came from and how far it was trusted (reported in the status).
+GENERATED, RESTRICTED, TRUSTED = "generated", "restricted", "trusted"
 # Used only when the default template is missing from the bundle.
 FALLBACK_CONFIG: dict[str, Any] = {
     "name": "agentspaces workspace",
@@ -143,20 +149,27 @@ def augment(config: dict[str, Any], *, secrets_dir: Path,
 
 @dataclass(frozen=True)
 class ConfigChoice:
-    """How to point the CLI at the config: the argv part and the file to write."""
+    """How to point the CLI at the config: the argv part and the file to write.
+
+    `policy` is GENERATED, RESTRICTED or TRUSTED; `removed` lists what the policy took
+    out of the repository's config (key paths only).
+    """
     args: tuple[str, ...]
     write_path: Path
     document: dict[str, Any]
     notes: tuple[str, ...]
+    policy: str = GENERATED
+    removed: tuple[str, ...] = ()
 
 
 def choose_config(*, repo: Path, devcontainer_path: str | None, image: str | None,
                   default_text: str | None, work_dir: Path, secrets_dir: Path,
-                  claude_dir: Path) -> ConfigChoice:
+                  claude_dir: Path, trust_repository: bool = False) -> ConfigChoice:
     """Decide between the repository's config (as an override) and a generated one.
 
     Order: the configured image, an explicit devcontainerPath, the repository's own
-    config, the default template.
+    config, the default template. The repository's config is vetted unless
+    `trust_repository`; one it cannot run raises DevcontainerRefused.
     """
     default = jsonc_loads(default_text) if default_text is not None else dict(FALLBACK_CONFIG)
     if not isinstance(default, dict):
@@ -166,10 +179,15 @@ def choose_config(*, repo: Path, devcontainer_path: str | None, image: str | Non
         base = jsonc_loads(repo_config.read_text(encoding="utf-8"))
         if not isinstance(base, dict):
             raise ValueError(f"{repo_config.name} must contain a JSON object")
+        removed: tuple[str, ...] = ()
+        if not trust_repository:
+            vetted = vet(base, repo=repo, config_dir=repo_config.parent)
+            base, removed = vetted.config, vetted.removed
         doc, notes = augment(base, secrets_dir=secrets_dir, claude_dir=claude_dir)
         override = work_dir / "override.json"
         return ConfigChoice(("--config", str(repo_config), "--override-config", str(override)),
-                            override, doc, tuple(notes))
+                            override, doc, tuple(notes),
+                            TRUSTED if trust_repository else RESTRICTED, removed)
     base = {"name": default.get("name", FALLBACK_CONFIG["name"]), "image": image} if image \
         else default
     doc, notes = augment(base, secrets_dir=secrets_dir, claude_dir=claude_dir)

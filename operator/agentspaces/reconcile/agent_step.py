@@ -127,6 +127,13 @@ def _observe(scope: Scope, doc: dict[str, Any]) -> Outcome | None:
     if restore.get("state") == "succeeded" and status.reason(C.BACKUP_RESTORED) != C.RESTORED:
         status.condition(C.BACKUP_RESTORED, True, C.RESTORED,
                          f"restored {status.get('restore', 'object') or 'the last backup'}")
+    devcontainer = doc.get("devcontainer") or {}
+    _devcontainer_trust(scope, devcontainer)
+    if stage == "failed" and devcontainer.get("state") == "refused":
+        status.condition(C.AGENT_READY, False, C.DEVCONTAINER_REFUSED,
+                         devcontainer.get("message") or "the repository's devcontainer.json "
+                         "needs a class that trusts the repository")
+        return Outcome.after(PERMANENT_WAIT, "devcontainer refused")
     if stage == "failed":
         if restore.get("state") == "failed":
             reason = restore.get("reason") or C.RESTORE_FAILED
@@ -146,6 +153,28 @@ def _observe(scope: Scope, doc: dict[str, Any]) -> Outcome | None:
                      else "agent ready, devcontainer running")
     _record_activity(scope, doc.get("activity") or {})
     return None
+
+
+def _devcontainer_trust(scope: Scope, devcontainer: dict[str, Any]) -> None:
+    """DevcontainerRestricted from what the agent vetted (nothing until it has)."""
+    policy = devcontainer.get("policy")
+    removed = [str(k) for k in devcontainer.get("removed") or []]
+    if policy == "restricted" and removed:
+        shown = ", ".join(removed[:20]) + (f" and {len(removed) - 20} more"
+                                           if len(removed) > 20 else "")
+        scope.status.condition(C.DEVCONTAINER_RESTRICTED, True, C.KEYS_REMOVED,
+                               "removed from the repository's devcontainer.json (the class "
+                               f"does not trust the repository): {shown}")
+    elif policy == "restricted":
+        scope.status.condition(C.DEVCONTAINER_RESTRICTED, False, C.NOTHING_REMOVED,
+                               "the repository's devcontainer.json asks for nothing outside "
+                               "the container")
+    elif policy == "trusted":
+        scope.status.condition(C.DEVCONTAINER_RESTRICTED, False, C.REPOSITORY_TRUSTED,
+                               "the class trusts the repository's devcontainer.json")
+    elif policy == "generated":
+        scope.status.condition(C.DEVCONTAINER_RESTRICTED, False, C.NOT_FROM_REPOSITORY,
+                               "the devcontainer config is generated, not the repository's")
 
 
 def _record_activity(scope: Scope, activity: dict[str, Any]) -> None:

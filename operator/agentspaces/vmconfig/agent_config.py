@@ -45,6 +45,7 @@ def render_agent_config(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceC
             "ref": spec.repository_ref,
             "devcontainerPath": spec.devcontainer_path,
             "devcontainerImage": spec.devcontainer_image,
+            "trustDevcontainer": klass.trust_repository_devcontainer,
         },
         "simulate": simulate,
     }

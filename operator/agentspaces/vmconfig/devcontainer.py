@@ -12,6 +12,10 @@ this order:
 
 Claude Code is never part of those files: the agent passes `CLAUDE_CODE_FEATURE` with
 `devcontainer up --additional-features`, so a repository's config stays untouched.
+
+A repository's config (2, 3) is vetted on the VM (agentspaces_vm.devcontainer_policy):
+only keys that act inside the container run, docker compose is refused, unless the
+class sets `devcontainer.trustRepository` (agent.json `repository.trustDevcontainer`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 # Names the scripts in cloudinit/ also use; the VM paths below are fixed by them.
 SLICE = "agentspaces.slice"
+UI_USER = "cloudcli"  # CloudCLI's unprivileged user (bootstrap.sh creates it)
+SUDOERS_FILE = "/etc/sudoers.d/agentspaces-claude"
 HOOK_PATH = "/hooks"
 CONTAINER_SECRETS_DIR = "/run/agentspaces"
 API_KEY_FILE = f"{CONTAINER_SECRETS_DIR}/anthropic-api-key"

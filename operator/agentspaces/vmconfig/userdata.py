@@ -33,7 +33,7 @@ from agentspaces.vmconfig.claude import (
     render_claude_settings,
     render_mcp_json,
 )
-from agentspaces.vmconfig.layout import SLICE, VM_LAYOUT, VmLayout
+from agentspaces.vmconfig.layout import SLICE, SUDOERS_FILE, UI_USER, VM_LAYOUT, VmLayout
 
 USER_DATA_LIMIT = 32 * 1024  # Hetzner: "This field is limited to 32KiB."
 # Larger files go in gzipped (the repository's cloudinit/ has them readable): without
@@ -94,7 +94,8 @@ def _units(layout: VmLayout) -> list[dict[str, Any]]:
         "agentspaces-caddy.service": {"caddy_bootstrap": layout.caddy_bootstrap},
         "agentspaces-cloudcli.service": {
             "ui_port": layout.ui_port, "claude_config_dir": layout.claude_config_dir,
-            "workspaces": layout.workspaces_dir, "install_dir": layout.install_dir},
+            "workspaces": layout.workspaces_dir, "install_dir": layout.install_dir,
+            "ui_user": UI_USER},
         "agentspaces-firewall.service": {
             "slice": SLICE, "install_dir": layout.install_dir,
             "guarded_ports": " ".join(str(p) for p in layout.guarded_ports)},
@@ -112,6 +113,9 @@ def _scripts(layout: VmLayout) -> list[dict[str, Any]]:
                for name in ("bootstrap.sh", "cloudcli-register.sh", "firewall.sh")]
     scripts.append(_file("/usr/local/bin/agentspaces-claude",
                          templates.read_template("agentspaces-claude.sh"), "0755"))
+    # Its one way to root (Docker), for CloudCLI's unprivileged user.
+    scripts.append(_file(SUDOERS_FILE, templates.fill_text("sudoers-agentspaces-claude",
+                                                           {"ui_user": UI_USER}), "0440"))
     scripts.append(_file(layout.agent_loader, templates.read_template("agent_loader.py")))
     return scripts
 
