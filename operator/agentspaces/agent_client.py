@@ -163,12 +163,12 @@ class AgentClient:
         return doc
 
     async def put_secrets(self, *, version: str, basic_auth_username: str,
-                          basic_auth_bcrypt_hash: str, anthropic_api_key: str | None = None,
+                          basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
                           repository_token: str | None = None) -> dict[str, Any]:
         """Deliver the workspace's secrets (a full replacement); returns {"version", ...}."""
         body: dict[str, Any] = {
             "version": version,
-            "basicAuth": {"username": basic_auth_username, "bcryptHash": basic_auth_bcrypt_hash},
+            "basicAuth": {"username": basic_auth_username, "scryptHash": basic_auth_scrypt_hash},
         }
         if anthropic_api_key is not None:
             body["anthropicApiKey"] = anthropic_api_key

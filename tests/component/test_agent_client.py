@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 
 from agentspaces.agent_client import (
@@ -25,12 +24,13 @@ from agentspaces.agent_client import (
 from agentspaces.pki import generate
 from agentspaces_vm.agent import Agent
 from agentspaces_vm.config import parse_config
+from agentspaces_vm.password_hash import hash_password
 from agentspaces_vm.server import build_servers
 from agentspaces_vm.templates import load_template
 from tests.component.agent_harness import HOST, make_agent
 
 pytestmark = pytest.mark.timeout(60)
-HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+HASH = hash_password("pw", log_n=10)
 
 
 class RestoreBroken(Exception):
@@ -106,7 +106,7 @@ async def test_round_trip_of_every_call(served: Served) -> None:
     async with served.client() as c:
         assert (await c.status())["bootStage"] == "waiting-for-start"
         applied = await c.put_secrets(version="7", basic_auth_username="dev",
-                                      basic_auth_bcrypt_hash=HASH, anthropic_api_key="sk-1")
+                                      basic_auth_scrypt_hash=HASH, anthropic_api_key="sk-1")
         assert applied["version"] == "7"
         assert (await c.put_config([8080, 3000]))["publicPorts"] == [3000, 8080]
         plan = {"object": "backups/demo/0.agsp", "getUrl": "https://r2.example.test/x?sig=1"}

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import agentspaces_cloudinit
-import bcrypt
 import httpx
 import pytest
 
 import agentspaces_vm
 from agentspaces.agent_client import pinned_context
+from agentspaces_vm.password_hash import hash_password
 from tests.component.agent_harness import (
     HOST,
     AgentProcess,
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.timeout(120)
 API_KEY = "sk-ant-test-7d1f0c2b9a8e4f6d"
 REPO_TOKEN = "ghp_testtoken_5b3e9a1c7d2f"
 PASSWORD = b"correct horse battery staple"
-BCRYPT_HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4)).decode()
+PASSWORD_HASH = hash_password(PASSWORD.decode(), log_n=10)
 
 
 class FakeCaddyAdmin:
@@ -113,7 +113,7 @@ def authed(agent: AgentProcess, source: str | None = None) -> httpx.Client:
 
 def deliver_secrets(agent: AgentProcess, **extra: Any) -> httpx.Response:
     body = {"version": "v1", "anthropicApiKey": API_KEY, "repositoryToken": REPO_TOKEN,
-            "basicAuth": {"username": "dev", "bcryptHash": BCRYPT_HASH}, **extra}
+            "basicAuth": {"username": "dev", "scryptHash": PASSWORD_HASH}, **extra}
     with authed(agent) as c:
         return c.put("/v1/secrets", json=body)
 
@@ -195,17 +195,16 @@ def test_secrets_are_written_privately_and_caddy_gets_the_hash(
     assert _mode(secrets / "git-askpass") == 0o700
     assert REPO_TOKEN not in (secrets / "git-askpass").read_text()
 
-    ui_route = caddy_admin.routes()[0]
-    auth = ui_route["handle"][0]
-    assert auth["handler"] == "authentication"
-    account = auth["providers"]["http_basic"]["accounts"][0]
-    assert account == {"username": "dev", "password": BCRYPT_HASH}
+    [ui_handler] = caddy_admin.routes()[0]["handle"]
+    ask_agent = ui_handler["routes"][1]["handle"][0]  # forward-auth: the agent checks
+    assert ask_agent["rewrite"] == {"method": "GET", "uri": "/web/auth"}
+    assert PASSWORD_HASH not in (agent.state / "caddy.json").read_text()
     assert _mode(agent.state / "caddy.json") == 0o600
 
     # A new delivery replaces the old one: no API key now means none on disk.
     with authed(agent) as c:
         resp = c.put("/v1/secrets", json={
-            "version": "v2", "basicAuth": {"username": "dev", "bcryptHash": BCRYPT_HASH}})
+            "version": "v2", "basicAuth": {"username": "dev", "scryptHash": PASSWORD_HASH}})
         assert resp.status_code == 200
         assert not key_file.exists() and not token_file.exists()
         assert c.get("/v1/status").json()["secrets"] == {"version": "v2"}
@@ -218,7 +217,7 @@ def test_bad_bodies_get_json_errors_and_the_agent_survives(agent: AgentProcess) 
             c.put("/v1/secrets", content=b"\xff\xfe", headers={"Content-Type": "x"}),
             c.put("/v1/secrets", json=[1, 2, 3]),
             c.put("/v1/secrets", json={"version": "v1", "basicAuth": {
-                "username": "dev", "bcryptHash": "plaintext-password"}}),
+                "username": "dev", "scryptHash": "plaintext-password"}}),
             c.put("/v1/config", json={"publicPorts": [0, 70000]}),
             c.put("/v1/config", json={"ports": [80]}),
             c.post("/v1/start", json={"restore": "yes"}),
@@ -331,7 +330,7 @@ def test_secrets_never_reach_the_logs(agent: AgentProcess,
         c.get("/v1/status")
     with authed(agent) as c:
         c.put("/v1/secrets", json={"version": "v3", "anthropicApiKey": "has space",
-                                   "basicAuth": {"username": "dev", "bcryptHash": BCRYPT_HASH}})
+                                   "basicAuth": {"username": "dev", "scryptHash": PASSWORD_HASH}})
         c.post("/v1/start", json={"restore": None})
         wait_for(lambda: c.get("/v1/status").json()["bootStage"] == "ready", 20, "ready")
     hook_token = (agent.state / "hook-token").read_text().strip()
@@ -339,7 +338,7 @@ def test_secrets_never_reach_the_logs(agent: AgentProcess,
                headers={"Authorization": f"Bearer {hook_token}"})
     logs = agent.logs()
     assert "PUT /v1/secrets 200" in logs  # the log does record the call itself
-    for secret in (API_KEY, REPO_TOKEN, BCRYPT_HASH, agent.creds.token, hook_token,
+    for secret in (API_KEY, REPO_TOKEN, PASSWORD_HASH, agent.creds.token, hook_token,
                    "wrong-token-value", PASSWORD.decode()):
         assert secret not in logs
 

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import bcrypt
 import httpx
 import pytest
 
 from agentspaces.agent_client import pinned_context
-from agentspaces_vm.caddy import BasicAuth, CaddyInputs, render_config
+from agentspaces_vm.caddy import AgentAuth, CaddyInputs, render_config
+from agentspaces_vm.password_hash import hash_password
 from agentspaces_vm.templates import load_template
 from tests.component.agent_harness import (
     CADDY,
@@ -30,7 +30,7 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.timeout(180)
 
 PASSWORD = "s3cret-pass"
-HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+HASH = hash_password(PASSWORD, log_n=10)
 
 
 @pytest.mark.parametrize("tls_mode", ["none", "internal", "acme"])
@@ -39,7 +39,7 @@ def test_generated_config_validates(tmp_path: Path, tls_mode: str) -> None:
         host=HOST, admin_listen="127.0.0.1:2999", bind="127.0.0.1", tls_mode=tls_mode,
         http_port=8080, https_port=8443, ui_port=3001, ask_endpoint="http://127.0.0.1:9180/ask",
         ports={3000: "127.0.0.1", 5173: "::1"}, public_ports=frozenset({8081}),
-        basic_auth=BasicAuth("dev", HASH))
+        agent_auth=AgentAuth("127.0.0.1:9180", "k"), reserved_ports=frozenset({22, 9180}))
     path = tmp_path / "caddy.json"
     path.write_text(json.dumps(render_config(load_template("caddy.json"), inputs)))
     env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "d"),
@@ -76,7 +76,7 @@ class Stack:
             resp = c.put(f"{self.agent.base_url}/v1/secrets",
                          headers={"Authorization": f"Bearer {self.agent.creds.token}"},
                          json={"version": "v1",
-                               "basicAuth": {"username": "dev", "bcryptHash": HASH}})
+                               "basicAuth": {"username": "dev", "scryptHash": HASH}})
         assert resp.status_code == 200 and resp.json()["caddyLoaded"] is True
 
 
@@ -105,7 +105,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         caddy.stop()
 
 
-def test_private_routes_wait_for_secrets_then_require_basic_auth(stack: Stack) -> None:
+def test_private_routes_wait_for_secrets_then_require_a_password(stack: Stack) -> None:
     before = stack.get(HOST)
     assert before.status_code == 503 and before.text == "workspace is starting\n"
     assert stack.get(HOST, auth=("dev", PASSWORD)).status_code == 503
@@ -132,11 +132,12 @@ def test_discovered_port_gets_a_private_route_and_loses_it(stack: Stack) -> None
     stack.deliver_secrets()
     with TinyServer(stack.agent.addr, 0, "devserver") as app:
         host = f"{app.port}.{HOST}"
-        wait_for(lambda: stack.get(host).status_code == 401, 15, "the port's route")
+        # status(): Caddy may drop a connection while it swaps in the new config.
+        wait_for(lambda: stack.status(host) == 401, 15, "the port's route")
         resp = stack.get(host, auth=("dev", PASSWORD))
         assert resp.status_code == 200 and resp.json()["server"] == "devserver"
         assert resp.json()["host"] == host
-    wait_for(lambda: stack.get(host, auth=("dev", PASSWORD)).status_code == 404, 15,
+    wait_for(lambda: stack.status(host, auth=("dev", PASSWORD)) == 404, 15,
              "the route to go when the port closes")
 
 

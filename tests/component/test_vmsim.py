@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import hcloud
 import httpx
 import pytest
@@ -37,13 +36,14 @@ from agentspaces.sandbox.vmsim_layout import (
 )
 from agentspaces.vmconfig.agent_bundle import load_agent_bundle
 from agentspaces.vmconfig.userdata import read_write_files, render_user_data
+from agentspaces_vm.password_hash import hash_password
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
 TOKEN = "vmsim-test-token"
 PASSWORD = "s3cret-pass"
-HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+HASH = hash_password(PASSWORD, log_n=10)
 AUTH = ("dev", PASSWORD)
 
 
@@ -275,7 +275,7 @@ async def play_operator(ws: Workspace, info: VmInfo, secret_file: str) -> None:
         assert real["simulated"] is True and real["bootStage"] == "waiting-for-start"
 
         delivered = await agent.put_secrets(version="v1", basic_auth_username="dev",
-                                            basic_auth_bcrypt_hash=HASH)
+                                            basic_auth_scrypt_hash=HASH)
         assert delivered["version"] == "v1"
         assert (await agent.start(None))["bootStage"] in ("waiting-for-start", "cloning",
                                                           "starting-devcontainer", "ready")

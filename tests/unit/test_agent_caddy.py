@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 
 from agentspaces_vm.caddy import (
-    BasicAuth,
+    FRONT_KEY_HEADER,
+    SESSION_COOKIE_RE,
+    AgentAuth,
     CaddyAdminError,
     CaddyInputs,
     CaddySync,
@@ -21,7 +24,7 @@ from agentspaces_vm.caddy import (
 from agentspaces_vm.templates import load_template
 
 HOST = "demo-default-1a2b3c.example.com"
-HASH = "$2b$04$" + "a" * 53
+AGENT = "127.0.0.1:9180"
 TEMPLATE = load_template("caddy.json")
 
 
@@ -30,7 +33,8 @@ def inputs(**changes: Any) -> CaddyInputs:
         host=HOST, admin_listen="127.0.0.1:2019", bind="", tls_mode="acme", http_port=80,
         https_port=443, ui_port=3001, ask_endpoint="http://127.0.0.1:9180/ask",
         ports={3000: "127.0.0.1", 5173: "::1"}, public_ports=frozenset({8080}),
-        basic_auth=BasicAuth("dev", HASH))
+        agent_auth=AgentAuth(AGENT, "front-key"),
+        reserved_ports=frozenset({22, 80, 443, 2019, 3001, 9180, 9443}))
     base.update(changes)
     return CaddyInputs(**base)
 
@@ -44,6 +48,14 @@ def handlers(route: dict[str, Any]) -> list[str]:
     return [h["handler"] for h in route["handle"]]
 
 
+def private_routes(route: dict[str, Any]) -> list[dict[str, Any]]:
+    """The login form route and the forward-auth route of a private host."""
+    [sub] = route["handle"]
+    assert sub["handler"] == "subroute"
+    routes: list[dict[str, Any]] = sub["routes"]
+    return routes
+
+
 def test_routes_cover_ui_discovered_and_public_ports_then_refuse_the_rest() -> None:
     config = render_config(TEMPLATE, inputs())
     routes = routes_of(config)
@@ -51,15 +63,29 @@ def test_routes_cover_ui_discovered_and_public_ports_then_refuse_the_rest() -> N
                             "ws-unknown-host"]
     ui = routes["ws-ui"]
     assert ui["match"] == [{"host": [HOST]}]
-    assert handlers(ui) == ["authentication", "reverse_proxy"]
-    assert ui["handle"][1]["upstreams"] == [{"dial": "127.0.0.1:3001"}]
-    # The user's password is not forwarded to programs behind private routes.
-    assert ui["handle"][1]["headers"] == {"request": {"delete": ["Authorization"]}}
-    basic = ui["handle"][0]["providers"]["http_basic"]
-    assert basic["accounts"] == [{"username": "dev", "password": HASH}]
-    assert basic["hash"] == {"algorithm": "bcrypt"}
+    login, guarded = private_routes(ui)
+    assert login["match"] == [{"path": ["/.agentspaces/login"]}] and login["terminal"]
+    [to_agent] = login["handle"]
+    assert to_agent["upstreams"] == [{"dial": AGENT}]
+    assert to_agent["rewrite"] == {"uri": "/web/login?{http.request.uri.query}"}
+    assert to_agent["headers"]["request"]["set"][FRONT_KEY_HEADER] == ["front-key"]
+    ask, upstream = guarded["handle"]
+    assert ask["upstreams"] == [{"dial": AGENT}]
+    assert ask["rewrite"] == {"method": "GET", "uri": "/web/auth"}
+    assert ask["handle_response"][0]["match"] == {"status_code": [2]}
+    sent = ask["headers"]["request"]["set"]
+    assert sent["X-Forwarded-Uri"] == ["{http.request.uri}"]
+    assert sent["X-Agentspaces-Client"] == ["{http.request.remote.host}"]
+    assert sent[FRONT_KEY_HEADER] == ["front-key"]
+    assert "front-key" not in repr(inputs())
+    assert upstream["upstreams"] == [{"dial": "127.0.0.1:3001"}]
+    # The user's credentials are not forwarded to programs behind private routes.
+    assert upstream["headers"]["request"]["delete"] == ["Authorization"]
+    assert upstream["headers"]["request"]["replace"]["Cookie"][0]["search_regexp"] == \
+        SESSION_COOKIE_RE
     assert routes["ws-port-5173"]["match"] == [{"host": [f"5173.{HOST}"]}]
-    assert routes["ws-port-5173"]["handle"][1]["upstreams"] == [{"dial": "[::1]:5173"}]
+    assert private_routes(routes["ws-port-5173"])[1]["handle"][1]["upstreams"] == [
+        {"dial": "[::1]:5173"}]
     public = routes["ws-port-8080"]
     assert handlers(public) == ["reverse_proxy"]
     assert public["handle"][0]["upstreams"] == [{"dial": "127.0.0.1:8080"}]
@@ -69,7 +95,7 @@ def test_routes_cover_ui_discovered_and_public_ports_then_refuse_the_rest() -> N
 
 
 def test_without_the_hash_private_routes_answer_503_but_public_ones_work() -> None:
-    routes = routes_of(render_config(TEMPLATE, inputs(basic_auth=None)))
+    routes = routes_of(render_config(TEMPLATE, inputs(agent_auth=None)))
     for route_id in ("ws-ui", "ws-port-3000", "ws-port-5173"):
         [only] = routes[route_id]["handle"]
         assert only["handler"] == "static_response" and only["status_code"] == 503
@@ -122,8 +148,29 @@ def test_admin_listener_and_origins() -> None:
 def test_upstream_host_follows_a_sandbox_bind() -> None:
     routes = routes_of(render_config(TEMPLATE, inputs(upstream_host="127.0.0.9",
                                                       ports={})))
-    assert routes["ws-ui"]["handle"][1]["upstreams"] == [{"dial": "127.0.0.9:3001"}]
+    upstream = private_routes(routes["ws-ui"])[1]["handle"][1]
+    assert upstream["upstreams"] == [{"dial": "127.0.0.9:3001"}]
     assert routes["ws-port-8080"]["handle"][0]["upstreams"] == [{"dial": "127.0.0.9:8080"}]
+
+
+def test_reserved_ports_get_no_route_even_when_public_or_discovered() -> None:
+    routes = routes_of(render_config(TEMPLATE, inputs(
+        ports={3000: "127.0.0.1", 9180: "127.0.0.1"},
+        public_ports=frozenset({22, 80, 443, 2019, 3001, 9180, 9443, 8080}))))
+    assert list(routes) == ["ws-ui", "ws-port-3000", "ws-port-8080", "ws-unknown-host"]
+
+
+@pytest.mark.parametrize(("cookie", "left"), [
+    ("agentspaces-session=abc", ""),
+    ("a=1; agentspaces-session=abc; b=2", "a=1;; b=2"),
+    ("__Host-agentspaces-session=abc; b=2", "; b=2"),
+    ("a=1;agentspaces-session=x", "a=1;"),
+    ("agentspaces-session=x; __Host-agentspaces-session=y", ";"),
+    ("my-agentspaces-session=keep; xagentspaces-session=keep", None),
+])
+def test_the_session_cookie_is_cut_from_what_programs_see(cookie: str, left: str | None) -> None:
+    # Caddy uses Go's RE2 with ${1}; this pattern means the same in Python's re.
+    assert re.sub(SESSION_COOKIE_RE, r"\1", cookie) == (cookie if left is None else left)
 
 
 def test_rendering_is_pure_and_leaves_no_placeholders() -> None:

@@ -17,24 +17,26 @@ from agentspaces_vm.claude_settings import (
     merge_settings,
     write_settings,
 )
+from agentspaces_vm.password_hash import hash_password
 from agentspaces_vm.redact import redact
 from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
 
-HASH = "$2b$04$" + "N" * 53
+HASH = hash_password("unit-password", log_n=10)
+BCRYPT = "$2b$04$" + "N" * 53
 KEY = "sk-ant-unit-0123456789"
 TOKEN = "ghp_unit_abcdef"
 
 
 def body(**changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {"version": "v1", "anthropicApiKey": KEY, "repositoryToken": TOKEN,
-                           "basicAuth": {"username": "dev", "bcryptHash": HASH}}
+                           "basicAuth": {"username": "dev", "scryptHash": HASH}}
     doc.update(changes)
     return doc
 
 
 def test_a_valid_delivery() -> None:
     delivery = parse_delivery(body())
-    assert delivery.version == "v1" and delivery.basic_auth.bcrypt_hash == HASH
+    assert delivery.version == "v1" and delivery.basic_auth.scrypt_hash == HASH
     assert delivery.anthropic_api_key == KEY and delivery.repository_token == TOKEN
     assert KEY not in repr(delivery) and TOKEN not in repr(delivery)
     bare = parse_delivery(body(anthropicApiKey=None, repositoryToken=None))
@@ -46,9 +48,17 @@ def test_a_valid_delivery() -> None:
     (body(version=""), "version"),
     (body(version=7), "version"),
     (body(basicAuth=None), "basicAuth"),
-    (body(basicAuth={"username": "a:b", "bcryptHash": HASH}), "basicAuth.username"),
-    (body(basicAuth={"username": "dev", "bcryptHash": "hunter2-plaintext"}),
-     "basicAuth.bcryptHash"),
+    (body(basicAuth={"username": "a:b", "scryptHash": HASH}), "basicAuth.username"),
+    (body(basicAuth={"username": "dev", "scryptHash": "hunter2-plaintext"}),
+     "basicAuth.scryptHash"),
+    # A bcrypt hash is no longer usable: the VM checks passwords itself, with scrypt.
+    (body(basicAuth={"username": "dev", "bcryptHash": BCRYPT}), "basicAuth: expected exactly"),
+    (body(basicAuth={"username": "dev", "scryptHash": HASH, "extra": 1}), "basicAuth"),
+    # Costs a delivered hash could impose on every check are bounded.
+    (body(basicAuth={"username": "dev", "scryptHash": HASH.replace("ln=10", "ln=24")}),
+     "basicAuth.scryptHash"),
+    (body(basicAuth={"username": "dev", "scryptHash": HASH.replace("r=8", "r=99")}),
+     "basicAuth.scryptHash"),
     (body(anthropicApiKey="sk-ant with space"), "anthropicApiKey"),
     (body(repositoryToken="line\nbreak"), "repositoryToken"),
     (body(extra="x"), "unknown fields: extra"),
@@ -70,7 +80,7 @@ def test_store_writes_private_files_and_replaces_deliveries(tmp_path: Path) -> N
     store = SecretStore(tmp_path / "secrets")
     state = store.apply(parse_delivery(body()))
     assert state.version == "v1" and state.has_api_key and state.has_repository_token
-    assert state.basic_auth is not None and state.basic_auth.bcrypt_hash == HASH
+    assert state.basic_auth is not None and state.basic_auth.scrypt_hash == HASH
     assert _mode(store.root) == 0o700 and _mode(store.claude_dir) == 0o700
     for path in (store.api_key_file, store.repository_token_file, store.root / "version",
                  store.root / "basic-auth.json"):

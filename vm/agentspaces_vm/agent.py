@@ -25,6 +25,7 @@ from agentspaces_vm.auth import FailureLimiter, bearer_token, token_matches
 from agentspaces_vm.backup_job import BackupFn, BackupRunner
 from agentspaces_vm.bootstrap import Bootstrap, RestoreFn, Runner, run_command
 from agentspaces_vm.caddy import (
+    AgentAuth,
     CaddyAdmin,
     CaddyInputs,
     CaddySync,
@@ -35,6 +36,7 @@ from agentspaces_vm.config import AgentConfig, ConfigError, validate_ports
 from agentspaces_vm.ports import PortPoller
 from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
 from agentspaces_vm.status import build_status
+from agentspaces_vm.webauth import Account, Answer, WebAuth, WebRequest
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +113,10 @@ class Agent:
     def _load_public_ports(self) -> tuple[int, ...]:
         try:
             raw = json.loads(self._public_ports_file.read_text(encoding="utf-8"))
-            return validate_ports(raw, "public-ports.json")
+            ports = validate_ports(raw, "public-ports.json")
         except (OSError, ValueError):
             return self.config.public_ports
+        return self.config.routable_public_ports(ports, "public-ports.json")
 
     # -- authentication -----------------------------------------------------------
 
@@ -131,6 +134,32 @@ class Agent:
         self.limiter.record_failure(address)
         return 401, None
 
+    def _web_auth(self) -> WebAuth:
+        with self._lock:
+            web: WebAuth | None = getattr(self, "_web", None)
+            if web is None:
+                # Signs browser sessions; kept in the state dir so they survive restarts.
+                key = _read_or_create_token(self.config.paths.state / "web-session-key")
+                web = self._web = WebAuth(key.encode(), monotonic=self._monotonic)
+            return web
+
+    def web_front_key_matches(self, header: str | None) -> bool:
+        """Whether a /web/* call comes from Caddy (the container reaches the local
+        listener too, but cannot read Caddy's config)."""
+        return hmac.compare_digest((header or "").encode(),
+                                   self._web_auth().front_key.encode())
+
+    def _web_account(self) -> Account | None:
+        auth = self.store.load().basic_auth
+        return None if auth is None else Account(auth.username, auth.scrypt_hash)
+
+    def web_check(self, request: WebRequest) -> Answer:
+        """Caddy's forward-auth question for a private route (webauth.py)."""
+        return self._web_auth().check(request, self._web_account())
+
+    def web_login(self, request: WebRequest, body: bytes) -> Answer:
+        return self._web_auth().login(request, body, self._web_account())
+
     def hook_authorized(self, header: str | None) -> bool:
         token = bearer_token(header) or ""
         return hmac.compare_digest(token.encode(), self.hook_token.encode()) and bool(token)
@@ -147,7 +176,9 @@ class Agent:
             tls_mode=cfg.caddy.tls_mode, http_port=cfg.caddy.http_port,
             https_port=cfg.caddy.https_port, ui_port=cfg.caddy.ui_port,
             ask_endpoint=f"{cfg.local_url}/ask", ports=ports, public_ports=public,
-            basic_auth=self.store.load().basic_auth, upstream_host=self._upstream_host())
+            agent_auth=(AgentAuth(str(cfg.local_listen), self._web_auth().front_key)
+                        if self.store.load().basic_auth else None),
+            reserved_ports=cfg.internal_ports, upstream_host=self._upstream_host())
 
     def _upstream_host(self) -> str:
         bind = self.config.caddy.bind
@@ -194,14 +225,16 @@ class Agent:
         if not isinstance(body, dict) or set(body) != {"publicPorts"}:
             raise BadRequest("expected {\"publicPorts\": [ports]}")
         try:
-            ports = validate_ports(body["publicPorts"], "publicPorts")
+            asked = validate_ports(body["publicPorts"], "publicPorts")
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
+        ports = self.config.routable_public_ports(asked, "PUT /v1/config")
         with self._lock:
             self.public_ports = ports
             write_private_json(self._public_ports_file, list(ports))
         loaded = self.sync_caddy()
-        return {"publicPorts": list(ports), "caddyLoaded": loaded}
+        return {"publicPorts": list(ports), "ignoredPorts": sorted(set(asked) - set(ports)),
+                "caddyLoaded": loaded}
 
     def request_start(self, body: object) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict) or "restore" not in body:

@@ -6,13 +6,19 @@ values of the form "{{name}}" are the places this module fills. Routes:
 
 - the workspace host -> CloudCLI on 127.0.0.1:{uiPort} (the bind address instead when
   Caddy is bound to a loopback address: a sandbox "VM" lives on its own 127.0.0.N);
-- {port}.{host} -> that port, for every discovered port and every public port;
-- every route except public ports sits behind HTTP basic auth; before the hash has
-  been delivered those routes answer 503 "workspace is starting" (never unauthenticated);
+- {port}.{host} -> that port, for every discovered port and every public port; the
+  VM's own ports (`reserved_ports`) never get a route, whatever the inputs say;
+- every route except public ports asks the agent first (forward-auth to its local
+  listener, `/web/auth`, decided by webauth.py: Origin policy, browser session or basic
+  auth); any non-2xx answer goes back to the client and the request never reaches the
+  program. `/.agentspaces/login` on those hosts is the agent's login form. Caddy adds
+  the agent's front key to these calls, so the agent answers them only for Caddy (the
+  container can reach the local listener too). Before the password hash has been
+  delivered those routes answer 503 "workspace is starting" (never unauthenticated);
 - any other host gets 404.
 
-The user's basic-auth credentials are stripped before a request reaches a workspace
-program, so dev servers never see (or log) the password.
+The user's credentials (Authorization and the session cookie) are stripped before a
+request reaches a workspace program, so dev servers never see (or log) them.
 
 `CaddySync` writes the rendered config under the state directory (so Caddy can be
 (re)started from it) and POSTs it to `/load` whenever it changes, retrying until the
@@ -36,14 +42,34 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "workspace"
-REALM = "agentspaces"
+LOGIN_PATH = "/.agentspaces/login"  # webauth.LOGIN_PATH
+AUTH_URI = "/web/auth"
+LOGIN_URI = "/web/login"
+FRONT_KEY_HEADER = "X-Agentspaces-Front-Key"
+# Drops every copy of our session cookie (either name) from the Cookie header and keeps
+# the others (an empty `;;` may remain; cookie parsers skip it).
+SESSION_COOKIE_RE = r"(^|;)\s*(__Host-)?agentspaces-session=[^;]*"
 _OMIT = object()
 
 
 @dataclass(frozen=True)
 class BasicAuth:
+    """The delivered account; the agent checks passwords against it (webauth.py)."""
+
     username: str
-    bcrypt_hash: str
+    scrypt_hash: str  # password_hash.py format; the password itself never reaches the VM
+
+
+@dataclass(frozen=True)
+class AgentAuth:
+    """Where Caddy asks the agent (its local listener) and the key that proves it is
+    Caddy asking."""
+
+    dial: str
+    front_key: str
+
+    def __repr__(self) -> str:
+        return f"AgentAuth(dial={self.dial!r}, front_key=<redacted>)"
 
 
 @dataclass(frozen=True)
@@ -58,7 +84,9 @@ class CaddyInputs:
     ask_endpoint: str
     ports: Mapping[int, str] = field(default_factory=dict)  # discovered port -> dial host
     public_ports: frozenset[int] = frozenset()
-    basic_auth: BasicAuth | None = None
+    # Set once a password hash is delivered; until then private routes answer 503.
+    agent_auth: AgentAuth | None = None
+    reserved_ports: frozenset[int] = frozenset()
     # Where the VM's own programs (CloudCLI, a public port not yet discovered) listen.
     upstream_host: str = "127.0.0.1"
 
@@ -71,46 +99,77 @@ def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _proxy(dial: str, strip_auth: bool) -> dict[str, Any]:
+def _proxy(dial: str, strip_credentials: bool) -> dict[str, Any]:
     handler: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": dial}]}
-    if strip_auth:
-        handler["headers"] = {"request": {"delete": ["Authorization"]}}
+    if strip_credentials:
+        handler["headers"] = {"request": {
+            "delete": ["Authorization"],
+            "replace": {"Cookie": [{"search_regexp": SESSION_COOKIE_RE, "replace": "${1}"}]},
+        }}
     return handler
 
 
-def _private(basic_auth: BasicAuth | None, dial: str) -> list[dict[str, Any]]:
-    if basic_auth is None:
+def _to_agent(agent: AgentAuth) -> dict[str, Any]:
+    """A proxy to the agent's local listener carrying what Caddy alone knows (`set`
+    overwrites anything the client sent under these names)."""
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": agent.dial}],
+        "headers": {"request": {"set": {
+            FRONT_KEY_HEADER: [agent.front_key],
+            "X-Agentspaces-Client": ["{http.request.remote.host}"],
+            "X-Agentspaces-Scheme": ["{http.request.scheme}"],
+        }}},
+    }
+
+
+def _forward_auth(agent: AgentAuth) -> dict[str, Any]:
+    """Caddy's own `forward_auth` shape (as `caddy adapt` emits it): ask the agent with
+    a GET; a 2xx answer lets the route go on, any other is sent to the client."""
+    handler = _to_agent(agent)
+    handler["rewrite"] = {"method": "GET", "uri": AUTH_URI}
+    handler["headers"]["request"]["set"].update({
+        "X-Forwarded-Method": ["{http.request.method}"],
+        "X-Forwarded-Uri": ["{http.request.uri}"],
+        "X-Agentspaces-Upgrade": ["{http.request.header.Upgrade}"],
+    })
+    handler["handle_response"] = [{"match": {"status_code": [2]},
+                                   "routes": [{"handle": [{"handler": "vars"}]}]}]
+    return handler
+
+
+def _login(agent: AgentAuth) -> dict[str, Any]:
+    handler = _to_agent(agent)
+    handler["rewrite"] = {"uri": f"{LOGIN_URI}?{{http.request.uri.query}}"}
+    return handler
+
+
+def _private(agent: AgentAuth | None, dial: str) -> list[dict[str, Any]]:
+    if agent is None:
         return [{
             "handler": "static_response",
             "status_code": 503,
             "headers": {"Retry-After": ["10"], "Content-Type": ["text/plain; charset=utf-8"]},
             "body": "workspace is starting\n",
         }]
-    return [
-        {
-            "handler": "authentication",
-            "providers": {"http_basic": {
-                "hash": {"algorithm": "bcrypt"},
-                "accounts": [{"username": basic_auth.username,
-                              "password": basic_auth.bcrypt_hash}],
-                "realm": REALM,
-            }},
-        },
-        _proxy(dial, strip_auth=True),
-    ]
+    return [{"handler": "subroute", "routes": [
+        {"match": [{"path": [LOGIN_PATH]}], "handle": [_login(agent)], "terminal": True},
+        {"handle": [_forward_auth(agent), _proxy(dial, strip_credentials=True)]},
+    ]}]
 
 
 def build_routes(inputs: CaddyInputs) -> list[dict[str, Any]]:
     routes: list[dict[str, Any]] = [{
         "@id": "ws-ui",
         "match": [{"host": [inputs.host]}],
-        "handle": _private(inputs.basic_auth, _join(inputs.upstream_host, inputs.ui_port)),
+        "handle": _private(inputs.agent_auth,
+                           _join(inputs.upstream_host, inputs.ui_port)),
         "terminal": True,
     }]
-    for port in sorted(set(inputs.ports) | set(inputs.public_ports)):
+    for port in sorted((set(inputs.ports) | set(inputs.public_ports)) - inputs.reserved_ports):
         dial = _join(inputs.ports.get(port, inputs.upstream_host), port)
-        handle = ([_proxy(dial, strip_auth=False)] if port in inputs.public_ports
-                  else _private(inputs.basic_auth, dial))
+        handle = ([_proxy(dial, strip_credentials=False)] if port in inputs.public_ports
+                  else _private(inputs.agent_auth, dial))
         routes.append({
             "@id": f"ws-port-{port}",
             "match": [{"host": [f"{port}.{inputs.host}"]}],
@@ -239,7 +298,7 @@ class CaddyAdmin:
 
 
 def write_private_json(path: Path, doc: Any) -> None:
-    """Write JSON atomically with mode 0600 (the Caddy config carries the auth hash)."""
+    """Write JSON atomically with mode 0600 (the Caddy config carries the front key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

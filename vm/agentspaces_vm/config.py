@@ -7,13 +7,16 @@ user-data render fails the agent's start with a message that says what to fix.
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from agentspaces_vm.connections import API_LIMITS, ConnectionLimits
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_VERSION = 1
 TLS_MODES = ("acme", "internal", "none")
@@ -119,11 +122,20 @@ class AgentConfig:
 
     @property
     def internal_ports(self) -> frozenset[int]:
-        """Ports the VM's own services use; never routed as workspace ports."""
+        """Ports the VM's own services use; never routed as workspace ports, neither
+        discovered nor public (a public 3001 would put CloudCLI online unauthenticated)."""
         return frozenset({
             self.api_listen.port, self.local_listen.port, self.caddy.admin.port,
             self.caddy.http_port, self.caddy.https_port, self.caddy.ui_port, SSH_PORT,
         })
+
+    def routable_public_ports(self, ports: Iterable[int], where: str) -> tuple[int, ...]:
+        """`ports` without the VM's own; what is dropped is logged, never routed."""
+        ports = tuple(ports)
+        dropped = sorted(set(ports) & self.internal_ports)
+        if dropped:
+            log.warning("%s: ignoring reserved ports %s", where, ", ".join(map(str, dropped)))
+        return tuple(p for p in ports if p not in self.internal_ports)
 
     @property
     def local_url(self) -> str:
@@ -298,6 +310,8 @@ def parse_config(doc: object, base_dir: Path | None = None) -> AgentConfig:
         api_limits=_api_limits(root.child("apiLimits", required=False)),
     )
     _check_paths(config)
+    config = replace(config, public_ports=config.routable_public_ports(public_ports,
+                                                                       "publicPorts"))
     if not config.local_listen.host.startswith("127.") and config.local_listen.host != "::1":
         raise ConfigError("listen.local: must be a loopback address (it serves unauthenticated "
                           "Caddy permission checks)")

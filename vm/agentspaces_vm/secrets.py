@@ -3,7 +3,8 @@
 Layout (directories 0700, files 0600, written atomically):
 
     secrets/version              the delivery's version string
-    secrets/basic-auth.json      {"username", "bcryptHash"} -> Caddy's basic auth
+    secrets/basic-auth.json      {"username", "scryptHash"} -> checked by the agent for
+                                 Caddy's forward-auth (webauth.py)
     secrets/repository-token     read by git through secrets/git-askpass (0700)
     secrets/claude/anthropic-api-key
                                  mounted read-only into the devcontainer at
@@ -26,10 +27,10 @@ from pathlib import Path
 
 from agentspaces_vm import safefs
 from agentspaces_vm.caddy import BasicAuth
+from agentspaces_vm.password_hash import PasswordHashError, parse_scrypt_hash
 
 CONTAINER_SECRETS_DIR = "/run/agentspaces"
 API_KEY_NAME = "anthropic-api-key"
-_BCRYPT = re.compile(r"^\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}$")
 _USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
 _TOKENISH = re.compile(r"^[\x21-\x7e]{1,8192}$")  # printable, no spaces or newlines
 
@@ -68,12 +69,18 @@ def parse_delivery(body: object) -> Delivery:
         raise SecretsError("version: expected a non-empty printable string")
     auth = body.get("basicAuth")
     if not isinstance(auth, dict):
-        raise SecretsError("basicAuth: expected an object with username and bcryptHash")
-    username, hash_ = auth.get("username"), auth.get("bcryptHash")
+        raise SecretsError("basicAuth: expected an object with username and scryptHash")
+    if set(auth) != {"username", "scryptHash"}:
+        raise SecretsError("basicAuth: expected exactly the fields username and scryptHash")
+    username, hash_ = auth.get("username"), auth.get("scryptHash")
     if not isinstance(username, str) or not _USERNAME.match(username):
         raise SecretsError("basicAuth.username: expected 1-64 of A-Z a-z 0-9 . _ @ + -")
-    if not isinstance(hash_, str) or not _BCRYPT.match(hash_):
-        raise SecretsError("basicAuth.bcryptHash: expected a bcrypt hash ($2a$/$2b$/$2y$)")
+    try:
+        if not isinstance(hash_, str):
+            raise PasswordHashError("expected a string")
+        parse_scrypt_hash(hash_)
+    except PasswordHashError as exc:
+        raise SecretsError(f"basicAuth.scryptHash: {exc}") from None
 
     def optional(key: str) -> str | None:
         value = body.get(key)
@@ -143,7 +150,7 @@ class SecretStore:
     def apply(self, delivery: Delivery) -> SecretsState:
         self.prepare()
         auth = {"username": delivery.basic_auth.username,
-                "bcryptHash": delivery.basic_auth.bcrypt_hash}
+                "scryptHash": delivery.basic_auth.scrypt_hash}
         _write_private(self.root / "basic-auth.json", json.dumps(auth))
         if delivery.anthropic_api_key is None:
             _remove(self.api_key_file)
@@ -167,7 +174,7 @@ class SecretStore:
         basic_auth = None
         try:
             raw = json.loads((self.root / "basic-auth.json").read_text(encoding="utf-8"))
-            basic_auth = BasicAuth(raw["username"], raw["bcryptHash"])
+            basic_auth = BasicAuth(raw["username"], raw["scryptHash"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
         return SecretsState(version=version, basic_auth=basic_auth,

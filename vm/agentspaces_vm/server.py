@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agentspaces_vm.agent import Agent, BadRequest
+from agentspaces_vm.caddy import FRONT_KEY_HEADER
 from agentspaces_vm.config import Address
 from agentspaces_vm.connections import (
     LOCAL_LIMITS,
@@ -40,6 +41,7 @@ from agentspaces_vm.connections import (
     DeadlineWriter,
     address_key,
 )
+from agentspaces_vm.webauth import MAX_LOGIN_BODY, Answer, WebRequest
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +258,58 @@ class LocalHandler(_Handler):
         self.agent.record_hook(payload)
         self.send_json(204, None)
 
+    def _web_request(self, forwarded: bool) -> WebRequest:
+        """The user's request as Caddy describes it: X-Forwarded-Method/-Uri on the
+        forward-auth call, X-Agentspaces-Client/-Scheme always (Caddy sets them,
+        overwriting whatever the client sent)."""
+        h = self.headers
+        return WebRequest(
+            method=(h.get("X-Forwarded-Method") if forwarded else None) or self.command,
+            uri=(h.get("X-Forwarded-Uri") if forwarded else None) or self.path,
+            host=h.get("Host") or "",
+            scheme=h.get("X-Agentspaces-Scheme") or "http",
+            client=h.get("X-Agentspaces-Client") or self.client_address[0],
+            origin=h.get("Origin"), fetch_site=h.get("Sec-Fetch-Site"),
+            upgrade=h.get("X-Agentspaces-Upgrade") or None, accept=h.get("Accept") or "",
+            authorization=h.get("Authorization"), cookie=h.get("Cookie"))
+
+    def _send_answer(self, answer: Answer) -> None:
+        self.send_response(answer.status)
+        for name, value in answer.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(answer.body)
+
+    def _from_caddy(self) -> bool:
+        if self.agent.web_front_key_matches(self.headers.get(FRONT_KEY_HEADER)):
+            return True
+        self.close_connection = True
+        self.error_json(403, "forbidden", "only Caddy asks this")
+        return False
+
+    def _web_auth(self) -> None:
+        if self.headers.get("Content-Length") not in (None, "0") or \
+                self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # a body we do not read must not become a request
+        if self._from_caddy():
+            self._send_answer(self.agent.web_check(self._web_request(forwarded=True)))
+
+    def _web_login(self) -> None:
+        if not self._from_caddy():
+            return
+        body = b""
+        if self.command == "POST":
+            self.max_body = MAX_LOGIN_BODY
+            body = self.read_body()
+        self._send_answer(self.agent.web_login(self._web_request(forwarded=False), body))
+
     def _route(self) -> None:
-        self.dispatch({("GET", "/ask"): self._ask, ("POST", "/hooks"): self._hooks})
+        self.dispatch({("GET", "/ask"): self._ask, ("POST", "/hooks"): self._hooks,
+                       ("GET", "/web/auth"): self._web_auth,
+                       ("GET", "/web/login"): self._web_login,
+                       ("POST", "/web/login"): self._web_login})
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _route
 

@@ -39,7 +39,7 @@ def secrets_version(scope: Scope, access: Access) -> str:
     """A digest of everything delivered to the agent (salted, not reversible)."""
     assert scope.creds is not None
     digest = hashlib.sha256(scope.ref.uid.encode())
-    digest.update(access.bcrypt_hash.encode())
+    digest.update(access.scrypt_hash.encode())
     digest.update(scope.creds.workspace_secrets_fingerprint().encode())
     digest.update(",".join(map(str, scope.creds.spec.public_ports)).encode())
     return digest.hexdigest()[:20]
@@ -81,7 +81,7 @@ async def ensure(scope: Scope, server: ServerInfo, access: Access,
             if (doc.get("secrets") or {}).get("version") != version:
                 await client.put_secrets(
                     version=version, basic_auth_username=access.username,
-                    basic_auth_bcrypt_hash=access.bcrypt_hash,
+                    basic_auth_scrypt_hash=access.scrypt_hash,
                     anthropic_api_key=scope.creds.anthropic_api_key,
                     repository_token=scope.creds.repository_token)
                 await client.put_config(scope.creds.spec.public_ports)

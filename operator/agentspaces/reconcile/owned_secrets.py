@@ -14,12 +14,11 @@ import hashlib
 import secrets as pysecrets
 from dataclasses import dataclass
 
-import bcrypt
-
 from agentspaces.kube import SecretData
 from agentspaces.pki import AgentCredentials, generate
 from agentspaces.reconcile.scope import Scope
 from agentspaces.reconcile.secret_ownership import ours_or_none
+from agentspaces_vm.password_hash import hash_password
 
 ACCESS_SUFFIX = "access"
 AGENT_SUFFIX = "agent"
@@ -31,7 +30,7 @@ ACCESS_USERNAME = "agent"
 class Access:
     username: str
     password: str
-    bcrypt_hash: str
+    scrypt_hash: str  # what the VM checks passwords against (agentspaces_vm.password_hash)
 
 
 def _labels(scope: Scope, role: str) -> dict[str, str]:
@@ -52,13 +51,14 @@ async def ensure_access(scope: Scope) -> Access:
             scope.owner, _labels(scope, "access"))
     data = dict(secret.data)
     # A user may rotate the password by editing the Secret: rehash when the cheap
-    # fingerprint no longer matches (bcrypt itself is too slow to check every poll).
+    # fingerprint no longer matches (scrypt itself is too slow to check every poll).
     if data.get("passwordSha256") != _fingerprint(data["password"]) or not data.get(
-            "bcryptHash"):
+            "scryptHash") or "bcryptHash" in data:
+        data.pop("bcryptHash", None)  # from before the VM checked passwords itself
         data.update(await _hash_fields(data["password"]))
         await kube.replace_secret_data(scope.ref.namespace, name, data)
     return Access(username=data.get("username") or ACCESS_USERNAME,
-                  password=data["password"], bcrypt_hash=data["bcryptHash"])
+                  password=data["password"], scrypt_hash=data["scryptHash"])
 
 
 async def _ours_or_none(scope: Scope, name: str) -> SecretData | None:
@@ -72,8 +72,8 @@ def _fingerprint(password: str) -> str:
 
 
 async def _hash_fields(password: str) -> dict[str, str]:
-    hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(10))
-    return {"bcryptHash": hashed.decode(), "passwordSha256": _fingerprint(password)}
+    hashed = await asyncio.to_thread(hash_password, password)
+    return {"scryptHash": hashed, "passwordSha256": _fingerprint(password)}
 
 
 async def ensure_agent_credentials(scope: Scope) -> AgentCredentials:
