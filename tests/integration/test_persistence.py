@@ -5,7 +5,6 @@ and a tampered backup or an unusable key refuses to start instead of starting em
 from __future__ import annotations
 
 import base64
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +13,7 @@ import boto3
 import pytest
 import yaml
 
+from agentspaces.persistence import keys
 from agentspaces.sandbox.vmsim import VmSimulator
 from tests.conftest import Kubectl
 from tests.support.stack import (
@@ -178,73 +178,45 @@ def test_backups_rotation_retain_tamper_and_wrong_key(
     assert [k for k in s3.object_keys(prefix)]
 
 
-def test_bucket_writer_cannot_forge_or_roll_back_backups(
-        stack: VmStack, kubectl: Kubectl, namespace: str) -> None:
-    """Someone who can write the bucket but holds no key: a forged newer manifest is
-    refused (BackupTampered), deleting/replacing the newest manifest is detected against
-    status.backup (BackupRolledBack); neither restores anything or starts the
-    devcontainer, until the user accepts the older backup with an annotation."""
-    vms, s3 = stack.vms, stack.s3
-    assert s3 is not None
-    client = _s3(s3)
-    kubectl.apply(workspace("roller", namespace, CLASS, persistence={"onDelete": "Delete"}))
-    ws = _ready(kubectl, "roller", namespace)
-    (_files(vms, ws) / "project").mkdir()
-    (_files(vms, ws) / "project" / "main.py").write_text("generation 1\n")
-    older = _stop(kubectl, "roller", namespace)["status"]["backup"]["object"]
-    _start(kubectl, "roller", namespace)
-    ws = _ready(kubectl, "roller", namespace)
-    assert condition(ws, "BackupRestored")["reason"] == "Restored"
-    assert (_files(vms, ws) / "project" / "main.py").read_text() == "generation 1\n"
-    (_files(vms, ws) / "project" / "main.py").write_text("generation 2\n")
-    newest = _stop(kubectl, "roller", namespace)["status"]["backup"]["object"]
-    assert newest != older
+def _class_key(kubectl: Kubectl) -> bytes:
+    found = kubectl.get_json("secret", f"{CLASS}-key", "-n", OPERATOR_NAMESPACE)
+    assert found is not None
+    return base64.b64decode(base64.b64decode(found["data"]["key"]))
 
-    def manifest_of(obj: str) -> str:
-        return obj.removesuffix(".tar.zst.enc") + ".manifest.json"
 
-    def refused(reason: str) -> dict[str, Any]:
-        ws = _until(kubectl, "roller", namespace, f"restore refused with {reason}",
-                    lambda w: condition(w, "BackupRestored").get("reason") == reason)
-        assert condition(ws, "BackupRestored")["status"] == "False"
-        assert condition(ws, "Ready")["status"] == "False"
-        assert ws["status"]["phase"] != "Running"
-        assert not (_files(vms, ws) / "project").exists()  # nothing restored
-        return ws
-
-    # 1. A "newer" backup: the older object copied under a later id, with the genuine
-    # older manifest edited to match (its mac no longer verifies; no key to redo it).
-    prefix, older_id = older.rsplit("/", 1)
-    forged_id = "29991231T235959Z"
-    doc = json.loads(client.get_object(Bucket=s3.bucket, Key=manifest_of(older))["Body"].read())
-    doc.update(id=forged_id, objectName=f"{forged_id}.tar.zst.enc",
-               time="2999-12-31T23:59:59Z")
-    client.copy_object(Bucket=s3.bucket, Key=f"{prefix}/{forged_id}.tar.zst.enc",
-                       CopySource={"Bucket": s3.bucket, "Key": older})
-    client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{forged_id}.manifest.json",
-                      Body=json.dumps(doc).encode())
-    _start(kubectl, "roller", namespace)
-    refused("BackupTampered")
-
-    # 2. Rollback: the forgery removed, the newest manifest overwritten with the older
-    # one (the bucket now shows the older backup as the newest).
-    client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [
-        {"Key": f"{prefix}/{forged_id}.tar.zst.enc"},
-        {"Key": f"{prefix}/{forged_id}.manifest.json"}]})
-    client.copy_object(Bucket=s3.bucket, Key=manifest_of(newest),
-                       CopySource={"Bucket": s3.bucket, "Key": manifest_of(older)})
-    ws = refused("BackupRolledBack")
-    newest_id = newest.rsplit("/", 1)[1].removesuffix(".tar.zst.enc")
-    assert f"agentspaces.dev/accept-rollback={newest_id}" in \
-        condition(ws, "BackupRestored")["message"]
-
-    # 3. The user accepts the loss: the older backup is restored and becomes the baseline.
-    kubectl("annotate", "workspace", "roller", "-n", namespace,
-            f"agentspaces.dev/accept-rollback={newest_id}")
-    ws = _ready(kubectl, "roller", namespace)
-    assert condition(ws, "BackupRestored")["reason"] == "Restored"
-    assert (_files(vms, ws) / "project" / "main.py").read_text() == "generation 1\n"
-    assert ws["status"]["backup"]["object"] == older
-    assert older_id in ws["status"]["restore"]["object"]
-    kubectl("delete", "workspace", "roller", "-n", namespace, "--wait=false")
-    wait_for(lambda: not _ws(kubectl, "roller", namespace), 60, "roller deleted")
+@pytest.mark.parametrize(("case", "prefix", "labelled"), [
+    ("other-namespace", "agentspaces/{victim_ns}/victim-0b1c2d3e-aaaa-bbbb-cccc-1234567890ab/",
+     True),
+    ("whole-bucket", "agentspaces/", True),
+    ("outside-backups", "elsewhere/", True),
+    ("hand-made", "agentspaces/{ns}/gone-0b1c2d3e-aaaa-bbbb-cccc-1234567890ab/", False),
+], ids=["other-namespace", "whole-bucket", "outside-backups", "hand-made"])
+def test_restore_from_only_reaches_retained_backups_of_the_same_namespace(
+        stack: VmStack, kubectl: Kubectl, namespace: str, case: str, prefix: str,
+        labelled: bool) -> None:
+    """A namespace user forges a key Secret (labels, prefix annotation, even a data key
+    the class key opens) and points restore-from at it: nothing is restored, no key is
+    copied and no server is created."""
+    _, wrapped = keys.create_data_key(_class_key(kubectl))
+    labels = {"app.kubernetes.io/managed-by": "agentspaces",
+              "agentspaces.dev/role": "backup-key",
+              "agentspaces.dev/retained": "true"} if labelled else {}
+    forged = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": f"{case}-key", "namespace": namespace, "labels": labels,
+                           "annotations": {"agentspaces.dev/backup-prefix": prefix.format(
+                               victim_ns="victims", ns=namespace)}},
+              "stringData": keys.encode_key_secret(wrapped)}
+    heir = yaml.safe_load(workspace(case, namespace, CLASS))
+    heir["metadata"]["annotations"] = {"agentspaces.dev/restore-from": f"{case}-key"}
+    kubectl.apply(yaml.safe_dump_all([forged, heir]))
+    ws = _until(kubectl, case, namespace, "restore source refused",
+                lambda w: condition(w, "BackupRestored").get("reason") == "RestoreSourceRefused")
+    assert f"Secret {namespace}/{case}-key" in condition(ws, "BackupRestored")["message"]
+    assert condition(ws, "Ready")["status"] == "False"
+    assert "server" not in ws["status"] and "restore" not in ws["status"]
+    uid = ws["metadata"]["uid"]
+    assert [s for s in stack.clouds.hetzner.servers.values()
+            if s["labels"].get("agentspaces.dev/workspace-uid") == uid] == []
+    assert _key_secret(kubectl, case, namespace) is None  # nothing copied
+    kubectl("delete", "workspace", case, "-n", namespace, "--wait=false")
+    wait_for(lambda: not _ws(kubectl, case, namespace), 60, f"{case} deleted")
