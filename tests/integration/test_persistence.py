@@ -5,6 +5,7 @@ and a tampered backup or an unusable key refuses to start instead of starting em
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -176,6 +177,78 @@ def test_backups_rotation_retain_tamper_and_wrong_key(
     assert [k for k in s3.object_keys(f"agentspaces/{namespace}/heir-")] == []
     assert _key_secret(kubectl, "heir", namespace) is None
     assert [k for k in s3.object_keys(prefix)]
+
+
+def test_bucket_writer_cannot_forge_or_roll_back_backups(
+        stack: VmStack, kubectl: Kubectl, namespace: str) -> None:
+    """Someone who can write the bucket but holds no key: a forged newer manifest is
+    refused (BackupTampered), deleting/replacing the newest manifest is detected against
+    status.backup (BackupRolledBack); neither restores anything or starts the
+    devcontainer, until the user accepts the older backup with an annotation."""
+    vms, s3 = stack.vms, stack.s3
+    assert s3 is not None
+    client = _s3(s3)
+    kubectl.apply(workspace("roller", namespace, CLASS, persistence={"onDelete": "Delete"}))
+    ws = _ready(kubectl, "roller", namespace)
+    (_files(vms, ws) / "project").mkdir()
+    (_files(vms, ws) / "project" / "main.py").write_text("generation 1\n")
+    older = _stop(kubectl, "roller", namespace)["status"]["backup"]["object"]
+    _start(kubectl, "roller", namespace)
+    ws = _ready(kubectl, "roller", namespace)
+    assert condition(ws, "BackupRestored")["reason"] == "Restored"
+    assert (_files(vms, ws) / "project" / "main.py").read_text() == "generation 1\n"
+    (_files(vms, ws) / "project" / "main.py").write_text("generation 2\n")
+    newest = _stop(kubectl, "roller", namespace)["status"]["backup"]["object"]
+    assert newest != older
+
+    def manifest_of(obj: str) -> str:
+        return obj.removesuffix(".tar.zst.enc") + ".manifest.json"
+
+    def refused(reason: str) -> dict[str, Any]:
+        ws = _until(kubectl, "roller", namespace, f"restore refused with {reason}",
+                    lambda w: condition(w, "BackupRestored").get("reason") == reason)
+        assert condition(ws, "BackupRestored")["status"] == "False"
+        assert condition(ws, "Ready")["status"] == "False"
+        assert ws["status"]["phase"] != "Running"
+        assert not (_files(vms, ws) / "project").exists()  # nothing restored
+        return ws
+
+    # 1. A "newer" backup: the older object copied under a later id, with the genuine
+    # older manifest edited to match (its mac no longer verifies; no key to redo it).
+    prefix, older_id = older.rsplit("/", 1)
+    forged_id = "29991231T235959Z"
+    doc = json.loads(client.get_object(Bucket=s3.bucket, Key=manifest_of(older))["Body"].read())
+    doc.update(id=forged_id, objectName=f"{forged_id}.tar.zst.enc",
+               time="2999-12-31T23:59:59Z")
+    client.copy_object(Bucket=s3.bucket, Key=f"{prefix}/{forged_id}.tar.zst.enc",
+                       CopySource={"Bucket": s3.bucket, "Key": older})
+    client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{forged_id}.manifest.json",
+                      Body=json.dumps(doc).encode())
+    _start(kubectl, "roller", namespace)
+    refused("BackupTampered")
+
+    # 2. Rollback: the forgery removed, the newest manifest overwritten with the older
+    # one (the bucket now shows the older backup as the newest).
+    client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [
+        {"Key": f"{prefix}/{forged_id}.tar.zst.enc"},
+        {"Key": f"{prefix}/{forged_id}.manifest.json"}]})
+    client.copy_object(Bucket=s3.bucket, Key=manifest_of(newest),
+                       CopySource={"Bucket": s3.bucket, "Key": manifest_of(older)})
+    ws = refused("BackupRolledBack")
+    newest_id = newest.rsplit("/", 1)[1].removesuffix(".tar.zst.enc")
+    assert f"agentspaces.dev/accept-rollback={newest_id}" in \
+        condition(ws, "BackupRestored")["message"]
+
+    # 3. The user accepts the loss: the older backup is restored and becomes the baseline.
+    kubectl("annotate", "workspace", "roller", "-n", namespace,
+            f"agentspaces.dev/accept-rollback={newest_id}")
+    ws = _ready(kubectl, "roller", namespace)
+    assert condition(ws, "BackupRestored")["reason"] == "Restored"
+    assert (_files(vms, ws) / "project" / "main.py").read_text() == "generation 1\n"
+    assert ws["status"]["backup"]["object"] == older
+    assert older_id in ws["status"]["restore"]["object"]
+    kubectl("delete", "workspace", "roller", "-n", namespace, "--wait=false")
+    wait_for(lambda: not _ws(kubectl, "roller", namespace), 60, "roller deleted")
 
 
 def _class_key(kubectl: Kubectl) -> bytes:

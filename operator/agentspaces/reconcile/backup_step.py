@@ -169,13 +169,21 @@ async def restore_plan(scope: Scope, data_key: keys.DataKey | None
     try:
         latest = await asyncio.to_thread(backups.latest_backup, store(scope),
                                           restore_location(scope))
+        # Verifies the manifest's MAC first: a forged one is never "the newest".
+        plan = None if latest is None else await asyncio.to_thread(
+            backups.restore_plan, store(scope), latest, data_key,
+            int(scope.runtime.settings.backup_url_ttl))
+        if _refuse_rollback(scope, latest):
+            return Outcome.after(FAILED_RETRY, "backup rolled back")
         if latest is None:
             scope.status.condition(C.BACKUP_RESTORED, False, C.NO_BACKUP,
                                    "no backup yet: starting from the repository")
             return None
-        plan = await asyncio.to_thread(
-            backups.restore_plan, store(scope), latest, data_key,
-            int(scope.runtime.settings.backup_url_ttl))
+    except backups.ManifestTampered as err:
+        scope.status.condition(C.BACKUP_RESTORED, False, C.MANIFEST_TAMPERED,
+                               f"restore refused: {err}")
+        scope.emit("Warning", C.MANIFEST_TAMPERED, str(err))
+        return Outcome.after(FAILED_RETRY, "backup manifest tampered")
     except keys.WrongKey as err:
         scope.status.condition(C.BACKUP_RESTORED, False, C.WRONG_KEY, str(err))
         scope.emit("Warning", C.WRONG_KEY, str(err))
@@ -186,6 +194,40 @@ async def restore_plan(scope: Scope, data_key: keys.DataKey | None
         return Outcome.after(FAILED_RETRY / 2, "object store error")
     scope.status.update("restore", object=latest.object_key, time=iso(latest.time))
     return plan
+
+
+ACCEPT_ROLLBACK_ANNOTATION = "agentspaces.dev/accept-rollback"
+
+
+def _refuse_rollback(scope: Scope, latest: backups.BackupRecord | None) -> bool:
+    """True (and BackupRestored=False, BackupRolledBack) when the newest backup in the
+    bucket is older than, or not, the last one this cluster committed (status.backup):
+    someone deleted or replaced the newer manifests. A bucket writer can do that; only
+    the cluster remembers. The user accepts the older state by annotating the Workspace
+    with ACCEPT_ROLLBACK_ANNOTATION = the recorded backup id; that acceptance is used
+    once (status.backup is reset to what is restored) and never covers a later loss."""
+    recorded = scope.status.get("backup") or {}
+    recorded_at = parse_time(recorded.get("time"))
+    if recorded_at is None:
+        return False
+    if latest is not None and (latest.time > recorded_at or (
+            latest.time == recorded_at and latest.object_key == recorded.get("object")
+            and recorded.get("sha256") in (None, latest.sha256))):
+        return False
+    recorded_id = backups.backup_id(recorded_at)
+    found = f"the newest backup is {latest.backup_id}" if latest else "no backup is left"
+    if scope.annotations.get(ACCEPT_ROLLBACK_ANNOTATION) == recorded_id:
+        scope.status.set("backup", {**latest.status(), "sha256": latest.sha256}
+                         if latest else None)
+        scope.emit("Warning", "RollbackAccepted", f"backup {recorded_id} is gone and {found}; "
+                   f"restoring that as accepted by {ACCEPT_ROLLBACK_ANNOTATION}")
+        return False
+    message = (f"restore refused: backup {recorded_id} was committed but {found} in the "
+               "bucket (deleted or replaced). To start from what is left, annotate "
+               f"the Workspace {ACCEPT_ROLLBACK_ANNOTATION}={recorded_id}")
+    scope.status.condition(C.BACKUP_RESTORED, False, C.BACKUP_ROLLED_BACK, message)
+    scope.emit("Warning", C.BACKUP_ROLLED_BACK, message)
+    return True
 
 
 # --- backup ------------------------------------------------------------------------------
@@ -212,7 +254,7 @@ async def _begin(scope: Scope, data_key: keys.DataKey) -> Outcome:
     return Outcome.after(BACKUP_POLL, "backup running")
 
 
-async def _poll(scope: Scope) -> Outcome | None:
+async def _poll(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
     """Advance the pending backup; None once it is committed."""
     pending = backups.PendingBackup.from_dict(scope.status.get("pendingBackup"))
     the_store = store(scope)
@@ -234,7 +276,8 @@ async def _poll(scope: Scope) -> Outcome | None:
         return Outcome.after(FAILED_RETRY, "backup failed")
     try:
         record = await asyncio.to_thread(backups.commit_backup, the_store, pending,
-                                         doc.get("result") or {}, scope.runtime.clock())
+                                         doc.get("result") or {}, data_key,
+                                         scope.runtime.clock())
     except backups.CommitFailed as err:
         await asyncio.to_thread(backups.abort_backup, the_store, pending)
         scope.status.set("pendingBackup", None)
@@ -255,7 +298,7 @@ async def run_backup(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
     """Start or advance a backup; None when one has just been committed."""
     try:
         if scope.status.get("pendingBackup"):
-            return await _poll(scope)
+            return await _poll(scope, data_key)
         return await _begin(scope, data_key)
     except AgentUnreachable as err:
         scope.status.condition(C.BACKUP_SUCCEEDED, False, C.AGENT_UNREACHABLE,
