@@ -257,6 +257,10 @@ def test_browsers_sign_in_to_a_host_only_strict_session(front: Front) -> None:
     assert 'name="next" value="/projects?x=1"' in page.text
     script = front.request("GET", "/api/projects")
     assert script.status_code == 401 and script.headers["www-authenticate"].startswith("Basic")
+    # A page's own fetch without a session gets no challenge: the browser would prompt.
+    fetch = front.request("GET", "/api/projects",
+                          headers={"Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin"})
+    assert fetch.status_code == 401 and "www-authenticate" not in fetch.headers
 
     form = {"password": PASSWORD, "next": "/projects?x=1"}
     cross = front.request("POST", LOGIN_PATH, data=form,
@@ -276,7 +280,10 @@ def test_browsers_sign_in_to_a_host_only_strict_session(front: Front) -> None:
     session = {"Cookie": f"theme=dark; {COOKIE}={value}"}
     assert not front.ui.seen
 
-    assert front.request("GET", "/projects", headers={**browser, **session}).status_code == 200
+    ide = front.request("GET", "/projects", headers={**browser, **session})
+    assert ide.status_code == 200
+    # Another workspace's page cannot frame the IDE and trick clicks into it.
+    assert ide.headers["content-security-policy"] == "frame-ancestors 'self'"
     post = front.request("POST", "/api/save", content=b"data",
                          headers={**session, "Origin": front.origin})
     assert post.status_code == 200

@@ -81,6 +81,11 @@ def test_routes_cover_ui_discovered_and_public_ports_then_refuse_the_rest() -> N
     assert upstream["upstreams"] == [{"dial": "127.0.0.1:3001"}]
     # The user's credentials are not forwarded to programs behind private routes.
     assert upstream["headers"]["request"]["delete"] == ["Authorization"]
+    # Only the IDE refuses to be framed by other origins (dev servers decide themselves).
+    assert upstream["headers"]["response"] == {
+        "add": {"Content-Security-Policy": ["frame-ancestors 'self'"]}}
+    port_upstream = private_routes(routes["ws-port-3000"])[1]["handle"][1]
+    assert "response" not in port_upstream["headers"]
     assert upstream["headers"]["request"]["replace"]["Cookie"][0]["search_regexp"] == \
         SESSION_COOKIE_RE
     assert routes["ws-port-5173"]["match"] == [{"host": [f"5173.{HOST}"]}]

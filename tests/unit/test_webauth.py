@@ -184,8 +184,17 @@ def test_no_credentials_browsers_get_the_login_page_scripts_a_basic_challenge(
     assert page.status == 401 and b'value="/p?q=1"' in page.body
     assert "WWW-Authenticate" not in dict(page.headers)
     assert ("X-Frame-Options", "DENY") in page.headers
+    navigation = web.check(request(accept="*/*", fetch_mode="navigate"), ACCOUNT)
+    assert navigation.status == 401 and b"<form" in navigation.body
     script = web.check(request(), ACCOUNT)
     assert script.status == 401 and dict(script.headers)["WWW-Authenticate"].startswith("Basic")
+    # A page's fetch or WebSocket gets no challenge either: the browser would prompt.
+    for changes in ({"fetch_mode": "cors", "fetch_site": "same-origin"},
+                    {"fetch_mode": "websocket", "upgrade": "websocket"},
+                    {"method": "POST", "accept": "text/html"}):
+        answer = web.check(request(**changes), ACCOUNT)
+        assert answer.status == 401 and "WWW-Authenticate" not in dict(answer.headers)
+        assert b"<form" not in answer.body
     assert web.check(request(), None).status == 503
 
 

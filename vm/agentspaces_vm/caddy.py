@@ -46,6 +46,7 @@ LOGIN_PATH = "/.agentspaces/login"  # webauth.LOGIN_PATH
 AUTH_URI = "/web/auth"
 LOGIN_URI = "/web/login"
 FRONT_KEY_HEADER = "X-Agentspaces-Front-Key"
+IDE_FRAMING = "frame-ancestors 'self'"
 # Drops every copy of our session cookie (either name) from the Cookie header and keeps
 # the others (an empty `;;` may remain; cookie parsers skip it).
 SESSION_COOKIE_RE = r"(^|;)\s*(__Host-)?agentspaces-session=[^;]*"
@@ -144,7 +145,7 @@ def _login(agent: AgentAuth) -> dict[str, Any]:
     return handler
 
 
-def _private(agent: AgentAuth | None, dial: str) -> list[dict[str, Any]]:
+def _private(agent: AgentAuth | None, dial: str, *, ide: bool = False) -> list[dict[str, Any]]:
     if agent is None:
         return [{
             "handler": "static_response",
@@ -152,9 +153,14 @@ def _private(agent: AgentAuth | None, dial: str) -> list[dict[str, Any]]:
             "headers": {"Retry-After": ["10"], "Content-Type": ["text/plain; charset=utf-8"]},
             "body": "workspace is starting\n",
         }]
+    upstream = _proxy(dial, strip_credentials=True)
+    if ide:
+        # A same-site page must not frame the IDE under the user's session to trick
+        # clicks into it ("add": CloudCLI's own policy, if any, still applies).
+        upstream["headers"]["response"] = {"add": {"Content-Security-Policy": [IDE_FRAMING]}}
     return [{"handler": "subroute", "routes": [
         {"match": [{"path": [LOGIN_PATH]}], "handle": [_login(agent)], "terminal": True},
-        {"handle": [_forward_auth(agent), _proxy(dial, strip_credentials=True)]},
+        {"handle": [_forward_auth(agent), upstream]},
     ]}]
 
 
@@ -162,8 +168,8 @@ def build_routes(inputs: CaddyInputs) -> list[dict[str, Any]]:
     routes: list[dict[str, Any]] = [{
         "@id": "ws-ui",
         "match": [{"host": [inputs.host]}],
-        "handle": _private(inputs.agent_auth,
-                           _join(inputs.upstream_host, inputs.ui_port)),
+        "handle": _private(inputs.agent_auth, _join(inputs.upstream_host, inputs.ui_port),
+                           ide=True),
         "terminal": True,
     }]
     for port in sorted((set(inputs.ports) | set(inputs.public_ports)) - inputs.reserved_ports):

@@ -270,6 +270,7 @@ class LocalHandler(_Handler):
             scheme=h.get("X-Agentspaces-Scheme") or "http",
             client=h.get("X-Agentspaces-Client") or self.client_address[0],
             origin=h.get("Origin"), fetch_site=h.get("Sec-Fetch-Site"),
+            fetch_mode=h.get("Sec-Fetch-Mode"),
             upgrade=h.get("X-Agentspaces-Upgrade") or None, accept=h.get("Accept") or "",
             authorization=h.get("Authorization"), cookie=h.get("Cookie"))
 

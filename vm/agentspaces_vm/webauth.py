@@ -64,6 +64,7 @@ class WebRequest:
     client: str
     origin: str | None = None
     fetch_site: str | None = None
+    fetch_mode: str | None = None
     upgrade: str | None = None
     accept: str = ""
     authorization: str | None = None
@@ -332,8 +333,15 @@ class WebAuth:
         return ok, None
 
     def _unauthorized(self, req: WebRequest) -> Answer:
-        if "text/html" in req.accept.lower() and req.method.upper() == "GET":
+        """Navigations get the login page; other browser requests (fetch, WebSocket) a
+        bare 401; only non-browsers a Basic challenge, which a browser would answer with
+        a prompt and then replay as an ambient credential."""
+        mode = (req.fetch_mode or "").lower()
+        html_ok = "text/html" in req.accept.lower()
+        if req.method.upper() == "GET" and (mode == "navigate" or (html_ok and not mode)):
             return login_page(req.host, req.uri, status=401)
+        if mode or req.fetch_site or html_ok:
+            return _text(401, "sign in first")
         return _text(401, "unauthorized",
                      ("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'))
 
