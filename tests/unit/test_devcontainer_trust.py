@@ -18,6 +18,7 @@ import pytest
 
 from agentspaces.vmconfig.agent_config import render_agent_config
 from agentspaces_vm import devcontainer as dc
+from agentspaces_vm import docker_guard
 from agentspaces_vm.bootstrap import FAILED, READY, Bootstrap
 from agentspaces_vm.caddy import BasicAuth
 from agentspaces_vm.config import AgentConfig, parse_config
@@ -109,25 +110,58 @@ def test_trust_setting_travels_from_the_class_to_the_agent() -> None:
 
 # -- the real start sequence with a recording `devcontainer` -----------------------------
 
+# Like the real CLI: the container is created with one `docker run` (through
+# --docker-path when given) carrying the config's mounts and runArgs plus whatever the
+# image's and the features' metadata add (`<cli>.metadata-args`, a JSON list).
 FAKE_CLI = """\
-import json, sys
+import json, os, subprocess, sys
 argv = sys.argv[1:]
 record = {"argv": argv}
+config = {}
 if "--override-config" in argv:
     with open(argv[argv.index("--override-config") + 1], encoding="utf-8") as f:
-        record["override"] = json.load(f)
+        config = record["override"] = json.load(f)
+elif "--config" in argv:
+    with open(argv[argv.index("--config") + 1], encoding="utf-8") as f:
+        config = json.load(f)
+docker = argv[argv.index("--docker-path") + 1] if "--docker-path" in argv else "docker"
+folder = argv[argv.index("--workspace-folder") + 1]
+extra = []
+if os.path.exists(sys.argv[0] + ".metadata-args"):
+    with open(sys.argv[0] + ".metadata-args", encoding="utf-8") as f:
+        extra = json.load(f)
+mounts = [a for m in config.get("mounts", []) for a in ("--mount", m if isinstance(m, str)
+          else f"type={m['type']},src={m['source']},dst={m['target']}")]
+run = ["run", "--sig-proxy=false", "-a", "STDOUT", "-a", "STDERR", "--mount",
+       f"type=bind,source={folder},target=/workspaces/app", *mounts,
+       "-l", f"devcontainer.local_folder={folder}", *config.get("runArgs", []), *extra,
+       "--entrypoint", "/bin/sh", config.get("image", "img"), "-c", "echo started", "-"]
+started = subprocess.run([docker, *run]).returncode == 0
 with open(sys.argv[0] + ".calls", "a", encoding="utf-8") as f:
     f.write(json.dumps(record) + "\\n")
-print(json.dumps({"outcome": "success", "containerId": "c1"}))
+print(json.dumps({"outcome": "success", "containerId": "c1"} if started else
+                 {"outcome": "error", "message": "docker run failed"}))
+"""
+FAKE_DOCKER = """\
+import json, sys
+with open(sys.argv[0] + ".calls", "a", encoding="utf-8") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
 """
 
 
 def _fake_cli(bin_dir: Path) -> Path:
     bin_dir.mkdir()
-    cli = bin_dir / "devcontainer"
-    cli.write_text(f"#!{sys.executable}\n{FAKE_CLI}", encoding="utf-8")
-    cli.chmod(cli.stat().st_mode | stat.S_IXUSR)
-    return cli
+    for name, body in (("docker", FAKE_DOCKER), ("devcontainer", FAKE_CLI)):
+        exe = bin_dir / name
+        exe.write_text(f"#!{sys.executable}\n{body}", encoding="utf-8")
+        exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return bin_dir / "devcontainer"
+
+
+def _docker_calls(tmp_path: Path) -> list[list[str]]:
+    calls = tmp_path / "bin" / "docker.calls"
+    return [json.loads(line) for line in calls.read_text().splitlines()] \
+        if calls.exists() else []
 
 
 def _config(tmp_path: Path, trust: bool) -> AgentConfig:
@@ -144,8 +178,11 @@ def _config(tmp_path: Path, trust: bool) -> AgentConfig:
 
 
 def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any],
-         trust: bool) -> tuple[Bootstrap, list[dict[str, Any]]]:
+         trust: bool, metadata_args: list[str] | None = None
+         ) -> tuple[Bootstrap, list[dict[str, Any]]]:
     cli = _fake_cli(tmp_path / "bin")
+    if metadata_args is not None:
+        Path(f"{cli}.metadata-args").write_text(json.dumps(metadata_args))
     monkeypatch.setenv("PATH", f"{cli.parent}{os.pathsep}{os.environ['PATH']}")
     cfg = _config(tmp_path, trust)
     # The repository is already there (restored), holding the hostile config.
@@ -216,3 +253,93 @@ def test_an_untrusted_compose_config_is_refused_before_devcontainer_up(
     state = boot.snapshot()
     assert state.stage == FAILED and state.devcontainer_state == "refused"
     assert "trustRepository" in _status(boot)["devcontainer"]["message"]
+
+
+# -- what the image and the features add: the Docker guard -------------------------------
+
+
+def test_untrusted_up_goes_through_the_guard_which_passes_a_plain_container(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    boot, calls = _run(tmp_path, monkeypatch, {"image": "node:22"}, trust=False)
+    assert boot.snapshot().stage == READY
+    argv = calls[0]["argv"]
+    guard = argv[argv.index("--docker-path") + 1]
+    assert Path(guard).is_file() and os.access(guard, os.X_OK)
+    [run] = _docker_calls(tmp_path)  # reached the real docker, unchanged
+    assert run[0] == "run" and "node:22" in run
+
+
+@pytest.mark.parametrize("metadata_args", [
+    ["--privileged"],
+    ["--cap-add", "SYS_ADMIN"],
+    ["--security-opt", "apparmor=unconfined"],
+    ["--mount", "type=bind,src=/var/run/docker.sock,dst=/var/run/docker-host.sock"],
+    ["--mount", "type=volume,src=v,dst=/v,volume-opt=type=none,volume-opt=device=/"],
+], ids=["privileged", "capAdd", "securityOpt", "docker-socket", "volume-over-host-path"])
+def test_privileges_from_image_or_feature_metadata_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metadata_args: list[str]) -> None:
+    """The config asks for nothing, but its image's devcontainer.metadata label (or a
+    feature) does: the container is never created."""
+    boot, _ = _run(tmp_path, monkeypatch, {"image": "attacker/privileged"}, trust=False,
+                   metadata_args=metadata_args)
+    assert _docker_calls(tmp_path) == []
+    state = boot.snapshot()
+    assert state.stage == FAILED and state.devcontainer_state == "refused"
+    assert "trustRepository" in state.devcontainer_message
+
+
+def test_a_trusting_class_uses_docker_itself(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    boot, calls = _run(tmp_path, monkeypatch, {"image": "attacker/privileged"}, trust=True,
+                       metadata_args=["--privileged"])
+    assert boot.snapshot().stage == READY
+    assert "--docker-path" not in calls[0]["argv"]
+    assert "--privileged" in _docker_calls(tmp_path)[0]
+
+
+GUARD = docker_guard.Policy(docker="/usr/bin/docker",
+                            bind_sources=("/workspaces/app", "/var/lib/agentspaces/secrets/claude",
+                                          "/workspaces/.claude"),
+                            refusal_file="/dev/null")
+PLAIN_RUN = ["run", "--sig-proxy=false", "-a", "STDOUT", "-a", "STDERR",
+             "--mount", "type=bind,source=/workspaces/app,target=/workspaces/app",
+             "--mount", "type=volume,src=node_modules,dst=/workspaces/app/node_modules",
+             "--mount", "type=tmpfs,dst=/scratch", "-l", "devcontainer.local_folder=/x",
+             "-e", "A=--privileged", "-u", "node", "--network=host", "--init",
+             "--entrypoint", "/bin/sh", "img", "-c", "echo started", "-"]
+
+
+@pytest.mark.parametrize(("extra", "why"), [
+    (["-v", "/:/host"], "-v"),
+    (["-itv/:/host"], "-itv/:/host"),
+    (["--volume=/:/host"], "--volume"),
+    (["--pid=host"], "--pid"),
+    (["--network", "container:other"], "--network=container:other"),
+    (["--env-file", "/etc/agentspaces/agent.json"], "--env-file"),
+    (["--device", "/dev/sda"], "--device"),
+    (["--mount", "type=bind,source=/workspaces/app/../../etc,target=/e"],
+     "a bind mount of /workspaces/app/../../etc"),
+])
+def test_the_guard_reads_the_whole_run_command(extra: list[str], why: str) -> None:
+    assert docker_guard.problem(PLAIN_RUN, GUARD) is None
+    assert docker_guard.problem(["container", "create", *extra, *PLAIN_RUN[1:]], GUARD) == why
+    assert docker_guard.problem(["run", *extra, *PLAIN_RUN[1:]], GUARD) == why
+
+
+def test_the_guard_follows_links_out_of_the_checkout(tmp_path: Path) -> None:
+    repo = tmp_path / "app"
+    repo.mkdir()
+    (repo / "root").symlink_to("/")
+    policy = docker_guard.Policy("/usr/bin/docker", (str(repo),), "/dev/null")
+    assert docker_guard.problem(["run", "--mount", f"type=bind,src={repo}/sub,dst=/s", "i"],
+                                policy) is None
+    assert docker_guard.problem(["run", "--mount", f"type=bind,src={repo}/root,dst=/s", "i"],
+                                policy) == f"a bind mount of {repo}/root"
+
+
+def test_the_guard_leaves_other_commands_alone_but_compose_and_privileged_exec() -> None:
+    for argv in (["inspect", "--privileged"], ["ps", "-q"], ["buildx", "build", "."],
+                 ["exec", "-u", "node", "c1", "sh"]):
+        assert docker_guard.problem(argv, GUARD) is None
+    assert docker_guard.problem(["exec", "--privileged", "c1", "sh"], GUARD)
+    assert docker_guard.problem(["compose", "-f", "x.yml", "up"], GUARD) == "docker compose"

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentspaces_vm import devcontainer, safefs
+from agentspaces_vm import devcontainer, docker_guard, safefs
 from agentspaces_vm.config import AgentConfig
 from agentspaces_vm.devcontainer_policy import DevcontainerRefused
 from agentspaces_vm.redact import redact
@@ -388,9 +388,16 @@ class Bootstrap:
         if choice is None:
             return
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "DOCKER_HOST")}
-        argv = devcontainer.up_argv(cfg.tools.devcontainer, repo, choice.args)
+        guard = None if choice.policy == devcontainer.TRUSTED else \
+            self._docker_guard(repo, env.get("PATH"))
+        argv = devcontainer.up_argv(cfg.tools.devcontainer, repo, choice.args,
+                                    docker_path=str(guard.path) if guard else None)
         result = self._runner(argv, env, repo, UP_TIMEOUT)
         outcome = devcontainer.parse_up_outcome(result.stdout)
+        if guard is not None and guard.refusal.exists():
+            self._fail_devcontainer(guard.refusal.read_text(encoding="utf-8").strip(),
+                                    state="refused")
+            return
         if not outcome.success or result.returncode != 0:
             detail = outcome.message if outcome.message else result.stderr
             self._fail_devcontainer(f"devcontainer up failed: {detail or result.stderr}")
@@ -399,11 +406,32 @@ class Bootstrap:
         self._update(stage=READY, devcontainer_state="running", container_id=outcome.container_id,
                      devcontainer_message="", message="; ".join(notes), notes=notes)
 
+    def _docker_guard(self, repo: Path, search_path: str | None) -> _Guard:
+        """Write the `--docker-path` wrapper that refuses what the config could not say
+        itself (the image's and the features' metadata); see docker_guard."""
+        work = self._config.paths.state / "devcontainer"
+        guard = _Guard(work / "docker-guard", work / "docker-refused")
+        guard.refusal.unlink(missing_ok=True)
+        policy = docker_guard.Policy(
+            docker=shutil.which("docker", path=search_path) or "/usr/bin/docker",
+            bind_sources=(str(repo), str(self._store.claude_dir),
+                          str(self._config.paths.workspaces / ".claude")),
+            refusal_file=str(guard.refusal))
+        guard.path.write_text(docker_guard.launcher(policy), encoding="utf-8")
+        guard.path.chmod(0o700)
+        return guard
+
     def _fail_devcontainer(self, message: str, state: str = "failed") -> None:
         text = redact(message, 800)
         log.error("%s", text)
         self._update(stage=FAILED, devcontainer_state=state, devcontainer_message=text,
                      message=text)
+
+
+@dataclass(frozen=True)
+class _Guard:
+    path: Path
+    refusal: Path
 
 
 def _load_restore() -> RestoreFn:

@@ -195,8 +195,11 @@ def choose_config(*, repo: Path, devcontainer_path: str | None, image: str | Non
     return ConfigChoice(("--config", str(generated)), generated, doc, tuple(notes))
 
 
-def up_argv(tool: str, repo: Path, config_args: Sequence[str]) -> list[str]:
-    return [tool, "up", "--workspace-folder", str(repo), *config_args,
+def up_argv(tool: str, repo: Path, config_args: Sequence[str],
+            docker_path: str | None = None) -> list[str]:
+    """`docker_path`: the Docker CLI to use instead of `docker` (the agent's guard)."""
+    guard = ["--docker-path", docker_path] if docker_path else []
+    return [tool, "up", "--workspace-folder", str(repo), *config_args, *guard,
             "--additional-features", json.dumps({CLAUDE_FEATURE: {}}),
             "--remote-env", f"CLAUDE_CONFIG_DIR={CLAUDE_CONFIG_DIR}"]
 

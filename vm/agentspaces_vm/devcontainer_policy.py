@@ -10,7 +10,8 @@ and listed, so the operator can say so in a condition. Commands that run inside 
 container stay: the container is the workspace's to use.
 
 Compose-based configs are refused outright: their services are defined in compose
-files this module does not vet (any of them may be privileged).
+files this module does not vet (any of them may be privileged). What the image's and
+the features' own metadata ask for is refused at `docker run` by docker_guard.
 """
 
 from __future__ import annotations
