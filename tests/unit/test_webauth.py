@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from agentspaces.reconcile.owned_secrets import _hash_fields
+from agentspaces.kube import SecretData
+from agentspaces.reconcile.owned_secrets import _fingerprint, _hash_fields, ensure_access
+from agentspaces.reconcile.scope import Scope
 from agentspaces_vm import password_hash
 from agentspaces_vm.password_hash import (
     PasswordHashError,
@@ -104,6 +107,38 @@ def test_the_operator_hash_verifies_on_the_vm() -> None:
     parsed = parse_scrypt_hash(fields["scryptHash"])
     assert parsed.log_n == password_hash.DEFAULT_LOG_N
     assert parsed.verify(PASSWORD.encode()) and not parsed.verify(b"x")
+
+
+class MergingKube:
+    """Just the Secret calls ensure_access makes; updates merge as the apiserver's do."""
+
+    def __init__(self, data: dict[str, str]) -> None:
+        self.data = data
+        self.updates = 0
+
+    async def read_secret(self, namespace: str, name: str) -> SecretData:
+        return SecretData(data=dict(self.data), resource_version="1",
+                          owner_uids=("uid-1",), labels={})
+
+    async def replace_secret_data(self, namespace: str, name: str,
+                                  data: dict[str, str]) -> None:
+        self.updates += 1
+        self.data.update(data)
+
+
+def test_an_access_secret_from_before_scrypt_gets_its_hash_once() -> None:
+    kube = MergingKube({"username": "agent", "password": PASSWORD,
+                        "passwordSha256": _fingerprint(PASSWORD),
+                        "bcryptHash": "$2b$10$" + "a" * 53})
+    scope = cast(Scope, SimpleNamespace(
+        runtime=SimpleNamespace(kube=kube), ref=SimpleNamespace(
+            name="demo", namespace="default", uid="uid-1"),
+        secret_name=lambda suffix: f"demo-{suffix}"))
+    first = asyncio.run(ensure_access(scope))
+    assert parse_scrypt_hash(first.scrypt_hash).verify(PASSWORD.encode())
+    again = asyncio.run(ensure_access(scope))
+    # Stable: a new salt on every reconcile would re-deliver secrets and end sessions.
+    assert again.scrypt_hash == first.scrypt_hash and kube.updates == 1
 
 
 # -- Origin policy ------------------------------------------------------------------------

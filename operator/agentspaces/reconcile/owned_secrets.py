@@ -52,9 +52,10 @@ async def ensure_access(scope: Scope) -> Access:
     data = dict(secret.data)
     # A user may rotate the password by editing the Secret: rehash when the cheap
     # fingerprint no longer matches (scrypt itself is too slow to check every poll).
+    # (A Secret from before scrypt gets its scryptHash here; its old bcryptHash stays,
+    # unused: the update merges, and nothing reads that field any more.)
     if data.get("passwordSha256") != _fingerprint(data["password"]) or not data.get(
-            "scryptHash") or "bcryptHash" in data:
-        data.pop("bcryptHash", None)  # from before the VM checked passwords itself
+            "scryptHash"):
         data.update(await _hash_fields(data["password"]))
         await kube.replace_secret_data(scope.ref.namespace, name, data)
     return Access(username=data.get("username") or ACCESS_USERNAME,
