@@ -87,7 +87,8 @@ def test_the_cloudcli_unit_runs_unprivileged_and_sandboxed(tmp_path: Path) -> No
     system_units = Path("/lib/systemd/system")
     assert system_units.is_dir(), "systemd is not installed (apt-get install systemd)"
     shutil.copytree(system_units, tmp_path / "usr/lib/systemd/system", symlinks=True)
-    for exe in ("usr/bin/cloudcli", "bin/ln", "opt/agentspaces/cloudcli-register.sh"):
+    for exe in ("usr/bin/cloudcli", "bin/ln", "usr/bin/install",
+                "opt/agentspaces/cloudcli-register.sh"):
         (tmp_path / exe).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / exe).write_text("#!/bin/sh\n")
         (tmp_path / exe).chmod(0o755)
