@@ -110,4 +110,6 @@ def test_hostile_devcontainer_keys_are_removed_refused_or_trusted_by_class(
         w, "AgentReady").get("reason") == "DevcontainerRefused")
     agent = condition(ws, "AgentReady")
     assert agent["status"] == "False" and "trustRepository" in agent["message"]
+    restricted = condition(ws, "DevcontainerRestricted")
+    assert (restricted["status"], restricted["reason"]) == ("True", "DevcontainerRefused")
     assert condition(ws, "Ready")["status"] == "False"

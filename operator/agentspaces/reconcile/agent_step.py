@@ -159,7 +159,10 @@ def _devcontainer_trust(scope: Scope, devcontainer: dict[str, Any]) -> None:
     """DevcontainerRestricted from what the agent vetted (nothing until it has)."""
     policy = devcontainer.get("policy")
     removed = [str(k) for k in devcontainer.get("removed") or []]
-    if policy == "restricted" and removed:
+    if devcontainer.get("state") == "refused":
+        scope.status.condition(C.DEVCONTAINER_RESTRICTED, True, C.DEVCONTAINER_REFUSED,
+                               str(devcontainer.get("message") or "refused"))
+    elif policy == "restricted" and removed:
         shown = ", ".join(removed[:20]) + (f" and {len(removed) - 20} more"
                                            if len(removed) > 20 else "")
         scope.status.condition(C.DEVCONTAINER_RESTRICTED, True, C.KEYS_REMOVED,
