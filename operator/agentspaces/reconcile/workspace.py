@@ -263,6 +263,8 @@ def _summarize(scope: Scope) -> None:
                          f"workspace is {phase.lower()}"
                          + (f" ({status.get('stoppedBy')})" if status.get("stoppedBy") else ""))
         return
+    if phase == "Failed" and status.get("server", "id") is None:
+        return  # refused before any server (the data key, restore-from): Ready says why
     parts = (C.SERVER_READY, C.DNS_READY, C.AGENT_READY)
     if all(status.is_true(t) for t in parts):
         url = status.get("urls", "workspace") or scope.host
