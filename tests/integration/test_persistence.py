@@ -285,7 +285,9 @@ def test_restore_from_only_reaches_retained_backups_of_the_same_namespace(
     ws = _until(kubectl, case, namespace, "restore source refused",
                 lambda w: condition(w, "BackupRestored").get("reason") == "RestoreSourceRefused")
     assert f"Secret {namespace}/{case}-key" in condition(ws, "BackupRestored")["message"]
-    assert condition(ws, "Ready")["status"] == "False"
+    ready = condition(ws, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "RestoreSourceRefused")
+    assert ws["status"]["phase"] == "Failed"
     assert "server" not in ws["status"] and "restore" not in ws["status"]
     uid = ws["metadata"]["uid"]
     assert [s for s in stack.clouds.hetzner.servers.values()
