@@ -11,11 +11,19 @@
 #    no login of its own). A cgroup match holds even for root inside a container, where
 #    a uid match would not.
 #
+# 3. CloudCLI runs as an unprivileged user (uid $AGENTSPACES_UI_UID) whose web terminal
+#    is a shell on the VM; it must not reconfigure Caddy (drop the login) through the
+#    admin API ($AGENTSPACES_UI_GUARDED_PORTS). Matched by uid, which that user cannot
+#    change: its only sudo rule runs the Claude wrapper. Numeric, since this runs before
+#    bootstrap.sh creates the user.
+#
 # Every rule is checked before it is inserted, so running this twice changes nothing.
 set -euo pipefail
 
 : "${AGENTSPACES_SLICE:?set by agentspaces-firewall.service}"
 : "${AGENTSPACES_GUARDED_PORTS:?set by agentspaces-firewall.service}"
+: "${AGENTSPACES_UI_UID:?set by agentspaces-firewall.service}"
+: "${AGENTSPACES_UI_GUARDED_PORTS:?set by agentspaces-firewall.service}"
 METADATA_V4=169.254.169.254
 METADATA_V6=fe80::a9fe:a9fe
 
@@ -33,14 +41,18 @@ ensure() {
 mkdir -p "/sys/fs/cgroup/$AGENTSPACES_SLICE"
 
 ports=${AGENTSPACES_GUARDED_PORTS// /,}
+ui_ports=${AGENTSPACES_UI_GUARDED_PORTS// /,}
 for cmd in iptables ip6tables; do
   # Docker keeps an existing DOCKER-USER chain and jumps to it first.
   "$cmd" -w -N DOCKER-USER 2>/dev/null || true
   ensure "$cmd" OUTPUT -o lo -p tcp -m multiport --dports "$ports" \
     -m cgroup --path "$AGENTSPACES_SLICE" -j REJECT --reject-with tcp-reset
+  ensure "$cmd" OUTPUT -o lo -p tcp -m multiport --dports "$ui_ports" \
+    -m owner --uid-owner "$AGENTSPACES_UI_UID" -j REJECT --reject-with tcp-reset
 done
 ensure iptables OUTPUT -d "$METADATA_V4" -j REJECT
 ensure iptables DOCKER-USER -d "$METADATA_V4" -j REJECT
 ensure ip6tables OUTPUT -d "$METADATA_V6" -j REJECT
 ensure ip6tables DOCKER-USER -d "$METADATA_V6" -j REJECT
-echo "agentspaces-firewall: metadata service blocked; ports $ports closed to $AGENTSPACES_SLICE"
+echo "agentspaces-firewall: metadata service blocked; ports $ports closed to $AGENTSPACES_SLICE;" \
+  "ports $ui_ports closed to uid $AGENTSPACES_UI_UID"

@@ -25,7 +25,7 @@ from agentspaces import pki
 from agentspaces.vmconfig import templates
 from agentspaces.vmconfig.agent_bundle import AgentBundle
 from agentspaces.vmconfig.agent_config import render_agent_config
-from agentspaces.vmconfig.layout import SLICE, VM_LAYOUT, VmLayout
+from agentspaces.vmconfig.layout import SLICE, UI_UID, VM_LAYOUT, VmLayout
 from agentspaces.vmconfig.userdata import (
     USER_DATA_LIMIT,
     UserDataTooLarge,
@@ -354,3 +354,17 @@ def test_templates_fill_strictly() -> None:
         templates.fill_text("caddy-bootstrap.json", {"caddy_admin": "x", "extra": 1})
     with pytest.raises(templates.TemplateError, match="not found"):
         templates.read_template("no-such-template")
+
+
+def test_cloudcli_user_is_closed_off_from_caddy_admin() -> None:
+    """CloudCLI's terminal is a host shell as UI_UID: the firewall unit closes Caddy's
+    admin port to that uid, and bootstrap.sh creates the user with that same uid."""
+    written = read_write_files(render_variant("full"))
+    unit = next(f.content.decode() for path, f in written.items()
+                if path.endswith("/agentspaces-firewall.service"))
+    assert f"AGENTSPACES_UI_UID={UI_UID}\n" in unit
+    assert f'AGENTSPACES_UI_GUARDED_PORTS={VM_LAYOUT.caddy_admin_port}"' in unit
+    bootstrap = templates.read_template("bootstrap.sh")
+    assert f"\nUI_UID={UI_UID}\n" in bootstrap
+    firewall = templates.read_template("firewall.sh")
+    assert '--uid-owner "$AGENTSPACES_UI_UID"' in firewall

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 # Names the scripts in cloudinit/ also use; the VM paths below are fixed by them.
 SLICE = "agentspaces.slice"
 UI_USER = "cloudcli"  # CloudCLI's unprivileged user (bootstrap.sh creates it)
+UI_UID = 1000  # bootstrap.sh UI_UID: the container user's uid
 SUDOERS_FILE = "/etc/sudoers.d/agentspaces-claude"
 HOOK_PATH = "/hooks"
 CONTAINER_SECRETS_DIR = "/run/agentspaces"
@@ -89,6 +90,11 @@ class VmLayout:
     def guarded_ports(self) -> tuple[int, ...]:
         """Loopback ports without authentication of their own, closed to containers."""
         return (self.caddy_admin_port, self.ui_port)
+
+    @property
+    def ui_guarded_ports(self) -> tuple[int, ...]:
+        """Loopback ports closed to CloudCLI's user (its web terminal is a host shell)."""
+        return (self.caddy_admin_port,)
 
 
 VM_LAYOUT = VmLayout()

@@ -26,14 +26,21 @@ import yaml
 
 from agentspaces.api.types import WorkspaceClass, WorkspaceRef, WorkspaceSpec
 from agentspaces.vmconfig import templates
-from agentspaces.vmconfig.agent_bundle import AgentBundle, load_agent_bundle
+from agentspaces.vmconfig.agent_bundle import AgentBundle, load_agent_bundle, strip_source
 from agentspaces.vmconfig.agent_config import render_agent_config
 from agentspaces.vmconfig.claude import (
     render_claude_md,
     render_claude_settings,
     render_mcp_json,
 )
-from agentspaces.vmconfig.layout import SLICE, SUDOERS_FILE, UI_USER, VM_LAYOUT, VmLayout
+from agentspaces.vmconfig.layout import (
+    SLICE,
+    SUDOERS_FILE,
+    UI_UID,
+    UI_USER,
+    VM_LAYOUT,
+    VmLayout,
+)
 
 USER_DATA_LIMIT = 32 * 1024  # Hetzner: "This field is limited to 32KiB."
 # Larger files go in gzipped (the repository's cloudinit/ has them readable): without
@@ -98,7 +105,9 @@ def _units(layout: VmLayout) -> list[dict[str, Any]]:
             "ui_user": UI_USER},
         "agentspaces-firewall.service": {
             "slice": SLICE, "install_dir": layout.install_dir,
-            "guarded_ports": " ".join(str(p) for p in layout.guarded_ports)},
+            "guarded_ports": " ".join(str(p) for p in layout.guarded_ports),
+            "ui_uid": UI_UID,
+            "ui_guarded_ports": " ".join(str(p) for p in layout.ui_guarded_ports)},
     }
     files = [_file(f"{unit_dir}/{SLICE}", templates.read_template(SLICE))]
     files += [_file(f"{unit_dir}/{name}", templates.fill_text(name, values[name]))
@@ -116,7 +125,10 @@ def _scripts(layout: VmLayout) -> list[dict[str, Any]]:
     # Its one way to root (Docker), for CloudCLI's unprivileged user.
     scripts.append(_file(SUDOERS_FILE, templates.fill_text("sudoers-agentspaces-claude",
                                                            {"ui_user": UI_USER}), "0440"))
-    scripts.append(_file(layout.agent_loader, templates.read_template("agent_loader.py")))
+    # Comments and docstrings stripped (line numbers kept), as in the agent bundle: the
+    # loader is the largest file in the 32 KiB.
+    scripts.append(_file(layout.agent_loader, strip_source(
+        templates.read_template("agent_loader.py"), "agent_loader.py")))
     return scripts
 
 
