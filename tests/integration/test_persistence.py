@@ -228,12 +228,14 @@ def test_bucket_writer_cannot_forge_or_roll_back_backups(
     refused("BackupTampered")
 
     # 2. Rollback: the forgery removed, the newest manifest overwritten with the older
-    # one (the bucket now shows the older backup as the newest).
+    # one (the bucket now shows the older backup as the newest). The user retries.
+    _stop(kubectl, "roller", namespace)
     client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [
         {"Key": f"{prefix}/{forged_id}.tar.zst.enc"},
         {"Key": f"{prefix}/{forged_id}.manifest.json"}]})
     client.copy_object(Bucket=s3.bucket, Key=manifest_of(newest),
                        CopySource={"Bucket": s3.bucket, "Key": manifest_of(older)})
+    _start(kubectl, "roller", namespace)
     ws = refused("BackupRolledBack")
     newest_id = newest.rsplit("/", 1)[1].removesuffix(".tar.zst.enc")
     assert f"agentspaces.dev/accept-rollback={newest_id}" in \
