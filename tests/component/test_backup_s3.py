@@ -689,6 +689,14 @@ def test_bucket_writer_cannot_swap_or_forge_backups(
     with pytest.raises(bk.ManifestTampered):
         bk.restore_plan(store, copied, data_key, 600)
 
+    # 4. A giant "manifest" for a newer id is never read (it would exhaust memory).
+    giant_id = bk.backup_id(T0 + timedelta(hours=4))
+    _put(store, bk.object_key(ws, giant_id), old_blob)
+    giant = {**_manifest(store, old), "id": giant_id, "objectName": giant_id + bk.OBJECT_SUFFIX}
+    _put(store, bk.manifest_key(ws, giant_id),  # valid JSON, padded: only its size tells
+         json.dumps(giant).encode() + b" " * bk.MAX_MANIFEST_SIZE)
+    assert bk.latest_backup(store, ws) == copied
+
     # The untouched old backup still restores: nothing above damaged what is genuine.
     restore(store, old, data_key, target)
     assert snapshot(target) == snapshot(old_tree)

@@ -48,6 +48,7 @@ MANIFEST_KIND = "agentspaces.dev/backup"
 MANIFEST_VERSION = 2  # 2: authenticated (mac), always names the workspace
 OBJECT_SUFFIX = ".tar.zst.enc"
 MANIFEST_SUFFIX = ".manifest.json"
+MAX_MANIFEST_SIZE = 64 * 1024  # ours are under 1 KiB
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 _ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
 
@@ -406,6 +407,7 @@ def _committed(store: ObjectStore, ws: WorkspaceRef
     """Committed backups (oldest first) and every layout key by id and kind."""
     by_id: dict[str, dict[str, str]] = {}
     sizes: dict[str, int] = {}
+    oversized: set[str] = set()
     for obj in store.list_objects(ws.prefix):
         parsed = classify_key(ws, obj.key)
         if parsed is None:
@@ -414,10 +416,16 @@ def _committed(store: ObjectStore, ws: WorkspaceRef
         by_id.setdefault(bid, {})[kind] = obj.key
         if kind == "object":
             sizes[bid] = obj.size
+        elif obj.size > MAX_MANIFEST_SIZE:
+            oversized.add(bid)
     records = []
     for bid in sorted(by_id):
         keys = by_id[bid]
         if "manifest" not in keys:
+            continue
+        if bid in oversized:  # never read: a planted giant would exhaust our memory
+            log.warning("ignoring backup manifest %s: larger than %d bytes", keys["manifest"],
+                        MAX_MANIFEST_SIZE)
             continue
         try:
             doc = json.loads(store.get_object(keys["manifest"]))
