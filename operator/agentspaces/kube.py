@@ -50,6 +50,8 @@ class SecretData:
     annotations: Mapping[str, str] = field(default_factory=dict)
     owners: tuple[OwnerRef, ...] = ()
     uid: str = ""
+    not_text: tuple[str, ...] = ()
+    """Keys whose values are not UTF-8 text: left out of `data`, never decoded."""
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,22 @@ class KubePort(Protocol):
 
 
 def _decode(secret: client.V1Secret) -> SecretData:
-    data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    # Every value the operator reads is text (tokens, base64 keys, passwords). A binary
+    # value put there by a user must become a condition, not an exception every retry.
+    data: dict[str, str] = {}
+    not_text: list[str] = []
+    for key, value in (secret.data or {}).items():
+        try:
+            data[key] = base64.b64decode(value).decode()
+        except (ValueError, UnicodeDecodeError):
+            not_text.append(key)
     refs = tuple(OwnerRef(kind=ref.kind, name=ref.name, uid=ref.uid)
                  for ref in secret.metadata.owner_references or [])
     return SecretData(data=data, resource_version=secret.metadata.resource_version or "",
                       owner_uids=tuple(ref.uid for ref in refs),
                       labels=dict(secret.metadata.labels or {}),
                       annotations=dict(secret.metadata.annotations or {}), owners=refs,
-                      uid=secret.metadata.uid or "")
+                      uid=secret.metadata.uid or "", not_text=tuple(sorted(not_text)))
 
 
 def _lease(lease: client.V1Lease) -> LeaseData:

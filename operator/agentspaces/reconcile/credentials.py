@@ -68,6 +68,10 @@ async def _secret_value(kube: _SecretReader, ref: SecretKeyRef, namespace: str
                                   f"cannot read Secret {namespace}/{ref.name}: {err.status}")
     if secret is None:
         return CredentialsProblem(C.SECRET_NOT_FOUND, f"Secret {namespace}/{ref.name} not found")
+    if ref.key in secret.not_text:
+        return CredentialsProblem(C.SECRET_KEY_MISSING,
+                                  f"Secret {namespace}/{ref.name} key {ref.key!r} is not "
+                                  "UTF-8 text")
     value = secret.data.get(ref.key)
     if not value or not value.strip():
         return CredentialsProblem(C.SECRET_KEY_MISSING,
