@@ -297,3 +297,49 @@ def test_restore_from_only_reaches_retained_backups_of_the_same_namespace(
     assert _key_secret(kubectl, case, namespace) is None  # nothing copied
     kubectl("delete", "workspace", case, "-n", namespace, "--wait=false")
     wait_for(lambda: not _ws(kubectl, case, namespace), 60, f"{case} deleted")
+
+
+def test_retained_backups_rolled_back_before_adoption_are_refused(
+        stack: VmStack, kubectl: Kubectl, namespace: str) -> None:
+    """The retained key Secret remembers the last backup of the deleted Workspace; a
+    bucket writer who deletes that backup's manifest before an heir adopts the prefix
+    is detected (BackupRolledBack) until the user accepts the older backup."""
+    vms, s3 = stack.vms, stack.s3
+    assert s3 is not None
+    kubectl.apply(workspace("elder", namespace, CLASS, persistence={"onDelete": "Retain"}))
+    ws = _ready(kubectl, "elder", namespace)
+    (_files(vms, ws) / "notes.txt").write_text("generation 1\n")
+    older = _stop(kubectl, "elder", namespace)["status"]["backup"]["object"]
+    _start(kubectl, "elder", namespace)
+    ws = _ready(kubectl, "elder", namespace)
+    (_files(vms, ws) / "notes.txt").write_text("generation 2\n")
+    newest = _stop(kubectl, "elder", namespace)["status"]["backup"]["object"]
+    assert newest != older
+    kubectl("delete", "workspace", "elder", "-n", namespace, "--wait=false")
+    wait_for(lambda: not _ws(kubectl, "elder", namespace), 60, "elder deleted")
+    retained = _key_secret(kubectl, "elder", namespace)
+    assert retained is not None
+    newest_id = newest.rsplit("/", 1)[1].removesuffix(".tar.zst.enc")
+    assert retained["metadata"]["annotations"]["agentspaces.dev/last-backup"] == newest_id
+
+    _s3(s3).delete_object(Bucket=s3.bucket,
+                          Key=newest.removesuffix(".tar.zst.enc") + ".manifest.json")
+    heir = yaml.safe_load(workspace("younger", namespace, CLASS,
+                                    persistence={"onDelete": "Delete"}))
+    heir["metadata"]["annotations"] = {"agentspaces.dev/restore-from": "elder-backup-key"}
+    kubectl.apply(yaml.safe_dump(heir))
+    ws = _until(kubectl, "younger", namespace, "rollback of the retained backups refused",
+                lambda w: condition(w, "BackupRestored").get("reason") == "BackupRolledBack")
+    assert condition(ws, "Ready")["status"] == "False"
+    assert not (_files(vms, ws) / "notes.txt").exists()
+
+    kubectl("annotate", "workspace", "younger", "-n", namespace,
+            f"agentspaces.dev/accept-rollback={newest_id}")
+    # Still in its first (create) reconcile, so the annotation is seen at the refusal's
+    # next retry, up to a minute later.
+    ws = _until(kubectl, "younger", namespace, "younger Ready after the rollback was accepted",
+                lambda w: condition(w, "Ready").get("status") == "True", timeout=150)
+    assert (_files(vms, ws) / "notes.txt").read_text() == "generation 1\n"
+    kubectl("delete", "workspace", "younger", "-n", namespace, "--wait=false")
+    wait_for(lambda: not _ws(kubectl, "younger", namespace), 60, "younger deleted")
+    kubectl("delete", "secret", "elder-backup-key", "-n", namespace)

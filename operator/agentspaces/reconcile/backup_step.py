@@ -173,7 +173,7 @@ async def restore_plan(scope: Scope, data_key: keys.DataKey | None
         plan = None if latest is None else await asyncio.to_thread(
             backups.restore_plan, store(scope), latest, data_key,
             int(scope.runtime.settings.backup_url_ttl))
-        if _refuse_rollback(scope, latest):
+        if _refuse_rollback(scope, latest, await _baseline(scope)):
             return Outcome.after(FAILED_RETRY, "backup rolled back")
         if latest is None:
             scope.status.condition(C.BACKUP_RESTORED, False, C.NO_BACKUP,
@@ -197,28 +197,54 @@ async def restore_plan(scope: Scope, data_key: keys.DataKey | None
 
 
 ACCEPT_ROLLBACK_ANNOTATION = "agentspaces.dev/accept-rollback"
+# On a retained key Secret: the last backup the deleted Workspace committed.
+LAST_BACKUP_ANNOTATION = "agentspaces.dev/last-backup"
 
 
-def _refuse_rollback(scope: Scope, latest: backups.BackupRecord | None) -> bool:
+async def _baseline(scope: Scope) -> tuple[Mapping[str, Any], bool] | None:
+    """The newest backup the cluster knows was committed where we restore from, and
+    whether it is this workspace's own (status.backup) rather than that of the retained
+    workspace it restores from (the retained key Secret's annotation)."""
+    own = scope.status.get("backup")
+    if own:
+        return own, True
+    source = scope.annotations.get(RESTORE_FROM_ANNOTATION)
+    if not (source and scope.status.get("restore", "prefix")):
+        return None
+    secret = await scope.runtime.kube.read_secret(scope.ref.namespace, source)
+    last = secret.annotations.get(LAST_BACKUP_ANNOTATION) if secret else None
+    try:
+        return ({"time": iso(backups.parse_backup_id(last))}, False) if last else None
+    except ValueError:
+        return None
+
+
+def _refuse_rollback(scope: Scope, latest: backups.BackupRecord | None,
+                     baseline: tuple[Mapping[str, Any], bool] | None) -> bool:
     """True (and BackupRestored=False, BackupRolledBack) when the newest backup in the
-    bucket is older than, or not, the last one this cluster committed (status.backup):
+    bucket is older than, or not, the last one the cluster recorded (`_baseline`):
     someone deleted or replaced the newer manifests. A bucket writer can do that; only
     the cluster remembers. The user accepts the older state by annotating the Workspace
-    with ACCEPT_ROLLBACK_ANNOTATION = the recorded backup id; that acceptance is used
-    once (status.backup is reset to what is restored) and never covers a later loss."""
-    recorded = scope.status.get("backup") or {}
+    with ACCEPT_ROLLBACK_ANNOTATION = the recorded backup id; for its own backups that
+    acceptance is used once (status.backup is reset to what is restored) and never
+    covers a later loss."""
+    if baseline is None:
+        return False
+    recorded, own = baseline
     recorded_at = parse_time(recorded.get("time"))
     if recorded_at is None:
         return False
     if latest is not None and (latest.time > recorded_at or (
-            latest.time == recorded_at and latest.object_key == recorded.get("object")
+            latest.time == recorded_at
+            and recorded.get("object") in (None, latest.object_key)
             and recorded.get("sha256") in (None, latest.sha256))):
         return False
     recorded_id = backups.backup_id(recorded_at)
     found = f"the newest backup is {latest.backup_id}" if latest else "no backup is left"
     if scope.annotations.get(ACCEPT_ROLLBACK_ANNOTATION) == recorded_id:
-        scope.status.set("backup", {**latest.status(), "sha256": latest.sha256}
-                         if latest else None)
+        if own:
+            scope.status.set("backup", {**latest.status(), "sha256": latest.sha256}
+                             if latest else None)
         scope.emit("Warning", "RollbackAccepted", f"backup {recorded_id} is gone and {found}; "
                    f"restoring that as accepted by {ACCEPT_ROLLBACK_ANNOTATION}")
         return False
@@ -383,11 +409,18 @@ async def on_delete(scope: Scope) -> Outcome:
             scope.ref.namespace, key_secret, scope.ref.uid, {RETAINED_LABEL: "true"},
             {BACKUP_PREFIX_ANNOTATION: location(scope).prefix,
              "agentspaces.dev/retained-from": f"{scope.ref.namespace}/{scope.ref.name} "
-                                              f"uid {scope.ref.uid}"})
+                                              f"uid {scope.ref.uid}",
+             **_last_backup_annotation(scope)})
         scope.emit("Normal", "BackupsRetained",
                    f"backups kept under {location(scope).prefix}; key Secret {key_secret} "
                    "kept (see docs/backup-format.md to restore)")
     return Outcome.done()
+
+
+def _last_backup_annotation(scope: Scope) -> dict[str, str]:
+    """What the heir of retained backups checks for a rollback (see `_baseline`)."""
+    taken = parse_time(scope.status.get("backup", "time"))
+    return {LAST_BACKUP_ANNOTATION: backups.backup_id(taken)} if taken else {}
 
 
 def stopping_started(scope: Scope) -> None:
