@@ -208,9 +208,14 @@ def test_bucket_writer_cannot_forge_or_roll_back_backups(
         ws = _until(kubectl, "roller", namespace, f"restore refused with {reason}",
                     lambda w: condition(w, "BackupRestored").get("reason") == reason)
         assert condition(ws, "BackupRestored")["status"] == "False"
-        assert condition(ws, "Ready")["status"] == "False"
-        assert ws["status"]["phase"] != "Running"
-        assert not (_files(vms, ws) / "project").exists()  # nothing restored
+        ready = condition(ws, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", reason)
+        assert ws["status"]["phase"] == "Failed"
+        # Refused before any server: nothing restored, nothing billed.
+        assert "id" not in (ws["status"].get("server") or {})
+        assert [s for s in stack.clouds.hetzner.servers.values()
+                if s["labels"].get("agentspaces.dev/workspace-uid") == ws["metadata"]["uid"]
+                ] == []
         return ws
 
     # 1. A "newer" backup: the older object copied under a later id, with the genuine
@@ -331,7 +336,9 @@ def test_retained_backups_rolled_back_before_adoption_are_refused(
     ws = _until(kubectl, "younger", namespace, "rollback of the retained backups refused",
                 lambda w: condition(w, "BackupRestored").get("reason") == "BackupRolledBack")
     assert condition(ws, "Ready")["status"] == "False"
-    assert not (_files(vms, ws) / "notes.txt").exists()
+    assert "id" not in (ws["status"].get("server") or {})  # refused before any server
+    assert [s for s in stack.clouds.hetzner.servers.values()
+            if s["labels"].get("agentspaces.dev/workspace-uid") == ws["metadata"]["uid"]] == []
 
     kubectl("annotate", "workspace", "younger", "-n", namespace,
             f"agentspaces.dev/accept-rollback={newest_id}")

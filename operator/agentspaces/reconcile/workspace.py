@@ -170,6 +170,15 @@ async def _ensure_running(scope: Scope) -> Outcome:
         if status.get("server", "id") is None:
             status.set("phase", "Failed")
         return Outcome.after(backup_step.FAILED_RETRY, "data key unusable")
+    if data_key is not None and status.get("server", "id") is None:
+        # A tampered or rolled-back backup refuses the start: find out before paying
+        # for a server (the agent step builds the plan it sends again, fresh).
+        refused = await backup_step.restore_plan(scope, data_key)
+        if isinstance(refused, Outcome):
+            cond = status.reason(C.BACKUP_RESTORED) or C.RESTORE_FAILED
+            status.condition(C.READY, False, cond, "the backups cannot be restored")
+            status.set("phase", "Failed")
+            return refused
     if status.get("phase") in (None, "Pending", "Stopped", "Failed"):
         status.set("phase", "Creating")
         status.set("stoppedAt", None)
