@@ -296,6 +296,8 @@ caddy_http_request_duration_seconds_bucket{code="200",method="GET",{A},le="+Inf"
 caddy_http_request_duration_seconds_sum{code="200",method="GET",{A}} 1.5e-02
 caddy_http_request_duration_seconds_count{code="200",method="GET",{A}} 9
 caddy_http_request_duration_seconds_count{code="401",method="GET",{A}} 3
+caddy_http_request_duration_seconds_count{code="403",method="POST",{A}} 4
+caddy_http_request_duration_seconds_count{code="429",method="GET",{A}} 6
 caddy_http_request_duration_seconds_count{code="404",method="GET",{O}} 40
 caddy_http_request_duration_seconds_count{code="200",method="GET",{P}} 5
 caddy_http_request_duration_seconds_count{code="308",method="GET",{R}} 7
@@ -326,7 +328,7 @@ def test_parser_reads_a_realistic_caddy_exposition():
     samples = parse_prometheus_text(EXPOSITION)
     names = [s.name for s in samples]
     assert "this" not in names and "also_broken" not in names and "bad_value" not in names
-    assert len(samples) == 18
+    assert len(samples) == 20
     bucket = next(s for s in samples if s.labels.get("le") == "+Inf")
     assert bucket == Sample("caddy_http_request_duration_seconds_bucket", {
         "code": "200", "handler": "authentication", "host": "ws.example.com",
@@ -343,7 +345,8 @@ def test_parser_reads_a_realistic_caddy_exposition():
 
 def test_http_counters_leave_out_scanners_redirects_and_unauthenticated():
     counters = http_counters(parse_prometheus_text(EXPOSITION))
-    assert counters.completed == 9 + 5           # 200s on known hosts
+    # 200s on known hosts; not 401 (no login), 403 (cross-origin), 429 (rate limited)
+    assert counters.completed == 9 + 5
     assert counters.in_flight == 1 + 2           # not the _other host
 
 

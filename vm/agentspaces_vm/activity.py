@@ -11,7 +11,7 @@
   exist (nothing has happened for a while), else `absent` (no Claude Code session).
 - HTTP through Caddy (`poll`): completed requests (from the admin `/metrics`
   exposition) and long-lived connections (requests in flight on two polls in a row:
-  a websocket terminal, SSE). Unauthenticated answers (401/407), unknown hosts and
+  a websocket terminal, SSE). Refused answers (401/403/407/429), unknown hosts and
   Caddy's HTTP->HTTPS redirect server do not count, so scanners keep nothing alive.
 - SSH: authenticated sshd session processes in /proc (`sshd: user@pts/0`).
 - Files under /workspaces: a budgeted scanner keeps the newest change time; skips
@@ -192,7 +192,13 @@ class HttpCounters:
     in_flight: float    # requests being handled now
 
 
-def http_counters(samples: list[Sample], *, ignore_codes: Collection[str] = ("401", "407"),
+# Answers the web front gives to requests it refuses: not signed in (401/407),
+# cross-origin (403), rate limited (429). Anyone on the internet can cause them, so they
+# never keep a workspace running.
+REFUSED_CODES = ("401", "403", "407", "429")
+
+
+def http_counters(samples: list[Sample], *, ignore_codes: Collection[str] = REFUSED_CODES,
                   exclude_servers: Collection[str] = ("remaining_auto_https_redirects",),
                   counts_host: Callable[[str], bool] | None = None) -> HttpCounters:
     """Sum Caddy's HTTP series that count as user activity.
@@ -400,7 +406,7 @@ class ActivityTracker:
         session_ttl: timedelta = timedelta(hours=12),
         max_sessions: int = 32,
         reason_window: timedelta = timedelta(minutes=2),
-        http_ignore_codes: Collection[str] = ("401", "407"),
+        http_ignore_codes: Collection[str] = REFUSED_CODES,
         http_exclude_servers: Collection[str] = ("remaining_auto_https_redirects",),
         http_counts_host: Callable[[str], bool] | None = None,
     ) -> None:
