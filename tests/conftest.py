@@ -4,6 +4,8 @@ started once per session, only when an integration or e2e test asks for it."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,3 +70,25 @@ def namespace(kubectl: Kubectl) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     return name
+
+
+def fingerprint(path: Path) -> tuple[object, int, int, int]:
+    """Content (or listing), mode and owner of a file or directory."""
+    st = os.lstat(path)
+    body = sorted(os.listdir(path)) if path.is_dir() else path.read_bytes()
+    return body, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Iterator[Path]:
+    """An /etc/sudoers.d stand-in outside /workspaces, the kind of file a link planted by
+    the container aims at; the test fails if root changed it, its directory or theirs."""
+    outside = tmp_path / "etc" / "sudoers.d"
+    outside.mkdir(parents=True)
+    target = outside / "90-admins"
+    target.write_text("root ALL=(ALL) ALL\n")
+    os.chmod(target, 0o440)
+    watched = (target, outside, outside.parent)
+    before = [fingerprint(p) for p in watched]
+    yield target
+    assert [fingerprint(p) for p in watched] == before, "root wrote outside /workspaces"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +27,6 @@ pytestmark = [pytest.mark.timeout(120),
 
 # The S3 server, bucket and data key of the backup tests.
 moto_endpoint, store, data_key = s3.moto_endpoint, s3.store, s3.data_key
-
-
-def fingerprint(path: Path) -> tuple[object, int, int, int]:
-    st = os.lstat(path)
-    body = sorted(os.listdir(path)) if path.is_dir() else path.read_bytes()
-    return body, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Iterator[Path]:
-    outside = tmp_path / "etc" / "sudoers.d"
-    outside.mkdir(parents=True)
-    target = outside / "90-admins"
-    target.write_text("root ALL=(ALL) ALL\n")
-    os.chmod(target, 0o440)
-    before = fingerprint(target), fingerprint(outside)
-    yield target
-    assert (fingerprint(target), fingerprint(outside)) == before, "root wrote outside"
 
 
 def plant(tree: Path, victim: Path) -> None:

@@ -12,7 +12,6 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,25 +26,6 @@ from tests.component.test_backup_s3 import T0, restore, run_backup, snapshot, wo
 moto_endpoint, store, data_key = s3.moto_endpoint, s3.store, s3.data_key
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="restores as root, like the agent")
-
-
-def fingerprint(path: Path) -> tuple[object, int, int, int]:
-    st = os.lstat(path)
-    body = sorted(os.listdir(path)) if path.is_dir() else path.read_bytes()
-    return body, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Iterator[Path]:
-    outside = tmp_path / "etc" / "sudoers.d"
-    outside.mkdir(parents=True)
-    target = outside / "90-admins"
-    target.write_text("root ALL=(ALL) ALL\n")
-    os.chmod(target, 0o440)
-    before = fingerprint(target), fingerprint(outside), fingerprint(outside.parent)
-    yield target
-    after = fingerprint(target), fingerprint(outside), fingerprint(outside.parent)
-    assert after == before, "the restore wrote outside its tree"
 
 
 def links_out(root: Path) -> list[str]:

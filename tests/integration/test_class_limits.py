@@ -5,9 +5,7 @@ refuse."""
 
 from __future__ import annotations
 
-import itertools
 import random
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,16 +35,7 @@ LIMITS = {"serverTypes": ["cx23", "cpx22"], "idleTimeout": "2h", "lifetime": "12
 
 @pytest.fixture(scope="module")
 def clouds() -> Iterator[Clouds]:
-    with running_clouds() as c:
-        # Loopback addresses where nothing listens: agent polls fail fast.
-        ips = (f"127.0.19.{n}" for n in itertools.count(10))
-        lock = threading.Lock()
-
-        def allocate() -> str:
-            with lock:
-                return next(ips)
-
-        c.hetzner.ip_allocator = allocate
+    with running_clouds(dead_end_block=19) as c:
         yield c
 
 

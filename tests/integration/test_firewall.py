@@ -9,9 +9,7 @@ firewall applies to, and the tests check that and the rules.
 
 from __future__ import annotations
 
-import itertools
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,15 +39,7 @@ ANYWHERE = ["0.0.0.0/0", "::/0"]
 
 @pytest.fixture(scope="module")
 def clouds() -> Iterator[Clouds]:
-    with running_clouds() as c:
-        ips = (f"127.0.11.{n}" for n in itertools.count(10))  # nothing listens there
-        lock = threading.Lock()
-
-        def allocate() -> str:
-            with lock:
-                return next(ips)
-
-        c.hetzner.ip_allocator = allocate
+    with running_clouds(dead_end_block=11) as c:
         yield c
 
 

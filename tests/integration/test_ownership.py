@@ -8,8 +8,6 @@ All against the real apiserver, the real operator process and the cloud emulator
 
 from __future__ import annotations
 
-import itertools
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,15 +39,7 @@ PERSIST_CLASS = "owners-persist"
 
 @pytest.fixture(scope="module")
 def clouds(kubectl: Kubectl) -> Iterator[Clouds]:
-    with running_clouds() as c, running_s3() as s3:
-        ips = (f"127.0.23.{n}" for n in itertools.count(10))  # nothing listens there
-        lock = threading.Lock()
-
-        def allocate() -> str:
-            with lock:
-                return next(ips)
-
-        c.hetzner.ip_allocator = allocate
+    with running_clouds(dead_end_block=23) as c, running_s3() as s3:
         install_class(kubectl, c, CLASS)
         install_class(kubectl, c, PERSIST_CLASS, storage=s3.storage())
         yield c

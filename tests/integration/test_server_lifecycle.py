@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import gzip
-import itertools
 import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -38,23 +36,9 @@ pytestmark = pytest.mark.integration
 CLASS = "servers"
 
 
-def _loopback_ips() -> Iterator[str]:
-    # Addresses where nothing listens: the agent poll fails fast (connection refused).
-    for n in itertools.count(10):
-        yield f"127.0.9.{n}"
-
-
 @pytest.fixture(scope="module")
 def clouds() -> Iterator[Clouds]:
-    with running_clouds() as c:
-        ips = _loopback_ips()
-        lock = threading.Lock()
-
-        def allocate() -> str:
-            with lock:
-                return next(ips)
-
-        c.hetzner.ip_allocator = allocate
+    with running_clouds(dead_end_block=9) as c:
         yield c
 
 

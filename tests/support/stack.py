@@ -4,9 +4,11 @@ them with its Secrets, and the real operator process."""
 from __future__ import annotations
 
 import base64
+import itertools
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,17 +73,33 @@ def running_s3() -> Iterator[S3]:
 
 
 @contextmanager
-def running_clouds(boot_seconds: float = 0.3) -> Iterator[Clouds]:
+def running_clouds(boot_seconds: float = 0.3, dead_end_block: int | None = None
+                   ) -> Iterator[Clouds]:
+    """The emulators. With `dead_end_block`, servers get addresses 127.0.<block>.10 and
+    up, where nothing listens: agent polls fail fast (connection refused)."""
     hetzner_token = "hz-" + uuid.uuid4().hex
     cloudflare_token = "cf-" + uuid.uuid4().hex
     hetzner = HetznerEmulator(hetzner_token, boot_seconds=boot_seconds, delete_seconds=0.2,
                               action_seconds=0.1).start()
+    if dead_end_block is not None:
+        hetzner.ip_allocator = _allocator(f"127.0.{dead_end_block}.{n}"
+                                          for n in itertools.count(10))
     cloudflare = CloudflareEmulator(zones=(ZONE,), tokens={cloudflare_token: None}).start()
     try:
         yield Clouds(hetzner, cloudflare, hetzner_token, cloudflare_token)
     finally:
         hetzner.stop()
         cloudflare.stop()
+
+
+def _allocator(addresses: Iterator[str]) -> Callable[[], str]:
+    lock = threading.Lock()  # the emulator allocates from its request threads
+
+    def allocate() -> str:
+        with lock:
+            return next(addresses)
+
+    return allocate
 
 
 def secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:

@@ -33,26 +33,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a ro
 UID = GID = 1000  # the container's user (agent.json's default)
 
 
-def fingerprint(path: Path) -> Any:
-    """Content (or listing), mode and owner of a file or directory."""
-    st = os.lstat(path)
-    body = sorted(os.listdir(path)) if path.is_dir() else path.read_bytes()
-    return body, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Iterator[Path]:
-    """/etc/sudoers.d stand-in: a root-only directory and file outside /workspaces."""
-    outside = tmp_path / "etc" / "sudoers.d"
-    outside.mkdir(parents=True)
-    target = outside / "90-admins"
-    target.write_text("root ALL=(ALL) ALL\n")
-    os.chmod(target, 0o440)
-    before = fingerprint(target), fingerprint(outside)
-    yield target
-    assert (fingerprint(target), fingerprint(outside)) == before, "root wrote outside"
-
-
 def make_agent(tmp_path: Path) -> Agent:
     seeds = tmp_path / "seeds"
     seeds.mkdir()
