@@ -13,21 +13,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agentspaces.lifeline import process_alive
 from agentspaces.sandbox.runner import SandboxInfo
 
 DEFAULT_DIR = Path(os.environ.get("AGENTSPACES_SANDBOX_DIR", ".sandbox"))
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sandbox-workspace.yaml"
 START_TIMEOUT = 45 * 60  # the first run builds kube-apiserver from source
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _info(state: Path) -> SandboxInfo | None:
@@ -37,7 +28,7 @@ def _info(state: Path) -> SandboxInfo | None:
 
 def _running(state: Path) -> bool:
     info = _info(state)
-    return info is not None and (state / "ready").exists() and _alive(info.serve_pid)
+    return info is not None and (state / "ready").exists() and process_alive(info.serve_pid)
 
 
 def _kubectl(info: SandboxInfo, *args: str, input: str | None = None
@@ -129,14 +120,14 @@ def down(state: Path) -> int:
     if info is None:
         print(f"no sandbox state in {state}")
         return 0
-    if _alive(info.serve_pid):
+    if process_alive(info.serve_pid):
         os.kill(info.serve_pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
-        while _alive(info.serve_pid) and time.monotonic() < deadline:
+        while process_alive(info.serve_pid) and time.monotonic() < deadline:
             time.sleep(0.3)
-        if _alive(info.serve_pid):
+        if process_alive(info.serve_pid):
             os.killpg(info.serve_pid, signal.SIGKILL)
-    leftovers = [pid for pid in (info.operator_pid, *info.pids) if _alive(pid)]
+    leftovers = [pid for pid in (info.operator_pid, *info.pids) if process_alive(pid)]
     for pid in leftovers:
         os.killpg(pid, signal.SIGKILL)
     (state / "sandbox.json").unlink(missing_ok=True)
