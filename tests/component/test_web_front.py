@@ -400,3 +400,14 @@ def test_password_guessing_cannot_burn_the_cpu(front: Front) -> None:
     login = front.request("POST", LOGIN_PATH, source=user, data={"password": PASSWORD},
                           headers={"Origin": front.origin})
     assert login.status_code == 303
+
+
+def test_a_burst_of_signed_in_requests_all_get_through(front: Front) -> None:
+    """A dev server page loads many modules at once (HTTP/2 streams): every one is a
+    forward-auth call to the agent, and none may fail because the agent's local
+    listener ran out of connections."""
+    front.deliver(hash_password(PASSWORD))
+    user = another_loopback(front.agent.addr)
+    assert front.request("GET", source=user, headers=basic(USER, PASSWORD)).status_code == 200
+    _, codes = _burst(front, user, basic(USER, PASSWORD), 200)
+    assert codes == [200] * 200
