@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from agentspaces.lifeline import die_with_parent
 from agentspaces.pki import AgentCredentials, generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,7 +119,7 @@ class AgentProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentspaces_vm", "--config", str(self.config_path)],
             stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.root,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent)
         out.close()
         err.close()
         wait_port(self.addr, self.ports["api"], proc=self.proc)
@@ -229,7 +230,8 @@ class CaddyProcess:
         log = open(self.root / "caddy.log", "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen([str(CADDY), "run", "--config", str(boot)], stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         log.close()
         host, _, port = self.admin.rpartition(":")
         wait_port(host, int(port), proc=self.proc)

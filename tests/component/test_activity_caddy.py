@@ -20,6 +20,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from agentspaces.lifeline import die_with_parent
 from agentspaces_vm.activity import ActivityTracker
 
 CADDY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "caddy"
@@ -106,7 +107,8 @@ def caddy(tmp_path: Path, backend: int) -> Iterator[Caddy]:
            "XDG_CONFIG_HOME": str(tmp_path / "config")}
     log = (tmp_path / "caddy.log").open("wb")
     process = subprocess.Popen([str(CADDY), "run", "--config", str(path)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
+                               stdout=log, stderr=subprocess.STDOUT, env=env,
+                               preexec_fn=die_with_parent)
     try:
         for _ in range(100):
             if process.poll() is not None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from agentspaces import pki
+from agentspaces.lifeline import die_with_parent
 from agentspaces.vmconfig.agent_bundle import zip_files
 from tests.component.slow_clients import SlowClient, all_closed, poke_all, raw_request
 from tests.support.waiting import wait_for
@@ -81,7 +82,7 @@ def _start(tmp_path: Path, bundle: bytes, *, preinstalled: bool,
     process = subprocess.Popen(
         [sys.executable, str(LOADER), "--config", str(config), "--bundle", str(bundle_path),
          "--sha256-file", str(digest)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     context = ssl.create_default_context(cadata=creds.cert_pem)  # pinned, as the operator
     context.check_hostname = False
     return Loader(process, 0, creds.token, context, bundle_path, tmp_path / "ran.json", config)

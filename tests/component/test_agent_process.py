@@ -24,6 +24,7 @@ import pytest
 
 import agentspaces_vm
 from agentspaces.agent_client import pinned_context
+from agentspaces.lifeline import die_with_parent
 from agentspaces_vm.password_hash import hash_password
 from tests.component.agent_harness import (
     HOST,
@@ -372,7 +373,8 @@ def test_the_zipapp_runs_and_finds_its_caddy_template(tmp_path: Path) -> None:
     spec.config_path.write_text(json.dumps(spec.config))
     proc = subprocess.Popen([sys.executable, str(pyz), "--config", str(spec.config_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
+                            stdin=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True,
+                            preexec_fn=die_with_parent)
     try:
         wait_port(spec.addr, spec.ports["api"], proc=proc)
         with authed(spec) as c:

@@ -31,6 +31,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from agentspaces.clouds.r2 import S3ObjectStore, make_client
+from agentspaces.lifeline import die_with_parent
 from agentspaces.persistence import backups as bk
 from agentspaces.persistence import keys, manifest_auth
 from agentspaces_vm import backup as agent
@@ -381,7 +382,8 @@ def test_agent_killed_midway_commits_nothing(store: S3ObjectStore, data_key: key
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))
     proc = subprocess.Popen([sys.executable, "-c", AGENT_KILLED_MIDWAY, str(plan_file),
-                             str(second)], start_new_session=True)
+                             str(second)], start_new_session=True,
+                            preexec_fn=die_with_parent)
     try:
         assert proc.wait(timeout=120) == -signal.SIGKILL
     finally:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from agentspaces.lifeline import die_with_parent
 from agentspaces.sandbox.cloudflare import CloudflareEmulator, endpoint_key, running
 from tests.support.clock import FakeClock
 
@@ -299,7 +300,8 @@ def test_endpoint_keys() -> None:
 def test_standalone_main_serves_until_stopped() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentspaces.sandbox.cloudflare", "--zone", "example.com",
-         "--token", "cli-token"], stdout=subprocess.PIPE, text=True)
+         "--token", "cli-token"], stdout=subprocess.PIPE, text=True,
+        preexec_fn=die_with_parent)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

@@ -24,6 +24,7 @@ from hcloud.server_types import ServerType
 from hcloud.servers import BoundServer
 from hcloud.ssh_keys import SSHKey
 
+from agentspaces.lifeline import die_with_parent
 from agentspaces.sandbox.hetzner import HetznerEmulator
 
 TOKEN = "emulator-test-token"
@@ -537,7 +538,7 @@ def test_catalogue_locations_images_ssh_keys(client: hcloud.Client) -> None:
 def test_standalone_main_serves_until_interrupted() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentspaces.sandbox.hetzner", "--port", "0",
-         "--token", TOKEN], stdout=subprocess.PIPE, text=True)
+         "--token", TOKEN], stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentspaces.lifeline import OWNER_ENV
+from agentspaces.lifeline import OWNER_ENV, die_with_parent
 from tests.e2e.test_sandbox_walkthrough import _sandbox_processes
 from tests.support.waiting import wait_for
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 def test_sandbox_goes_down_when_its_owner_is_killed(tmp_path: Path) -> None:
     state = tmp_path / "sandbox"
-    owner = subprocess.Popen(["sleep", "600"])
+    owner = subprocess.Popen(["sleep", "600"], preexec_fn=die_with_parent)
     env = {**os.environ, OWNER_ENV: str(owner.pid),
            "AGENTSPACES_SANDBOX_IPS": "127.0.0.241-127.0.0.250"}
     try:

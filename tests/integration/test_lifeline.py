@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agentspaces.lifeline import OwnerWatch, process_alive
+from agentspaces.lifeline import OwnerWatch, die_with_parent, process_alive
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ PARENT = textwrap.dedent("""
 
 def test_control_plane_dies_with_a_killed_parent(tmp_path: Path) -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "cp")],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     try:
         assert parent.stdout is not None
         line = parent.stdout.readline()
@@ -51,7 +51,7 @@ def test_control_plane_dies_with_a_killed_parent(tmp_path: Path) -> None:
 
 
 def test_owner_watch_sees_the_owner_exit() -> None:
-    owner = subprocess.Popen(["sleep", "30"])
+    owner = subprocess.Popen(["sleep", "30"], preexec_fn=die_with_parent)
     try:
         watch = OwnerWatch(owner.pid)
         assert not watch.gone()
