@@ -1,4 +1,4 @@
-"""Kopf registrations only: each handler builds a Scope and calls the domain.
+"""Kopf registrations only: each handler builds a Visit and calls the domain.
 
 Creation, spec/annotation changes and operator restarts reconcile immediately; a
 timer re-runs the same level-based reconcile every poll interval (agent polling,
@@ -17,7 +17,8 @@ from agentspaces.api.schema import GROUP, VERSION
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import KubernetesApi
 from agentspaces.reconcile import workspace
-from agentspaces.reconcile.scope import Outcome, Scope
+from agentspaces.reconcile.outcome import Outcome
+from agentspaces.reconcile.scope import Visit
 from agentspaces.reconcile.status import StatusDraft
 from agentspaces.runtime import Runtime
 from agentspaces.settings import OperatorSettings
@@ -77,10 +78,10 @@ async def _run(body: kopf.Body, step: Any) -> None:
         if fresh is None or (fresh.get("metadata") or {}).get("uid") != ref.uid:
             return  # deleted (or replaced by a namesake) meanwhile
         ref = WorkspaceRef.from_body(fresh)
-        draft = StatusDraft(fresh.get("status"), rt.clock(), ref.generation)
-        scope = Scope(ref=ref, body=fresh, status=draft, runtime=rt, emit=_emitter(body))
+        draft = StatusDraft.begin(fresh.get("status"), rt.clock(), ref.generation)
+        visit = Visit(ref=ref, body=fresh, status=draft, runtime=rt, emit=_emitter(body))
         try:
-            outcome: Outcome = await step(scope)
+            outcome: Outcome = await step(visit)
         finally:
             # Even when a step fails, what happened before it (e.g. a created server's
             # id) must reach status.

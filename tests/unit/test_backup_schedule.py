@@ -41,7 +41,7 @@ def _scope(status: dict[str, Any], persistence: dict[str, Any],
     runtime = Runtime(settings, kube=None, clock=lambda: NOW)  # type: ignore[arg-type]
     body = {"metadata": {"annotations": annotations or {}}}
     return Scope(ref=WorkspaceRef("ns", "ws", "uid-1", 1), body=body,
-                 status=StatusDraft(status, NOW, 1), runtime=runtime,
+                 status=StatusDraft.begin(status, NOW, 1), runtime=runtime,
                  emit=lambda *_: None, creds=creds)
 
 

@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentspaces.api import conditions as C
+from agentspaces.api.enums import ConditionStatus, ConditionType, Phase, StoppedBy
 from agentspaces.api.hostnames import HASH_LEN, MAX_LABEL, recorded_label, workspace_label
+from agentspaces.api.status import WorkspaceStatus
 from agentspaces.reconcile.lifecycle import WAKE_ANNOTATION, decide_intent
-from agentspaces.reconcile.status import StatusDraft, set_condition
+from agentspaces.reconcile.status import StatusDraft
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 names = st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?", fullmatch=True)
@@ -59,51 +60,57 @@ def test_a_recorded_hostname_is_kept_and_junk_is_not() -> None:
 
 
 def test_intent_user_stop_and_start() -> None:
-    assert decide_intent({"running": False}, {}, {}).stopped_by == "user"
-    intent = decide_intent({"running": True}, {"stoppedBy": "user"}, {})
+    assert decide_intent(False, WorkspaceStatus(), {}).stopped_by == StoppedBy.USER
+    intent = decide_intent(True, WorkspaceStatus(stopped_by=StoppedBy.USER), {})
     assert intent.running and intent.stopped_by is None
 
 
 def test_idle_stop_holds_until_a_new_wake_value() -> None:
-    status = {"stoppedBy": "inactivity", "wakeHandled": "1"}
-    assert not decide_intent({}, status, {WAKE_ANNOTATION: "1"}).running
-    assert not decide_intent({}, status, {}).running
-    woke = decide_intent({}, status, {WAKE_ANNOTATION: "2"})
+    status = WorkspaceStatus(stopped_by=StoppedBy.INACTIVITY, wake_handled="1")
+    assert not decide_intent(True, status, {WAKE_ANNOTATION: "1"}).running
+    assert not decide_intent(True, status, {}).running
+    woke = decide_intent(True, status, {WAKE_ANNOTATION: "2"})
     assert woke.running and woke.woke and woke.wake_handled == "2"
 
 
 def test_running_workspace_records_the_current_wake_value() -> None:
-    intent = decide_intent({}, {}, {WAKE_ANNOTATION: "old"})
+    intent = decide_intent(True, WorkspaceStatus(), {WAKE_ANNOTATION: "old"})
     assert intent.running and not intent.woke and intent.wake_handled == "old"
 
 
 def test_condition_transition_time_moves_only_on_flip() -> None:
-    conds = set_condition([], "Ready", "False", "A", "m", NOW, 1)
-    later = NOW + timedelta(minutes=5)
-    same = set_condition(conds, "Ready", "False", "B", "m2", later, 2)
-    assert same[0]["lastTransitionTime"] == conds[0]["lastTransitionTime"]
-    assert same[0]["reason"] == "B" and same[0]["observedGeneration"] == 2
-    flipped = set_condition(same, "Ready", "True", "C", "", later, 2)
-    assert flipped[0]["lastTransitionTime"] == "2026-11-27T12:05:00Z"
+    draft = StatusDraft.begin(None, NOW, 1)
+    draft.condition(ConditionType.READY, False, "A", "m")
+    first = draft.conditions[0].last_transition_time
+    later = StatusDraft.begin(draft.dump(), NOW + timedelta(minutes=5), 2)
+    later.condition(ConditionType.READY, False, "B", "m2")
+    (same,) = later.conditions
+    assert same.last_transition_time == first
+    assert same.reason == "B" and same.observed_generation == 2
+    later.condition(ConditionType.READY, True, "C", "")
+    assert later.dump()["conditions"][0]["lastTransitionTime"] == "2026-11-27T12:05:00Z"
 
 
 def test_status_draft_patches_only_what_changed() -> None:
+    ready = StatusDraft.begin(None, NOW, 1)
+    ready.condition(ConditionType.READY, True, "R", "")
     current = {"phase": "Running", "server": {"id": 1, "ipv4": "203.0.113.1"},
-               "conditions": set_condition([], C.READY, "True", "R", "", NOW, 1)}
-    draft = StatusDraft(current, NOW + timedelta(minutes=1), 1)
-    draft.condition(C.READY, True, "R", "")
-    draft.set("phase", "Running")
+               "conditions": ready.dump()["conditions"]}
+    draft = StatusDraft.begin(current, NOW + timedelta(minutes=1), 1)
+    draft.condition(ConditionType.READY, True, "R", "")
+    draft.phase = Phase.RUNNING
     assert draft.patch() == {}
-    draft.update("server", ipv4="203.0.113.2")
-    draft.set("stoppedBy", None)
+    assert draft.server is not None
+    draft.server.ipv4 = "203.0.113.2"
+    draft.stopped_by = None
     assert draft.patch() == {"server": {"ipv4": "203.0.113.2"}}
-    draft.set("server", None)
+    draft.server = None
     assert draft.patch() == {"server": None}
 
 
 def test_first_visit_sets_every_condition_unknown() -> None:
-    draft = StatusDraft(None, NOW, 1)
+    draft = StatusDraft.begin(None, NOW, 1)
     draft.init_conditions()
-    types = {c["type"]: c["status"] for c in draft.data["conditions"]}
-    assert set(types) == set(C.ALL_TYPES)
-    assert set(types.values()) == {"Unknown"}
+    types = {c.type: c.status for c in draft.conditions}
+    assert set(types) == set(ConditionType.initial())
+    assert set(types.values()) == {ConditionStatus.UNKNOWN}

@@ -1,113 +1,85 @@
-"""Condition types and reasons: the whole status vocabulary in one place.
-
-Reasons are one CamelCase word (Kubernetes API conventions). Every condition is set
-to Unknown on the first visit so `kubectl get -o yaml` always shows all of them.
-"""
+"""Transitional aliases of `api.enums` under their old names (removed once every
+caller uses ConditionType and Reason)."""
 
 from __future__ import annotations
 
-# --- types ---------------------------------------------------------------------------
-READY = "Ready"
-ACCEPTED = "Accepted"
-CREDENTIALS_AVAILABLE = "CredentialsAvailable"
-SERVER_READY = "ServerReady"
-DNS_READY = "DNSReady"
-AGENT_READY = "AgentReady"
-BACKUP_SUCCEEDED = "BackupSucceeded"
-BACKUP_RESTORED = "BackupRestored"
-IDLE = "Idle"
-DEVCONTAINER_RESTRICTED = "DevcontainerRestricted"
+from agentspaces.api.enums import ConditionType, Reason
 
-ALL_TYPES = (READY, ACCEPTED, CREDENTIALS_AVAILABLE, SERVER_READY, DNS_READY, AGENT_READY,
-             BACKUP_SUCCEEDED, BACKUP_RESTORED, IDLE, DEVCONTAINER_RESTRICTED)
-
-# --- reasons -------------------------------------------------------------------------
-FIRST_VISIT = "Reconciling"
-
-# CredentialsAvailable
-CLASS_NOT_FOUND = "ClassNotFound"
-CLASS_INVALID = "ClassInvalid"
-SECRET_NOT_FOUND = "SecretNotFound"
-SECRET_KEY_MISSING = "SecretKeyMissing"
-CREDENTIALS_INVALID = "CredentialsInvalid"
-CREDENTIALS_FOUND = "CredentialsFound"
-SECRET_CONFLICT = "SecretConflict"  # a Secret at one of the workspace's names is not ours
-
-# Accepted: the spec within what its class allows. NotAllowedByClass keeps a server
-# from being created; ReservedPort only leaves the port unpublished.
-SPEC_ACCEPTED = "Accepted"
-NOT_ALLOWED_BY_CLASS = "NotAllowedByClass"
-RESERVED_PORT = "ReservedPort"
-
-# ServerReady
-SERVER_CREATING = "Creating"
-SERVER_STARTING = "Starting"
-SERVER_RUNNING = "Running"
-SERVER_ADOPTED = "Adopted"
-SERVER_NAME_TAKEN = "NameTaken"
-SERVER_TYPE_NOT_FOUND = "ServerTypeNotFound"
-LOCATION_NOT_FOUND = "LocationNotFound"
-IMAGE_NOT_FOUND = "ImageNotFound"
-INVALID_INPUT = "InvalidInput"
-RESOURCE_LIMIT_EXCEEDED = "ResourceLimitExceeded"
-USER_DATA_TOO_LARGE = "UserDataTooLarge"
-RATE_LIMITED = "RateLimited"
-CLOUD_API_ERROR = "CloudAPIError"
-SERVER_DELETED = "ServerDeleted"
-SERVER_MISSING = "ServerMissing"
-SERVER_NOT_OURS = "ServerNotOurs"  # status named a server without this workspace's uid label
-STOPPED = "Stopped"
-
-# DNSReady
-DNS_RECORDS_READY = "RecordsReady"
-DNS_NAME_TAKEN = "NameTaken"
-DNS_ZONE_NOT_FOUND = "ZoneNotFound"
-DNS_WAITING_FOR_SERVER = "WaitingForServer"
-DNS_RECORDS_REMOVED = "RecordsRemoved"
-
-# FirewallReady: set only while the class restricts the agent port (agent.sourceRanges)
-FIREWALL_READY = "FirewallReady"
-FIREWALL_APPLIED = "Applied"
-FIREWALL_NAME_TAKEN = "NameTaken"
-FIREWALL_NOT_CONFIGURED = "NotConfigured"
-
-# AgentReady
-AGENT_BOOTING = "Booting"
-AGENT_READY_REASON = "AgentReady"
-AGENT_UNREACHABLE = "Unreachable"
-AGENT_CERTIFICATE_MISMATCH = "CertificateMismatch"
-AGENT_SIMULATED = "Simulated"
-DEVCONTAINER_REFUSED = "DevcontainerRefused"
-
-# DevcontainerRestricted: True when keys of the repository's devcontainer.json were
-# removed because the class does not trust the repository.
-KEYS_REMOVED = "KeysRemoved"
-NOTHING_REMOVED = "NothingRemoved"
-REPOSITORY_TRUSTED = "RepositoryTrusted"
-NOT_FROM_REPOSITORY = "NotFromRepository"
-
-# BackupSucceeded / BackupRestored
-BACKUP_DONE = "BackupCompleted"
-BACKUP_FAILED = "BackupFailed"
-BACKUP_DISABLED = "PersistenceDisabled"
-NO_BACKUP = "NoBackup"
-RESTORED = "Restored"
-RESTORE_FAILED = "RestoreFailed"
-BACKUP_TAMPERED = "BackupCorrupt"
-MANIFEST_TAMPERED = "BackupTampered"  # a manifest fails its MAC or workspace binding
-BACKUP_ROLLED_BACK = "BackupRolledBack"  # the newest backup is older than status.backup
-WRONG_KEY = "WrongKey"
-DATA_KEY_MISSING = "DataKeyMissing"
-RESTORE_SOURCE_REFUSED = "RestoreSourceRefused"
-
-# Idle
-ACTIVE = "Active"
-AGENT_WORKING = "AgentWorking"
-IDLE_TIMEOUT = "IdleTimeout"
-BUSY_CAP_EXCEEDED = "AgentBusyCapExceeded"
-LIFETIME_EXCEEDED = "LifetimeExceeded"
-
-# Ready summary
-READY_REASON = "WorkspaceReady"
-NOT_RUNNING = "Stopped"
-PROGRESSING = "Progressing"
+READY = ConditionType.READY
+ACCEPTED = ConditionType.ACCEPTED
+CREDENTIALS_AVAILABLE = ConditionType.CREDENTIALS_AVAILABLE
+SERVER_READY = ConditionType.SERVER_READY
+DNS_READY = ConditionType.DNS_READY
+AGENT_READY = ConditionType.AGENT_READY
+BACKUP_SUCCEEDED = ConditionType.BACKUP_SUCCEEDED
+BACKUP_RESTORED = ConditionType.BACKUP_RESTORED
+IDLE = ConditionType.IDLE
+DEVCONTAINER_RESTRICTED = ConditionType.DEVCONTAINER_RESTRICTED
+FIRST_VISIT = Reason.FIRST_VISIT
+CLASS_NOT_FOUND = Reason.CLASS_NOT_FOUND
+CLASS_INVALID = Reason.CLASS_INVALID
+SECRET_NOT_FOUND = Reason.SECRET_NOT_FOUND
+SECRET_KEY_MISSING = Reason.SECRET_KEY_MISSING
+CREDENTIALS_INVALID = Reason.CREDENTIALS_INVALID
+CREDENTIALS_FOUND = Reason.CREDENTIALS_FOUND
+SECRET_CONFLICT = Reason.SECRET_CONFLICT
+SPEC_ACCEPTED = Reason.SPEC_ACCEPTED
+NOT_ALLOWED_BY_CLASS = Reason.NOT_ALLOWED_BY_CLASS
+RESERVED_PORT = Reason.RESERVED_PORT
+SERVER_CREATING = Reason.SERVER_CREATING
+SERVER_STARTING = Reason.SERVER_STARTING
+SERVER_RUNNING = Reason.SERVER_RUNNING
+SERVER_ADOPTED = Reason.SERVER_ADOPTED
+SERVER_NAME_TAKEN = Reason.SERVER_NAME_TAKEN
+SERVER_TYPE_NOT_FOUND = Reason.SERVER_TYPE_NOT_FOUND
+LOCATION_NOT_FOUND = Reason.LOCATION_NOT_FOUND
+IMAGE_NOT_FOUND = Reason.IMAGE_NOT_FOUND
+INVALID_INPUT = Reason.INVALID_INPUT
+RESOURCE_LIMIT_EXCEEDED = Reason.RESOURCE_LIMIT_EXCEEDED
+USER_DATA_TOO_LARGE = Reason.USER_DATA_TOO_LARGE
+RATE_LIMITED = Reason.RATE_LIMITED
+CLOUD_API_ERROR = Reason.CLOUD_API_ERROR
+SERVER_DELETED = Reason.SERVER_DELETED
+SERVER_MISSING = Reason.SERVER_MISSING
+SERVER_NOT_OURS = Reason.SERVER_NOT_OURS
+STOPPED = Reason.STOPPED
+DNS_RECORDS_READY = Reason.DNS_RECORDS_READY
+DNS_NAME_TAKEN = Reason.DNS_NAME_TAKEN
+DNS_ZONE_NOT_FOUND = Reason.DNS_ZONE_NOT_FOUND
+DNS_WAITING_FOR_SERVER = Reason.DNS_WAITING_FOR_SERVER
+DNS_RECORDS_REMOVED = Reason.DNS_RECORDS_REMOVED
+FIREWALL_READY = ConditionType.FIREWALL_READY
+FIREWALL_APPLIED = Reason.FIREWALL_APPLIED
+FIREWALL_NAME_TAKEN = Reason.FIREWALL_NAME_TAKEN
+FIREWALL_NOT_CONFIGURED = Reason.FIREWALL_NOT_CONFIGURED
+AGENT_BOOTING = Reason.AGENT_BOOTING
+AGENT_READY_REASON = Reason.AGENT_READY
+AGENT_UNREACHABLE = Reason.AGENT_UNREACHABLE
+AGENT_CERTIFICATE_MISMATCH = Reason.AGENT_CERTIFICATE_MISMATCH
+AGENT_SIMULATED = Reason.AGENT_SIMULATED
+DEVCONTAINER_REFUSED = Reason.DEVCONTAINER_REFUSED
+KEYS_REMOVED = Reason.KEYS_REMOVED
+NOTHING_REMOVED = Reason.NOTHING_REMOVED
+REPOSITORY_TRUSTED = Reason.REPOSITORY_TRUSTED
+NOT_FROM_REPOSITORY = Reason.NOT_FROM_REPOSITORY
+BACKUP_DONE = Reason.BACKUP_DONE
+BACKUP_FAILED = Reason.BACKUP_FAILED
+BACKUP_DISABLED = Reason.BACKUP_DISABLED
+NO_BACKUP = Reason.NO_BACKUP
+RESTORED = Reason.RESTORED
+RESTORE_FAILED = Reason.RESTORE_FAILED
+BACKUP_TAMPERED = Reason.BACKUP_TAMPERED
+MANIFEST_TAMPERED = Reason.MANIFEST_TAMPERED
+BACKUP_ROLLED_BACK = Reason.BACKUP_ROLLED_BACK
+WRONG_KEY = Reason.WRONG_KEY
+DATA_KEY_MISSING = Reason.DATA_KEY_MISSING
+RESTORE_SOURCE_REFUSED = Reason.RESTORE_SOURCE_REFUSED
+ACTIVE = Reason.ACTIVE
+AGENT_WORKING = Reason.AGENT_WORKING
+IDLE_TIMEOUT = Reason.IDLE_TIMEOUT
+BUSY_CAP_EXCEEDED = Reason.BUSY_CAP_EXCEEDED
+LIFETIME_EXCEEDED = Reason.LIFETIME_EXCEEDED
+READY_REASON = Reason.READY
+NOT_RUNNING = Reason.NOT_RUNNING
+PROGRESSING = Reason.PROGRESSING
+ALL_TYPES = ConditionType.initial()

@@ -227,3 +227,17 @@ def idle_stop(scope: Scope) -> str | None:
                      decision.reason, message)
     status.update("activity", idle=decision.idle, idleSince=iso(decision.idle_since))
     return decision.stopped_by if decision.stop else None
+
+
+# --- step contract -------------------------------------------------------------------
+
+async def reconcile(scope: Scope) -> Outcome | None:
+    assert scope.server is not None and scope.access is not None
+    assert scope.agent_credentials is not None
+    return await ensure(scope, scope.server, scope.access, scope.agent_credentials,
+                        scope.data_key)
+
+
+async def delete(scope: Scope) -> Outcome | None:
+    """The agent goes with its server: nothing of its own to remove."""
+    return None

@@ -18,6 +18,7 @@ from typing import Any
 
 from agentspaces.agent_client import AgentError, AgentUnreachable
 from agentspaces.api import conditions as C
+from agentspaces.api.enums import Phase
 from agentspaces.clouds.r2 import ObjectStore, ObjectStoreError
 from agentspaces.persistence import backups, keys
 from agentspaces.reconcile import restore_source
@@ -427,3 +428,46 @@ def stopping_started(scope: Scope) -> None:
     if not scope.status.get("stoppingSince"):
         scope.status.set("stoppingSince", iso(scope.runtime.clock()))
 
+
+
+# --- step contract -------------------------------------------------------------------
+
+async def prepare(scope: Scope) -> Outcome | None:
+    """The data key on the scope, and no start over backups that cannot be restored."""
+    status = scope.status
+    scope.data_key = await ensure_data_key(scope)
+    if scope.data_key is None and enabled(scope):
+        # Backups cannot be read or written: do not start (and pay for) a server that
+        # would come up on empty data. BackupRestored says why.
+        cond = status.reason(C.BACKUP_RESTORED) or C.DATA_KEY_MISSING
+        status.condition(C.READY, False, cond, "the backup data key cannot be used")
+        if not status.has_server:
+            status.phase = Phase.FAILED
+        return Outcome.after(FAILED_RETRY, "data key unusable")
+    if scope.data_key is not None and not status.has_server:
+        # A tampered or rolled-back backup refuses the start: find out before paying
+        # for a server (the agent step builds the plan it sends again, fresh).
+        refused = await restore_plan(scope, scope.data_key)
+        if isinstance(refused, Outcome):
+            cond = status.reason(C.BACKUP_RESTORED) or C.RESTORE_FAILED
+            status.condition(C.READY, False, cond, "the backups cannot be restored")
+            status.phase = Phase.FAILED
+            return refused
+    return None
+
+
+async def reconcile(scope: Scope) -> Outcome | None:
+    """A scheduled backup while running, when one is due."""
+    if scope.data_key is not None and scheduled_backup_due(scope):
+        return await run_backup(scope, scope.data_key)
+    return None
+
+
+async def before_stop(scope: Scope) -> Outcome | None:
+    stopping_started(scope)
+    return await backup_before_stop(scope)
+
+
+async def delete(scope: Scope) -> Outcome | None:
+    outcome = await on_delete(scope)
+    return outcome if outcome.requeue is not None else None

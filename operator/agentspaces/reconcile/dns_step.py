@@ -93,3 +93,14 @@ async def remove(scope: Scope) -> Outcome | None:
     status.set("dns", None)
     status.condition(C.DNS_READY, False, C.DNS_RECORDS_REMOVED, "no records while stopped")
     return None
+
+
+# --- step contract -------------------------------------------------------------------
+
+async def reconcile(scope: Scope) -> Outcome | None:
+    assert scope.server is not None
+    return await ensure(scope, scope.server)
+
+
+async def delete(scope: Scope) -> Outcome | None:
+    return await remove(scope)

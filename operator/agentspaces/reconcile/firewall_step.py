@@ -252,3 +252,14 @@ async def _sweep_orphans(scope: Scope, servers: ServerProvider,
         scope.emit("Normal", "FirewallDeleted",
                    f"deleted firewall {firewall.id} of class {label}, which no longer "
                    "restricts the agent port and has no server left")
+
+
+# --- step contract -------------------------------------------------------------------
+
+async def reconcile(scope: Scope) -> Outcome | None:
+    return await ensure(scope)
+
+
+async def delete(scope: Scope) -> Outcome | None:
+    """The firewall is the class's, shared by its workspaces: nothing per workspace."""
+    return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from agentspaces.api import conditions as C
 from agentspaces.kube import LeaseData
-from agentspaces.reconcile.scope import Outcome, Scope
+from agentspaces.reconcile.scope import Outcome, Visit
 
 PREFIX = "host-"
 HOLDER_ANNOTATION = "agentspaces.dev/workspace"
@@ -31,7 +31,7 @@ def claim_name(label: str) -> str:
     return PREFIX + label
 
 
-async def ensure(scope: Scope) -> Outcome | None:
+async def ensure(scope: Visit) -> Outcome | None:
     """None when this workspace holds its label's claim; else the Outcome to return."""
     label = scope.label
     if _confirmed.get(scope.ref.uid) == label:
@@ -58,7 +58,7 @@ async def ensure(scope: Scope) -> Outcome | None:
     return Outcome.after(CONTENDED_RETRY, "hostname claim contended")
 
 
-async def release(scope: Scope) -> None:
+async def release(scope: Visit) -> None:
     """Delete this workspace's claim (only if it is still the holder)."""
     _confirmed.pop(scope.ref.uid, None)
     kube = scope.runtime.kube
@@ -68,7 +68,7 @@ async def release(scope: Scope) -> None:
         await kube.delete_lease(namespace, current)
 
 
-async def _holder_exists(scope: Scope, claim: LeaseData) -> bool:
+async def _holder_exists(scope: Visit, claim: LeaseData) -> bool:
     """Whether the claim's Workspace still exists; a claim we cannot read is kept."""
     namespace, sep, name = claim.annotations.get(HOLDER_ANNOTATION, "").partition("/")
     if not sep or not name or not claim.holder:
@@ -77,7 +77,7 @@ async def _holder_exists(scope: Scope, claim: LeaseData) -> bool:
     return holder is not None and (holder.get("metadata") or {}).get("uid") == claim.holder
 
 
-def _taken(scope: Scope, label: str, namespace: str) -> Outcome:
+def _taken(scope: Visit, label: str, namespace: str) -> Outcome:
     message = (f"hostname {label} is claimed by another workspace (Lease "
                f"{namespace}/{claim_name(label)}); rename this workspace")
     status = scope.status

@@ -11,32 +11,35 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from agentspaces.api.enums import StoppedBy
+from agentspaces.api.status import WorkspaceStatus
 
 WAKE_ANNOTATION = "agentspaces.dev/wake"
 FORCE_STOP_ANNOTATION = "agentspaces.dev/skip-backup"
 
-AUTOMATIC_STOPS = ("inactivity", "lifetime")
+AUTOMATIC_STOPS = (StoppedBy.INACTIVITY, StoppedBy.LIFETIME)
 
 
 @dataclass(frozen=True)
 class Intent:
     running: bool
-    stopped_by: str | None
-    """Why it is (to be) stopped: user | inactivity | lifetime; None when running."""
+    stopped_by: StoppedBy | None
+    """Why it is (to be) stopped; None when running."""
     wake_handled: str | None
     """The value to record in status.wakeHandled."""
     woke: bool = False
 
 
-def decide_intent(spec: Mapping[str, Any], status: Mapping[str, Any],
+def decide_intent(spec_running: bool, status: WorkspaceStatus,
                   annotations: Mapping[str, str]) -> Intent:
+    """`spec_running` is spec.running; status holds stoppedBy and wakeHandled."""
     wake = annotations.get(WAKE_ANNOTATION)
-    handled = status.get("wakeHandled")
-    stopped_by = status.get("stoppedBy")
+    handled = status.wake_handled
+    stopped_by = status.stopped_by
 
-    if not spec.get("running", True):
-        return Intent(running=False, stopped_by="user", wake_handled=wake)
+    if not spec_running:
+        return Intent(running=False, stopped_by=StoppedBy.USER, wake_handled=wake)
     if stopped_by in AUTOMATIC_STOPS:
         if wake is not None and wake != handled:
             return Intent(running=True, stopped_by=None, wake_handled=wake, woke=True)

@@ -133,3 +133,9 @@ async def bind_agent_credentials(scope: Scope, server_id: int) -> None:
         return
     await scope.runtime.kube.replace_secret_data(
         scope.ref.namespace, name, {**dict(secret.data), SERVER_KEY: str(server_id)})
+
+
+async def ensure(scope: Scope) -> None:
+    """The access and agent-credential Secrets, on the scope for the steps after."""
+    scope.access = await ensure_access(scope)
+    scope.agent_credentials = await ensure_agent_credentials(scope)

@@ -1,50 +1,52 @@
-"""Everything one reconcile of one Workspace works with, in one object."""
+"""Everything one reconcile of one Workspace works with.
+
+A `Visit` is what every trigger starts with (the object, its status draft, the
+runtime); a `Scope` is a visit whose credentials are resolved, so no step ever checks
+for missing credentials. Steps put what they learn on the scope (the server, the
+access Secret, the agent credentials, the data key, the agent's activity) for the
+steps after them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from agentspaces.api.hostnames import recorded_label, workspace_host
-from agentspaces.api.types import WorkspaceRef
+from agentspaces.api.types import WorkspaceClass, WorkspaceRef, WorkspaceSpec
 from agentspaces.kube import Owner
-from agentspaces.pki import AgentCredentials
 from agentspaces.reconcile.credentials import ResolvedCredentials
+from agentspaces.reconcile.outcome import Outcome
 from agentspaces.reconcile.status import StatusDraft
 from agentspaces.runtime import Runtime
+
+if TYPE_CHECKING:  # only types: these modules build on the scope themselves
+    from agentspaces.clouds.hetzner import ServerInfo
+    from agentspaces.persistence.keys import DataKey
+    from agentspaces.pki import AgentCredentials
+    from agentspaces.reconcile.idle import ActivityReport
+    from agentspaces.reconcile.owned_secrets import Access
+
+__all__ = ["EventSink", "Outcome", "Scope", "Visit"]
 
 EventSink = Callable[[str, str, str], None]
 """(type Normal|Warning, reason, message) -> None"""
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the handler should tell Kopf: done, or come back after `requeue` seconds."""
-
-    requeue: float | None = None
-    message: str = ""
-
-    @classmethod
-    def done(cls) -> Outcome:
-        return cls()
-
-    @classmethod
-    def after(cls, seconds: float, message: str) -> Outcome:
-        return cls(requeue=seconds, message=message)
-
-
 @dataclass
-class Scope:
+class Visit:
+    """One reconcile of one Workspace, before its credentials are resolved."""
+
     ref: WorkspaceRef
     body: Mapping[str, Any]
     status: StatusDraft
     runtime: Runtime
     emit: EventSink
-    creds: ResolvedCredentials | None = None
-    agent_credentials: AgentCredentials | None = None
-    activity: Any = None
-    """The agent's latest activity report (set by the agent step for the idle policy)."""
+
+    def now(self) -> datetime:
+        return self.runtime.clock()
 
     @property
     def spec_raw(self) -> Mapping[str, Any]:
@@ -57,12 +59,7 @@ class Scope:
     @property
     def label(self) -> str:
         """The name once recorded in status.hostname (never renamed), else a new one."""
-        return recorded_label(self.status.get("hostname"), self.ref.name, self.ref.namespace)
-
-    @property
-    def host(self) -> str:
-        assert self.creds is not None
-        return workspace_host(self.label, self.creds.klass.dns.base_domain)
+        return recorded_label(self.status.hostname, self.ref.name, self.ref.namespace)
 
     @property
     def owner(self) -> Owner:
@@ -72,10 +69,40 @@ class Scope:
     def secret_name(self, suffix: str) -> str:
         return f"{self.ref.name}-{suffix}"
 
+
+@dataclass
+class Scope(Visit):
+    """A visit with its class, spec and Secrets resolved."""
+
+    creds: ResolvedCredentials
+    server: ServerInfo | None = None
+    """The running server (set by the server step)."""
+    access: Access | None = None
+    agent_credentials: AgentCredentials | None = None
+    data_key: DataKey | None = None
+    activity: ActivityReport | None = None
+    """The agent's latest activity report (set by the agent step for the idle policy)."""
+
+    @classmethod
+    def resolved(cls, visit: Visit, creds: ResolvedCredentials) -> Scope:
+        return cls(**{f.name: getattr(visit, f.name) for f in fields(Visit)}, creds=creds)
+
+    @property
+    def spec(self) -> WorkspaceSpec:
+        return self.creds.spec
+
+    @property
+    def klass(self) -> WorkspaceClass:
+        return self.creds.klass
+
+    @property
+    def host(self) -> str:
+        return workspace_host(self.label, self.klass.dns.base_domain)
+
     def agent_client(self) -> Any:
         """The pinned client for this workspace's agent (status.agentEndpoint)."""
-        endpoint = self.status.get("agentEndpoint") or {}
-        assert self.agent_credentials is not None and endpoint.get("url")
-        return self.runtime.agent_client(self.ref.uid, endpoint["url"],
+        endpoint = self.status.agent_endpoint
+        assert self.agent_credentials is not None and endpoint is not None and endpoint.url
+        return self.runtime.agent_client(self.ref.uid, endpoint.url,
                                          self.agent_credentials.token,
                                          self.agent_credentials.cert_pem)

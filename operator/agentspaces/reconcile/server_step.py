@@ -247,3 +247,29 @@ async def delete_server(scope: Scope) -> Outcome | None:
         return Outcome.after(scope.runtime.settings.boot_poll, "server deleting")
     status.set("server", None)
     return None
+
+
+# --- step contract -------------------------------------------------------------------
+
+async def reconcile(scope: Scope) -> Outcome | None:
+    """A running server on `scope.server`, or the Outcome to wait for."""
+    from agentspaces.vmconfig.userdata import UserDataTooLarge, render_user_data
+
+    try:
+        server = await ensure_server(scope, lambda fresh: render_user_data(
+            scope.ref, scope.spec, scope.klass, host=scope.host, agent_credentials=fresh))
+    except UserDataTooLarge as err:
+        # Rendered just before the create call: nothing was created.
+        if scope.status.reason(C.SERVER_READY) != C.USER_DATA_TOO_LARGE:
+            scope.emit("Warning", C.USER_DATA_TOO_LARGE, str(err))
+        scope.status.condition(C.SERVER_READY, False, C.USER_DATA_TOO_LARGE, str(err))
+        return Outcome.after(scope.runtime.settings.poll_interval * 10,
+                             C.USER_DATA_TOO_LARGE)
+    if isinstance(server, Outcome):
+        return server
+    scope.server = server
+    return None
+
+
+async def delete(scope: Scope) -> Outcome | None:
+    return await delete_server(scope)

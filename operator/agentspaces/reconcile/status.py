@@ -1,67 +1,34 @@
-"""Status bookkeeping: conditions, phase, and a minimal merge patch.
+"""The status draft: the typed status of one reconcile, and the minimal patch it makes.
 
-`StatusDraft` starts from the object's current status, collects changes, and yields
-only the fields that differ, so a reconcile that changed nothing writes nothing (no
-status write storm, no resourceVersion churn).
+`StatusDraft` starts from the object's current status, is read and changed through the
+typed fields (`status.server.id`, `status.phase = Phase.STOPPED`), and yields only the
+fields that differ as an RFC 7386 merge patch, so a reconcile that changed nothing
+writes nothing (no status write storm, no resourceVersion churn).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from agentspaces.api import conditions as C
+from pydantic import PrivateAttr
+
+from agentspaces.api.enums import ConditionStatus, ConditionType, Reason
+from agentspaces.api.status import Condition, WorkspaceStatus
+from agentspaces_vm.contracts import format_time, parse_time
 
 
 def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Transitional: string times for code not yet using the typed fields."""
+    return format_time(moment) if moment is not None else None
 
 
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+__all__ = ["StatusDraft", "iso", "merge_patch", "parse_time"]
 
 
-def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, reason: str,
-                  message: str, now: datetime, generation: int) -> list[dict[str, Any]]:
-    """Return conditions with one entry set; lastTransitionTime moves only on a flip."""
-    out: list[dict[str, Any]] = []
-    found = False
-    for cond in conditions:
-        if cond.get("type") != type_:
-            out.append(cond)
-            continue
-        found = True
-        updated = dict(cond, reason=reason, message=message, observedGeneration=generation)
-        if cond.get("status") != status:
-            updated["status"] = status
-            updated["lastTransitionTime"] = iso(now)
-        out.append(updated)
-    if not found:
-        out.append({"type": type_, "status": status, "reason": reason, "message": message,
-                    "lastTransitionTime": iso(now), "observedGeneration": generation})
-    return out
-
-
-def get_condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == type_:
-            return cond  # type: ignore[no-any-return]
-    return None
-
-
-def is_true(status: Mapping[str, Any], type_: str) -> bool:
-    cond = get_condition(status, type_)
-    return bool(cond and cond.get("status") == "True")
-
-
-def _merge_patch(old: Any, new: Any) -> Any:
-    """RFC 7386 merge patch turning `old` into `new` (None when equal)."""
+def merge_patch(old: Any, new: Any) -> Any:
+    """RFC 7386 merge patch turning `old` into `new` (UNCHANGED when equal)."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         patch: dict[str, Any] = {}
         for key in set(old) | set(new):
@@ -70,53 +37,105 @@ def _merge_patch(old: Any, new: Any) -> Any:
             elif key not in old:
                 patch[key] = new[key]
             else:
-                sub = _merge_patch(old[key], new[key])
-                if sub is not _UNCHANGED:
+                sub = merge_patch(old[key], new[key])
+                if sub is not UNCHANGED:
                     patch[key] = sub
-        return patch if patch else _UNCHANGED
-    return _UNCHANGED if old == new else new
+        return patch if patch else UNCHANGED
+    return UNCHANGED if old == new else new
 
 
-_UNCHANGED: Any = object()
+UNCHANGED: Any = object()
 
 
-class StatusDraft:
-    """Mutable copy of `.status` that knows what it changed."""
+class StatusDraft(WorkspaceStatus):
+    """The typed `.status` of one reconcile, which knows what it changed."""
 
-    def __init__(self, current: Mapping[str, Any] | None, now: datetime, generation: int
-                 ) -> None:
-        self._original = copy.deepcopy(dict(current or {}))
-        self.data: dict[str, Any] = copy.deepcopy(self._original)
-        self.now = now
-        self.generation = generation
+    _original: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _now: datetime | None = PrivateAttr(default=None)
+    _generation: int = PrivateAttr(default=0)
+
+    @classmethod
+    def begin(cls, current: Mapping[str, Any] | None, now: datetime, generation: int
+              ) -> StatusDraft:
+        draft = cls.model_validate(dict(current or {}))
+        draft._original = draft.dump()
+        draft._now = now
+        draft._generation = generation
+        return draft
+
+    @property
+    def now(self) -> datetime:
+        assert self._now is not None, "use StatusDraft.begin"
+        return self._now
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     # conditions ----------------------------------------------------------------------
 
     def init_conditions(self) -> None:
         """Every condition exists; Unknown on the first visit."""
-        existing = {c.get("type") for c in self.data.get("conditions") or []}
-        for type_ in C.ALL_TYPES:
+        existing = {c.type for c in self.conditions}
+        for type_ in ConditionType.initial():
             if type_ not in existing:
-                self.condition(type_, "Unknown", C.FIRST_VISIT, "not observed yet")
+                self.condition(type_, ConditionStatus.UNKNOWN, Reason.FIRST_VISIT,
+                               "not observed yet")
 
-    def condition(self, type_: str, status: str | bool, reason: str, message: str = "") -> None:
+    def condition(self, type_: ConditionType | str, status: bool | ConditionStatus | str,
+                  reason: Reason | str, message: str = "") -> None:
+        """Set one condition; lastTransitionTime moves only when its status flips."""
         if isinstance(status, bool):
-            status = "True" if status else "False"
-        self.data["conditions"] = set_condition(
-            list(self.data.get("conditions") or []), type_, status, reason, message,
-            self.now, self.generation)
+            status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+        status = ConditionStatus(status)
+        current = self._find(type_)
+        if current is None:
+            self.conditions.append(Condition(
+                type=type_, status=status, reason=reason, message=message,
+                last_transition_time=self.now, observed_generation=self.generation))
+            return
+        if current.status != status:
+            current.status = status
+            current.last_transition_time = self.now
+        current.reason = reason
+        current.message = message
+        current.observed_generation = self.generation
 
-    def is_true(self, type_: str) -> bool:
-        return is_true(self.data, type_)
+    def is_true(self, type_: ConditionType | str) -> bool:
+        current = self._find(type_)
+        return current is not None and current.status == ConditionStatus.TRUE
 
-    def reason(self, type_: str) -> str | None:
-        cond = get_condition(self.data, type_)
-        return cond.get("reason") if cond else None
+    def reason(self, type_: ConditionType | str) -> str | None:
+        current = self._find(type_)
+        return current.reason if current is not None else None
 
-    # fields ----------------------------------------------------------------------------
+    def message(self, type_: ConditionType) -> str:
+        current = self._find(type_)
+        return (current.message or "") if current is not None else ""
+
+    def _find(self, type_: ConditionType | str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    # fields --------------------------------------------------------------------------
+
+    @property
+    def has_server(self) -> bool:
+        """A server id is recorded (the server may still be starting or deleting)."""
+        return self.server is not None and self.server.id is not None
+
+    def patch(self) -> dict[str, Any]:
+        """The merge patch from the original status to the draft ({} when unchanged)."""
+        result = merge_patch(self._original, self.dump())
+        return {} if result is UNCHANGED else result  # type: ignore[no-any-return]
+
+    # --- transitional string-keyed access (removed once reconcile/ is typed) ---------
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.dump()
 
     def get(self, *path: str, default: Any = None) -> Any:
-        cur: Any = self.data
+        cur: Any = self.dump()
         for key in path:
             if not isinstance(cur, Mapping) or key not in cur:
                 return default
@@ -124,21 +143,29 @@ class StatusDraft:
         return cur
 
     def set(self, key: str, value: Any) -> None:
+        doc = self.dump()
         if value is None:
-            self.data.pop(key, None)
+            doc.pop(key, None)
         else:
-            self.data[key] = value
+            doc[key] = value
+        self._take(key, doc)
 
     def update(self, key: str, **fields: Any) -> None:
-        section = dict(self.data.get(key) or {})
+        doc = self.dump()
+        section = dict(doc.get(key) or {})
         for name, value in fields.items():
             if value is None:
                 section.pop(name, None)
             else:
                 section[name] = value
-        self.set(key, section or None)
+        if section:
+            doc[key] = section
+        else:
+            doc.pop(key, None)
+        self._take(key, doc)
 
-    def patch(self) -> dict[str, Any]:
-        """The merge patch from the original status to the draft ({} when unchanged)."""
-        result = _merge_patch(self._original, self.data)
-        return {} if result is _UNCHANGED else result  # type: ignore[no-any-return]
+    def _take(self, key: str, doc: dict[str, Any]) -> None:
+        parsed = WorkspaceStatus.model_validate(doc)
+        name = next(n for n, f in WorkspaceStatus.model_fields.items()
+                    if key in (n, f.alias))
+        setattr(self, name, getattr(parsed, name))

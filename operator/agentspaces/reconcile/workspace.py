@@ -9,7 +9,8 @@ later; nothing here waits in a loop.
 
 from __future__ import annotations
 
-from agentspaces.api import conditions as C
+from agentspaces.api.enums import AgentState, Phase, Reason, StoppedBy, UrlState
+from agentspaces.api.enums import ConditionType as T
 from agentspaces.reconcile import (
     agent_step,
     backup_step,
@@ -17,58 +18,58 @@ from agentspaces.reconcile import (
     dns_step,
     firewall_step,
     host_claim,
+    owned_secrets,
+    server_step,
 )
 from agentspaces.reconcile.credentials import CredentialsProblem, resolve
 from agentspaces.reconcile.lifecycle import decide_intent, wants_force_stop
-from agentspaces.reconcile.owned_secrets import ensure_access, ensure_agent_credentials
-from agentspaces.reconcile.scope import Outcome, Scope
+from agentspaces.reconcile.outcome import Outcome, Wait
+from agentspaces.reconcile.scope import Scope, Visit
 from agentspaces.reconcile.secret_ownership import SecretConflict
-from agentspaces.reconcile.server_step import delete_server, ensure_server
-from agentspaces.reconcile.status import StatusDraft, iso
-from agentspaces.vmconfig.userdata import UserDataTooLarge, render_user_data
-
-CREDENTIALS_RETRY = 30.0
-USER_DATA_RETRY_POLLS = 10  # only a spec change helps; each retry costs one lookup
+from agentspaces.reconcile.status import StatusDraft
+from agentspaces.reconcile.step import Step
 
 # ServerReady reasons a retry cannot fix: the user has to change something.
-_FAILED_REASONS = {C.SERVER_NAME_TAKEN, C.INVALID_INPUT, C.SERVER_TYPE_NOT_FOUND,
-                   C.LOCATION_NOT_FOUND, C.IMAGE_NOT_FOUND, C.RESOURCE_LIMIT_EXCEEDED,
-                   C.USER_DATA_TOO_LARGE}
+_FAILED_REASONS = {Reason.SERVER_NAME_TAKEN, Reason.INVALID_INPUT, Reason.SERVER_TYPE_NOT_FOUND,
+                   Reason.LOCATION_NOT_FOUND, Reason.IMAGE_NOT_FOUND,
+                   Reason.RESOURCE_LIMIT_EXCEEDED, Reason.USER_DATA_TOO_LARGE}
 
 
-async def reconcile(scope: Scope) -> Outcome:
-    status = scope.status
+async def reconcile(visit: Visit) -> Outcome:
+    status = visit.status
     status.init_conditions()
-    status.set("observedGeneration", scope.ref.generation)
-    claimed = await host_claim.ensure(scope)  # before any cloud call, stopped or not
+    status.observed_generation = visit.ref.generation
+    claimed = await host_claim.ensure(visit)  # before any cloud call, stopped or not
     if claimed is not None:
         return claimed
 
-    intent = decide_intent(scope.spec_raw, status.data, scope.annotations)
+    intent = decide_intent(bool(visit.spec_raw.get("running", True)), status,
+                           visit.annotations)
     if _settled_stop(status, intent.running):
         # Stopped with nothing left in any cloud: the poll costs no API call at all.
-        status.set("stoppedBy", intent.stopped_by)
-        status.set("wakeHandled", intent.wake_handled)
+        status.stopped_by = intent.stopped_by
+        status.wake_handled = intent.wake_handled
         return Outcome.done()
 
-    resolved = await resolve(scope.runtime.kube, scope.spec_raw, scope.ref.namespace,
-                             scope.runtime.settings.namespace)
+    resolved = await resolve(visit.runtime.kube, visit.spec_raw, visit.ref.namespace,
+                             visit.runtime.settings.namespace)
     if isinstance(resolved, CredentialsProblem):
-        return _credentials_missing(scope, resolved)
-    scope.creds = resolved
-    status.condition(C.CREDENTIALS_AVAILABLE, True, C.CREDENTIALS_FOUND,
+        return _credentials_missing(visit, resolved)
+    scope = Scope.resolved(visit, resolved)
+    status.condition(T.CREDENTIALS_AVAILABLE, True, Reason.CREDENTIALS_FOUND,
                      f"WorkspaceClass {resolved.klass.name} and its Secrets are readable")
-    status.set("hostname", scope.label)
-    status.set("wakeHandled", intent.wake_handled)
+    status.hostname = scope.label
+    status.wake_handled = intent.wake_handled
     if intent.woke:
         scope.emit("Normal", "Waking", "woken by the agentspaces.dev/wake annotation")
-        status.set("stoppedBy", None)
+        status.stopped_by = None
     if not _class_allows(scope, intent.running):
         # No cloud call was made: check again at the poll, e.g. for a relaxed class.
-        return Outcome.after(scope.runtime.settings.poll_interval, C.NOT_ALLOWED_BY_CLASS)
+        return Outcome.after(scope.runtime.settings.poll_interval,
+                             Reason.NOT_ALLOWED_BY_CLASS)
     try:
         if intent.running:
-            status.set("stoppedBy", None)
+            status.stopped_by = None
             outcome = await _ensure_running(scope)
         else:
             assert intent.stopped_by is not None
@@ -79,216 +80,184 @@ async def reconcile(scope: Scope) -> Outcome:
     return outcome
 
 
-async def finalize(scope: Scope) -> Outcome:
+async def finalize(visit: Visit) -> Outcome:
     """Tear everything down; the finalizer is released when this returns done."""
-    status = scope.status
-    resolved = await resolve(scope.runtime.kube, scope.spec_raw, scope.ref.namespace,
-                             scope.runtime.settings.namespace)
+    status = visit.status
+    resolved = await resolve(visit.runtime.kube, visit.spec_raw, visit.ref.namespace,
+                             visit.runtime.settings.namespace)
     if isinstance(resolved, CredentialsProblem):
-        if status.get("server", "id") is None and not status.get("dns", "records"):
-            await host_claim.release(scope)
+        if not status.has_server and not (status.dns and status.dns.records):
+            await host_claim.release(visit)
             return Outcome.done()  # nothing was ever created
         # Without credentials we cannot clean up; deleting anyway would leak a billed
         # server, so the Workspace stays Terminating and says why.
-        _credentials_missing(scope, resolved)
-        scope.emit("Warning", resolved.reason,
+        _credentials_missing(visit, resolved)
+        visit.emit("Warning", resolved.reason,
                    f"cannot clean up until credentials are back: {resolved.message}")
-        return Outcome.after(CREDENTIALS_RETRY, "credentials missing during delete")
-    scope.creds = resolved
-    status.set("phase", "Deleting")
+        return Outcome.after(Wait.CREDENTIALS, "credentials missing during delete")
+    scope = Scope.resolved(visit, resolved)
+    status.phase = Phase.DELETING
     retain = resolved.spec.persistence_on_delete == "Retain"
     try:
-        outcome = await _ensure_stopped(scope, status.get("stoppedBy") or "user",
+        outcome = await _ensure_stopped(scope, status.stopped_by or StoppedBy.USER,
                                         backup=retain)
     except SecretConflict as conflict:
         return _secret_conflict(scope, conflict)
     if outcome.requeue is not None:
         return outcome
-    outcome = await backup_step.on_delete(scope)
-    if outcome.requeue is not None:
-        return outcome
+    removed = await backup_step.delete(scope)
+    if removed is not None:
+        return removed
     await host_claim.release(scope)  # last: the name stays ours until all is gone
     scope.emit("Normal", "Deleted", "server, DNS records and owned objects cleaned up")
     return Outcome.done()
 
 
 def _settled_stop(status: StatusDraft, running: bool) -> bool:
-    return (not running and status.get("phase") == "Stopped"
-            and status.get("server", "id") is None and not status.get("dns")
-            and status.is_true(C.CREDENTIALS_AVAILABLE))
+    return (not running and status.phase == Phase.STOPPED and not status.has_server
+            and status.dns is None and status.is_true(T.CREDENTIALS_AVAILABLE))
 
 
 def _class_allows(scope: Scope, running: bool) -> bool:
     """Record Accepted; False when a server would have to be created against the
     class's limits (a running one is kept, see docs/design-decisions.md)."""
-    assert scope.creds is not None
     status = scope.status
-    verdict = class_policy.check(scope.creds.spec, scope.creds.klass)
-    has_server = status.get("server", "id") is not None
-    ok, reason, message = class_policy.accepted_condition(verdict, scope.creds.klass.name,
-                                                          has_server)
-    if not ok and status.reason(C.ACCEPTED) != reason:
+    verdict = class_policy.check(scope.spec, scope.klass)
+    ok, reason, message = class_policy.accepted_condition(verdict, scope.klass.name,
+                                                          status.has_server)
+    if not ok and status.reason(T.ACCEPTED) != reason:
         scope.emit("Warning", reason, message)
-    status.condition(C.ACCEPTED, ok, reason, message)
-    if verdict.allowed or not running or has_server:
+    status.condition(T.ACCEPTED, ok, reason, message)
+    if verdict.allowed or not running or status.has_server:
         return True
-    status.condition(C.READY, False, reason, message)
-    status.set("phase", "Failed")
+    status.condition(T.READY, False, reason, message)
+    status.phase = Phase.FAILED
     return False
 
 
-def _credentials_missing(scope: Scope, problem: CredentialsProblem) -> Outcome:
-    status = scope.status
-    status.condition(C.CREDENTIALS_AVAILABLE, False, problem.reason, problem.message)
-    status.condition(C.READY, False, problem.reason, problem.message)
-    if status.get("server", "id") is None:
-        status.set("phase", "Pending")
-    return Outcome.after(CREDENTIALS_RETRY, problem.reason)
+def _credentials_missing(visit: Visit, problem: CredentialsProblem) -> Outcome:
+    status = visit.status
+    status.condition(T.CREDENTIALS_AVAILABLE, False, problem.reason, problem.message)
+    status.condition(T.READY, False, problem.reason, problem.message)
+    if not status.has_server:
+        status.phase = Phase.PENDING
+    return Outcome.after(Wait.CREDENTIALS, problem.reason)
 
 
 def _secret_conflict(scope: Scope, conflict: SecretConflict) -> Outcome:
     """Someone else's Secret sits at one of our names: stop here and say so."""
     status = scope.status
-    status.condition(C.READY, False, C.SECRET_CONFLICT, str(conflict))
-    if status.get("server", "id") is None:
-        status.set("phase", "Failed")
-    scope.emit("Warning", C.SECRET_CONFLICT, str(conflict))
-    return Outcome.after(CREDENTIALS_RETRY, C.SECRET_CONFLICT)
+    status.condition(T.READY, False, Reason.SECRET_CONFLICT, str(conflict))
+    if not status.has_server:
+        status.phase = Phase.FAILED
+    scope.emit("Warning", Reason.SECRET_CONFLICT, str(conflict))
+    return Outcome.after(Wait.CREDENTIALS, Reason.SECRET_CONFLICT)
+
+
+# The running workspace, in order: the firewall before a server could exist
+# unprotected, the server, its DNS, then its agent (secrets, boot, polling).
+RUNNING_STEPS: tuple[Step, ...] = (firewall_step, server_step, dns_step, agent_step)
+# Stopping: the server goes first (after its backup), then its records.
+STOPPING_STEPS: tuple[Step, ...] = (server_step, dns_step)
+
+
+async def _walk(scope: Scope, steps: tuple[Step, ...], stopping: bool = False
+                ) -> Outcome | None:
+    for step in steps:
+        outcome = await (step.delete(scope) if stopping else step.reconcile(scope))
+        if outcome is not None:
+            return outcome
+    return None
 
 
 async def _ensure_running(scope: Scope) -> Outcome:
-    assert scope.creds is not None
     status = scope.status
-    access = await ensure_access(scope)
-    agent_creds = await ensure_agent_credentials(scope)
-    data_key = await backup_step.ensure_data_key(scope)
-    if data_key is None and backup_step.enabled(scope):
-        # Backups cannot be read or written: do not start (and pay for) a server that
-        # would come up on empty data. BackupRestored says why.
-        cond = status.reason(C.BACKUP_RESTORED) or C.DATA_KEY_MISSING
-        status.condition(C.READY, False, cond, "the backup data key cannot be used")
-        if status.get("server", "id") is None:
-            status.set("phase", "Failed")
-        return Outcome.after(backup_step.FAILED_RETRY, "data key unusable")
-    if data_key is not None and status.get("server", "id") is None:
-        # A tampered or rolled-back backup refuses the start: find out before paying
-        # for a server (the agent step builds the plan it sends again, fresh).
-        refused = await backup_step.restore_plan(scope, data_key)
-        if isinstance(refused, Outcome):
-            cond = status.reason(C.BACKUP_RESTORED) or C.RESTORE_FAILED
-            status.condition(C.READY, False, cond, "the backups cannot be restored")
-            status.set("phase", "Failed")
-            return refused
-    if status.get("phase") in (None, "Pending", "Stopped", "Failed"):
-        status.set("phase", "Creating")
-        status.set("stoppedAt", None)
-
-    outcome = await firewall_step.ensure(scope)  # before a server could exist unprotected
+    await owned_secrets.ensure(scope)
+    outcome = await backup_step.prepare(scope)
     if outcome is not None:
         return outcome
-    try:
-        server = await ensure_server(scope, lambda fresh: render_user_data(
-            scope.ref, scope.creds.spec, scope.creds.klass,  # type: ignore[union-attr]
-            host=scope.host, agent_credentials=fresh))
-    except UserDataTooLarge as err:
-        # Rendered just before the create call: nothing was created.
-        if status.reason(C.SERVER_READY) != C.USER_DATA_TOO_LARGE:
-            scope.emit("Warning", C.USER_DATA_TOO_LARGE, str(err))
-        status.condition(C.SERVER_READY, False, C.USER_DATA_TOO_LARGE, str(err))
-        return Outcome.after(scope.runtime.settings.poll_interval * USER_DATA_RETRY_POLLS,
-                             C.USER_DATA_TOO_LARGE)
-    if isinstance(server, Outcome):
-        return server
+    if status.phase in (None, Phase.PENDING, Phase.STOPPED, Phase.FAILED):
+        status.phase = Phase.CREATING
+        status.stopped_at = None
 
-    outcome = await dns_step.ensure(scope, server)
+    outcome = await _walk(scope, RUNNING_STEPS)
     if outcome is not None:
         return outcome
-
-    outcome = await agent_step.ensure(scope, server, access, agent_creds, data_key)
-    if outcome is not None:
-        return outcome
-
-    stop = agent_step.idle_stop(scope)
-    if stop is not None:
-        status.set("stoppedBy", stop)
-        scope.emit("Normal", "Stopping", f"stopping: {status.reason(C.IDLE)}")
+    idle_stop = agent_step.idle_stop(scope)
+    if idle_stop is not None:
+        stop = StoppedBy(idle_stop)
+        status.stopped_by = stop
+        scope.emit("Normal", "Stopping", f"stopping: {status.reason(T.IDLE)}")
         return await _ensure_stopped(scope, stop, backup=True)
-    if data_key is not None and backup_step.scheduled_backup_due(scope):
-        outcome = await backup_step.run_backup(scope, data_key)
-        if outcome is not None:
-            return outcome
-    return Outcome.done()
+    return await backup_step.reconcile(scope) or Outcome.done()
 
 
-async def _ensure_stopped(scope: Scope, stopped_by: str, backup: bool) -> Outcome:
+async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool) -> Outcome:
     """Back up, delete the server, remove DNS; idempotent when already stopped."""
     status = scope.status
-    has_server = status.get("server", "id") is not None
-    if status.get("phase") == "Stopped" and not has_server and not status.get("dns"):
-        status.set("stoppedBy", stopped_by)  # e.g. an idle stop the user now confirms
+    had_server = status.has_server
+    if status.phase == Phase.STOPPED and not had_server and status.dns is None:
+        status.stopped_by = stopped_by  # e.g. an idle stop the user now confirms
         return Outcome.done()  # already stopped: no cloud calls at all
-    if has_server:
-        status.set("phase", "Stopping")
-        status.set("stoppedBy", stopped_by)
-        backup_step.stopping_started(scope)
+    if had_server:
+        status.phase = Phase.STOPPING
+        status.stopped_by = stopped_by
         if backup and not wants_force_stop(scope.annotations):
-            scope.agent_credentials = await ensure_agent_credentials(scope)
-            outcome = await backup_step.backup_before_stop(scope)
+            scope.agent_credentials = await owned_secrets.ensure_agent_credentials(scope)
+            outcome = await backup_step.before_stop(scope)
             if outcome is not None:
                 return outcome
-    outcome = await delete_server(scope)
-    if outcome is not None:
-        return outcome
-    outcome = await dns_step.remove(scope)
+        else:
+            backup_step.stopping_started(scope)
+    outcome = await _walk(scope, STOPPING_STEPS, stopping=True)
     if outcome is not None:
         return outcome
 
-    if status.get("phase") != "Stopped" or has_server:
-        status.set("stoppedAt", iso(scope.runtime.clock()))
+    if status.phase != Phase.STOPPED or had_server:
+        status.stopped_at = scope.now()
         scope.emit("Normal", "Stopped", f"workspace stopped ({stopped_by})")
-    status.set("phase", "Stopped")
-    status.set("stoppedBy", stopped_by)
-    status.set("secretsVersion", None)
-    status.set("agentEndpoint", None)
-    status.set("failedAgentPolls", None)
-    status.set("startedAt", None)
-    status.set("stoppingSince", None)
-    if status.get("urls"):
-        status.update("urls", state="stopped")
-    status.condition(C.SERVER_READY, False, C.STOPPED, "no server while stopped")
-    status.condition(C.AGENT_READY, False, C.STOPPED, "no agent while stopped")
-    activity = status.get("activity") or {}
-    if activity:
-        status.update("activity", agentState="absent")
+    status.phase = Phase.STOPPED
+    status.stopped_by = stopped_by
+    status.secrets_version = None
+    status.agent_endpoint = None
+    status.failed_agent_polls = None
+    status.started_at = None
+    status.stopping_since = None
+    if status.urls is not None:
+        status.urls.state = UrlState.STOPPED
+    status.condition(T.SERVER_READY, False, Reason.STOPPED, "no server while stopped")
+    status.condition(T.AGENT_READY, False, Reason.STOPPED, "no agent while stopped")
+    if status.activity is not None:
+        status.activity.agent_state = AgentState.ABSENT
     return Outcome.done()
 
 
 def _summarize(scope: Scope) -> None:
     """Ready and phase from the step conditions (phase is only a human summary)."""
     status = scope.status
-    phase = status.get("phase")
-    if phase in ("Stopped", "Stopping", "Deleting"):
-        status.condition(C.READY, False, C.NOT_RUNNING,
+    phase = status.phase
+    if phase in (Phase.STOPPED, Phase.STOPPING, Phase.DELETING):
+        assert phase is not None
+        status.condition(T.READY, False, Reason.NOT_RUNNING,
                          f"workspace is {phase.lower()}"
-                         + (f" ({status.get('stoppedBy')})" if status.get("stoppedBy") else ""))
+                         + (f" ({status.stopped_by})" if status.stopped_by else ""))
         return
-    if phase == "Failed" and status.get("server", "id") is None:
+    if phase == Phase.FAILED and not status.has_server:
         return  # refused before any server (the data key, restore-from): Ready says why
-    parts = (C.SERVER_READY, C.DNS_READY, C.AGENT_READY)
+    parts = (T.SERVER_READY, T.DNS_READY, T.AGENT_READY)
     if all(status.is_true(t) for t in parts):
-        url = status.get("urls", "workspace") or scope.host
-        status.condition(C.READY, True, C.READY_REASON, f"{url} is ready")
-        status.set("phase", "Running")
+        url = (status.urls.workspace if status.urls else None) or scope.host
+        status.condition(T.READY, True, Reason.READY, f"{url} is ready")
+        status.phase = Phase.RUNNING
         return
     for type_ in parts:
         if not status.is_true(type_):
-            reason = status.reason(type_) or C.PROGRESSING
-            cond = next(c for c in status.data["conditions"] if c["type"] == type_)
-            status.condition(C.READY, False, reason, f"{type_}: {cond.get('message', '')}")
-            if type_ == C.SERVER_READY and reason in _FAILED_REASONS:
-                status.set("phase", "Failed")
-            elif status.get("server", "id") is None:
-                status.set("phase", "Creating")
+            reason = status.reason(type_) or Reason.PROGRESSING
+            status.condition(T.READY, False, reason, f"{type_}: {status.message(type_)}")
+            if type_ == T.SERVER_READY and reason in _FAILED_REASONS:
+                status.phase = Phase.FAILED
+            elif not status.has_server:
+                status.phase = Phase.CREATING
             else:
-                status.set("phase", "Starting")
+                status.phase = Phase.STARTING
             return

@@ -1,0 +1,172 @@
+"""The typed status of a Workspace (and of a WorkspaceClass), declared once.
+
+The CRD's status schema is generated from these models (`api.crd`); the operator reads
+and writes status only through them (`reconcile.status.StatusDraft`). Python names are
+the snake_case of the API's camelCase names. Defaults here (None, empty lists) are the
+"not set" of Python only: the generated schema carries no status defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic.json_schema import JsonDict
+
+from agentspaces.api.enums import AgentState, ConditionStatus, Phase, StoppedBy, UrlState
+from agentspaces_vm.contracts import format_time, parse_time
+
+
+def _parse(value: Any) -> Any:
+    return parse_time(value) if isinstance(value, str) else value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_parse),
+                      PlainSerializer(format_time, return_type=str, when_used="json")]
+"""A time as the API stores it: RFC 3339 UTC, second resolution."""
+
+INT64: JsonDict = {"format": "int64"}
+LIST_MAP: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+
+class StatusModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore",
+                              use_enum_values=False, validate_default=False)
+
+
+class Condition(StatusModel):
+    """A Kubernetes-style condition."""
+
+    type: str = Field(description="Condition type.", max_length=64)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str | None = Field(None, description="One CamelCase word.", max_length=128)
+    message: str | None = Field(None, description="Human-readable detail.", max_length=4096)
+    last_transition_time: Timestamp | None = Field(
+        None, alias="lastTransitionTime", description="When status last changed.")
+    observed_generation: int | None = Field(None, alias="observedGeneration",
+                                            json_schema_extra=INT64)
+
+
+class ServerStatus(StatusModel):
+    """The Hetzner server, while one exists."""
+
+    id: int | None = Field(None, json_schema_extra=INT64)
+    name: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+    type: str | None = None
+    location: str | None = None
+    created_at: Timestamp | None = Field(None, alias="createdAt")
+
+
+class UrlsStatus(StatusModel):
+    """Where to reach the workspace."""
+
+    workspace: str | None = None
+    ui: str | None = None
+    ports: str | None = Field(None,
+                              description="Pattern for port URLs; {port} is the port number.")
+    state: UrlState | None = Field(None,
+                                   description="live while running, stopped while stopped.")
+
+
+class DnsRecordStatus(StatusModel):
+    """One owned record."""
+
+    id: str | None = None
+    name: str | None = None
+    type: str | None = None
+    content: str | None = None
+
+
+class DnsStatus(StatusModel):
+    """Records the operator owns."""
+
+    zone_id: str | None = Field(None, alias="zoneId")
+    records: list[DnsRecordStatus] = Field(default_factory=list)
+
+
+class ActivityStatus(StatusModel):
+    """What the workspace agent last reported."""
+
+    idle: bool | None = None
+    idle_since: Timestamp | None = Field(None, alias="idleSince")
+    last_activity_time: Timestamp | None = Field(None, alias="lastActivityTime")
+    agent_state: AgentState | None = Field(None, alias="agentState",
+                                           description="What the AI agent is doing.")
+    agent_state_since: Timestamp | None = Field(None, alias="agentStateSince")
+    reasons: list[str] = Field(default_factory=list, max_length=16)
+
+
+class BackupStatus(StatusModel):
+    """The last committed backup."""
+
+    time: Timestamp | None = None
+    object: str | None = None
+    size: int | None = Field(None, json_schema_extra=INT64)
+    sha256: str | None = None
+
+
+class RestoreStatus(StatusModel):
+    """The backup the running server was restored from."""
+
+    object: str | None = None
+    time: Timestamp | None = None
+    prefix: str | None = Field(None, description="A retained workspace's backups to restore "
+                               "from (agentspaces.dev/restore-from).")
+
+
+class AgentEndpointStatus(StatusModel):
+    """How the operator reaches the workspace agent."""
+
+    url: str | None = None
+    certificate_sha256: str | None = Field(None, alias="certificateSHA256",
+                                           description="Pinned agent certificate fingerprint.")
+
+
+class WorkspaceStatus(StatusModel):
+    """Observed state, written only by the operator."""
+
+    observed_generation: int | None = Field(None, alias="observedGeneration",
+                                            json_schema_extra=INT64)
+    phase: Phase | None = Field(None, description="Human summary derived from the conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra=LIST_MAP)
+    hostname: str | None = Field(None, description="DNS label that names this workspace.")
+    server: ServerStatus | None = None
+    urls: UrlsStatus | None = None
+    dns: DnsStatus | None = None
+    activity: ActivityStatus | None = None
+    backup: BackupStatus | None = None
+    restore: RestoreStatus | None = None
+    agent_endpoint: AgentEndpointStatus | None = Field(None, alias="agentEndpoint")
+    pending_backup: dict[str, Any] | None = Field(
+        None, alias="pendingBackup", description="The backup in flight (no secrets).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    started_at: Timestamp | None = Field(None, alias="startedAt")
+    stopping_since: Timestamp | None = Field(None, alias="stoppingSince")
+    stopped_at: Timestamp | None = Field(None, alias="stoppedAt")
+    stopped_by: StoppedBy | None = Field(None, alias="stoppedBy",
+                                         description="Why the workspace stopped.")
+    wake_handled: str | None = Field(None, alias="wakeHandled", max_length=256,
+                                     description="Last agentspaces.dev/wake value acted on.")
+    secrets_version: str | None = Field(
+        None, alias="secretsVersion",
+        description="Hash of the secrets last delivered to the agent.")
+    failed_agent_polls: int | None = Field(None, alias="failedAgentPolls")
+
+    def dump(self) -> dict[str, Any]:
+        """The API's JSON form (camelCase, unset fields left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class WorkspaceClassStatus(StatusModel):
+    """Observed state of the class."""
+
+    observed_generation: int | None = Field(None, alias="observedGeneration",
+                                            json_schema_extra=INT64)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra=LIST_MAP)
