@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agentspaces.api.enums import ConditionType, Reason
+from agentspaces.clouds.errors import CloudError, ErrorKind
+
+if TYPE_CHECKING:  # the scope builds on this module
+    from agentspaces.reconcile.scope import Scope
 
 
 @dataclass(frozen=True)
@@ -43,3 +50,40 @@ class Wait:
     HOST_CONTENDED = 5.0
     USER_DATA_TOO_LARGE_POLLS = 10
     """Poll intervals between retries: only a spec change helps."""
+
+
+# Provider error codes a user must act on, and the condition reason that says which.
+_REASONS: dict[tuple[str, str], Reason] = {
+    ("hetzner", "invalid_input"): Reason.INVALID_INPUT,
+    ("hetzner", "resource_limit_exceeded"): Reason.RESOURCE_LIMIT_EXCEEDED,
+    ("hetzner", "server_type_not_found"): Reason.SERVER_TYPE_NOT_FOUND,
+    ("hetzner", "invalid_server_type"): Reason.SERVER_TYPE_NOT_FOUND,
+    ("hetzner", "location_not_found"): Reason.LOCATION_NOT_FOUND,
+    ("hetzner", "image_not_found"): Reason.IMAGE_NOT_FOUND,
+    ("cloudflare", "zone_not_found"): Reason.DNS_ZONE_NOT_FOUND,
+}
+
+
+def cloud_failure(scope: Scope, condition: ConditionType, err: CloudError,
+                  what: str) -> Outcome:
+    """Record a failed cloud call on `condition` and say when to try again: the
+    provider's wait for a rate limit, a short one for a passing failure, a long one
+    (with a Warning event) when a person has to change something."""
+    status = scope.status
+    if err.kind is ErrorKind.RATE_LIMITED:
+        status.condition(condition, False, Reason.RATE_LIMITED,
+                         f"{what}: provider rate limit reached, retrying")
+        return Outcome.after(err.retry_after or Wait.RATE_LIMITED, "rate limited")
+    message = f"{what}: {err.message}"
+    if err.kind is ErrorKind.TRANSIENT:
+        status.condition(condition, False, Reason.CLOUD_API_ERROR, message)
+        return Outcome.after(scope.runtime.settings.boot_poll * 2, "transient cloud error")
+    if err.kind is ErrorKind.UNAUTHORIZED:
+        reason = Reason.CREDENTIALS_INVALID
+        status.condition(ConditionType.CREDENTIALS_AVAILABLE, False, reason,
+                         f"{what}: the {err.provider} API token was refused ({err.code})")
+    else:
+        reason = _REASONS.get((err.provider, err.code), Reason.CLOUD_API_ERROR)
+    status.condition(condition, False, reason, message)
+    scope.emit("Warning", reason, message)
+    return Outcome.after(Wait.PERMANENT, err.code or reason)
