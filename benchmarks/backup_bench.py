@@ -29,7 +29,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentspaces_vm.contracts import BackupPlan, RestorePlan
 
 MIB = 1024 * 1024
 
@@ -128,7 +131,7 @@ def agent_worker(action: str, plan_file: str, root: str) -> None:
     started = time.perf_counter()
     result: Any = None
     if action == "backup":
-        result = agent.backup(plan, Path(root), lambda _: None)
+        result = agent.backup(plan, Path(root), lambda _: None).to_json()
     else:
         agent.restore(plan, Path(root))
     seconds = time.perf_counter() - started
@@ -148,9 +151,10 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def run_agent(action: str, plan: dict[str, Any], root: Path, scratch: Path) -> dict[str, Any]:
+def run_agent(action: str, plan: BackupPlan | RestorePlan, root: Path, scratch: Path
+              ) -> dict[str, Any]:
     plan_file = scratch / f"{action}-plan.json"
-    plan_file.write_text(json.dumps(plan))
+    plan_file.write_text(json.dumps(plan.to_json()))
     plan_file.chmod(0o600)
     os.sync()  # start every timed run with no writeback pending from the last one
     before = resource.getrusage(resource.RUSAGE_SELF)  # this process = the S3 server
@@ -230,7 +234,7 @@ def bench_size(size_mib: int, workdir: Path, endpoint: str, part_size: int,
     bucket = f"bench-{size_mib}"
     make_client(endpoint, "bench", "bench", region="us-east-1").create_bucket(Bucket=bucket)
     store = S3ObjectStore.connect(endpoint, bucket, "bench", "bench")
-    ws = backups.WorkspaceRef.for_workspace("bench/", "default", "bench", f"uid-{size_mib}")
+    ws = backups.BackupLocation.for_workspace("bench/", "default", "bench", f"uid-{size_mib}")
     data_key = keys.DataKey(keys.new_key_id(), keys.generate_data_key())
     clock = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
 

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+
+from agentspaces_vm.contracts import (
+    AgentStatus,
+    BackupJob,
+    BackupPlan,
+    ContractError,
+    RestorePlan,
+)
+
+T = TypeVar("T")
 
 
 class AgentError(Exception):
@@ -47,6 +57,11 @@ class AgentUnreachable(Exception):
 
 class AgentCertificateMismatch(Exception):
     """The server's certificate is not the pinned one."""
+
+
+class AgentProtocolError(AgentError):
+    """The agent answered 2xx with a document that breaks its contract
+    (agentspaces_vm.contracts); the message names the field, never a value."""
 
 
 def _summary(body: object) -> str:
@@ -159,8 +174,13 @@ class AgentClient:
         return doc
 
     async def status(self) -> dict[str, Any]:
+        """The raw status document (see agent_status for the parsed one)."""
         doc: dict[str, Any] = await self._call("GET", "/v1/status")
         return doc
+
+    async def agent_status(self) -> AgentStatus:
+        """GET /v1/status, parsed (AgentProtocolError when it breaks the contract)."""
+        return _parsed(AgentStatus.from_json, await self._call("GET", "/v1/status"))
 
     async def put_secrets(self, *, version: str, basic_auth_username: str,
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
@@ -182,17 +202,48 @@ class AgentClient:
             "PUT", "/v1/config", {"publicPorts": sorted(set(public_ports))})
         return doc
 
-    async def start(self, restore_plan: Mapping[str, Any] | None) -> dict[str, Any]:
-        doc: dict[str, Any] = await self._call(
-            "POST", "/v1/start", {"restore": dict(restore_plan) if restore_plan else None},
-            expect=(202,))
+    async def start(self, restore_plan: RestorePlan | None) -> dict[str, Any]:
+        """Start the boot sequence, restoring the plan's backup first (if any)."""
+        body = {"restore": restore_plan.to_json() if restore_plan is not None else None}
+        doc: dict[str, Any] = await self._call("POST", "/v1/start", body, expect=(202,))
         return doc
 
-    async def start_backup(self, plan: Mapping[str, Any]) -> str:
+    async def start_backup(self, plan: BackupPlan) -> str:
         """Start a backup; its id. AgentError with status 409 while one runs."""
-        doc = await self._call("POST", "/v1/backup", dict(plan), expect=(202,))
-        return str(doc["id"])
+        doc = await self._call("POST", "/v1/backup", plan.to_json(), expect=(202,))
+        if not isinstance(doc, Mapping) or not isinstance(doc.get("id"), str):
+            raise AgentProtocolError(202, None, "POST /v1/backup: the answer has no id")
+        return doc["id"]
 
-    async def backup_status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = await self._call("GET", "/v1/backup")
-        return doc
+    async def backup_status(self) -> BackupJob:
+        return _parsed(BackupJob.from_json, await self._call("GET", "/v1/backup"))
+
+
+def _parsed(parse: Callable[[object], T], doc: object) -> T:
+    try:
+        return parse(doc)
+    except ContractError as exc:
+        raise AgentProtocolError(200, None, f"the agent's answer breaks the contract: "
+                                            f"{exc}") from None
+
+
+class AgentPort(Protocol):
+    """What the reconciler asks of a workspace's agent (`AgentClient` implements it)."""
+
+    async def status(self) -> dict[str, Any]: ...
+
+    async def agent_status(self) -> AgentStatus: ...
+
+    async def put_agent_bundle(self, bundle: bytes) -> dict[str, Any]: ...
+
+    async def put_secrets(self, *, version: str, basic_auth_username: str,
+                          basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
+                          repository_token: str | None = None) -> dict[str, Any]: ...
+
+    async def put_config(self, public_ports: Iterable[int]) -> dict[str, Any]: ...
+
+    async def start(self, restore_plan: RestorePlan | None) -> dict[str, Any]: ...
+
+    async def start_backup(self, plan: BackupPlan) -> str: ...
+
+    async def backup_status(self) -> BackupJob: ...

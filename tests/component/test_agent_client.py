@@ -6,7 +6,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from agentspaces.agent_client import (
 from agentspaces.pki import generate
 from agentspaces_vm.agent import Agent
 from agentspaces_vm.config import parse_config
+from agentspaces_vm.contracts import BackupPlan, BootStage, JobState, RestorePlan
 from agentspaces_vm.password_hash import hash_password
 from agentspaces_vm.server import build_servers
 from agentspaces_vm.templates import load_template
@@ -31,6 +32,15 @@ from tests.component.agent_harness import HOST, make_agent
 
 pytestmark = pytest.mark.timeout(60)
 HASH = hash_password("pw", log_n=10)
+
+
+KEY = bytes(range(32))
+RESTORE_PLAN = RestorePlan(backup_id="20261127T041900Z", workspace_uid="uid-1",
+                           object_key="backups/demo/0.agsp", key_id="dk-1", key=KEY,
+                           url="https://r2.example.test/x?sig=1", size=10, sha256="ab" * 32)
+BACKUP_PLAN = BackupPlan(backup_id="b-1", workspace_uid="uid-1", object_key="backups/demo/1",
+                         key_id="dk-1", key=KEY, part_size=5 << 20,
+                         part_urls=("https://r2.example.test/p1?sig=1",))
 
 
 class RestoreBroken(Exception):
@@ -109,41 +119,46 @@ async def test_round_trip_of_every_call(served: Served) -> None:
                                       basic_auth_scrypt_hash=HASH, anthropic_api_key="sk-1")
         assert applied["version"] == "7"
         assert (await c.put_config([8080, 3000]))["publicPorts"] == [3000, 8080]
-        plan = {"object": "backups/demo/0.agsp", "getUrl": "https://r2.example.test/x?sig=1"}
+        plan = RESTORE_PLAN
         assert (await c.start(plan))["bootStage"] in ("waiting-for-start", "restoring",
                                                       "starting-devcontainer", "ready")
         doc = await wait_status(c, lambda d: d["bootStage"] == "ready")
         assert doc["restore"] == {"state": "succeeded", "error": None, "reason": None}
         assert doc["secrets"] == {"version": "7"}
-        assert served.calls.restores == [(plan, served.agent.config.paths.workspaces)]
+        assert served.calls.restores == [(plan.to_json(),
+                                          served.agent.config.paths.workspaces)]
         # A second start is a no-op: the restore is not repeated.
         assert (await c.start(None)) == {"bootStage": "ready"}
         assert len(served.calls.restores) == 1
 
-        backup_id = await c.start_backup({"id": "b-1", "parts": []})
+        backup_id = await c.start_backup(BACKUP_PLAN)
         assert backup_id == "b-1"
+        assert served.calls.backups == [BACKUP_PLAN.to_json()]
         with pytest.raises(AgentError) as busy:
-            await c.start_backup({"id": "b-2"})
+            await c.start_backup(replace(BACKUP_PLAN, backup_id="b-2"))
         assert busy.value.status == 409
         running = await c.backup_status()
-        assert running["state"] == "running" and running["id"] == "b-1"
+        assert running.state is JobState.RUNNING and running.backup_id == "b-1"
         assert (await c.status())["backup"] == {"state": "running", "id": "b-1"}
+        typed = await c.agent_status()
+        assert typed.backup_state is JobState.RUNNING and typed.secrets_version == "7"
+        assert typed.boot_stage is BootStage.READY and typed.ports == ()
         served.calls.release_backup.set()
         for _ in range(200):
             done = await c.backup_status()
-            if done["state"] != "running":
+            if done.state is not JobState.RUNNING:
                 break
             await asyncio.sleep(0.05)
-        assert done["state"] == "succeeded"
-        assert done["result"] == {"object": "backups/demo/1.agsp", "size": 1234}
-        assert done["progress"] == {"bytes": 10}
+        assert done.state is JobState.SUCCEEDED
+        assert done.result == {"object": "backups/demo/1.agsp", "size": 1234}
+        assert done.progress == {"bytes": 10}
 
 
 async def test_failed_restore_is_reported_and_final(served: Served) -> None:
     served.calls.restore_error = RestoreBroken(
         "chunk 3 failed authentication (https://r2.example.test/obj?X-Amz-Signature=abc)")
     async with served.client() as c:
-        await c.start({"object": "x"})
+        await c.start(RESTORE_PLAN)
         doc = await wait_status(c, lambda d: d["bootStage"] == "failed")
         assert doc["restore"]["state"] == "failed"
         assert doc["restore"]["reason"] == "BackupCorrupt"

@@ -21,6 +21,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -223,21 +224,22 @@ def leftovers(root: Path) -> list[str]:
 
 # --- helpers ------------------------------------------------------------------------------
 
-def workspace(uid: str = "1a2b3c4d") -> bk.WorkspaceRef:
-    return bk.WorkspaceRef.for_workspace("agentspaces/", "default", "demo", uid)
+def workspace(uid: str = "1a2b3c4d") -> bk.BackupLocation:
+    return bk.BackupLocation.for_workspace("agentspaces/", "default", "demo", uid)
 
 
-def run_backup(store: S3ObjectStore, ws: bk.WorkspaceRef, data_key: keys.DataKey, root: Path,
+def run_backup(store: S3ObjectStore, ws: bk.BackupLocation, data_key: keys.DataKey, root: Path,
                now: datetime, proxy: FaultProxy | None = None, max_parts: int = 20,
                exclude: tuple[str, ...] = ()) -> tuple[bk.BackupRecord, dict[str, Any],
                                                        list[dict[str, Any]]]:
+    """Begin, back up from the plan's wire form (as the agent receives it), commit the
+    result's wire form (as the operator reads it)."""
     plan, pending = bk.begin_backup(store, ws, data_key, now, PART, max_parts, 600,
                                     exclude=exclude)
     if proxy is not None:
-        for part in plan["parts"]:
-            part["url"] = proxy.route(part["url"])
+        plan = replace(plan, part_urls=tuple(map(proxy.route, plan.part_urls)))
     events: list[dict[str, Any]] = []
-    result = agent.backup(plan, root, events.append)
+    result = agent.backup(plan.to_json(), root, events.append).to_json()
     record = bk.commit_backup(store, pending, result, data_key, now + timedelta(seconds=5))
     return record, result, events
 
@@ -246,8 +248,8 @@ def restore(store: S3ObjectStore, record: bk.BackupRecord, data_key: keys.DataKe
             target: Path, proxy: FaultProxy | None = None) -> None:
     plan = bk.restore_plan(store, record, data_key, 600)
     if proxy is not None:
-        plan["url"] = proxy.route(plan["url"])
-    agent.restore(plan, target)
+        plan = replace(plan, url=proxy.route(plan.url))
+    agent.restore(plan.to_json(), target)
 
 
 @pytest.fixture
@@ -336,8 +338,7 @@ def test_failed_upload_commits_nothing(store: S3ObjectStore, proxy: FaultProxy,
     second = tmp_path / "second"
     make_tree(second, generation=1)
     plan, pending = bk.begin_backup(store, ws, data_key, T0 + timedelta(hours=1), PART, 20, 600)
-    for part in plan["parts"]:
-        part["url"] = proxy.route(part["url"])
+    plan = replace(plan, part_urls=tuple(map(proxy.route, plan.part_urls)))
     proxy.put_failures[2] = [403] * 10  # e.g. the URL expired: not worth retrying
     with pytest.raises(agent.BackupError) as info:
         agent.backup(plan, second, lambda _: None)
@@ -380,7 +381,7 @@ def test_agent_killed_midway_commits_nothing(store: S3ObjectStore, data_key: key
     make_tree(second, big=16 * MIB, generation=1)
     plan, pending = bk.begin_backup(store, ws, data_key, T0 + timedelta(hours=1), PART, 20, 600)
     plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(plan))
+    plan_file.write_text(json.dumps(plan.to_json()))
     proc = subprocess.Popen([sys.executable, "-c", AGENT_KILLED_MIDWAY, str(plan_file),
                              str(second)], start_new_session=True,
                             preexec_fn=die_with_parent)
@@ -421,7 +422,7 @@ def test_commit_rejects_an_inconsistent_result(store: S3ObjectStore, data_key: k
     source = tmp_path / "source"
     make_tree(source, big=7 * MIB)
     plan, pending = bk.begin_backup(store, workspace(), data_key, T0, PART, 20, 600)
-    result = agent.backup(plan, source, lambda _: None)
+    result = agent.backup(plan, source, lambda _: None).to_json()
     for broken in ({**result, "parts": result["parts"][1:]},
                    {**result, "size": result["size"] + PART},
                    {**result, "sha256": "nope"},
@@ -453,7 +454,7 @@ def test_prune_keeps_the_newest(store: S3ObjectStore, data_key: keys.DataKey,
         plan, pending = bk.begin_backup(store, ws, data_key, at, PART, 2, 600)
         result = agent.backup(plan, trees[0], lambda _: None)
         store.complete_multipart_upload(pending.object_key, pending.upload_id, [
-            bk.CompletedPart(p["partNumber"], p["etag"]) for p in result["parts"]])
+            bk.CompletedPart(p.number, p.etag) for p in result.parts])
         return pending.object_key
 
     old_orphan = orphan(T0 + timedelta(minutes=30))
@@ -488,7 +489,7 @@ def test_class_key_rotation_keeps_backups_readable(store: S3ObjectStore,
     assert rotated is not None and rotated != secret
     assert {o.key: o.etag for o in store.list_objects(ws.prefix)} == before
     reopened = keys.open_data_key(new_class_key, keys.decode_key_secret(rotated))
-    with pytest.raises(keys.WrongKey):
+    with pytest.raises(keys.ClassKeyMismatch):
         keys.open_data_key(old_class_key, keys.decode_key_secret(rotated))
     target = tmp_path / "target"
     restore(store, bk.latest_backup(store, ws) or record, reopened, target)
@@ -523,7 +524,7 @@ def test_retained_backup_restores_into_a_new_workspace(
     # The new Workspace gets a copy of the retained key Secret and names the prefix.
     copied = dict(keys.encode_key_secret(stored))
     key = keys.open_data_key(class_key, keys.decode_key_secret(copied))
-    retained = bk.WorkspaceRef.from_prefix(old_ws.prefix.rstrip("/"))
+    retained = bk.BackupLocation.from_prefix(old_ws.prefix.rstrip("/"))
     record = bk.latest_backup(store, retained)
     assert record is not None
     target = tmp_path / "new-vm"
@@ -565,7 +566,7 @@ def test_damaged_backup_leaves_the_target_untouched(
     make_tree(target, big=1000, generation=7)
     before = snapshot(target)
 
-    plan = bk.restore_plan(store, record, data_key, 600)
+    plan = bk.restore_plan(store, record, data_key, 600).to_json()  # as the agent gets it
     blob = store.get_object(record.object_key)
     if damage == "tampered":
         flipped = bytearray(blob)
@@ -582,7 +583,7 @@ def test_damaged_backup_leaves_the_target_untouched(
     elif damage == "wrong-key":
         plan["key"] = base64.b64encode(os.urandom(32)).decode()
     elif damage == "wrong-key-id":
-        with pytest.raises(keys.WrongKey):  # the operator notices first
+        with pytest.raises(bf.DataKeyMismatch):  # the operator notices first
             bk.restore_plan(store, record, keys.DataKey("dk-other", data_key.material), 600)
         plan["keyId"] = "dk-other"
     elif damage == "missing":
@@ -640,7 +641,7 @@ def test_bucket_writer_cannot_swap_or_forge_backups(
     assert refused.value.reason == "BackupTampered"
 
     # ... and had a plan been built from that manifest, the agent refuses the object.
-    plan = bk.restore_plan(store, new, data_key, 600)  # the genuine record of `new`
+    plan = bk.restore_plan(store, new, data_key, 600).to_json()  # the genuine record of `new`
     plan.update(size=len(old_blob), sha256=hashlib.sha256(old_blob).hexdigest())
     with pytest.raises(agent.BackupCorrupt) as info:
         agent.restore(plan, target)

@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentspaces_vm import backup_format as bf
+from agentspaces_vm.contracts import backup_binding
 
 KEY = bytes(range(32))
 KEY_ID = "dk-test"
 CHUNK = 64
 UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-BINDING = bf.backup_binding(UID, "20261127T041900Z")
+BINDING = backup_binding(UID, "20261127T041900Z")
 
 
 def split(blob: bytes) -> tuple[bytes, list[bytes]]:
@@ -179,12 +180,12 @@ def test_flipping_the_final_flag_is_refused(blob: bytes) -> None:
 
 
 def test_wrong_key_and_wrong_key_id(blob: bytes) -> None:
-    with pytest.raises(bf.WrongKey) as info:
+    with pytest.raises(bf.DataKeyMismatch) as info:
         bf.decrypt_bytes(blob, os.urandom(32), KEY_ID)
     assert info.value.reason == "WrongKey"
-    with pytest.raises(bf.WrongKey):
+    with pytest.raises(bf.DataKeyMismatch):
         bf.decrypt_bytes(blob, KEY, "dk-other")
-    with pytest.raises(bf.WrongKey):
+    with pytest.raises(bf.DataKeyMismatch):
         bf.Decryptor(b"short", KEY_ID)
 
 
@@ -254,7 +255,7 @@ def test_key_id_rules() -> None:
 def test_object_written_as_another_backup_is_refused(blob: bytes) -> None:
     """A bucket writer copies backup A's object to backup B's key (same workspace, same
     data key): a reader expecting B refuses it before releasing any plaintext."""
-    other = bf.backup_binding(UID, "20261128T000000Z")
+    other = backup_binding(UID, "20261128T000000Z")
     dec = bf.Decryptor(KEY, KEY_ID, binding=other)
     with pytest.raises(bf.BackupCorrupt) as info:
         dec.update(blob)
@@ -262,7 +263,7 @@ def test_object_written_as_another_backup_is_refused(blob: bytes) -> None:
     assert dec.plaintext_size == 0
     # Another workspace that shares the data key (a retained one and its heir) too.
     with pytest.raises(bf.BackupCorrupt) as info:
-        bf.decrypt_bytes(blob, KEY, KEY_ID, binding=bf.backup_binding("heir", "20261127T041900Z"))
+        bf.decrypt_bytes(blob, KEY, KEY_ID, binding=backup_binding("heir", "20261127T041900Z"))
     assert info.value.problem == "swapped"
 
 
@@ -272,7 +273,7 @@ def test_rewriting_the_binding_breaks_every_chunk(blob: bytes, data: bytes) -> N
     header, records = split(blob)
     parsed = bf.parse_header(blob)
     assert parsed is not None and parsed.binding == BINDING
-    other = bf.backup_binding(UID, "20261128T000000Z")
+    other = backup_binding(UID, "20261128T000000Z")
     assert len(other) == len(BINDING)
     body = header[:-bf.DIGEST_SIZE].replace(BINDING.encode(), other.encode())
     forged = body + hashlib.sha256(body).digest()[:bf.DIGEST_SIZE]
@@ -304,4 +305,4 @@ def test_version_1_objects_are_refused() -> None:
                                             ("uid", "../x"), ("uid", "x" * 101)])
 def test_binding_rules(uid: str, backup_id: str) -> None:
     with pytest.raises(ValueError):
-        bf.backup_binding(uid, backup_id)
+        backup_binding(uid, backup_id)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 from agentspaces.persistence import backups as bk
 from agentspaces_vm import backup as agent
 
-WS = bk.WorkspaceRef.for_workspace("agentspaces/", "team-a", "demo", "0f1e2d3c")
+WS = bk.BackupLocation.for_workspace("agentspaces/", "team-a", "demo", "0f1e2d3c")
 
 
 def test_backup_id_is_utc_and_sortable() -> None:
@@ -43,12 +44,12 @@ def test_layout_keys() -> None:
 
 
 def test_explicit_prefix() -> None:
-    assert bk.WorkspaceRef.from_prefix("agentspaces/team-a/demo-0f1e2d3c").prefix == WS.prefix
+    assert bk.BackupLocation.from_prefix("agentspaces/team-a/demo-0f1e2d3c").prefix == WS.prefix
     for bad in ("", "/abs/", "a/../b/"):
         with pytest.raises(ValueError):
-            bk.WorkspaceRef.from_prefix(bad)
+            bk.BackupLocation.from_prefix(bad)
     with pytest.raises(ValueError):
-        bk.WorkspaceRef.for_workspace("agentspaces/", "ns", "", "uid")
+        bk.BackupLocation.for_workspace("agentspaces/", "ns", "", "uid")
 
 
 def test_pending_backup_survives_json() -> None:
@@ -72,7 +73,7 @@ def test_manifest_round_trip_is_relative_to_the_prefix() -> None:
     doc = record.manifest(WS)
     assert doc["objectName"] == "20261127T041900Z.tar.zst.enc"
     assert bk.BackupRecord.from_manifest(WS, json.loads(json.dumps(doc))) == record
-    moved = bk.WorkspaceRef.from_prefix("archive/demo/")
+    moved = bk.BackupLocation.from_prefix("archive/demo/")
     assert bk.BackupRecord.from_manifest(moved, doc).object_key == \
         "archive/demo/20261127T041900Z.tar.zst.enc"
     assert record.status() == {"time": "2026-11-27T04:19:00Z", "object": record.object_key,
@@ -83,47 +84,19 @@ def test_manifest_round_trip_is_relative_to_the_prefix() -> None:
             bk.BackupRecord.from_manifest(WS, broken)
 
 
-KEY = base64.b64encode(bytes(32)).decode()
-PARTS = [{"partNumber": 2, "url": "https://r2.example/b/k?partNumber=2"},
-         {"partNumber": 1, "url": "https://r2.example/b/k?partNumber=1"}]
-
-
-def backup_plan(**changes: object) -> dict[str, object]:
-    plan: dict[str, object] = {"version": 2, "id": "20261127T041900Z", "keyId": "dk-1",
-                               "workspaceUid": "0f1e2d3c",
-                               "key": KEY, "chunkSize": 1 << 20, "partSize": 5 << 20,
-                               "parts": PARTS, "exclude": ["node_modules"]}
-    plan.update(changes)
-    return plan
-
-
-def test_agent_parses_a_backup_plan() -> None:
-    parsed = agent.BackupPlan.parse(backup_plan())
-    assert parsed.part_urls == (PARTS[1]["url"], PARTS[0]["url"])  # ordered by number
-    assert parsed.exclude == ("node_modules",)
-    assert KEY not in repr(parsed) and "r2.example" not in repr(parsed)
-
-
-@pytest.mark.parametrize("changes", [
-    {"version": 1}, {"workspaceUid": None}, {"workspaceUid": "a/b"},
-    {"key": "c2hvcnQ="}, {"key": "not base64"}, {"keyId": ""},
-    {"partSize": 1 << 20}, {"parts": []}, {"parts": [PARTS[0]]},
-    {"parts": [{"partNumber": 1, "url": "file:///etc/passwd"}]}, {"exclude": "x"},
-    {"chunkSize": 0}, {"id": "../../x"}, {"partSize": True},
-])
-def test_agent_rejects_a_bad_backup_plan(changes: dict[str, object]) -> None:
+def test_a_malformed_plan_is_an_invalid_plan_backup_error(tmp_path: Path) -> None:
+    """The agent's entry points turn a contract violation into reason InvalidPlan
+    (contracts.BackupPlan/RestorePlan do the parsing: tests/unit/test_contracts.py)."""
+    key = base64.b64encode(bytes(32)).decode()
+    plan = {"version": 2, "id": "20261127T041900Z", "keyId": "dk-1", "key": key,
+            "workspaceUid": "0f1e2d3c", "object": "o", "partSize": 1 << 20,
+            "parts": [{"partNumber": 1, "url": "https://r2.example/b/k?partNumber=1"}]}
     with pytest.raises(agent.BackupError) as info:
-        agent.BackupPlan.parse(backup_plan(**changes))
+        agent.backup(plan, tmp_path, lambda _: None)
+    assert info.value.reason == "InvalidPlan" and "part size" in str(info.value)
+    assert key not in str(info.value) and "r2.example" not in str(info.value)
+    with pytest.raises(agent.BackupError) as info:
+        agent.restore({**plan, "url": "file:///etc/passwd", "size": 1, "sha256": "ab" * 32},
+                      tmp_path / "target")
     assert info.value.reason == "InvalidPlan"
-    assert KEY not in str(info.value)
-
-
-def test_agent_rejects_a_bad_restore_plan() -> None:
-    good = {"version": 2, "id": "20261127T041900Z", "keyId": "dk-1", "key": KEY,
-            "workspaceUid": "0f1e2d3c", "url": "https://r2.example/b/k", "size": 10,
-            "sha256": "ab" * 32}
-    assert agent.RestorePlan.parse(good).binding == "0f1e2d3c/20261127T041900Z"
-    for changes in ({"size": 0}, {"sha256": "abc"}, {"url": None}, {"workspaceUid": ""}):
-        with pytest.raises(agent.BackupError) as info:
-            agent.RestorePlan.parse({**good, **changes})
-        assert info.value.reason == "InvalidPlan"
+    assert not (tmp_path / "target").exists()

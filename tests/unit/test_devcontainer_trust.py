@@ -22,6 +22,7 @@ from agentspaces_vm import docker_guard
 from agentspaces_vm.bootstrap import FAILED, READY, Bootstrap
 from agentspaces_vm.caddy import BasicAuth
 from agentspaces_vm.config import AgentConfig, parse_config
+from agentspaces_vm.contracts import BackupJob
 from agentspaces_vm.devcontainer_policy import DevcontainerRefused, vet
 from agentspaces_vm.secrets import Delivery, SecretStore
 from agentspaces_vm.status import build_status
@@ -207,7 +208,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any]
 
 def _status(boot: Bootstrap) -> dict[str, Any]:
     return build_status(version="t", simulated=False, boot=boot.snapshot(), ports=(),
-                        activity=None, secrets_version=None, backup={})
+                        activity=None, secrets_version=None, backup=BackupJob()).to_json()
 
 
 def test_untrusted_repository_config_reaches_devcontainer_up_without_host_powers(

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from agentspaces.persistence import keys, manifest_auth
-from agentspaces_vm import backup_format
+from agentspaces_vm import backup_format, contracts
 
 
 @pytest.fixture
@@ -30,13 +30,13 @@ def test_wrap_round_trip_with_fresh_nonce(class_key: bytes) -> None:
 
 def test_unwrap_refuses_wrong_class_key_context_or_damage(class_key: bytes) -> None:
     wrapped = keys.wrap(class_key, keys.generate_data_key(), "dk-1")
-    with pytest.raises(keys.WrongKey):
+    with pytest.raises(keys.ClassKeyMismatch):
         keys.unwrap(os.urandom(32), wrapped, "dk-1")
-    with pytest.raises(keys.WrongKey):  # copied under another data-key id
+    with pytest.raises(keys.ClassKeyMismatch):  # copied under another data-key id
         keys.unwrap(class_key, wrapped, "dk-2")
     damaged = bytearray(wrapped)
     damaged[20] ^= 0x01
-    with pytest.raises(keys.WrongKey):
+    with pytest.raises(keys.ClassKeyMismatch):
         keys.unwrap(class_key, bytes(damaged), "dk-1")
     with pytest.raises(keys.InvalidKey):
         keys.unwrap(class_key, wrapped[:-1], "dk-1")
@@ -50,7 +50,7 @@ def test_rewrap_moves_the_key_to_the_new_class_key(class_key: bytes) -> None:
     old = keys.wrap(class_key, data_key, "dk-1")
     new = keys.rewrap(class_key, new_class_key, old, "dk-1")
     assert keys.unwrap(new_class_key, new, "dk-1") == data_key
-    with pytest.raises(keys.WrongKey):
+    with pytest.raises(keys.ClassKeyMismatch):
         keys.unwrap(class_key, new, "dk-1")
 
 
@@ -111,14 +111,14 @@ def test_rotation_rewraps_every_key_and_can_resume(class_key: bytes) -> None:
         assert item.class_key_fingerprint == new_fp
         assert item.key_id == data_key.key_id
         assert keys.open_data_key(new_class_key, item) == data_key
-        with pytest.raises(keys.WrongKey):
+        with pytest.raises(keys.ClassKeyMismatch):
             keys.open_data_key(class_key, item)
 
 
 def test_rotation_is_all_or_nothing(class_key: bytes) -> None:
     good = keys.create_data_key(class_key)[1]
     foreign = keys.create_data_key(os.urandom(32))[1]  # wrapped by some other class key
-    with pytest.raises(keys.WrongKey):
+    with pytest.raises(keys.ClassKeyMismatch):
         keys.rotate_class_key(class_key, os.urandom(32), [good, foreign])
 
 
@@ -133,7 +133,7 @@ def test_rotate_key_secret_reports_already_current(class_key: bytes) -> None:
 
 def test_backups_still_decrypt_after_rotation(class_key: bytes) -> None:
     data_key, stored = keys.create_data_key(class_key)
-    binding = backup_format.backup_binding("ws-uid", "20261127T041900Z")
+    binding = contracts.backup_binding("ws-uid", "20261127T041900Z")
     blob = backup_format.encrypt_bytes(b"workspace tar" * 1000, data_key.material,
                                        data_key.key_id, chunk_size=4096, binding=binding)
     new_class_key = os.urandom(32)

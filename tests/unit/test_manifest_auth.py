@@ -12,7 +12,7 @@ from agentspaces.persistence import backups as bk
 from agentspaces.persistence import keys, manifest_auth
 
 UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-WS = bk.WorkspaceRef.for_workspace("agentspaces/", "team-a", "demo", UID)
+WS = bk.BackupLocation.for_workspace("agentspaces/", "team-a", "demo", UID)
 BID = "20261127T041900Z"
 
 
@@ -31,7 +31,7 @@ def record(data_key: keys.DataKey, **changes: Any) -> bk.BackupRecord:
     return bk.BackupRecord(**fields)
 
 
-def signed(data_key: keys.DataKey, ws: bk.WorkspaceRef = WS) -> dict[str, Any]:
+def signed(data_key: keys.DataKey, ws: bk.BackupLocation = WS) -> dict[str, Any]:
     doc = manifest_auth.sign(record(data_key).manifest(ws), data_key)
     return json.loads(json.dumps(doc))  # as stored and read back
 
@@ -74,12 +74,12 @@ def test_a_manifest_copied_into_another_workspace_prefix_is_refused(
         data_key: keys.DataKey) -> None:
     """A retained workspace and its heir share the data key: the MAC alone would accept
     the retained manifest under the heir's prefix; the uid in the prefix does not."""
-    heir = bk.WorkspaceRef.for_workspace("agentspaces/", "team-a", "heir", "9999")
+    heir = bk.BackupLocation.for_workspace("agentspaces/", "team-a", "heir", "9999")
     copied = bk.BackupRecord.from_manifest(heir, signed(data_key))
     with pytest.raises(manifest_auth.ManifestTampered):
         bk.verify_manifest(copied, data_key)
-    # The retained prefix itself (WorkspaceRef.from_prefix, uid unknown) verifies.
-    retained = bk.WorkspaceRef.from_prefix(WS.prefix)
+    # The retained prefix itself (BackupLocation.from_prefix, uid unknown) verifies.
+    retained = bk.BackupLocation.from_prefix(WS.prefix)
     bk.verify_manifest(bk.BackupRecord.from_manifest(retained, signed(data_key)), data_key)
 
 

@@ -38,6 +38,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
+from agentspaces_vm.contracts import format_time
+
 log = logging.getLogger(__name__)
 
 # --- Claude Code hook events ---------------------------------------------------------
@@ -382,9 +384,7 @@ class _Session:
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(value) if value is not None else None
 
 
 class ActivityTracker:

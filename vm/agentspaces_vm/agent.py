@@ -33,6 +33,7 @@ from agentspaces_vm.caddy import (
     write_private_json,
 )
 from agentspaces_vm.config import AgentConfig, ConfigError, validate_ports
+from agentspaces_vm.contracts import Activity, AgentStatus
 from agentspaces_vm.ports import PortPoller
 from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
 from agentspaces_vm.status import build_status
@@ -193,9 +194,9 @@ class Agent:
 
     # -- API operations -------------------------------------------------------------
 
-    def status_document(self) -> dict[str, Any]:
+    def status_document(self) -> AgentStatus:
         try:
-            activity = self.activity.snapshot()
+            activity: Activity | None = Activity.from_json(self.activity.snapshot())
         except Exception:
             log.exception("activity snapshot failed")
             activity = None
@@ -249,7 +250,7 @@ class Agent:
             raise BadRequest("expected a backup plan object")
         backup_id = self.backups.start(body)
         if backup_id is None:
-            return 409, {"error": "backup running", "id": self.backups.snapshot()["id"]}
+            return 409, {"error": "backup running", "id": self.backups.snapshot().backup_id}
         return 202, {"id": backup_id}
 
     def allowed_domain(self, domain: str) -> bool:

@@ -13,8 +13,6 @@ never contain the key or a URL (presigned URLs are bearer credentials).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import http.client
@@ -22,7 +20,6 @@ import io
 import logging
 import os
 import queue
-import re
 import shutil
 import subprocess
 import tempfile
@@ -31,35 +28,34 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 from agentspaces_vm.backup_format import (
-    DEFAULT_CHUNK_SIZE,
-    MAX_CHUNK_SIZE,
     VERSION,
     BackupCorrupt,
     BackupError,
+    DataKeyMismatch,
     Decryptor,
     Encryptor,
     UnsupportedFormat,
-    WrongKey,
-    backup_binding,
-    check_key_id,
+)
+from agentspaces_vm.contracts import (
+    BackupPlan,
+    BackupResult,
+    ContractError,
+    RestorePlan,
+    UploadedPart,
 )
 from agentspaces_vm.safefs import neutralise_tree
 
-__all__ = ["BackupCorrupt", "BackupError", "BackupPlan", "RestorePlan", "UnsupportedFormat",
-           "WrongKey", "backup", "restore"]
+__all__ = ["BackupCorrupt", "BackupError", "BackupPlan", "BackupResult", "DataKeyMismatch",
+           "RestorePlan", "UnsupportedFormat", "backup", "restore"]
 
-# Version 2 added workspaceUid: with the id it forms the object's binding.
-PLAN_VERSION = 2
+P = TypeVar("P", BackupPlan, RestorePlan)
 # Several chunks per read: most chunks are then encrypted/decrypted straight from the
 # read buffer instead of being copied into the format's carry-over buffer first.
 READ_SIZE = 4 * 1024 * 1024
-MIN_PART_SIZE = 5 * 1024 * 1024
-MAX_PART_SIZE = 5 * 1024 * 1024 * 1024 - 5 * 1024 * 1024
 ZSTD_LEVEL = 3
 PUT_ATTEMPTS = 5
 GET_FAILURES = 6
@@ -89,103 +85,15 @@ def _invalid(message: str) -> BackupError:
 
 # --- plans ------------------------------------------------------------------------------
 
-def _get(plan: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = plan.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise _invalid(f"plan field {name!r} is missing or has the wrong type")
-    return value
-
-
-def _common(plan: Mapping[str, Any]) -> tuple[str, str, bytes, str]:
-    """The plan's backup id, key id, key, and the binding of the object (format v2)."""
-    if not isinstance(plan, Mapping):
-        raise _invalid("the plan must be a JSON object")
-    if plan.get("version") != PLAN_VERSION:
-        raise _invalid(f"plan version {plan.get('version')!r} is not {PLAN_VERSION}")
-    backup_id = _get(plan, "id", str)
-    if not re.fullmatch(r"[0-9A-Za-z._-]{1,64}", backup_id):
-        raise _invalid("plan id is malformed")
+def _parse(plan: Mapping[str, Any] | P, kind: type[P]) -> P:
+    """The plan (contracts.BackupPlan / RestorePlan), parsed from JSON if need be; a
+    malformed one is a BackupError with reason InvalidPlan (field named, value never)."""
+    if isinstance(plan, kind):
+        return plan
     try:
-        key_id = check_key_id(_get(plan, "keyId", str))
-    except ValueError:
-        raise _invalid("plan keyId is malformed") from None
-    try:
-        key = base64.b64decode(_get(plan, "key", str), validate=True)
-    except (ValueError, binascii.Error):
-        key = b""
-    if len(key) != 32:
-        raise _invalid("plan key is not a base64 256-bit key")
-    try:
-        binding = backup_binding(_get(plan, "workspaceUid", str), backup_id)
-    except ValueError:
-        raise _invalid("plan workspaceUid is malformed") from None
-    return backup_id, key_id, key, binding
-
-
-def _url(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not re.match(r"^https?://", value):
-        raise _invalid(f"{what} is not an http(s) URL")
-    return value
-
-
-@dataclass(frozen=True)
-class BackupPlan:
-    backup_id: str
-    key_id: str
-    key: bytes = field(repr=False)
-    binding: str
-    chunk_size: int
-    part_size: int
-    part_urls: tuple[str, ...] = field(repr=False)
-    exclude: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, plan: Mapping[str, Any]) -> BackupPlan:
-        backup_id, key_id, key, binding = _common(plan)
-        chunk_size = plan.get("chunkSize", DEFAULT_CHUNK_SIZE)
-        if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-            raise _invalid("plan chunkSize is out of range")
-        part_size = _get(plan, "partSize", int)
-        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
-            raise _invalid("plan partSize is out of range")
-        parts = _get(plan, "parts", list)
-        if not parts:
-            raise _invalid("plan has no part URLs")
-        try:
-            numbered = sorted(parts, key=lambda p: int(p["partNumber"]))
-            numbers = [int(p["partNumber"]) for p in numbered]
-        except (TypeError, KeyError, ValueError):
-            raise _invalid("plan parts need partNumber and url") from None
-        if numbers != list(range(1, len(numbers) + 1)):
-            raise _invalid("plan part numbers must be 1..n")
-        urls = tuple(_url(p.get("url"), "a part url") for p in numbered)
-        exclude = plan.get("exclude", [])
-        if not isinstance(exclude, list) or not all(
-                isinstance(x, str) and x and "\0" not in x for x in exclude):
-            raise _invalid("plan exclude must be a list of patterns")
-        return cls(backup_id, key_id, key, binding, chunk_size, part_size, urls,
-                   tuple(exclude))
-
-
-@dataclass(frozen=True)
-class RestorePlan:
-    backup_id: str
-    key_id: str
-    key: bytes = field(repr=False)
-    binding: str
-    url: str = field(repr=False)
-    size: int
-    sha256: str
-
-    @classmethod
-    def parse(cls, plan: Mapping[str, Any]) -> RestorePlan:
-        backup_id, key_id, key, binding = _common(plan)
-        url = _url(plan.get("url"), "plan url")
-        size = _get(plan, "size", int)
-        sha = _get(plan, "sha256", str).lower()
-        if size <= 0 or not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise _invalid("plan size or sha256 is malformed")
-        return cls(backup_id, key_id, key, binding, url, size, sha)
+        return kind.from_json(plan)
+    except ContractError as exc:
+        raise _invalid(f"the plan is malformed: {exc}") from None
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -379,13 +287,14 @@ class _PartWriter:
             self._flush()
 
 
-def backup(plan: Mapping[str, Any], root: Path, progress: Progress) -> dict[str, Any]:
+def backup(plan: Mapping[str, Any] | BackupPlan, root: Path, progress: Progress
+           ) -> BackupResult:
     """Archive, compress, encrypt and upload `root`; return the result for the commit.
 
     `progress` is called on this thread with {"phase", "partsUploaded", "bytesUploaded",
     "bytesEncrypted"}; an exception from it aborts the backup.
     """
-    p = BackupPlan.parse(plan)
+    p = _parse(plan, BackupPlan)
     root = Path(root).absolute()
     if not root.is_dir():
         raise _fail("SourceMissing", f"{root} is not a directory")
@@ -452,20 +361,12 @@ def backup(plan: Mapping[str, Any], root: Path, progress: Progress) -> dict[str,
             _stop(procs)
             if uploader.is_alive():
                 uploader.join(timeout=HTTP_TIMEOUT + 5)
-    parts = [{"partNumber": n, "etag": uploader.etags[n]} for n in range(1, writer.parts + 1)]
-    result: dict[str, Any] = {
-        "id": p.backup_id,
-        "parts": parts,
-        "size": writer.total,
-        "sha256": writer.sha256.hexdigest(),
-        "plaintextSize": encryptor.plaintext_size,
-        "keyId": p.key_id,
-        "chunkSize": p.chunk_size,
-        "formatVersion": VERSION,
-    }
-    if warnings:
-        result["warnings"] = warnings
-    return result
+    return BackupResult(
+        backup_id=p.backup_id,
+        parts=tuple(UploadedPart(n, uploader.etags[n]) for n in range(1, writer.parts + 1)),
+        size=writer.total, sha256=writer.sha256.hexdigest(), key_id=p.key_id,
+        chunk_size=p.chunk_size, format_version=VERSION,
+        plaintext_size=encryptor.plaintext_size, warnings=warnings)
 
 
 # --- restore ------------------------------------------------------------------------------
@@ -706,13 +607,13 @@ def _neutralise(staging: Path, root: Path) -> None:
                     len(removed), root, shown)
 
 
-def restore(plan: Mapping[str, Any], root: Path) -> None:
+def restore(plan: Mapping[str, Any] | RestorePlan, root: Path) -> None:
     """Replace the content of `root` with the backup the plan names.
 
     Nothing under `root` changes unless the whole object downloaded, authenticated,
     matched the manifest's size and sha256, and extracted cleanly.
     """
-    p = RestorePlan.parse(plan)
+    p = _parse(plan, RestorePlan)
     root = Path(root).absolute()
     # The staging dir is created inside the root: put the root's times back on failure.
     times = os.stat(root) if root.is_dir() else None

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,21 +39,25 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+# Key ids and chunk limits are part of the plans too: declared once, in contracts.
+from agentspaces_vm.contracts import (
+    DATA_KEY_SIZE,
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    check_key_id,
+)
+
 MAGIC = b"AGSPBACK"
 # Version 2 added the binding. Version 1 objects (no binding) are refused: they could be
 # moved to another backup's key unnoticed, and none were ever deployed.
 VERSION = 2
 ALGORITHM_HKDF_SHA256_AES256_GCM = 1
-DEFAULT_CHUNK_SIZE = 1024 * 1024
-# A reader refuses larger chunks so a hostile header cannot make it buffer gigabytes.
-MAX_CHUNK_SIZE = 64 * 1024 * 1024
-KEY_SIZE = 32
+KEY_SIZE = DATA_KEY_SIZE
 SALT_SIZE = 32
 KEY_CHECK_SIZE = 16
 NONCE_PREFIX_SIZE = 7
 DIGEST_SIZE = 8
 TAG_SIZE = 16
-MAX_KEY_ID_LENGTH = 64
 MAX_BINDING_LENGTH = 255
 MAX_CHUNKS = 2**32 - 1
 FLAG_FINAL = 0x01
@@ -63,7 +66,6 @@ _FIXED = struct.Struct(">8sBBHI32s16sB")  # magic .. key-id length
 _RECORD = struct.Struct(">IBI")  # index, flags, ciphertext length
 RECORD_HEADER_SIZE = _RECORD.size
 _HKDF_INFO = b"agentspaces backup v2"
-_BINDING_PART = re.compile(r"[0-9A-Za-z._-]{1,100}")
 
 
 class BackupError(Exception):
@@ -97,10 +99,10 @@ class BackupCorrupt(BackupError):
         self.problem = problem
 
 
-class WrongKey(BackupError):
+class DataKeyMismatch(BackupError):
     """The data key (or its id) is not the one this backup was written with."""
 
-    reason = "WrongKey"
+    reason = "WrongKey"  # the condition reason
 
 
 class UnsupportedFormat(BackupError):
@@ -130,7 +132,7 @@ class _Derived:
 
 def _derive(data_key: bytes, salt: bytes) -> _Derived:
     if len(data_key) != KEY_SIZE:
-        raise WrongKey(f"a data key must be {KEY_SIZE} bytes")
+        raise DataKeyMismatch(f"a data key must be {KEY_SIZE} bytes")
     out = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE + NONCE_PREFIX_SIZE + KEY_CHECK_SIZE,
                salt=salt, info=_HKDF_INFO).derive(data_key)
     return _Derived(aead=AESGCM(out[:KEY_SIZE]),
@@ -140,22 +142,6 @@ def _derive(data_key: bytes, salt: bytes) -> _Derived:
 
 def _nonce(prefix: bytes, index: int, final: bool) -> bytes:
     return prefix + struct.pack(">IB", index, FLAG_FINAL if final else 0)
-
-
-def check_key_id(key_id: str) -> str:
-    """A key id is 1..64 printable ASCII characters (it is stored in the header)."""
-    if not (isinstance(key_id, str) and 0 < len(key_id) <= MAX_KEY_ID_LENGTH
-            and key_id.isascii() and key_id.isprintable()):
-        raise ValueError(f"a key id is 1..{MAX_KEY_ID_LENGTH} printable ASCII characters")
-    return key_id
-
-
-def backup_binding(workspace_uid: str, backup_id: str) -> str:
-    """What an object is bound to: the workspace uid and the backup id it was written as."""
-    for part in (workspace_uid, backup_id):
-        if not (isinstance(part, str) and _BINDING_PART.fullmatch(part)):
-            raise ValueError("a workspace uid or backup id is 1..100 of [0-9A-Za-z._-]")
-    return f"{workspace_uid}/{backup_id}"
 
 
 def _build_header(key_check: bytes, key_id: str, binding: str, chunk_size: int,
@@ -317,7 +303,7 @@ class Decryptor:
     """Streaming decryption: feed ciphertext to `update`, then call `finalize`.
 
     `update` returns only plaintext that has been authenticated, in order. Raises
-    WrongKey, BackupCorrupt (with `.problem`) or UnsupportedFormat. If `key_id` is
+    DataKeyMismatch, BackupCorrupt (with `.problem`) or UnsupportedFormat. If `key_id` is
     given the header must name it; if `binding` is given the object must have been
     written as that backup (else BackupCorrupt "swapped"). A restore always passes both.
     """
@@ -325,7 +311,7 @@ class Decryptor:
     def __init__(self, data_key: bytes, key_id: str | None = None,
                  max_chunk_size: int = MAX_CHUNK_SIZE, *, binding: str | None = None) -> None:
         if len(data_key) != KEY_SIZE:
-            raise WrongKey(f"a data key must be {KEY_SIZE} bytes")
+            raise DataKeyMismatch(f"a data key must be {KEY_SIZE} bytes")
         self._key = data_key
         self._expected_key_id = key_id
         self._expected_binding = binding
@@ -341,10 +327,10 @@ class Decryptor:
         if header.chunk_size > self._max_chunk:
             raise BackupCorrupt("header", f"chunk size {header.chunk_size} above the limit")
         if self._expected_key_id is not None and header.key_id != self._expected_key_id:
-            raise WrongKey("the backup was written with a different data key id")
+            raise DataKeyMismatch("the backup was written with a different data key id")
         derived = _derive(self._key, header.salt)
         if not hmac.compare_digest(derived.key_check, header.key_check):
-            raise WrongKey("the data key does not match this backup")
+            raise DataKeyMismatch("the data key does not match this backup")
         # After the key check, so a wrong key is still reported as such. The binding is
         # also in every chunk's AAD: editing it here makes chunk 0 fail ("tampered").
         if self._expected_binding is not None and header.binding != self._expected_binding:

@@ -225,13 +225,14 @@ class ApiHandler(_Handler):
             return
         a = self.agent
         self.dispatch({
-            ("GET", "/v1/status"): lambda: self.send_json(200, a.status_document()),
+            ("GET", "/v1/status"): lambda: self.send_json(200, a.status_document().to_json()),
             ("PUT", "/v1/secrets"): lambda: self.send_json(200, a.apply_secrets(self.read_json())),
             ("PUT", "/v1/config"): lambda: self.send_json(200,
                                                           a.set_public_ports(self.read_json())),
             ("POST", "/v1/start"): lambda: self.send_json(*a.request_start(self.read_json())),
             ("POST", "/v1/backup"): lambda: self.send_json(*a.start_backup(self.read_json())),
-            ("GET", "/v1/backup"): lambda: self.send_json(200, a.backups.snapshot()),
+            ("GET", "/v1/backup"): lambda: self.send_json(200,
+                                                          a.backups.snapshot().to_json()),
         })
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _route

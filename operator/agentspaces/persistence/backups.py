@@ -21,12 +21,12 @@ one, alter a manifest, or pass one backup's object off as another's. Deleting th
 manifest (a rollback) is detected by the caller against status.backup.
 
 Everything here is synchronous (boto3); call it through `asyncio.to_thread` from the
-event loop. `PendingBackup.to_dict()` is what to keep in status between the two calls.
+event loop. `PendingBackup.to_dict()` is what to keep in status between the two calls. The plans
+and the agent's result are the typed documents of agentspaces_vm.contracts.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
@@ -37,13 +37,26 @@ from typing import Any
 
 from agentspaces.clouds.r2 import CompletedPart, ObjectNotFound, ObjectStore
 from agentspaces.persistence import manifest_auth
-from agentspaces.persistence.keys import DataKey, WrongKey
+from agentspaces.persistence.keys import DataKey
 from agentspaces.persistence.manifest_auth import ManifestTampered
 from agentspaces_vm import backup_format
+from agentspaces_vm.backup_format import DataKeyMismatch
+from agentspaces_vm.contracts import (
+    DEFAULT_CHUNK_SIZE,
+    MIB,
+    BackupPlan,
+    BackupResult,
+    ContractError,
+    RestorePlan,
+    check_part_count,
+    check_part_size,
+    check_url_ttl,
+    format_time,
+    parse_time,
+)
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 2  # 2: plans carry workspaceUid (the object's binding)
 MANIFEST_KIND = "agentspaces.dev/backup"
 MANIFEST_VERSION = 2  # 2: authenticated (mac), always names the workspace
 OBJECT_SUFFIX = ".tar.zst.enc"
@@ -52,10 +65,7 @@ MAX_MANIFEST_SIZE = 64 * 1024  # ours are under 1 KiB
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 _ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
 
-MIB = 1024 * 1024
-MIN_PART_SIZE = 5 * MIB  # S3/R2: every part but the last
-MAX_PART_SIZE = 5 * 1024 * MIB - 5 * MIB  # R2's single-part limit
-MAX_PARTS = 10_000
+# The hard limits (part size, part count, URL lifetime) are in agentspaces_vm.contracts.
 DEFAULT_PART_SIZE = 16 * MIB  # agent memory is about two parts
 DEFAULT_MAX_PARTS = 1024  # 16 GiB with the default part size
 DEFAULT_URL_TTL = 6 * 3600  # long enough for the largest backup to finish uploading
@@ -71,9 +81,10 @@ class CommitFailed(Exception):
 
 
 @dataclass(frozen=True)
-class WorkspaceRef:
-    """Where one workspace's backups live. Build it from the workspace's identity, or
-    from an explicit prefix (a Retained workspace's backups restored into a new one)."""
+class BackupLocation:
+    """Where one workspace's backups live (a bucket prefix, and the workspace it belongs
+    to when known). Build it from the workspace's identity, or from an explicit prefix
+    (a Retained workspace's backups restored into a new one)."""
 
     prefix: str
     namespace: str = ""
@@ -82,13 +93,13 @@ class WorkspaceRef:
 
     @classmethod
     def for_workspace(cls, storage_prefix: str, namespace: str, name: str,
-                      uid: str) -> WorkspaceRef:
+                      uid: str) -> BackupLocation:
         if not (namespace and name and uid):
             raise ValueError("namespace, name and uid are required")
         return cls(f"{storage_prefix}{namespace}/{name}-{uid}/", namespace, name, uid)
 
     @classmethod
-    def from_prefix(cls, prefix: str) -> WorkspaceRef:
+    def from_prefix(cls, prefix: str) -> BackupLocation:
         if not prefix or prefix.startswith("/") or ".." in prefix.split("/"):
             raise ValueError(f"not a backup prefix: {prefix!r}")
         return cls(prefix if prefix.endswith("/") else prefix + "/")
@@ -106,15 +117,15 @@ def parse_backup_id(value: str) -> datetime:
     return datetime.strptime(value, ID_FORMAT).replace(tzinfo=UTC)
 
 
-def object_key(ws: WorkspaceRef, bid: str) -> str:
+def object_key(ws: BackupLocation, bid: str) -> str:
     return f"{ws.prefix}{bid}{OBJECT_SUFFIX}"
 
 
-def manifest_key(ws: WorkspaceRef, bid: str) -> str:
+def manifest_key(ws: BackupLocation, bid: str) -> str:
     return f"{ws.prefix}{bid}{MANIFEST_SUFFIX}"
 
 
-def classify_key(ws: WorkspaceRef, key: str) -> tuple[str, str] | None:
+def classify_key(ws: BackupLocation, key: str) -> tuple[str, str] | None:
     """(backup id, "object" | "manifest") for a key of this layout directly under the
     workspace prefix, else None (foreign keys are never touched by retention)."""
     if not key.startswith(ws.prefix):
@@ -126,12 +137,11 @@ def classify_key(ws: WorkspaceRef, key: str) -> tuple[str, str] | None:
     return None
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_iso(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+def _required_time(value: object, what: str) -> datetime:
+    moment = parse_time(value) if isinstance(value, str) else None
+    if moment is None:
+        raise ValueError(f"{what} is not a time")
+    return moment
 
 
 @dataclass(frozen=True)
@@ -154,18 +164,18 @@ class PendingBackup:
     name: str = ""
     workspace_uid: str = ""
 
-    def workspace(self) -> WorkspaceRef:
-        return WorkspaceRef(self.prefix, self.namespace, self.name, self.workspace_uid)
+    def workspace(self) -> BackupLocation:
+        return BackupLocation(self.prefix, self.namespace, self.name, self.workspace_uid)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["started"] = _iso(self.started)
+        out["started"] = format_time(self.started)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PendingBackup:
         fields = dict(data)
-        fields["started"] = _parse_iso(str(fields["started"]))
+        fields["started"] = _required_time(fields["started"], "started")
         return cls(**fields)
 
 
@@ -193,14 +203,14 @@ class BackupRecord:
 
     def status(self) -> dict[str, Any]:
         """The Workspace `status.backup` fields."""
-        return {"time": _iso(self.time), "object": self.object_key, "size": self.size}
+        return {"time": format_time(self.time), "object": self.object_key, "size": self.size}
 
-    def manifest(self, ws: WorkspaceRef) -> dict[str, Any]:
+    def manifest(self, ws: BackupLocation) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "kind": MANIFEST_KIND,
             "manifestVersion": MANIFEST_VERSION,
             "id": self.backup_id,
-            "time": _iso(self.time),
+            "time": format_time(self.time),
             # Relative, so a copied or moved prefix still resolves.
             "objectName": self.object_key[len(ws.prefix):],
             "size": self.size,
@@ -214,13 +224,13 @@ class BackupRecord:
         if self.plaintext_size is not None:
             doc["plaintextSize"] = self.plaintext_size
         if self.completed is not None:
-            doc["completedAt"] = _iso(self.completed)
+            doc["completedAt"] = format_time(self.completed)
         if ws.uid:
             doc["workspace"] = {"namespace": ws.namespace, "name": ws.name, "uid": ws.uid}
         return doc
 
     @classmethod
-    def from_manifest(cls, ws: WorkspaceRef, doc: Mapping[str, Any]) -> BackupRecord:
+    def from_manifest(cls, ws: BackupLocation, doc: Mapping[str, Any]) -> BackupRecord:
         """Parse a manifest; ValueError if it is not one of ours or is inconsistent."""
         if doc.get("kind") != MANIFEST_KIND:
             raise ValueError("not a backup manifest")
@@ -240,7 +250,7 @@ class BackupRecord:
                    key_id=str(doc["keyId"]), format_version=int(doc["formatVersion"]),
                    chunk_size=int(doc["chunkSize"]),
                    plaintext_size=int(plaintext) if plaintext is not None else None,
-                   completed=_parse_iso(completed) if completed else None,
+                   completed=_required_time(completed, "completedAt") if completed else None,
                    workspace_uid=uid, document=dict(doc))
 
 
@@ -259,41 +269,35 @@ def verify_manifest(record: BackupRecord, data_key: DataKey) -> None:
 
 # --- begin / commit / abort -------------------------------------------------------------
 
-def _check_ttl(url_ttl: int) -> None:
-    if not 1 <= url_ttl <= 7 * 24 * 3600:
-        raise ValueError("URL lifetime must be 1 s .. 7 days")
-
-
-def _check_limits(part_size: int, max_parts: int, url_ttl: int) -> None:
-    _check_ttl(url_ttl)
-    if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
-        raise ValueError(f"part size must be {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes")
-    if not 1 <= max_parts <= MAX_PARTS:
-        raise ValueError(f"max parts must be 1..{MAX_PARTS}")
-
-
-def begin_backup(store: ObjectStore, ws: WorkspaceRef, data_key: DataKey, now: datetime,
+def begin_backup(store: ObjectStore, ws: BackupLocation, data_key: DataKey, now: datetime,
                  part_size: int = DEFAULT_PART_SIZE, max_parts: int = DEFAULT_MAX_PARTS,
                  url_ttl: int = DEFAULT_URL_TTL, *, exclude: Collection[str] = (),
-                 chunk_size: int = backup_format.DEFAULT_CHUNK_SIZE,
-                 ) -> tuple[dict[str, Any], PendingBackup]:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 ) -> tuple[BackupPlan, PendingBackup]:
     """Start a multipart upload and presign all its part URLs.
 
     Returns the agent's backup plan (contains the data key: send it only over the
     pinned agent channel, never log it) and the PendingBackup to keep for the commit.
-    The plan's capacity is part_size * max_parts bytes of ciphertext.
+    The plan's capacity is part_size * max_parts bytes of ciphertext. ContractError (a
+    ValueError) for limits the agent would refuse, before anything is created.
     """
-    _check_limits(part_size, max_parts, url_ttl)
+    check_url_ttl(url_ttl)
+    check_part_size(part_size)
+    check_part_count(max_parts)
     if not ws.uid:
-        raise ValueError("a backup needs the workspace's uid (WorkspaceRef.for_workspace)")
+        raise ValueError("a backup needs the workspace's uid (BackupLocation.for_workspace)")
     bid = backup_id(now)
     if store.head_object(manifest_key(ws, bid)) is not None:
         raise BackupConflict(f"backup {bid} already exists")
     key = object_key(ws, bid)
     upload_id = store.create_multipart_upload(key)
     try:
-        parts = [{"partNumber": n, "url": store.presign_upload_part(key, upload_id, n, url_ttl)}
-                 for n in range(1, max_parts + 1)]
+        plan = BackupPlan(
+            backup_id=bid, workspace_uid=ws.uid, object_key=key, key_id=data_key.key_id,
+            key=data_key.material, part_size=part_size, chunk_size=chunk_size,
+            part_urls=tuple(store.presign_upload_part(key, upload_id, n, url_ttl)
+                            for n in range(1, max_parts + 1)),
+            expires_at=now + timedelta(seconds=url_ttl), exclude=tuple(exclude))
     except BaseException:
         store.abort_multipart_upload(key, upload_id)
         raise
@@ -302,50 +306,30 @@ def begin_backup(store: ObjectStore, ws: WorkspaceRef, data_key: DataKey, now: d
                             key_id=data_key.key_id, part_size=part_size, max_parts=max_parts,
                             chunk_size=chunk_size, started=now.astimezone(UTC),
                             namespace=ws.namespace, name=ws.name, workspace_uid=ws.uid)
-    plan = {
-        "version": PLAN_VERSION,
-        "id": bid,
-        "workspaceUid": ws.uid,
-        "object": key,
-        "keyId": data_key.key_id,
-        "key": _b64(data_key.material),
-        "chunkSize": chunk_size,
-        "partSize": part_size,
-        "parts": parts,
-        "expiresAt": _iso(now + timedelta(seconds=url_ttl)),
-        "exclude": list(exclude),
-    }
     return plan, pending
 
 
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _parse_result(pending: PendingBackup, result: Mapping[str, Any]
-                  ) -> tuple[list[CompletedPart], int, str]:
+def _check_result(pending: PendingBackup, agent_result: BackupResult | Mapping[str, Any]
+                  ) -> BackupResult:
+    """The agent's result, parsed, and consistent with the plan the backup was begun with."""
     try:
-        raw_parts = list(result["parts"])
-        parts = [CompletedPart(int(p["partNumber"]), str(p["etag"])) for p in raw_parts]
-        size = int(result["size"])
-        sha = str(result["sha256"]).lower()
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CommitFailed(f"malformed agent result: {type(exc).__name__}") from None
-    if result.get("id") not in (None, pending.backup_id):
+        result = (agent_result if isinstance(agent_result, BackupResult)
+                  else BackupResult.from_json(agent_result))
+    except ContractError as exc:
+        raise CommitFailed(f"malformed agent result: {exc}") from None
+    if result.backup_id != pending.backup_id:
         raise CommitFailed("agent result is for another backup")
-    if not parts or [p.part_number for p in parts] != list(range(1, len(parts) + 1)):
-        raise CommitFailed("parts must be numbered 1..n without gaps")
-    if len(parts) > pending.max_parts or not all(p.etag for p in parts):
-        raise CommitFailed("too many parts or a part without ETag")
-    if not (len(parts) - 1) * pending.part_size < size <= len(parts) * pending.part_size:
+    if len(result.parts) > pending.max_parts:
+        raise CommitFailed("more parts than the plan had")
+    count, size = len(result.parts), result.size
+    if not (count - 1) * pending.part_size < size <= count * pending.part_size:
         raise CommitFailed("size does not match the number of parts")
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise CommitFailed("sha256 is malformed")
-    return parts, size, sha
+    return result
 
 
-def commit_backup(store: ObjectStore, pending: PendingBackup, agent_result: Mapping[str, Any],
-                  data_key: DataKey, now: datetime | None = None) -> BackupRecord:
+def commit_backup(store: ObjectStore, pending: PendingBackup,
+                  agent_result: BackupResult | Mapping[str, Any], data_key: DataKey,
+                  now: datetime | None = None) -> BackupRecord:
     """Complete the upload, check the object, then write the manifest (last), signed
     with the data key the backup was made with.
 
@@ -356,7 +340,9 @@ def commit_backup(store: ObjectStore, pending: PendingBackup, agent_result: Mapp
         raise CommitFailed("the pending backup does not name its workspace uid")
     if data_key.key_id != pending.key_id:
         raise CommitFailed("the data key is not the one the backup was made with")
-    parts, size, sha = _parse_result(pending, agent_result)
+    result = _check_result(pending, agent_result)
+    parts = [CompletedPart(p.number, p.etag) for p in result.parts]
+    size, sha = result.size, result.sha256
     try:
         store.complete_multipart_upload(pending.object_key, pending.upload_id, parts)
     except ObjectNotFound:
@@ -367,13 +353,12 @@ def commit_backup(store: ObjectStore, pending: PendingBackup, agent_result: Mapp
     if info is None or info.size != size:
         raise CommitFailed(f"stored object size {info.size if info else None} "
                            f"!= reported {size}")
-    plaintext = agent_result.get("plaintextSize")
     record = BackupRecord(
         backup_id=pending.backup_id, time=parse_backup_id(pending.backup_id),
         object_key=pending.object_key,
         manifest_key=pending.manifest_key, size=size, sha256=sha, key_id=pending.key_id,
         format_version=backup_format.VERSION, chunk_size=pending.chunk_size,
-        plaintext_size=int(plaintext) if isinstance(plaintext, int) else None,
+        plaintext_size=result.plaintext_size,
         completed=(now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
         workspace_uid=pending.workspace_uid)
     doc = manifest_auth.sign(record.manifest(pending.workspace()), data_key)
@@ -387,7 +372,7 @@ def abort_backup(store: ObjectStore, pending: PendingBackup) -> None:
     store.abort_multipart_upload(pending.object_key, pending.upload_id)
 
 
-def abort_stale_uploads(store: ObjectStore, ws: WorkspaceRef,
+def abort_stale_uploads(store: ObjectStore, ws: BackupLocation,
                         keep_upload_ids: Collection[str] = ()) -> list[str]:
     """Abort every unfinished multipart upload under the workspace prefix except the
     ones named (the backup in progress). Returns the object keys aborted."""
@@ -402,7 +387,7 @@ def abort_stale_uploads(store: ObjectStore, ws: WorkspaceRef,
 
 # --- listing, restore, retention ----------------------------------------------------------
 
-def _committed(store: ObjectStore, ws: WorkspaceRef
+def _committed(store: ObjectStore, ws: BackupLocation
                ) -> tuple[list[BackupRecord], dict[str, dict[str, str]]]:
     """Committed backups (oldest first) and every layout key by id and kind."""
     by_id: dict[str, dict[str, str]] = {}
@@ -441,44 +426,39 @@ def _committed(store: ObjectStore, ws: WorkspaceRef
     return records, by_id
 
 
-def list_backups(store: ObjectStore, ws: WorkspaceRef) -> list[BackupRecord]:
+def list_backups(store: ObjectStore, ws: BackupLocation) -> list[BackupRecord]:
     """Committed backups whose data object is present, oldest first."""
     return _committed(store, ws)[0]
 
 
-def latest_backup(store: ObjectStore, ws: WorkspaceRef) -> BackupRecord | None:
+def latest_backup(store: ObjectStore, ws: BackupLocation) -> BackupRecord | None:
     records = list_backups(store, ws)
     return records[-1] if records else None
 
 
 def restore_plan(store: ObjectStore, record: BackupRecord, data_key: DataKey,
                  url_ttl: int = DEFAULT_RESTORE_URL_TTL,
-                 now: datetime | None = None) -> dict[str, Any]:
+                 now: datetime | None = None) -> RestorePlan:
     """The agent's restore plan for a committed backup (contains the data key).
 
-    WrongKey if the backup needs another data key; ManifestTampered if its manifest does
-    not verify (verify_manifest): no plan, so nothing is downloaded or restored."""
+    DataKeyMismatch if the backup needs another data key; ManifestTampered if its
+    manifest does not verify (verify_manifest): no plan, so nothing is downloaded or
+    restored."""
     if data_key.key_id != record.key_id:
-        raise WrongKey(f"backup {record.backup_id} needs data key {record.key_id}, "
-                       f"the workspace has {data_key.key_id}")
+        raise DataKeyMismatch(f"backup {record.backup_id} needs data key {record.key_id}, "
+                              f"the workspace has {data_key.key_id}")
     verify_manifest(record, data_key)
-    _check_ttl(url_ttl)
+    check_url_ttl(url_ttl)
     moment = now or datetime.now(UTC)
-    return {
-        "version": PLAN_VERSION,
-        "id": record.backup_id,
-        "workspaceUid": record.workspace_uid,
-        "object": record.object_key,
-        "url": store.presign_get(record.object_key, url_ttl),
-        "expiresAt": _iso(moment + timedelta(seconds=url_ttl)),
-        "keyId": record.key_id,
-        "key": _b64(data_key.material),
-        "size": record.size,
-        "sha256": record.sha256,
-    }
+    return RestorePlan(backup_id=record.backup_id, workspace_uid=record.workspace_uid,
+                       object_key=record.object_key, key_id=record.key_id,
+                       key=data_key.material,
+                       url=store.presign_get(record.object_key, url_ttl),
+                       size=record.size, sha256=record.sha256,
+                       expires_at=moment + timedelta(seconds=url_ttl))
 
 
-def prune(store: ObjectStore, ws: WorkspaceRef, keep: int) -> list[str]:
+def prune(store: ObjectStore, ws: BackupLocation, keep: int) -> list[str]:
     """Keep the newest `keep` committed backups; delete older ones and any data object
     or manifest without its partner that is older than the newest committed backup
     (newer ones may be a commit in progress). Manifests go first, so a crash midway
@@ -505,7 +485,7 @@ def prune(store: ObjectStore, ws: WorkspaceRef, keep: int) -> list[str]:
     return manifests + objects
 
 
-def delete_all(store: ObjectStore, ws: WorkspaceRef, max_rounds: int = 10) -> int:
+def delete_all(store: ObjectStore, ws: BackupLocation, max_rounds: int = 10) -> int:
     """onDelete: Delete: abort unfinished uploads and delete every object under the
     workspace prefix. Returns how many objects were deleted."""
     abort_stale_uploads(store, ws)

@@ -49,10 +49,10 @@ SECRET_CLASS_KEY_FINGERPRINT = "classKeyFingerprint"
 SECRET_DATA_KEY_ID = "dataKeyId"
 
 
-class WrongKey(Exception):
+class ClassKeyMismatch(Exception):
     """The class key cannot unwrap this data key (wrong key, wrong context or damage)."""
 
-    reason = "WrongKey"
+    reason = "WrongKey"  # the condition reason
 
 
 class InvalidKey(ValueError):
@@ -106,7 +106,7 @@ def wrap(class_key: bytes, data_key: bytes, context: bytes | str) -> bytes:
 
 
 def unwrap(class_key: bytes, wrapped: bytes, context: bytes | str) -> bytes:
-    """Recover the data key; raise WrongKey if the class key or context does not match."""
+    """Recover the data key; ClassKeyMismatch if the class key or context does not match."""
     _check_key(class_key, "the class key")
     if len(wrapped) != WRAPPED_SIZE or wrapped[0] != WRAP_VERSION:
         raise InvalidKey(f"a wrapped key is {WRAPPED_SIZE} bytes starting with version "
@@ -115,7 +115,7 @@ def unwrap(class_key: bytes, wrapped: bytes, context: bytes | str) -> bytes:
     try:
         return AESGCM(bytes(class_key)).decrypt(nonce, ct, _aad(context))
     except InvalidTag:
-        raise WrongKey("the class key does not unwrap this data key") from None
+        raise ClassKeyMismatch("the class key does not unwrap this data key") from None
 
 
 def rewrap(old_class_key: bytes, new_class_key: bytes, wrapped: bytes,
@@ -166,7 +166,7 @@ def create_data_key(class_key: bytes) -> tuple[DataKey, WrappedKey]:
 
 
 def open_data_key(class_key: bytes, stored: WrappedKey) -> DataKey:
-    """Unwrap a stored data key (WrongKey if the class key is not the one it names)."""
+    """Unwrap a stored data key (ClassKeyMismatch unless the class key is the one it names)."""
     return DataKey(stored.key_id, unwrap(class_key, stored.wrapped, stored.key_id))
 
 
@@ -220,7 +220,7 @@ def rotate_wrapped_key(old_class_key: bytes, new_class_key: bytes,
 def rotate_class_key(old_class_key: bytes, new_class_key: bytes,
                      stored: Iterable[WrappedKey]) -> list[WrappedKey]:
     """Re-wrap every data key under the new class key, in order, all or nothing: if any
-    key unwraps with neither class key, WrongKey is raised and nothing is returned.
+    key unwraps with neither class key, ClassKeyMismatch is raised and nothing is returned.
     Backups are untouched: the data keys themselves do not change."""
     return [rotate_wrapped_key(old_class_key, new_class_key, item) for item in stored]
 

@@ -32,6 +32,8 @@ from agentspaces.reconcile.secret_ownership import (
     workspace_labels,
 )
 from agentspaces.reconcile.status import iso, parse_time
+from agentspaces_vm.backup_format import DataKeyMismatch
+from agentspaces_vm.contracts import JobState, RestorePlan
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +55,20 @@ def store(scope: Scope) -> ObjectStore:
                                scope.creds.storage_secret_key or "")
 
 
-def location(scope: Scope) -> backups.WorkspaceRef:
+def location(scope: Scope) -> backups.BackupLocation:
     """Where this workspace's own backups go."""
     assert scope.creds is not None and scope.creds.klass.storage is not None
-    return backups.WorkspaceRef.for_workspace(scope.creds.klass.storage.prefix,
+    return backups.BackupLocation.for_workspace(scope.creds.klass.storage.prefix,
                                               scope.ref.namespace, scope.ref.name,
                                               scope.ref.uid)
 
 
-def restore_location(scope: Scope) -> backups.WorkspaceRef:
+def restore_location(scope: Scope) -> backups.BackupLocation:
     """Where to restore from: a retained workspace's backups until this one has its own
     (see docs/backup-format.md, "Restoring a retained backup"), else its own."""
     prefix = scope.status.get("restore", "prefix")
     if prefix and not scope.status.get("backup"):
-        return backups.WorkspaceRef.from_prefix(prefix)
+        return backups.BackupLocation.from_prefix(prefix)
     return location(scope)
 
 
@@ -104,7 +106,7 @@ async def ensure_data_key(scope: Scope) -> keys.DataKey | None:
         return data_key
     try:
         return await _open_data_key(scope, name, secret.data)
-    except (keys.WrongKey, keys.InvalidKey) as err:
+    except (keys.ClassKeyMismatch, keys.InvalidKey) as err:
         scope.status.condition(C.BACKUP_RESTORED, False, C.WRONG_KEY,
                                f"Secret {name}: the class key cannot open the data key "
                                f"({type(err).__name__}); was the class key replaced without "
@@ -155,7 +157,7 @@ async def _adopt_retained_key(scope: Scope, name: str, source: str) -> keys.Data
 # --- restore on start --------------------------------------------------------------------
 
 async def restore_plan(scope: Scope, data_key: keys.DataKey | None
-                       ) -> dict[str, Any] | Outcome | None:
+                       ) -> RestorePlan | Outcome | None:
     """The plan the agent restores from before its devcontainer starts.
 
     None when there is nothing to restore; an Outcome (and BackupRestored=False) when a
@@ -185,7 +187,7 @@ async def restore_plan(scope: Scope, data_key: keys.DataKey | None
                                f"restore refused: {err}")
         scope.emit("Warning", C.MANIFEST_TAMPERED, str(err))
         return Outcome.after(FAILED_RETRY, "backup manifest tampered")
-    except keys.WrongKey as err:
+    except DataKeyMismatch as err:
         scope.status.condition(C.BACKUP_RESTORED, False, C.WRONG_KEY, str(err))
         scope.emit("Warning", C.WRONG_KEY, str(err))
         return Outcome.after(FAILED_RETRY, "wrong key")
@@ -285,25 +287,25 @@ async def _poll(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
     """Advance the pending backup; None once it is committed."""
     pending = backups.PendingBackup.from_dict(scope.status.get("pendingBackup"))
     the_store = store(scope)
-    doc = await scope.agent_client().backup_status()
-    state = doc.get("state")
-    if doc.get("id") not in (None, pending.backup_id) or state in (None, "idle"):
+    job = await scope.agent_client().backup_status()
+    state = job.state
+    if job.backup_id not in (None, pending.backup_id) or state is JobState.IDLE:
         # The agent restarted or never saw this backup: abandon it and start again.
         await asyncio.to_thread(backups.abort_backup, the_store, pending)
         scope.status.set("pendingBackup", None)
         return Outcome.after(BACKUP_POLL, "backup lost, restarting")
-    if state == "running":
+    if state is JobState.RUNNING:
         return Outcome.after(BACKUP_POLL, "backup running")
-    if state == "failed":
+    if state is JobState.FAILED:
         await asyncio.to_thread(backups.abort_backup, the_store, pending)
         scope.status.set("pendingBackup", None)
-        message = f"backup {pending.backup_id} failed: {doc.get('error') or 'unknown error'}"
+        message = f"backup {pending.backup_id} failed: {job.error or 'unknown error'}"
         scope.status.condition(C.BACKUP_SUCCEEDED, False, C.BACKUP_FAILED, message)
         scope.emit("Warning", C.BACKUP_FAILED, message)
         return Outcome.after(FAILED_RETRY, "backup failed")
     try:
         record = await asyncio.to_thread(backups.commit_backup, the_store, pending,
-                                         doc.get("result") or {}, data_key,
+                                         job.result or {}, data_key,
                                          scope.runtime.clock())
     except backups.CommitFailed as err:
         await asyncio.to_thread(backups.abort_backup, the_store, pending)

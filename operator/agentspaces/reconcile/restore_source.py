@@ -21,7 +21,7 @@ BACKUP_PREFIX_ANNOTATION = "agentspaces.dev/backup-prefix"
 RETAINED_KEY_LABELS = {"app.kubernetes.io/managed-by": "agentspaces",
                        "agentspaces.dev/role": "backup-key",
                        "agentspaces.dev/retained": "true"}
-# "<name>-<uid>/", the last part of backups.WorkspaceRef.for_workspace.
+# "<name>-<uid>/", the last part of backups.BackupLocation.for_workspace.
 _WORKSPACE_PART = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}"
     r"-[0-9a-f]{12}/$")
@@ -55,7 +55,7 @@ def check(secret: SecretData | None, source: str, namespace: str, storage_prefix
                        f"namespace {namespace} (expected {own}<name>-<uid>/)")
     try:
         data_key = keys.open_data_key(class_key, keys.decode_key_secret(secret.data))
-    except (keys.WrongKey, keys.InvalidKey) as err:
+    except (keys.ClassKeyMismatch, keys.InvalidKey) as err:
         return Refused(f"{where}: the class key does not open its data key "
                        f"({type(err).__name__})")
     return RetainedSource(prefix, data_key)
