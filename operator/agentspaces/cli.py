@@ -10,14 +10,14 @@ import yaml
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
-    from agentspaces.api.schema import all_crds
+    from agentspaces.api.crd import all_crds
 
     class NoAliases(yaml.SafeDumper):
         def ignore_aliases(self, data: object) -> bool:
             return True
 
-    sys.stdout.write("# Generated from operator/agentspaces/api/schema.py by `agentspaces crds`;"
-                     " do not edit.\n")
+    sys.stdout.write("# Generated from operator/agentspaces/api/model.py and api/status.py by"
+                     " `agentspaces crds`; do not edit.\n")
     sys.stdout.write(yaml.dump_all(all_crds(), Dumper=NoAliases, sort_keys=False, width=100))
     return 0
 

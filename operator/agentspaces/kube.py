@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from agentspaces.api.schema import GROUP, VERSION
+from agentspaces.api.model import GROUP, VERSION
 
 
 @dataclass(frozen=True)

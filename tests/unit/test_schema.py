@@ -1,10 +1,8 @@
-"""The checked-in CRDs are exactly what the schema module generates, and the typed
-views read only fields the schema declares."""
+"""The checked-in CRDs are exactly what the API models generate, and what admission
+declares (CEL rules, reserved ports, the user-text budget) is there."""
 
 from __future__ import annotations
 
-import ast
-import inspect
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 import yaml
 
 from agentspaces import pki
-from agentspaces.api import schema, types
+from agentspaces.api import crd, model, types
 from agentspaces.api.durations import format_duration, parse_duration
 from agentspaces.vmconfig.userdata import USER_DATA_LIMIT, render_user_data
 from tests.unit.vmconfig_inputs import HOST, SSH_KEY, WS, make_klass, make_spec
@@ -21,65 +19,51 @@ from tests.unit.vmconfig_inputs import HOST, SSH_KEY, WS, make_klass, make_spec
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_checked_in_crds_match_the_schema_module() -> None:
+def test_checked_in_crds_match_the_models() -> None:
     on_disk = list(yaml.safe_load_all((REPO / "crds" / "agentspaces.dev.yaml").read_text()))
-    assert on_disk == schema.all_crds(), (
-        "crds/ drifted from agentspaces.api.schema; regenerate with "
-        "`agentspaces crds > crds/agentspaces.dev.yaml`")
+    assert on_disk == crd.all_crds(), (
+        "crds/ drifted from agentspaces.api.model/status; regenerate with `make crds`")
 
 
-def _paths(node: dict[str, Any], prefix: str = "") -> set[str]:
-    out = set()
-    for key, sub in (node.get("properties") or {}).items():
-        path = f"{prefix}.{key}" if prefix else key
-        out.add(path)
-        out |= _paths(sub, path)
-        if isinstance(sub.get("items"), dict):
-            out |= _paths(sub["items"], path)
-        if isinstance(sub.get("additionalProperties"), dict):
-            out |= _paths(sub["additionalProperties"], path)
-    return out
+def _spec_schema(kind: str) -> dict[str, Any]:
+    found = next(c for c in crd.all_crds() if c["spec"]["names"]["kind"] == kind)
+    root = found["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return root["properties"]["spec"]
 
 
-def _string_keys_read(func: Any) -> set[str]:
-    """String literals used as dict keys / .get() keys inside a function's source."""
-    tree = ast.parse(inspect.getsource(func).strip().replace("\n    ", "\n"))
-    keys: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get" and \
-                node.args and isinstance(node.args[0], ast.Constant):
-            keys.add(str(node.args[0].value))
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-            keys.add(str(node.slice.value))
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_get":
-            keys |= {str(a.value) for a in node.args[1:] if isinstance(a, ast.Constant)}
-    return keys
+def test_reserved_ports_are_refused_by_a_cel_rule_on_the_port() -> None:
+    port = _spec_schema("Workspace")["properties"]["access"]["properties"]["ports"]["items"]
+    rule = port["properties"]["port"]["x-kubernetes-validations"][0]
+    assert rule["rule"] == f"!(self in {list(model.RESERVED_PORTS)})"
+    assert rule["message"] == model.RESERVED_PORTS_MESSAGE
 
 
-def test_workspace_view_reads_only_declared_fields() -> None:
-    declared = {p.split(".")[-1] for p in _paths(schema.workspace_spec())}
-    read = _string_keys_read(types.WorkspaceSpec.from_spec)
-    assert read - declared == set()
+def test_class_limit_rules_name_the_defaults_the_class_model_applies() -> None:
+    """The CEL that checks a class's own settings against its limits uses the very
+    defaults the operator applies when the class leaves them unset."""
+    rules = {r["message"]: r["rule"] for r in
+             _spec_schema("WorkspaceClass")["x-kubernetes-validations"]}
+    defaults = model.WorkspaceClassSpecModel.parse(
+        {"hetzner": {"tokenSecretRef": {"name": "h"}},
+         "dns": {"zoneName": "example.com", "tokenSecretRef": {"name": "cf"}}})
+    assert f"'{defaults.server.type}') in self.limits.serverTypes" in \
+        rules["server.type must be one of limits.serverTypes"]
+    assert f"'{defaults.server.image}') in self.limits.images" in \
+        rules["server.image must be one of limits.images"]
+    timeout_rule = next(r for m, r in rules.items() if m.startswith("idle.timeout"))
+    assert f": '{defaults.idle.timeout}')" in timeout_rule
+    busy_rule = next(r for m, r in rules.items() if m.startswith("idle.agentBusyCap"))
+    assert f": '{defaults.idle.agent_busy_cap}')" in busy_rule
 
 
-def test_class_view_reads_only_declared_fields() -> None:
-    declared = {p.split(".")[-1] for p in _paths(schema.workspace_class_spec())}
-    declared |= {"metadata", "name", "spec", "secretAccessKey"}
-    read = _string_keys_read(types.WorkspaceClass.from_body)
-    assert read - declared == set()
-
-
-def test_status_fields_written_by_the_operator_are_declared() -> None:
-    """Kopf status patches with undeclared fields would be silently pruned."""
-    declared = _paths(schema.workspace_status())
-    written = {"observedGeneration", "phase", "conditions", "hostname", "server", "server.id",
-               "server.ipv4", "server.ipv6", "urls.workspace", "urls.ui", "urls.ports",
-               "urls.state", "dns.records", "dns.zoneId", "activity.idle",
-               "activity.idleSince", "activity.lastActivityTime", "activity.agentState",
-               "activity.reasons", "backup.time", "backup.object", "backup.size",
-               "stoppedBy", "wakeHandled", "secretsVersion", "startedAt", "stoppedAt",
-               "agentEndpoint.url", "failedAgentPolls"}
-    assert written - declared == set()
+def test_durations_carry_their_minimum_as_cel_and_as_a_parse_check() -> None:
+    idle = _spec_schema("Workspace")["properties"]["idle"]["properties"]
+    assert idle["timeout"]["x-kubernetes-validations"][0]["rule"] == \
+        "duration(self) >= duration('1m')"
+    assert idle["timeout"]["pattern"] == model.DURATION_PATTERN
+    assert "default" not in idle["timeout"]  # inherited from the class
+    assert _spec_schema("WorkspaceClass")["properties"]["idle"]["properties"]["timeout"][
+        "default"] == "30m"
 
 
 def test_class_defaults_flow_into_the_workspace_view() -> None:
@@ -128,14 +112,15 @@ def test_the_admission_text_budget_keeps_ordinary_text_within_the_user_data_limi
     def prose(chars: int) -> str:
         return " ".join(rng.choice(words) for _ in range(chars))[:chars]
 
-    budget = schema.USER_TEXT_BUDGET
+    budget = model.USER_TEXT_BUDGET
     instructions = prose(8192)
     name, command = "docs", "npx"
-    arg = prose(budget - len(instructions) - len(SSH_KEY) - len(name) - len(command))
+    text = prose(budget - len(instructions) - len(SSH_KEY) - len(name) - len(command))
+    args = [text[i:i + 1024] for i in range(0, len(text), 1024)]  # maxLength per arg
     klass = make_klass()
     spec = make_spec(klass, sshKeys=[SSH_KEY], agent={
         "instructions": instructions, "mcpServers": {name: {"command": command,
-                                                            "args": [arg]}}})
+                                                            "args": args}}})
     creds = pki.generate(HOST, datetime(2026, 1, 1, tzinfo=UTC))
     size = len(render_user_data(WS, spec, klass, host=HOST, agent_credentials=creds).encode())
     assert size <= USER_DATA_LIMIT, size

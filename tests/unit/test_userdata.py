@@ -184,7 +184,7 @@ def test_no_secret_from_any_input_reaches_the_user_data() -> None:
     klass = make_klass(
         hetzner={"tokenSecretRef": {**secret_ref, "namespace": "ops"}},
         dns={"zoneName": "example.com", "tokenSecretRef": secret_ref},
-        storage={"endpoint": "https://r2.example.com", "bucket": "b",
+        storage={"endpoint": "https://r2.example.com", "bucket": "bkt",
                  "credentialsSecretRef": secret_ref},
         encryption={"keySecretRef": secret_ref},
     )
@@ -291,11 +291,17 @@ def test_longest_instructions_still_fit() -> None:
         instructions + "\n")
 
 
+def _chunks(text: str, size: int = 1024) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
 def test_too_much_text_is_refused_not_truncated() -> None:
     klass = make_klass()
-    servers = {f"server{i:02d}": {"command": "npx", "args": [_prose(150, seed=i)]}
+    # Every field within its own maxLength (the spec parses); together far too much.
+    servers = {f"server{i:02d}": {"command": "npx", "args": _chunks(_prose(150, seed=i))}
                for i in range(32)}
-    spec = make_spec(klass, agent={"mcpServers": servers, "instructions": _prose(1500, 99)})
+    spec = make_spec(klass, agent={"mcpServers": servers,
+                                   "instructions": _prose(1500, 99)[:8192]})
     with pytest.raises(UserDataTooLarge, match="mcpServers"):
         render_user_data(WS, spec, klass, host=HOST, agent_credentials=FakeCredentials(),
                          agent_bundle=fake_bundle())

@@ -1,8 +1,8 @@
 """Typed, read-only views of Workspace and WorkspaceClass objects.
 
-They read the fields `api.schema` declares (a unit test walks both to keep them in
-step) and apply the class defaults a workspace inherits, so the domain layer never
-digs through raw dicts.
+They are built from the pydantic models of `api.model` (which declare every field,
+its default and its validation once) and apply the class defaults a workspace
+inherits, so the domain layer never digs through raw dicts.
 """
 
 from __future__ import annotations
@@ -12,17 +12,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from agentspaces.api import model as m
 from agentspaces.api.durations import parse_duration
-from agentspaces.api.schema import RESERVED_PORTS
-
-
-def _get(obj: Mapping[str, Any] | None, *path: str, default: Any = None) -> Any:
-    cur: Any = obj
-    for key in path:
-        if not isinstance(cur, Mapping) or key not in cur:
-            return default
-        cur = cur[key]
-    return cur
+from agentspaces.api.model import RESERVED_PORTS, duration
 
 
 @dataclass(frozen=True)
@@ -32,11 +24,13 @@ class SecretKeyRef:
     namespace: str | None = None
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any] | None, default_key: str) -> SecretKeyRef | None:
-        if not raw or not raw.get("name"):
-            return None
-        return cls(name=raw["name"], key=raw.get("key") or default_key,
-                   namespace=raw.get("namespace"))
+    def of(cls, ref: m.SecretRefSpec) -> SecretKeyRef:
+        namespace = ref.namespace if isinstance(ref, m.NamespacedSecretRefSpec) else None
+        return cls(name=ref.name, key=ref.key, namespace=namespace)
+
+    @classmethod
+    def optional(cls, ref: m.SecretRefSpec | None) -> SecretKeyRef | None:
+        return None if ref is None else cls.of(ref)
 
 
 @dataclass(frozen=True)
@@ -110,18 +104,14 @@ class ClassLimits:
     lifetime: timedelta | None = None
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any] | None) -> ClassLimits:
-        raw = raw or {}
+    def of(cls, limits: m.LimitsSpec) -> ClassLimits:
+        def names(values: list[str] | None) -> frozenset[str] | None:
+            return None if values is None else frozenset(values)
 
-        def names(key: str) -> frozenset[str] | None:
-            return frozenset(raw[key]) if key in raw else None
-
-        def cap(key: str) -> timedelta | None:
-            return parse_duration(raw[key]) if raw.get(key) else None
-
-        return cls(server_types=names("serverTypes"), images=names("images"),
-                   idle_timeout=cap("idleTimeout"), agent_busy_cap=cap("agentBusyCap"),
-                   lifetime=cap("lifetime"))
+        return cls(server_types=names(limits.server_types), images=names(limits.images),
+                   idle_timeout=duration(limits.idle_timeout),
+                   agent_busy_cap=duration(limits.agent_busy_cap),
+                   lifetime=duration(limits.lifetime))
 
 
 @dataclass(frozen=True)
@@ -151,64 +141,46 @@ class WorkspaceClass:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkspaceClass:
-        spec = body.get("spec") or {}
-        hetzner = spec.get("hetzner") or {}
-        dns = spec.get("dns") or {}
-        storage = spec.get("storage")
-        idle = spec.get("idle") or {}
-        zone = dns.get("zoneName", "")
-        token_ref = SecretKeyRef.parse(hetzner.get("tokenSecretRef"), "token")
-        dns_token_ref = SecretKeyRef.parse(dns.get("tokenSecretRef"), "token")
-        if token_ref is None or dns_token_ref is None:
-            raise ValueError("WorkspaceClass needs hetzner.tokenSecretRef and dns.tokenSecretRef")
-        lifetime = _get(spec, "lifetime", "max")
+        """The class object's view; ValueError names what is invalid."""
+        spec = m.WorkspaceClassSpecModel.parse(body.get("spec"))
+        dns, storage, idle = spec.dns, spec.storage, spec.idle
         return cls(
-            name=_get(body, "metadata", "name", default=""),
-            hetzner_token_ref=token_ref,
-            hetzner_endpoint=hetzner.get("endpoint") or "https://api.hetzner.cloud/v1",
-            server=ServerSettings(
-                type=_get(spec, "server", "type", default="cx23"),
-                location=_get(spec, "server", "location", default="fsn1"),
-                image=_get(spec, "server", "image", default="ubuntu-24.04"),
-            ),
+            name=(body.get("metadata") or {}).get("name", ""),
+            hetzner_token_ref=SecretKeyRef.of(spec.hetzner.token_secret_ref),
+            hetzner_endpoint=spec.hetzner.endpoint,
+            server=ServerSettings(type=spec.server.type, location=spec.server.location,
+                                  image=spec.server.image),
             dns=DnsSettings(
-                zone_name=zone,
-                base_domain=dns.get("baseDomain") or zone,
-                token_ref=dns_token_ref,
-                endpoint=dns.get("endpoint") or "https://api.cloudflare.com/client/v4",
-                proxied=bool(dns.get("proxied", False)),
-                ttl=int(dns.get("ttl", 60)),
-                txt_registry=bool(_get(dns, "txtRegistry", "enabled", default=False)),
-                txt_owner_id=_get(dns, "txtRegistry", "ownerId"),
+                zone_name=dns.zone_name,
+                base_domain=dns.base_domain or dns.zone_name,
+                token_ref=SecretKeyRef.of(dns.token_secret_ref),
+                endpoint=dns.endpoint,
+                proxied=dns.proxied,
+                ttl=dns.ttl,
+                txt_registry=dns.txt_registry.enabled,
+                txt_owner_id=dns.txt_registry.owner_id,
             ),
-            tls=TlsSettings(
-                mode=_get(spec, "tls", "mode", default="acme"),
-                http_port=int(_get(spec, "tls", "httpPort", default=80)),
-                https_port=int(_get(spec, "tls", "httpsPort", default=443)),
+            tls=TlsSettings(mode=spec.tls.mode, http_port=spec.tls.http_port,
+                            https_port=spec.tls.https_port),
+            storage=None if storage is None else StorageSettings(
+                endpoint=storage.endpoint,
+                bucket=storage.bucket,
+                region=storage.region,
+                addressing_style=storage.addressing_style,
+                prefix=storage.prefix,
+                keep=storage.keep,
+                credentials_ref=SecretKeyRef.of(storage.credentials_secret_ref),
             ),
-            storage=None if not storage else StorageSettings(
-                endpoint=storage["endpoint"],
-                bucket=storage["bucket"],
-                region=storage.get("region") or "auto",
-                addressing_style=storage.get("addressingStyle") or "path",
-                prefix=storage.get("prefix", "agentspaces/"),
-                keep=int(storage.get("keep", 3)),
-                credentials_ref=SecretKeyRef.parse(storage.get("credentialsSecretRef"),
-                                                   "accessKeyId")  # type: ignore[arg-type]
-            ),
-            encryption_key_ref=SecretKeyRef.parse(_get(spec, "encryption", "keySecretRef"),
-                                                  "key"),
-            idle=IdleSettings(
-                timeout=parse_duration(idle.get("timeout", "30m")),
-                grace=parse_duration(idle.get("grace", "5m")),
-                agent_busy_cap=parse_duration(idle.get("agentBusyCap", "6h")),
-            ),
-            lifetime_max=parse_duration(lifetime) if lifetime else None,
-            agent_port=int(_get(spec, "agent", "port", default=9443)),
-            agent_source_ranges=tuple(_get(spec, "agent", "sourceRanges", default=[]) or ()),
-            limits=ClassLimits.parse(spec.get("limits")),
-            trust_repository_devcontainer=bool(
-                _get(spec, "devcontainer", "trustRepository", default=False)),
+            encryption_key_ref=None if spec.encryption is None
+            else SecretKeyRef.of(spec.encryption.key_secret_ref),
+            idle=IdleSettings(timeout=parse_duration(idle.timeout),
+                              grace=parse_duration(idle.grace),
+                              agent_busy_cap=parse_duration(idle.agent_busy_cap)),
+            lifetime_max=duration(spec.lifetime.max),
+            agent_port=spec.agent.port,
+            agent_source_ranges=tuple(spec.agent.source_ranges),
+            limits=ClassLimits.of(spec.limits),
+            trust_repository_devcontainer=spec.devcontainer.trust_repository,
         )
 
 
@@ -245,56 +217,58 @@ class WorkspaceSpec:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], klass: WorkspaceClass) -> WorkspaceSpec:
-        repo = spec.get("repository") or {}
-        agent = spec.get("agent") or {}
-        idle = spec.get("idle") or {}
-        persistence = spec.get("persistence") or {}
-        lifetime = _get(spec, "lifetime", "max")
-        schedule = persistence.get("schedule")
-        ports = [PortAccess(port=int(p["port"]), public=p.get("visibility") == "public")
-                 for p in _get(spec, "access", "ports", default=[]) or []]
-        mcp = tuple(
-            McpServer(name=name, type=raw.get("type", "stdio"), command=raw.get("command"),
-                      args=tuple(raw.get("args") or ()), url=raw.get("url"),
-                      env=dict(raw.get("env") or {}))
-            for name, raw in sorted((agent.get("mcpServers") or {}).items())
-        )
+        """The workspace's spec over its class's defaults; ValueError names what is
+        invalid."""
+        ws = m.WorkspaceSpecModel.parse(spec)
+        repo, agent, idle, persistence = ws.repository, ws.agent, ws.idle, ws.persistence
+        ports = [PortAccess(port=p.port, public=p.visibility == "public")
+                 for p in ws.access.ports]
         return cls(
-            class_name=spec.get("className", ""),
-            running=bool(spec.get("running", True)),
-            repository_url=repo.get("url", ""),
-            repository_ref=repo.get("ref") or None,
-            repository_credentials_ref=SecretKeyRef.parse(repo.get("credentialsSecretRef"),
-                                                          "token"),
-            devcontainer_path=_get(spec, "devcontainer", "path"),
-            devcontainer_image=_get(spec, "devcontainer", "image"),
+            class_name=ws.class_name,
+            running=ws.running,
+            repository_url=repo.url,
+            repository_ref=repo.ref or None,
+            repository_credentials_ref=SecretKeyRef.optional(repo.credentials_secret_ref),
+            devcontainer_path=ws.devcontainer.path,
+            devcontainer_image=ws.devcontainer.image,
             server=ServerSettings(
-                type=_get(spec, "server", "type") or klass.server.type,
-                location=_get(spec, "server", "location") or klass.server.location,
-                image=_get(spec, "server", "image") or klass.server.image,
+                type=ws.server.type or klass.server.type,
+                location=ws.server.location or klass.server.location,
+                image=ws.server.image or klass.server.image,
             ),
-            agent_kind=agent.get("kind", "claude-code"),
-            api_key_ref=SecretKeyRef.parse(agent.get("apiKeySecretRef"), "apiKey"),
-            mcp_servers=mcp,
-            instructions=agent.get("instructions", ""),
+            agent_kind=agent.kind,
+            api_key_ref=SecretKeyRef.optional(agent.api_key_secret_ref),
+            mcp_servers=tuple(
+                McpServer(name=name, type=raw.type, command=raw.command, args=tuple(raw.args),
+                          url=raw.url, env=dict(raw.env))
+                for name, raw in sorted(agent.mcp_servers.items())),
+            instructions=agent.instructions or "",
             idle=IdleSettings(
-                timeout=parse_duration(idle["timeout"]) if "timeout" in idle
-                else klass.idle.timeout,
-                grace=parse_duration(idle["grace"]) if "grace" in idle else klass.idle.grace,
-                agent_busy_cap=parse_duration(idle["agentBusyCap"]) if "agentBusyCap" in idle
-                else klass.idle.agent_busy_cap,
+                timeout=_own_or(idle.timeout, klass.idle.timeout),
+                grace=_own_or(idle.grace, klass.idle.grace),
+                agent_busy_cap=_own_or(idle.agent_busy_cap, klass.idle.agent_busy_cap),
             ),
-            lifetime_max=parse_duration(lifetime) if lifetime
-            else klass.lifetime_max or klass.limits.lifetime,
+            lifetime_max=duration(ws.lifetime.max) or klass.lifetime_max
+            or klass.limits.lifetime,
             ports=tuple(p for p in ports if p.port not in klass.reserved_ports),
             refused_ports=tuple(sorted(p.port for p in ports
                                        if p.port in klass.reserved_ports)),
-            persistence_enabled=bool(persistence.get("enabled", True))
-            and klass.storage is not None,
-            persistence_on_delete=persistence.get("onDelete", "Retain"),
-            backup_interval=parse_duration(schedule) if schedule else None,
-            ssh_keys=tuple(spec.get("sshKeys") or ()),
+            persistence_enabled=persistence.enabled and klass.storage is not None,
+            persistence_on_delete=persistence.on_delete,
+            backup_interval=duration(persistence.schedule),
+            ssh_keys=tuple(ws.ssh_keys),
         )
+
+
+def _own_or(own: str | None, inherited: timedelta) -> timedelta:
+    """The workspace's own duration, or the one it inherits from its class."""
+    return inherited if own is None else parse_duration(own)
+
+
+def wants_running(spec: Mapping[str, Any]) -> bool:
+    """spec.running, the user's intent (its default from the model), read even when
+    the rest of the spec is invalid."""
+    return m.RunIntent.parse(spec).running
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,595 @@
+"""The Workspace and WorkspaceClass specs, each field declared once.
+
+One pydantic declaration per field gives its type, default, validation and
+description. The operator parses the apiserver's JSON through these models (and the
+typed views in `api.types` are built from them); `api.crd` walks the same models to
+emit the CRDs' structural OpenAPI schema, so admission and parsing cannot drift.
+
+Fields a Workspace inherits from its class have no default here on the Workspace side:
+the class model carries the default, and the CEL rules that compare a class's own
+settings with its limits read those defaults from the class model.
+
+Schema metadata pydantic has no word for travels as Annotated markers (`Cel`,
+`DurationAtLeast`) or as `json_schema_extra` (list types, int64 formats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonDict
+from pydantic_core import CoreSchema, core_schema
+
+from agentspaces.api.durations import parse_duration
+
+GROUP = "agentspaces.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Go-style durations as accepted by CEL's duration(): "90s", "30m", "1h30m".
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HTTP_URL_PATTERN = r"^https?://"
+# https://host/path, ssh://git@host/path or scp-style git@host:path
+REPOSITORY_URL_PATTERN = (
+    r"^(https://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+"
+    r"|ssh://[A-Za-z0-9._-]+@[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+"
+    r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+)$"
+)
+# Hetzner server type names: cx23, cpx32, cax11, ccx13 ... The live list is checked
+# at reconcile time (ServerTypeNotFound); the pattern catches typos at admission.
+SERVER_TYPE_PATTERN = r"^(cx|cpx|cax|ccx)[0-9]{2,3}$"
+# An image name ("ubuntu-24.04") or a numeric id (any snapshot or backup in the project).
+IMAGE_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
+SSH_KEY_PATTERN = (
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521"
+    r"|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/=]+( .*)?$"
+)
+# Ports the VM's own services listen on (SSH, Caddy's HTTP/HTTPS and admin API, the
+# CloudCLI UI, the agent's local listener and its default API port): publishing one
+# would expose that service, so admission refuses them. vmconfig.claude.reserved_ports
+# adds the class's own ports, which the operator checks (a test keeps both in step).
+RESERVED_PORTS = (22, 80, 443, 2019, 3001, 9180, 9443)
+RESERVED_PORTS_MESSAGE = ("ports " + ", ".join(map(str, RESERVED_PORTS))
+                          + " are the VM's own services and cannot be published")
+# The owner's text that travels in the VM's user-data (Hetzner: at most 32 KiB, of
+# which the fixed files take about 20). Admission refuses more than this in total; a
+# spec that still does not fit (text that compresses badly) is reported by the
+# operator as UserDataTooLarge, and no server is created.
+USER_TEXT_BUDGET = 10240
+
+
+# -- schema markers -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cel:
+    """A CEL rule the apiserver checks at admission (`x-kubernetes-validations`)."""
+
+    rule: str
+    message: str
+
+    def schema(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message}
+
+
+@dataclass(frozen=True)
+class DurationAtLeast:
+    """A Go duration no shorter than `minimum`: a CEL rule at admission and the same
+    check when the operator parses the object."""
+
+    minimum: str
+
+    @property
+    def cel(self) -> Cel:
+        return Cel(f"duration(self) >= duration('{self.minimum}')",
+                   f"must be a duration of at least {self.minimum}, e.g. 30m or 1h30m")
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        floor = parse_duration(self.minimum)
+
+        def check(text: str) -> str:
+            if parse_duration(text) < floor:
+                raise ValueError(f"{text!r} is shorter than {self.minimum}")
+            return text
+
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+
+def list_map(*keys: str) -> JsonDict:
+    """A list the apiserver merges by these keys (server-side apply)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+LIST_SET: JsonDict = {"x-kubernetes-list-type": "set"}
+
+
+class ApiModel(BaseModel):
+    # camelCase on the wire, snake_case in Python; the apiserver prunes unknown fields,
+    # so ignoring extras only matters for hand-made dicts in tests.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
+                              extra="ignore", frozen=True)
+
+    cel_rules: ClassVar[tuple[Cel, ...]] = ()
+    """Object-level CEL rules (`x-kubernetes-validations` on the object)."""
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> Self:
+        """Validate the API's JSON; a ValueError names every offending field."""
+        try:
+            return cls.model_validate(dict(raw or {}))
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in e['loc']) or '(object)'}: {e['msg']}"
+                for e in err.errors())
+            raise ValueError(f"invalid {cls.api_name()}: {problems}") from None
+
+    @classmethod
+    def api_name(cls) -> str:
+        return cls.__name__
+
+    def dump(self) -> dict[str, Any]:
+        """The API's JSON form of what was set (defaults left to the apiserver)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def default_of(model: type[BaseModel], name: str) -> Any:
+    """A field's declared default (the one place it is written down)."""
+    return model.model_fields[name].default
+
+
+# -- shared field types ------------------------------------------------------------
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+EmulatorEndpoint = Annotated[str, Field(
+    description="API endpoint; change only for the local emulator.",
+    pattern=HTTP_URL_PATTERN)]
+ServerType = Annotated[str, Field(description="Server type, e.g. cx23 or cpx32.",
+                                  pattern=SERVER_TYPE_PATTERN)]
+Location = Annotated[Literal["fsn1", "nbg1", "hel1", "ash", "hil", "sin"],
+                     Field(description="Location.")]
+Image = Annotated[str, Field(description="Image name or id; the VM bootstrap targets "
+                             "Ubuntu 24.04.", max_length=63, pattern=IMAGE_PATTERN)]
+IdleTimeout = Annotated[Duration, DurationAtLeast("1m"),
+                        Field(description="Stop after this long with no activity.")]
+IdleGrace = Annotated[Duration, DurationAtLeast("0s"), Field(
+    description="Extra time after the AI agent stops working before idleness counts.")]
+AgentBusyCap = Annotated[Duration, DurationAtLeast("1m"), Field(
+    description="An agent reported as working for longer than this counts as idle "
+                "(runaway guard).")]
+AtLeastAMinute = Annotated[Duration, DurationAtLeast("1m")]
+
+
+# -- secret references ---------------------------------------------------------------
+# One key of a Secret. The key's default depends on what the Secret holds, so each
+# use has its own small class; namespaced ones (the cluster-scoped class's) may name
+# the namespace, defaulting to the operator's own.
+
+SecretName = Annotated[str, Field(description="Name of the Secret.",
+                                  pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+SecretKey = Annotated[str, Field(description="Key within the Secret.", max_length=253,
+                                 pattern=r"^[-._a-zA-Z0-9]+$")]
+
+
+class SecretRefSpec(ApiModel):
+    name: SecretName
+    key: SecretKey
+
+
+class NamespacedSecretRefSpec(SecretRefSpec):
+    namespace: str | None = Field(
+        None, description="Namespace of the Secret; defaults to the operator's namespace.",
+        pattern=DNS_LABEL_PATTERN, max_length=63)
+
+
+class RepositoryTokenRef(SecretRefSpec):
+    key: SecretKey = "token"
+
+
+class ApiKeyRef(SecretRefSpec):
+    key: SecretKey = "apiKey"
+
+
+class ClassTokenRef(NamespacedSecretRefSpec):
+    key: SecretKey = "token"
+
+
+class StorageCredentialsRef(NamespacedSecretRefSpec):
+    key: SecretKey = "accessKeyId"
+
+
+class EncryptionKeyRef(NamespacedSecretRefSpec):
+    key: SecretKey = "key"
+
+
+# -- Workspace spec ------------------------------------------------------------------
+
+class RepositorySpec(ApiModel):
+    """Repository cloned into /workspaces."""
+
+    url: str = Field(description="Clone URL (https or ssh).", pattern=REPOSITORY_URL_PATTERN,
+                     max_length=2048)
+    # git would read a leading '-' as an option
+    ref: Annotated[str | None, Cel("!self.startsWith('-')",
+                                   "repository.ref must not start with '-'")] = Field(
+        None, description="Branch, tag or commit; the default branch when empty.",
+        max_length=255, pattern=r"^[A-Za-z0-9._/-]+$")
+    credentials_secret_ref: RepositoryTokenRef | None = Field(
+        None, description="Secret in the workspace's namespace holding a token for private "
+                          "repositories.")
+
+
+class DevcontainerSpec(ApiModel):
+    """Devcontainer to run. Without either field the repository's own .devcontainer is
+    used, or a default one when it has none."""
+
+    cel_rules = (
+        Cel("!(has(self.path) && has(self.image))",
+            "set devcontainer.path or devcontainer.image, not both"),
+        Cel("!has(self.path) || !self.path.contains('..')",
+            "devcontainer.path must stay inside the repository"),
+    )
+
+    path: str | None = Field(None, description="Path to devcontainer.json inside the "
+                             "repository.", max_length=512, pattern=r"^[A-Za-z0-9._/-]+\.json$")
+    image: str | None = Field(None, description="Container image to use instead of a "
+                              "devcontainer.json.", max_length=512)
+
+
+class ServerSpec(ApiModel):
+    """Hetzner Cloud server settings."""
+
+    type: ServerType | None = None
+    location: Location | None = None
+    image: Image | None = None
+
+
+class McpServerSpec(ApiModel):
+    """One MCP server for Claude Code's .mcp.json."""
+
+    cel_rules = (
+        Cel("self.type != 'stdio' || has(self.command)", "stdio MCP servers need a command"),
+        Cel("self.type == 'stdio' || has(self.url)", "http and sse MCP servers need a url"),
+    )
+
+    type: Literal["stdio", "http", "sse"] = Field("stdio", description="Transport.")
+    command: str | None = Field(None, description="Command for stdio servers.",
+                                max_length=1024)
+    args: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=list,
+                                                               max_length=64)
+    url: str | None = Field(None, description="URL for http/sse servers.",
+                            pattern=HTTP_URL_PATTERN, max_length=2048)
+    env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64,
+        description="Environment for stdio servers (not for secrets).")
+
+
+class AgentSpec(ApiModel):
+    """The AI coding agent."""
+
+    kind: Literal["claude-code"] = Field("claude-code", description="Agent kind.")
+    api_key_secret_ref: ApiKeyRef | None = Field(
+        None, description="Secret in the workspace's namespace with the Anthropic API key.")
+    mcp_servers: dict[str, McpServerSpec] = Field(
+        default_factory=dict, max_length=32, description="MCP servers written to .mcp.json.")
+    instructions: str | None = Field(None, description="Extra text appended to the "
+                                     "generated CLAUDE.md.", max_length=8192)
+
+
+class IdleSpec(ApiModel):
+    """When an unattended workspace is stopped (see README: what counts as activity)."""
+
+    timeout: IdleTimeout | None = None
+    grace: IdleGrace | None = None
+    agent_busy_cap: AgentBusyCap | None = None
+
+
+class LifetimeSpec(ApiModel):
+    max: AtLeastAMinute | None = Field(
+        None, description="Stop after running this long, active or not.")
+
+
+class PortSpec(ApiModel):
+    """Visibility of one port served at https://{port}.{host}."""
+
+    port: Annotated[Port, Cel(f"!(self in {list(RESERVED_PORTS)})", RESERVED_PORTS_MESSAGE)]
+    visibility: Literal["private", "public"] = Field(
+        "private", description="private ports need the workspace password; public ones do not.")
+
+
+class AccessSpec(ApiModel):
+    """Who can reach the workspace's URLs."""
+
+    auth: Literal["basic"] = Field("basic", description="Authentication in front of private "
+                                   "URLs.")
+    ports: list[PortSpec] = Field(default_factory=list, max_length=64,
+                                  json_schema_extra=list_map("port"))
+
+
+class PersistenceSpec(ApiModel):
+    """Encrypted backups of /workspaces across stop/start."""
+
+    enabled: bool = True
+    on_delete: Literal["Delete", "Retain"] = Field(
+        "Retain", description="What happens to backups and the data key when the Workspace "
+                              "is deleted.")
+    schedule: Annotated[Duration, DurationAtLeast("15m")] | None = Field(
+        None, description="Also back up every so often while running.")
+
+
+SshKey = Annotated[str, Field(pattern=SSH_KEY_PATTERN, max_length=16384)]
+
+
+class RunIntent(ApiModel):
+    """spec.running alone, for code that needs only the user's intent (it parses even
+    when the rest of the spec would not)."""
+
+    running: bool = Field(True, description="User intent: false stops the workspace "
+                                            "(keeps data).")
+
+
+def _mcp_text(s: str) -> str:
+    return (f"(has({s}.command) ? size({s}.command) : 0)"
+            f" + (has({s}.url) ? size({s}.url) : 0)"
+            f" + (has({s}.args) ? {s}.args.map(a, size(a)).sum() : 0)"
+            f" + (has({s}.env) ? {s}.env.map(e, size(e) + size({s}.env[e])).sum() : 0)")
+
+
+USER_TEXT_RULE = Cel(
+    "(has(self.agent) && has(self.agent.instructions) ? size(self.agent.instructions) : 0)"
+    " + (has(self.sshKeys) ? self.sshKeys.map(k, size(k)).sum() : 0)"
+    " + (has(self.agent) && has(self.agent.mcpServers) ? "
+    "self.agent.mcpServers.map(n, size(n) + " + _mcp_text("self.agent.mcpServers[n]")
+    + ").sum() : 0)" + f" <= {USER_TEXT_BUDGET}",
+    f"agent.instructions, agent.mcpServers and sshKeys together must stay within "
+    f"{USER_TEXT_BUDGET} characters: they travel in the VM's user-data, which Hetzner "
+    "limits to 32 KiB")
+
+
+class WorkspaceSpecModel(RunIntent):
+    """Desired state of a workspace. The operator never writes spec."""
+
+    cel_rules = (USER_TEXT_RULE,)
+
+    class_name: str = Field(description="Name of the WorkspaceClass.",
+                            pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    repository: RepositorySpec
+    devcontainer: DevcontainerSpec = Field(default_factory=DevcontainerSpec)
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    agent: AgentSpec = Field(default_factory=AgentSpec)
+    idle: IdleSpec = Field(default_factory=IdleSpec)
+    lifetime: LifetimeSpec = Field(default_factory=LifetimeSpec, description="Hard limits.")
+    access: AccessSpec = Field(default_factory=AccessSpec)
+    persistence: PersistenceSpec = Field(default_factory=PersistenceSpec)
+    ssh_keys: list[SshKey] = Field(default_factory=list, max_length=32,
+                                   description="OpenSSH public keys allowed to log in to "
+                                               "the VM.")
+
+    @classmethod
+    def api_name(cls) -> str:
+        return "Workspace spec"
+
+
+# -- WorkspaceClass spec ---------------------------------------------------------------
+
+class HetznerSpec(ApiModel):
+    """Hetzner Cloud project."""
+
+    token_secret_ref: ClassTokenRef = Field(description="API token (read & write).")
+    endpoint: EmulatorEndpoint = "https://api.hetzner.cloud/v1"
+
+
+class ClassServerSpec(ApiModel):
+    """Hetzner Cloud server settings."""
+
+    type: ServerType = "cx23"
+    location: Location = "fsn1"
+    image: Image = "ubuntu-24.04"
+
+
+class TxtRegistrySpec(ApiModel):
+    """Also write external-dns style ownership TXT records."""
+
+    enabled: bool = False
+    owner_id: str | None = Field(None, description="Owner id written into the TXT records.",
+                                 max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class DnsSpec(ApiModel):
+    """Cloudflare DNS for the workspace hostnames."""
+
+    cel_rules = (Cel("!has(self.baseDomain) || self.baseDomain == self.zoneName || "
+                     "self.baseDomain.endsWith('.' + self.zoneName)",
+                     "dns.baseDomain must be inside dns.zoneName"),)
+
+    zone_name: str = Field(description="Cloudflare zone, e.g. example.com.",
+                           pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    base_domain: str | None = Field(None, description="Domain the workspace hosts live "
+                                    "under; the zone name when empty.",
+                                    pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    token_secret_ref: ClassTokenRef = Field(description="API token with Zone.DNS Edit on the "
+                                            "zone.")
+    endpoint: EmulatorEndpoint = "https://api.cloudflare.com/client/v4"
+    proxied: bool = Field(False, description="Proxy records through Cloudflare.")
+    txt_registry: TxtRegistrySpec = Field(default_factory=TxtRegistrySpec)
+    ttl: int = Field(60, ge=1, le=86400)
+
+
+class TlsSpec(ApiModel):
+    """How workspace hosts get certificates."""
+
+    mode: Literal["acme", "internal", "none"] = Field(
+        "acme", description="acme: Caddy obtains certificates on demand; internal: Caddy's "
+                            "own CA (sandbox); none: plain HTTP (sandbox only).")
+    http_port: Port = 80
+    https_port: Port = 443
+
+
+class StorageSpec(ApiModel):
+    """S3-compatible bucket (Cloudflare R2) for backups."""
+
+    endpoint: str = Field(description="https://<account>.r2.cloudflarestorage.com",
+                          pattern=HTTP_URL_PATTERN)
+    bucket: str = Field(description="Bucket name.",
+                        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str = Field("auto", description="Region; R2 uses auto.", max_length=32)
+    addressing_style: Literal["path", "virtual"] = Field("path", description="S3 addressing.")
+    prefix: str = Field("agentspaces/", description="Key prefix for all backups.",
+                        max_length=256, pattern=r"^[A-Za-z0-9._/-]*$")
+    keep: int = Field(3, ge=1, le=100, description="Backups kept per workspace.")
+    credentials_secret_ref: StorageCredentialsRef = Field(
+        description="Secret with accessKeyId and secretAccessKey.")
+
+    @field_validator("region")
+    @classmethod
+    def _empty_region_is_the_default(cls, value: str) -> str:
+        return value or str(default_of(cls, "region"))
+
+
+class EncryptionSpec(ApiModel):
+    """Envelope encryption of backups."""
+
+    key_secret_ref: EncryptionKeyRef = Field(
+        description="32-byte class key (base64) that wraps every workspace data key.")
+
+
+class ClassIdleSpec(ApiModel):
+    """When an unattended workspace is stopped (see README: what counts as activity)."""
+
+    timeout: IdleTimeout = "30m"
+    grace: IdleGrace = "5m"
+    agent_busy_cap: AgentBusyCap = "6h"
+
+
+class ClassLifetimeSpec(ApiModel):
+    max: AtLeastAMinute | None = Field(None, description="Default maximum running time.")
+
+
+Cidr = Annotated[str, Field(max_length=43), Cel(
+    "isCIDR(self) && cidr(self) == cidr(self).masked()",
+    "must be a CIDR with no host bits set, e.g. 203.0.113.7/32 or 2001:db8::/64")]
+
+
+class ClassAgentSpec(ApiModel):
+    """Workspace agent polling."""
+
+    port: Port = 9443
+    source_ranges: list[Cidr] = Field(
+        default_factory=list, max_length=100, json_schema_extra=LIST_SET,
+        description="The operator's egress addresses (CIDRs, IPv4 and IPv6). Set: a Hetzner "
+                    "Cloud Firewall admits the agent port only from these. Unset: the agent "
+                    "port is open to the internet.")
+
+
+class ClassDevcontainerSpec(ApiModel):
+    """How far a repository's devcontainer.json is trusted."""
+
+    trust_repository: bool = Field(
+        False, description="Run the repository's devcontainer.json as written: host commands "
+                           "(initializeCommand), privileges, runArgs, host mounts, docker "
+                           "compose. Off: only what acts inside the container is used "
+                           "(docs/vm.md).")
+
+
+class LimitsSpec(ApiModel):
+    """What a Workspace of this class may ask for. The operator refuses (condition
+    Accepted=False, reason NotAllowedByClass) and creates no server otherwise."""
+
+    # None (unset) is no limit; an empty list allows nothing.
+    server_types: list[Annotated[str, Field(description="A server type.", max_length=16,
+                                            pattern=SERVER_TYPE_PATTERN)]] | None = Field(
+        None, max_length=64, json_schema_extra=LIST_SET,
+        description="Allowed server types; any when unset.")
+    images: list[Annotated[str, Field(description="An image name or id.", max_length=63,
+                                      pattern=IMAGE_PATTERN)]] | None = Field(
+        None, max_length=64, json_schema_extra=LIST_SET,
+        description="Allowed images (names or numeric ids). When unset, any image name but "
+                    "no numeric id (snapshots and backups are reachable only by id).")
+    idle_timeout: AtLeastAMinute | None = Field(
+        None, description="Longest idle.timeout a workspace may set.")
+    agent_busy_cap: AtLeastAMinute | None = Field(
+        None, description="Longest idle.agentBusyCap a workspace may set.")
+    lifetime: AtLeastAMinute | None = Field(
+        None, description="Longest lifetime.max a workspace may set; also the lifetime of "
+                          "workspaces that set none.")
+
+
+def _own_or_default(section: str, field: str, default: str) -> str:
+    """CEL for the class's own setting, or the default the operator applies."""
+    return (f"(has(self.{section}) && has(self.{section}.{field}) ? "
+            f"self.{section}.{field} : '{default}')")
+
+
+def _limit_rule(limit: str, check: str, message: str) -> Cel:
+    """The class's own defaults must respect its own limits: a workspace inherits them."""
+    return Cel(f"!has(self.limits) || !has(self.limits.{limit}) || {check}", message)
+
+
+def _class_limit_rules() -> tuple[Cel, ...]:
+    server_type = default_of(ClassServerSpec, "type")
+    image = default_of(ClassServerSpec, "image")
+    timeout = default_of(ClassIdleSpec, "timeout")
+    busy_cap = default_of(ClassIdleSpec, "agent_busy_cap")
+    return (
+        _limit_rule("serverTypes", f"{_own_or_default('server', 'type', server_type)} in "
+                    "self.limits.serverTypes", "server.type must be one of limits.serverTypes"),
+        _limit_rule("images", f"{_own_or_default('server', 'image', image)} in "
+                    "self.limits.images", "server.image must be one of limits.images"),
+        _limit_rule("idleTimeout", f"duration({_own_or_default('idle', 'timeout', timeout)})"
+                    " <= duration(self.limits.idleTimeout)",
+                    f"idle.timeout ({timeout} when unset) must not exceed limits.idleTimeout"),
+        _limit_rule("agentBusyCap",
+                    f"duration({_own_or_default('idle', 'agentBusyCap', busy_cap)}) <= "
+                    "duration(self.limits.agentBusyCap)",
+                    f"idle.agentBusyCap ({busy_cap} when unset) must not exceed "
+                    "limits.agentBusyCap"),
+        _limit_rule("lifetime", "!has(self.lifetime) || !has(self.lifetime.max) || "
+                    "duration(self.lifetime.max) <= duration(self.limits.lifetime)",
+                    "lifetime.max must not exceed limits.lifetime"),
+    )
+
+
+class WorkspaceClassSpecModel(ApiModel):
+    """Provider credentials and defaults shared by many workspaces."""
+
+    cel_rules = (
+        Cel("!has(self.storage) || has(self.encryption)",
+            "storage needs encryption.keySecretRef: backups are always encrypted"),
+        *_class_limit_rules(),
+    )
+
+    hetzner: HetznerSpec
+    server: ClassServerSpec = Field(default_factory=ClassServerSpec)
+    dns: DnsSpec
+    tls: TlsSpec = Field(default_factory=TlsSpec)
+    storage: StorageSpec | None = None
+    encryption: EncryptionSpec | None = None
+    idle: ClassIdleSpec = Field(default_factory=ClassIdleSpec)
+    lifetime: ClassLifetimeSpec = Field(default_factory=ClassLifetimeSpec,
+                                        description="Default hard limits.")
+    agent: ClassAgentSpec = Field(default_factory=ClassAgentSpec)
+    devcontainer: ClassDevcontainerSpec = Field(default_factory=ClassDevcontainerSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+
+    @classmethod
+    def api_name(cls) -> str:
+        return "WorkspaceClass spec"
+
+
+def duration(text: str | None) -> timedelta | None:
+    """A validated duration field as a timedelta (None when unset)."""
+    return parse_duration(text) if text else None
