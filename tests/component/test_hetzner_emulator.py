@@ -219,11 +219,12 @@ def test_pagination_across_more_than_50_servers(client: hcloud.Client,
     assert capped.meta.pagination.next_page == 2
 
 
-def test_delete_goes_deleting_then_disappears(client: hcloud.Client,
+def test_lingering_delete_goes_deleting_then_disappears(client: hcloud.Client,
                                               emulator: HetznerEmulator) -> None:
     deleted: list[dict[str, Any]] = []
     emulator.on_server_deleted(deleted.append)
     emulator.delete_seconds = 0.4  # time to observe "deleting"
+    emulator.linger_deletes = True
     server = create(client, "ws-doomed")
     action = client.servers.delete(server)
     assert action.command == "delete_server" and action.status == "running"
@@ -451,8 +452,8 @@ def test_call_counters_match_a_known_sequence(client: hcloud.Client,
     fetch(client, server)
     client.servers.get_by_name("ws-count")
     client.servers.update(server, labels={"x": "y"})
-    action = client.servers.delete(server)
     client.servers.get_actions(server)
+    action = client.servers.delete(server)  # gone at once: its actions stay readable
     client.servers.actions.get_by_id(action.id)
     client.actions.get_by_id(action.id)
     client.server_types.get_by_name("cx23")

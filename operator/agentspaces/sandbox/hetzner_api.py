@@ -1,14 +1,15 @@
-"""Request routing and validation of the Hetzner emulator: (method, path, query, body) ->
-(HTTP status, JSON payload), raising ApiError for API errors. No HTTP plumbing here."""
+"""Routes and request validation of the Hetzner emulator: handlers take path parameters,
+`query` and (POST/PUT) `body`, return (HTTP status, JSON payload) and raise ApiError for
+API errors. No HTTP plumbing here."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 from . import hetzner_catalog as catalog
+from .emulator import Match, RouteTable, ascii_int
 from .hetzner_errors import ApiError, invalid_input, not_found
 from .hetzner_firewalls import FirewallBook
 from .hetzner_labels import label_errors, parse_selector
@@ -16,7 +17,6 @@ from .hetzner_state import POWER_ACTIONS, CloudState, ServerSpec
 
 Query = dict[str, list[str]]
 Result = tuple[int, dict[str, Any] | None]
-Handler = Callable[..., Result]
 
 MAX_PER_PAGE = 50
 DEFAULT_PER_PAGE = 25
@@ -31,7 +31,7 @@ def endpoint_key(method: str, path: str) -> str:
     e.g. GET /servers/42/actions/7 -> "GET /servers/{id}/actions/{action_id}"."""
     out, seen = [], 0
     for part in path.strip("/").split("/"):
-        if part.isdigit():
+        if ascii_int(part) is not None:
             out.append("{id}" if seen == 0 else "{action_id}")
             seen += 1
         else:
@@ -55,10 +55,10 @@ def _int_param(query: Query, name: str, default: int) -> int:
     values = query.get(name)
     if not values:
         return default
-    try:
-        return int(values[-1])
-    except ValueError:
-        raise invalid_input({name: ["must be an integer"]}) from None
+    number = ascii_int(values[-1].strip())
+    if number is None:
+        raise invalid_input({name: ["must be an integer"]})
+    return number
 
 
 def paginate(items: list[dict[str, Any]], query: Query, key: str) -> Result:
@@ -105,49 +105,42 @@ class HetznerApi:
         self.state = state
         self.firewalls = FirewallBook(state)
         state.delete_listeners.append(self.firewalls.forget_server)
-        d = r"(\d+)"
-        table: list[tuple[str, dict[str, Handler]]] = [
-            ("/servers", {"GET": self.list_servers, "POST": self.create_server}),
-            ("/servers/actions", {"GET": self.list_server_actions}),
-            (f"/servers/actions/{d}", {"GET": self.get_action}),
-            (f"/servers/{d}", {"GET": self.get_server, "PUT": self.update_server,
-                               "DELETE": self.delete_server}),
-            (f"/servers/{d}/actions", {"GET": self.list_server_actions_of}),
-            (f"/servers/{d}/actions/{d}", {"GET": self.get_server_action}),
-            (f"/servers/{d}/actions/({'|'.join(POWER_ACTIONS)})",
-             {"POST": self.power_action}),
-            ("/actions", {"GET": self.list_actions}),
-            (f"/actions/{d}", {"GET": self.get_action}),
-            ("/server_types", {"GET": self.list_server_types}),
-            (f"/server_types/{d}", {"GET": self.get_server_type}),
-            ("/locations", {"GET": self.list_locations}),
-            (f"/locations/{d}", {"GET": self.get_location}),
-            ("/datacenters", {"GET": self.list_datacenters}),
-            ("/images", {"GET": self.list_images}),
-            (f"/images/{d}", {"GET": self.get_image}),
-            ("/firewalls", {"GET": self.list_firewalls, "POST": self.create_firewall}),
-            (f"/firewalls/{d}", {"GET": self.get_firewall, "PUT": self.update_firewall,
-                                 "DELETE": self.delete_firewall}),
-            (f"/firewalls/{d}/actions/(set_rules|apply_to_resources|remove_from_resources)",
-             {"POST": self.firewall_action}),
-            ("/ssh_keys", {"GET": self.list_ssh_keys, "POST": self.create_ssh_key}),
-            (f"/ssh_keys/{d}", {"GET": self.get_ssh_key, "DELETE": self.delete_ssh_key}),
-        ]
-        self._routes = [(re.compile(p), handlers) for p, handlers in table]
+        self.routes = RouteTable()
+        add = self.routes.add
+        add("/servers", GET=self.list_servers, POST=self.create_server)
+        add("/servers/actions", GET=self.list_server_actions)
+        add("/servers/actions/{id:int}", GET=self.get_action)
+        add("/servers/{id:int}", GET=self.get_server, PUT=self.update_server,
+            DELETE=self.delete_server)
+        add("/servers/{id:int}/actions", GET=self.list_server_actions_of)
+        add("/servers/{id:int}/actions/{action_id:int}", GET=self.get_server_action)
+        add(f"/servers/{{id:int}}/actions/{{verb:{'|'.join(POWER_ACTIONS)}}}",
+            POST=self.power_action)
+        add("/actions", GET=self.list_actions)
+        add("/actions/{id:int}", GET=self.get_action)
+        add("/server_types", GET=self.list_server_types)
+        add("/server_types/{id:int}", GET=self.get_server_type)
+        add("/locations", GET=self.list_locations)
+        add("/locations/{id:int}", GET=self.get_location)
+        add("/datacenters", GET=self.list_datacenters)
+        add("/images", GET=self.list_images)
+        add("/images/{id:int}", GET=self.get_image)
+        add("/pricing", GET=self.get_pricing)
+        add("/firewalls", GET=self.list_firewalls, POST=self.create_firewall)
+        add("/firewalls/{id:int}", GET=self.get_firewall, PUT=self.update_firewall,
+            DELETE=self.delete_firewall)
+        add("/firewalls/{id:int}/actions/"
+            "{verb:set_rules|apply_to_resources|remove_from_resources}",
+            POST=self.firewall_action)
+        add("/ssh_keys", GET=self.list_ssh_keys, POST=self.create_ssh_key)
+        add("/ssh_keys/{id:int}", GET=self.get_ssh_key, DELETE=self.delete_ssh_key)
 
-    def dispatch(self, method: str, path: str, query: Query, raw_body: bytes) -> Result:
-        for pattern, handlers in self._routes:
-            match = pattern.fullmatch(path.rstrip("/") or "/")
-            if match is None:
-                continue
-            handler = handlers.get(method)
-            if handler is None:
-                raise ApiError(405, "method_not_allowed", "the request method is not allowed")
-            args = [int(g) if g.isdigit() else g for g in match.groups()]
-            if method in ("POST", "PUT"):
-                return handler(*args, query=query, body=parse_body(raw_body))
-            return handler(*args, query=query)
-        raise ApiError(404, "not_found", "not found")
+    @staticmethod
+    def call(match: Match, method: str, query: Query, raw_body: bytes) -> Result:
+        if method in ("POST", "PUT"):
+            return match.handler(*match.params.values(), query=query,
+                                 body=parse_body(raw_body))
+        return match.handler(*match.params.values(), query=query)
 
     # -- servers ---------------------------------------------------------------------
     def _with_firewalls(self, server: dict[str, Any]) -> dict[str, Any]:
@@ -326,6 +319,9 @@ class HetznerApi:
         if image is None:
             raise not_found("image", image_id)
         return 200, {"image": image}
+
+    def get_pricing(self, *, query: Query) -> Result:
+        return 200, {"pricing": catalog.pricing_dict()}
 
     # -- firewalls ------------------------------------------------------------------
     def list_firewalls(self, *, query: Query) -> Result:

@@ -1,7 +1,8 @@
 """Static catalogue of the Hetzner Cloud emulator: locations, data centers, server types
-(with per-location prices), and system images.
+(with per-location prices), system images and the price list.
 
-Shapes follow the public API (GET /locations, /datacenters, /server_types, /images).
+Shapes follow the public API (GET /locations, /datacenters, /server_types, /images,
+/pricing); /pricing lists each server type with the same prices as /server_types.
 Prices are illustrative (net EUR, 19 % VAT for gross); clients must read them from
 GET /server_types at runtime rather than rely on these figures.
 """
@@ -39,6 +40,11 @@ _REGION_FACTOR = {"eu-central": Decimal("1.00"), "us-east": Decimal("1.20"),
                   "us-west": Decimal("1.20"), "ap-southeast": Decimal("1.35")}
 _INCLUDED_TRAFFIC = {"eu-central": 20 * TB, "us-east": 1 * TB, "us-west": 1 * TB,
                      "ap-southeast": TB // 2}
+# Monthly net EUR of the other priced resources (the emulator serves none of them).
+_IPV4_MONTHLY = Decimal("0.50")
+_FLOATING_MONTHLY = {"ipv4": Decimal("3.00"), "ipv6": Decimal("1.00")}
+_PER_GB_MONTH = {"image": Decimal("0.0110"), "volume": Decimal("0.0440")}
+BACKUP_PERCENTAGE = "20.00"
 _TRAFFIC_PER_TB = {"eu-central": Decimal("1.00"), "us-east": Decimal("1.00"),
                    "us-west": Decimal("1.00"), "ap-southeast": Decimal("7.40")}
 
@@ -142,12 +148,17 @@ def datacenter_dict(location: str) -> dict[str, Any]:
     return next(d for d in datacenter_dicts() if d["location"]["name"] == location)
 
 
+def _hourly(monthly: Decimal) -> Decimal:
+    # Illustrative: hourly use costs more than the monthly price spread over a month.
+    return (monthly / Decimal(620)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
 def _prices(server_type: ServerType) -> list[dict[str, Any]]:
     out = []
     for loc in server_type.locations:
         zone = _LOCATIONS[loc][6]
         monthly = Decimal(server_type.monthly_eur) * _REGION_FACTOR[zone]
-        hourly = (monthly / Decimal(620)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+        hourly = _hourly(monthly)
         out.append({
             "location": loc,
             "price_hourly": _price_pair(hourly),
@@ -156,6 +167,36 @@ def _prices(server_type: ServerType) -> list[dict[str, Any]]:
             "price_per_tb_traffic": _price_pair(_TRAFFIC_PER_TB[zone]),
         })
     return out
+
+
+def pricing_dict() -> dict[str, Any]:
+    """The body of GET /pricing under "pricing"."""
+    def per_location(prices: dict[str, Decimal], hourly: bool) -> list[dict[str, Any]]:
+        out = []
+        for kind, monthly in prices.items():
+            rows = []
+            for loc in _LOCATIONS:
+                row: dict[str, Any] = {"location": loc,
+                                       "price_monthly": _price_pair(monthly)}
+                if hourly:
+                    row["price_hourly"] = _price_pair(_hourly(monthly))
+                rows.append(row)
+            out.append({"type": kind, "prices": rows})
+        return out
+
+    return {
+        "currency": "EUR", "vat_rate": _money((VAT - 1) * 100, 2),
+        "image": {"price_per_gb_month": _price_pair(_PER_GB_MONTH["image"])},
+        "volume": {"price_per_gb_month": _price_pair(_PER_GB_MONTH["volume"])},
+        "floating_ip": {"price_monthly": _price_pair(_FLOATING_MONTHLY["ipv4"])},
+        "floating_ips": per_location(_FLOATING_MONTHLY, hourly=False),
+        "primary_ips": per_location({"ipv4": _IPV4_MONTHLY, "ipv6": Decimal(0)},
+                                    hourly=True),
+        "server_backup": {"percentage": BACKUP_PERCENTAGE},
+        "server_types": [{"id": t.id, "name": t.name, "prices": _prices(t)}
+                         for t in SERVER_TYPES],
+        "load_balancer_types": [],
+    }
 
 
 def server_type_dict(server_type: ServerType) -> dict[str, Any]:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from .emulator import ApiFailure, Reply
 
-class ApiError(Exception):
+# Error code the real API puts in the JSON body for each status.
+STATUS_CODES = {400: "json_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 412: "resource_unavailable",
+                422: "invalid_input", 423: "locked", 429: "rate_limit_exceeded",
+                500: "server_error", 502: "bad_gateway", 503: "unavailable", 504: "timeout"}
+
+
+class ApiError(ApiFailure):
     def __init__(self, status: int, code: str, message: str,
                  details: dict[str, Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
@@ -17,6 +25,9 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message,
                           "details": self.details}}
+
+    def reply(self) -> Reply:
+        return Reply(self.status, self.body())
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None

@@ -1,5 +1,6 @@
 """In-memory state of the Hetzner emulator: servers, actions and SSH keys, with timed
-status transitions (initializing -> running, deleting -> gone, power actions).
+status transitions (initializing -> running, power actions; a deleted server is gone at
+once, or after a while in status deleting when `linger_deletes` is set).
 
 All public methods are thread-safe (one re-entrant lock) and return deep copies.
 """
@@ -70,6 +71,7 @@ class CloudState:
         self.boot_seconds = 1.0
         self.delete_seconds = 0.5
         self.action_seconds = 0.3
+        self.linger_deletes = False
         self.ip_allocator: Callable[[], str] = ip_allocator or self.next_documentation_ip
         self._scheduler = scheduler
         self._hooks = hooks
@@ -225,26 +227,35 @@ class CloudState:
             return copy.deepcopy(server.api)
 
     def delete_server(self, server_id: int) -> dict[str, Any]:
-        """Deleting is allowed while the server initializes; a second delete is locked."""
+        """Like the real API, the server is gone at once (its name free again) and the
+        delete action finishes after `delete_seconds`. With `linger_deletes` the server
+        stays visible, locked in status deleting, until the action finishes; deleting it
+        again meanwhile is locked. Deleting is allowed while the server initializes."""
         with self.lock:
             server = self._require(server_id)
             if server.api["status"] == "deleting":
                 raise locked("server", server_id)
             action = self._new_action("delete_server", server_id)
-            server.busy_action = action["id"]
-            server.api["locked"] = True
-            self._set_status(server, "deleting")
-            self._later(self.delete_seconds,
-                        lambda: self._finish_delete(server_id, action["id"]))
+            if self.linger_deletes:
+                server.busy_action = action["id"]
+                server.api["locked"] = True
+                self._set_status(server, "deleting")
+            else:
+                self._remove(server_id)
+
+            def finish() -> None:
+                self._remove(server_id)
+                self._finish_action(action["id"])
+            self._later(self.delete_seconds, finish)
             return copy.deepcopy(action)
 
-    def _finish_delete(self, server_id: int, action_id: int) -> None:
+    def _remove(self, server_id: int) -> None:
         server = self._servers.pop(server_id, None)
-        self._finish_action(action_id)
+        if server is None:
+            return
         for listener in self.delete_listeners:
             listener(server_id)
-        if server is not None:
-            self._hooks.emit("deleted", server.snapshot())
+        self._hooks.emit("deleted", server.snapshot())
 
     def power_action(self, server_id: int, verb: str) -> dict[str, Any]:
         command, during, after = POWER_ACTIONS[verb]

@@ -1,10 +1,13 @@
-"""Fault injection for the Hetzner emulator, switchable at runtime.
+"""Fault injection for the emulators, switchable at runtime.
 
-Each rule matches requests by method, path prefix (path after /v1, e.g. "/servers") or
-endpoint key (e.g. "POST /servers", "GET /servers/{id}") and stays active for `count`
-matching requests and/or `duration` seconds (neither: until `clear()`). Kinds:
+Each rule matches requests by method, path prefix (path after the API prefix, e.g.
+"/servers") or endpoint key (e.g. "POST /servers", "GET /servers/{id}") and stays active
+for `count` matching requests and/or `duration` seconds (neither: until `clear()`).
+Kinds:
 
-- status: answer with an HTTP error instead of the API (JSON error body by default);
+- status: answer with an HTTP error instead of the API (the provider's error body by
+  default); with `after_apply` the request is carried out first and its answer replaced,
+  like a reply lost on the way back;
 - delay: answer normally, `seconds` late;
 - hang: accept the request, never answer for `seconds`, then close the connection;
 - disconnect: close the connection without an answer;
@@ -21,11 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# Error code the real API puts in the JSON body for each status.
-STATUS_CODES = {400: "json_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                409: "conflict", 412: "resource_unavailable", 422: "invalid_input",
-                423: "locked", 429: "rate_limit_exceeded", 500: "server_error",
-                502: "bad_gateway", 503: "unavailable", 504: "timeout"}
 KINDS = ("status", "delay", "hang", "disconnect", "hold")
 
 
@@ -38,6 +36,8 @@ class FaultRule:
     json_body: bool = True
     seconds: float = 0.0
     process: bool = False
+    after_apply: bool = False
+    retry_after: int | None = None
     remaining: int | None = None
     until: float | None = None
     method: str | None = None
@@ -45,9 +45,6 @@ class FaultRule:
     endpoint: str | None = None
     hits: int = 0
     released: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def error_code(self) -> str:
-        return self.code or STATUS_CODES.get(self.status or 500, "server_error")
 
     def matches(self, method: str, path: str, endpoint: str) -> bool:
         return ((self.method is None or self.method.upper() == method)
@@ -69,6 +66,7 @@ class FaultPlan:
     """What to do with one request, decided when it arrives."""
     delays: list[FaultRule] = field(default_factory=list)
     respond: FaultRule | None = None      # status fault instead of the API
+    replace_after: FaultRule | None = None  # status fault after the API applied it
     drop_before: FaultRule | None = None  # hang/disconnect before the API sees it
     holds: list[FaultRule] = field(default_factory=list)
     drop_after: FaultRule | None = None   # hang/disconnect after the API applied it
@@ -97,15 +95,19 @@ class FaultInjector:
             method: str | None = None, path_prefix: str | None = None,
             endpoint: str | None = None, code: str | None = None,
             message: str | None = None, json_body: bool = True,
-            delay: float = 0.0) -> FaultRule:
+            delay: float = 0.0, after_apply: bool = False,
+            retry_after: int | None = None) -> FaultRule:
         """Answer matching requests with `status` (after `delay` seconds). The body is
-        the API's error JSON with `code` (default per status, e.g. 503 -> unavailable);
-        json_body=False sends a plain-text body as a gateway would."""
+        the provider's error JSON (`code` overrides the provider's code for the status);
+        json_body=False sends the non-JSON page a gateway would. `retry_after` is the
+        Retry-After a provider that sends one puts on a 429."""
         if not 400 <= status <= 599:
             raise ValueError("status must be an HTTP error status")
         return self._add(FaultRule("status", status=status, code=code, message=message,
                                    json_body=json_body, seconds=delay, method=method,
-                                   path_prefix=path_prefix, endpoint=endpoint), count, duration)
+                                   path_prefix=path_prefix, endpoint=endpoint,
+                                   after_apply=after_apply, retry_after=retry_after),
+                         count, duration)
 
     def add_delay(self, seconds: float, *, count: int | None = None,
                   duration: float | None = None, method: str | None = None,
@@ -173,6 +175,10 @@ class FaultInjector:
                     plan.holds.append(rule)
                 elif rule.kind == "delay":
                     plan.delays.append(rule)
+                elif rule.kind == "status" and rule.after_apply:
+                    if plan.replace_after is not None:
+                        continue
+                    plan.replace_after = rule
                 elif rule.kind == "status":
                     plan.respond = rule
                 else:
