@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh checkout: installs what it needs, then runs lint,
 # unit, component, integration (real kube-apiserver + etcd) and e2e (sandbox) tiers,
-# after ruff and mypy.
+# after ruff, mypy and import-linter.
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -k idle
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,9 @@ echo "== ruff" >&2
 ruff check operator vm tests benchmarks scripts
 echo "== mypy" >&2
 mypy operator/agentspaces vm/agentspaces_vm
+echo "== import-linter" >&2
+# The layers and forbidden imports declared in .importlinter.
+lint-imports --no-cache
 echo "== pytest" >&2
 # Exit code 5 (no tests collected) is a failure here, like any other non-zero code.
 exec pytest -p no:cacheprovider "${@:-tests}"

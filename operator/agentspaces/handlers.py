@@ -30,18 +30,23 @@ FINALIZER = f"{GROUP}/finalizer"
 # agentspaces.dev/wake still trigger a reconcile.
 KOPF_PREFIX = f"kopf.{GROUP}"
 
-_runtime: Runtime | None = None
+SETTINGS = OperatorSettings.from_env()
+"""Read once per process, at import: the timer's interval is fixed at registration,
+and the startup handler builds the runtime from the same values."""
 
 
-def runtime() -> Runtime:
-    assert _runtime is not None, "operator not started"
-    return _runtime
+def runtime_of(memo: kopf.Memo) -> Runtime:
+    """The runtime the startup handler put in Kopf's memo (each object's memo is a
+    shallow copy of the operator's, so all handlers share it)."""
+    found = getattr(memo, "runtime", None)
+    if not isinstance(found, Runtime):
+        raise RuntimeError("operator not started: no runtime in the memo")
+    return found
 
 
 @kopf.on.startup()
-async def configure(*, settings: kopf.OperatorSettings,
+async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo,
                     logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
-    global _runtime
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -50,10 +55,17 @@ async def configure(*, settings: kopf.OperatorSettings,
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30)
-    op_settings = OperatorSettings.from_env()
-    _runtime = Runtime(op_settings, KubernetesApi())
+    memo.runtime = Runtime(SETTINGS, KubernetesApi())
     logger.info("agentspaces operator starting (namespace %s, poll every %ss)",
-                op_settings.namespace, op_settings.poll_interval)
+                SETTINGS.namespace, SETTINGS.poll_interval)
+
+
+@kopf.on.cleanup()
+async def close_clients(*, memo: kopf.Memo, **_: Any) -> None:
+    """Close the HTTP sessions of every cloud adapter and agent client on shutdown."""
+    found = getattr(memo, "runtime", None)
+    if isinstance(found, Runtime):  # absent when startup never ran
+        await found.aclose()
 
 
 def _emitter(body: kopf.Body) -> Any:
@@ -62,7 +74,7 @@ def _emitter(body: kopf.Body) -> Any:
     return emit
 
 
-async def _run(body: kopf.Body, step: Any) -> None:
+async def _run(body: kopf.Body, memo: kopf.Memo, step: Any) -> None:
     """Run one domain step for a Workspace with its status read fresh and written
     before the per-workspace lock is released.
 
@@ -71,7 +83,7 @@ async def _run(body: kopf.Body, step: Any) -> None:
     overwrite what this one wrote. Reading and writing status inside the lock keeps
     every reconcile working on the latest status.
     """
-    rt = runtime()
+    rt = runtime_of(memo)
     ref = WorkspaceRef.from_body(body)
     async with rt.lock(ref.uid):
         fresh = await rt.kube.get_workspace(ref.namespace, ref.name)
@@ -97,22 +109,19 @@ async def _run(body: kopf.Body, step: Any) -> None:
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 @kopf.on.update(*RESOURCE, field="metadata.annotations")
-async def workspace_changed(body: kopf.Body, **_: Any) -> None:
-    await _run(body, workspace.reconcile)
+async def workspace_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _run(body, memo, workspace.reconcile)
 
 
-# Timer intervals are fixed at registration, so the setting is read at import.
-_POLL_INTERVAL = OperatorSettings.from_env().poll_interval
-
-
-@kopf.timer(*RESOURCE, interval=_POLL_INTERVAL, initial_delay=min(5.0, _POLL_INTERVAL))
-async def workspace_tick(body: kopf.Body, **_: Any) -> None:
+@kopf.timer(*RESOURCE, interval=SETTINGS.poll_interval,
+            initial_delay=min(5.0, SETTINGS.poll_interval))
+async def workspace_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    await _run(body, workspace.reconcile)
+    await _run(body, memo, workspace.reconcile)
 
 
 @kopf.on.delete(*RESOURCE)
-async def workspace_deleted(body: kopf.Body, **_: Any) -> None:
-    await _run(body, workspace.finalize)
-    runtime().forget(WorkspaceRef.from_body(body).uid)
+async def workspace_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _run(body, memo, workspace.finalize)
+    runtime_of(memo).forget(WorkspaceRef.from_body(body).uid)

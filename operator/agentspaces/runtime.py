@@ -1,22 +1,30 @@
-"""Process-wide collaborators: settings, ports, adapter caches, per-workspace locks.
+"""Process-wide collaborators: settings, clocks, ports, adapter caches, per-workspace locks.
 
 Adapters are cached per (endpoint, credential hash) so that every workspace of a class
-shares one HTTP session and one server inventory. Nothing here holds business rules.
+shares one HTTP session and one server inventory. The runtime owns every adapter it
+creates and closes them all in `aclose()` (the operator's cleanup handler). Nothing
+here holds business rules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
+from agentspaces.agent_client import AgentClient, AgentPort
+from agentspaces.clouds.cloudflare import CloudflareDns, DnsProvider
 from agentspaces.clouds.hetzner import HcloudServers, ServerInfo, ServerProvider
+from agentspaces.clouds.r2 import ObjectStore, S3ObjectStore
 from agentspaces.kube import KubePort
 from agentspaces.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -25,6 +33,56 @@ def utcnow() -> datetime:
 
 def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+class Closeable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+class ServerAdapter(ServerProvider, Closeable, Protocol):
+    """A server port holding an HTTP session."""
+
+
+class DnsAdapter(DnsProvider, Closeable, Protocol):
+    """A DNS port holding an HTTP client."""
+
+
+class AgentAdapter(AgentPort, Closeable, Protocol):
+    """An agent port holding a pinned TLS connection pool."""
+
+
+class StoreAdapter(ObjectStore, Protocol):
+    """An object store holding a connection pool (its calls block, and so does close)."""
+
+    def close(self) -> None: ...
+
+
+ServerFactory = Callable[[str, str], ServerAdapter]
+"""(token, endpoint) -> adapter"""
+DnsFactory = Callable[[str, str], DnsAdapter]
+"""(token, endpoint) -> adapter"""
+StoreFactory = Callable[[str, str, str, str, str, str], StoreAdapter]
+"""(endpoint, bucket, region, addressing style, access key, secret key) -> adapter"""
+AgentFactory = Callable[[str, str, str, float], AgentAdapter]
+"""(url, token, pinned certificate PEM, timeout) -> client"""
+
+
+def _hcloud(token: str, endpoint: str) -> HcloudServers:
+    return HcloudServers(token, endpoint)
+
+
+def _cloudflare(token: str, endpoint: str) -> CloudflareDns:
+    return CloudflareDns(endpoint=endpoint, token=token)
+
+
+def _s3(endpoint: str, bucket: str, region: str, addressing: str, access_key: str,
+        secret_key: str) -> S3ObjectStore:
+    return S3ObjectStore.connect(endpoint, bucket, access_key, secret_key, region=region,
+                                 addressing_style=addressing)
+
+
+def _agent(url: str, token: str, cert_pem: str, timeout: float) -> AgentClient:
+    return AgentClient(url, token, cert_pem, timeout=timeout)
 
 
 @dataclass
@@ -37,41 +95,51 @@ class ServerInventory:
 
     provider: ServerProvider
     interval: float
-    fetched_at: float = 0.0
+    clock: Callable[[], datetime] = utcnow
+    """Wall time of a listing (status compares it with a server's creation)."""
+    monotonic: Callable[[], float] = time.monotonic
+    """When the next listing is due."""
+    fetched_at: float | None = None
     fetched_wall: datetime | None = None
     servers: dict[int, ServerInfo] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def snapshot(self, monotonic: Callable[[], float] = time.monotonic
-                       ) -> tuple[datetime | None, dict[int, ServerInfo]]:
+    async def snapshot(self) -> tuple[datetime | None, dict[int, ServerInfo]]:
         async with self._lock:
-            if monotonic() - self.fetched_at >= self.interval:
+            if self.fetched_at is None or self.monotonic() - self.fetched_at >= self.interval:
                 listed = await self.provider.list_managed()
                 self.servers = {s.id: s for s in listed}
-                self.fetched_at = monotonic()
-                self.fetched_wall = utcnow()
+                self.fetched_at = self.monotonic()
+                self.fetched_wall = self.clock()
             return self.fetched_wall, self.servers
 
 
 class Runtime:
     def __init__(self, settings: OperatorSettings, kube: KubePort,
                  clock: Callable[[], datetime] = utcnow,
-                 server_factory: Callable[[str, str], ServerProvider] | None = None) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, *,
+                 server_factory: ServerFactory = _hcloud,
+                 dns_factory: DnsFactory = _cloudflare,
+                 store_factory: StoreFactory = _s3,
+                 agent_factory: AgentFactory = _agent) -> None:
         self.settings = settings
         self.kube = kube
         self.clock = clock
-        self._server_factory = server_factory or (lambda token, endpoint:
-                                                  HcloudServers(token, endpoint))
-        self._servers: dict[str, ServerProvider] = {}
+        self.monotonic = monotonic
+        self._server_factory = server_factory
+        self._dns_factory = dns_factory
+        self._store_factory = store_factory
+        self._agent_factory = agent_factory
+        self._servers: dict[str, ServerAdapter] = {}
         self._inventories: dict[str, ServerInventory] = {}
-        self._dns: dict[str, Any] = {}
-        self._stores: dict[str, Any] = {}
+        self._dns: dict[str, DnsAdapter] = {}
+        self._stores: dict[str, StoreAdapter] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._agents: dict[str, tuple[str, Any]] = {}
+        self._agents: dict[str, tuple[str, AgentAdapter]] = {}
         # (project, class) -> (digest of its desired firewall, the firewall's id or
         # None, when it was checked): what the class's firewall was last checked against.
         self.firewall_checks: dict[str, tuple[str, int | None, datetime]] = {}
-        self._closing: list[Any] = []
+        self._closing: list[AgentAdapter] = []
         self.agent_slots = asyncio.Semaphore(settings.agent_concurrency)
 
     def lock(self, uid: str) -> asyncio.Lock:
@@ -92,39 +160,33 @@ class Runtime:
     def inventory(self, token: str, endpoint: str) -> ServerInventory:
         key = _key(endpoint, token)
         if key not in self._inventories:
-            self._inventories[key] = ServerInventory(self.servers(token, endpoint),
-                                                     self.settings.inventory_interval)
+            self._inventories[key] = ServerInventory(
+                self.servers(token, endpoint), self.settings.inventory_interval,
+                clock=self.clock, monotonic=self.monotonic)
         return self._inventories[key]
 
-    def dns(self, token: str, endpoint: str) -> Any:
-        from agentspaces.clouds.cloudflare import CloudflareDns
-
+    def dns(self, token: str, endpoint: str) -> DnsProvider:
         key = _key(endpoint, token)
         if key not in self._dns:
-            self._dns[key] = CloudflareDns(endpoint=endpoint, token=token)
+            self._dns[key] = self._dns_factory(token, endpoint)
         return self._dns[key]
 
     def store(self, endpoint: str, bucket: str, region: str, addressing: str,
-              access_key: str, secret_key: str) -> Any:
-        from agentspaces.clouds.r2 import S3ObjectStore
-
+              access_key: str, secret_key: str) -> ObjectStore:
         key = _key(endpoint, bucket, region, addressing, access_key, secret_key)
         if key not in self._stores:
-            self._stores[key] = S3ObjectStore.connect(
-                endpoint, bucket, access_key, secret_key, region=region,
-                addressing_style=addressing)
+            self._stores[key] = self._store_factory(endpoint, bucket, region, addressing,
+                                                    access_key, secret_key)
         return self._stores[key]
 
-    def agent_client(self, uid: str, url: str, token: str, cert_pem: str) -> Any:
+    def agent_client(self, uid: str, url: str, token: str, cert_pem: str) -> AgentPort:
         """One client (one TLS session pool) per workspace agent, replaced when the
         server or the credentials change."""
-        from agentspaces.agent_client import AgentClient
-
         key = _key(url, token, cert_pem)
         cached = self._agents.get(uid)
         if cached is not None and cached[0] == key:
             return cached[1]
-        client = AgentClient(url, token, cert_pem, timeout=self.settings.agent_timeout)
+        client = self._agent_factory(url, token, cert_pem, self.settings.agent_timeout)
         if cached is not None:
             self._closing.append(cached[1])
         self._agents[uid] = (key, client)
@@ -133,3 +195,27 @@ class Runtime:
     async def close_stale_clients(self) -> None:
         while self._closing:
             await self._closing.pop().aclose()
+
+    async def aclose(self) -> None:
+        """Close every client this runtime created (operator shutdown). One that fails
+        to close does not keep the others open."""
+        async_clients: list[Closeable] = [*self._servers.values(), *self._dns.values(),
+                                          *(client for _, client in self._agents.values()),
+                                          *self._closing]
+        stores = list(self._stores.values())
+        self._servers.clear()
+        self._inventories.clear()
+        self._dns.clear()
+        self._agents.clear()
+        self._closing.clear()
+        self._stores.clear()
+        for client in async_clients:
+            try:
+                await client.aclose()
+            except Exception as err:  # shutting down: note it and close the rest
+                log.warning("closing %r failed: %s", client, type(err).__name__)
+        for store in stores:
+            try:
+                await asyncio.to_thread(store.close)
+            except Exception as err:
+                log.warning("closing %r failed: %s", store, type(err).__name__)

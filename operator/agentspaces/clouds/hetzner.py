@@ -245,6 +245,14 @@ class HcloudServers:
         if base is not None and hasattr(base, "_retry_max_retries"):
             base._retry_max_retries = 0
 
+    async def aclose(self) -> None:
+        """Close the HTTP sessions hcloud-python keeps (it has no public close)."""
+        for base in (getattr(self._client, "_client", None),
+                     getattr(self._client, "_client_hetzner", None)):
+            session = getattr(base, "_session", None)
+            if session is not None:
+                session.close()
+
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)

@@ -129,6 +129,10 @@ class S3ObjectStore:
         self._s3 = client
         self.bucket = bucket
 
+    def close(self) -> None:
+        """Close the boto3 client's connection pool."""
+        self._s3.close()
+
     @classmethod
     def connect(cls, endpoint: str, bucket: str, access_key_id: str, secret_access_key: str,
                 region: str = "auto", addressing_style: str = "path") -> S3ObjectStore:
