@@ -1,6 +1,8 @@
-"""A monotonic clock a test moves by hand (emulator rate-limit windows and the like)."""
+"""Clocks a test moves by hand (emulator rate-limit windows, the runtime's wall time)."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 
 class FakeClock:
@@ -9,3 +11,22 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class WallClock:
+    """Wall time (UTC) and a monotonic reading that a test moves together, by hand: the
+    runtime's `clock` and `monotonic` in unit tests."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+        self.elapsed = 0.0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        self.elapsed += seconds
