@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from agentspaces.api import conditions as C
-from agentspaces.api.schema import RESERVED_PORTS
+from agentspaces.api.enums import Reason
+from agentspaces.api.model import RESERVED_PORTS
 from agentspaces.reconcile.class_policy import accepted_condition, check
 from agentspaces.vmconfig.agent_config import render_agent_config
 from agentspaces.vmconfig.claude import reserved_ports
@@ -21,7 +21,7 @@ def test_a_spec_within_the_limits_is_accepted() -> None:
     verdict = check(make_spec(klass, server={"type": "cpx32"}, idle={"timeout": "2h"},
                               lifetime={"max": "12h"}), klass)
     assert verdict.allowed and verdict.refused_ports == ()
-    assert accepted_condition(verdict, "standard", False)[:2] == (True, C.SPEC_ACCEPTED)
+    assert accepted_condition(verdict, "standard", False)[:2] == (True, Reason.SPEC_ACCEPTED)
 
 
 def test_each_limit_refuses_what_exceeds_it() -> None:
@@ -39,7 +39,7 @@ def test_each_limit_refuses_what_exceeds_it() -> None:
         assert not verdict.allowed, expected
         assert any(expected in v for v in verdict.violations), (expected, verdict)
         ok, reason, message = accepted_condition(verdict, "standard", False)
-        assert (ok, reason) == (False, C.NOT_ALLOWED_BY_CLASS)
+        assert (ok, reason) == (False, Reason.NOT_ALLOWED_BY_CLASS)
         assert "no server is created" in message
 
 
@@ -88,12 +88,12 @@ def test_a_class_port_is_never_published_and_the_condition_names_it() -> None:
     verdict = check(spec, klass)
     assert verdict.allowed  # the rest of the workspace runs
     ok, reason, message = accepted_condition(verdict, "standard", False)
-    assert (ok, reason) == (False, C.RESERVED_PORT)
+    assert (ok, reason) == (False, Reason.RESERVED_PORT)
     assert "9555" in message
 
 
 def test_admission_reserves_every_port_of_the_default_vm() -> None:
-    """schema.RESERVED_PORTS (the CEL rule) and the VM's own list agree."""
+    """model.RESERVED_PORTS (the CEL rule) and the VM's own list agree."""
     assert set(reserved_ports(make_klass())) == set(RESERVED_PORTS)
     klass = make_klass(tls={"httpPort": 8081}, agent={"port": 9555})
     assert set(reserved_ports(klass)) <= klass.reserved_ports
@@ -103,5 +103,5 @@ def test_a_tightened_class_keeps_a_running_server_but_says_it_will_not_restart()
     klass = make_klass(limits={"serverTypes": ["cx23"]})
     verdict = check(make_spec(klass, server={"type": "cpx32"}), klass)
     ok, reason, message = accepted_condition(verdict, "standard", True)
-    assert (ok, reason) == (False, C.NOT_ALLOWED_BY_CLASS)
+    assert (ok, reason) == (False, Reason.NOT_ALLOWED_BY_CLASS)
     assert "not started again" in message

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentspaces.api import conditions as c
+from agentspaces.api.enums import AgentState, Reason, StoppedBy
+from agentspaces.api.status import ActivityStatus
 from agentspaces.reconcile.idle import ActivityReport, IdleDecision, IdleInputs, decide
 from agentspaces_vm.activity import ActivityTracker
+from agentspaces_vm.contracts import Activity
 
 T0 = datetime(2030, 3, 1, 8, 0, tzinfo=UTC)   # the server became Running
 M = timedelta(minutes=1)
@@ -22,7 +24,7 @@ H = timedelta(hours=1)
 def report(state: str, since: timedelta, last: timedelta | None = None,
            reasons: tuple[str, ...] = (), user: timedelta | None = None) -> ActivityReport:
     """A report with times given as offsets from T0."""
-    return ActivityReport(agent_state=state, agent_state_since=T0 + since,
+    return ActivityReport(agent_state=AgentState(state), agent_state_since=T0 + since,
                           last_activity=None if last is None else T0 + last,
                           reasons=reasons,
                           last_user_activity=None if user is None else T0 + user)
@@ -38,65 +40,65 @@ def inputs(at: timedelta, rep: ActivityReport | None, *, failed: int = 0,
 
 # (id, inputs, stop, stopped_by, idle, idle_since offset, reason, message fragment)
 CASES = [
-    ("no-report-fresh", inputs(M, None), False, None, False, None, c.ACTIVE,
+    ("no-report-fresh", inputs(M, None), False, None, False, None, Reason.ACTIVE,
      "no report from the agent yet; started 1m ago"),
     ("no-report-quiet", inputs(12 * M, None), False, None, True, timedelta(0),
-     c.IDLE_TIMEOUT, "no activity for 12m since the start (timeout 30m)"),
+     Reason.IDLE_TIMEOUT, "no activity for 12m since the start (timeout 30m)"),
     ("no-report-timeout", inputs(30 * M, None), True, "inactivity", True, timedelta(0),
-     c.IDLE_TIMEOUT, "no activity for 30m"),
+     Reason.IDLE_TIMEOUT, "no activity for 30m"),
     ("working", inputs(5 * H, report("working", M, 5 * H)), False, None, False, None,
-     c.AGENT_WORKING, "agent working for 4h59m (busy cap 6h)"),
+     Reason.AGENT_WORKING, "agent working for 4h59m (busy cap 6h)"),
     ("working-lifetime", inputs(4 * H, report("working", M, 4 * H), lifetime=4 * H),
-     True, "lifetime", False, None, c.LIFETIME_EXCEEDED, "running for 4h (lifetime 4h)"),
+     True, "lifetime", False, None, Reason.LIFETIME_EXCEEDED, "running for 4h (lifetime 4h)"),
     ("busy-cap-reached", inputs(6 * H, report("working", timedelta(0), 6 * H)), False, None,
-     False, None, c.BUSY_CAP_EXCEEDED, "past the 6h busy cap"),
+     False, None, Reason.BUSY_CAP_EXCEEDED, "past the 6h busy cap"),
     ("busy-cap-idle", inputs(6 * H + 10 * M, report("working", timedelta(0), 6 * H)),
-     False, None, True, 6 * H, c.BUSY_CAP_EXCEEDED, "no user activity for 10m"),
+     False, None, True, 6 * H, Reason.BUSY_CAP_EXCEEDED, "no user activity for 10m"),
     ("busy-cap-stop", inputs(6 * H + 30 * M, report("working", timedelta(0), 6 * H + 29 * M)),
-     True, "inactivity", True, 6 * H, c.BUSY_CAP_EXCEEDED, "(timeout 30m)"),
+     True, "inactivity", True, 6 * H, Reason.BUSY_CAP_EXCEEDED, "(timeout 30m)"),
     ("busy-cap-user-there",
      inputs(6 * H + 30 * M, report("working", timedelta(0), 6 * H + 29 * M,
                                    user=6 * H + 29 * M)),
-     False, None, False, None, c.BUSY_CAP_EXCEEDED, "user active 1m ago"),
+     False, None, False, None, Reason.BUSY_CAP_EXCEEDED, "user active 1m ago"),
     ("busy-cap-user-reason-fallback",
      inputs(7 * H, report("working", timedelta(0), 7 * H - M, reasons=("ssh",))),
-     False, None, False, None, c.BUSY_CAP_EXCEEDED, "user active 1m ago"),
+     False, None, False, None, Reason.BUSY_CAP_EXCEEDED, "user active 1m ago"),
     ("busy-cap-files-are-not-users",
      inputs(7 * H, report("working", timedelta(0), 7 * H - M,
                           reasons=("claude-hook:PostToolUse", "files"))),
-     True, "inactivity", True, 6 * H, c.BUSY_CAP_EXCEEDED, "no user activity for 1h"),
+     True, "inactivity", True, 6 * H, Reason.BUSY_CAP_EXCEEDED, "no user activity for 1h"),
     ("grace", inputs(H + 4 * M, report("waiting", H, H)), False, None, False, None,
-     c.ACTIVE, "agent waiting for 4m (grace 5m)"),
+     Reason.ACTIVE, "agent waiting for 4m (grace 5m)"),
     ("after-grace", inputs(H + 34 * M, report("waiting", H, H + M)), False, None, True,
-     H + 5 * M, c.IDLE_TIMEOUT, "no activity for 29m (timeout 30m)"),
+     H + 5 * M, Reason.IDLE_TIMEOUT, "no activity for 29m (timeout 30m)"),
     ("timeout", inputs(H + 35 * M, report("idle", H, H + M)), True, "inactivity", True,
-     H + 5 * M, c.IDLE_TIMEOUT, "no activity for 30m (timeout 30m)"),
+     H + 5 * M, Reason.IDLE_TIMEOUT, "no activity for 30m (timeout 30m)"),
     ("activity-after-grace",
      inputs(2 * H + 29 * M, report("idle", H, 2 * H, ("ssh",))), False, None, True,
-     2 * H, c.IDLE_TIMEOUT, "no activity for 29m"),
+     2 * H, Reason.IDLE_TIMEOUT, "no activity for 29m"),
     ("recent-activity-is-not-idle",
      inputs(2 * H + M, report("waiting", H, 2 * H, ("ssh", "http"))), False, None, False,
-     None, c.ACTIVE, "last activity 1m ago (ssh, http)"),
+     None, Reason.ACTIVE, "last activity 1m ago (ssh, http)"),
     ("absent-since-boot", inputs(35 * M, report("absent", timedelta(0))), True,
-     "inactivity", True, 5 * M, c.IDLE_TIMEOUT, "no activity for 30m"),
+     "inactivity", True, 5 * M, Reason.IDLE_TIMEOUT, "no activity for 30m"),
     ("unknown-state-is-not-working", inputs(40 * M, report("unknown", timedelta(0))), True,
-     "inactivity", True, 5 * M, c.IDLE_TIMEOUT, "no activity"),
+     "inactivity", True, 5 * M, Reason.IDLE_TIMEOUT, "no activity"),
     ("activity-before-start-does-not-count",
      inputs(29 * M, report("absent", -2 * H, -H)), False, None, True, timedelta(0),
-     c.IDLE_TIMEOUT, "no activity for 29m"),
+     Reason.IDLE_TIMEOUT, "no activity for 29m"),
     ("flaky-agent-old-report", inputs(2 * H, report("waiting", M, M), failed=2), True,
-     "inactivity", True, 6 * M, c.IDLE_TIMEOUT, "no activity"),
+     "inactivity", True, 6 * M, Reason.IDLE_TIMEOUT, "no activity"),
     ("unreachable", inputs(9 * H, report("waiting", M, M), failed=3), False, None, False,
-     None, c.AGENT_UNREACHABLE, "agent unreachable for 3 polls"),
+     None, Reason.AGENT_UNREACHABLE, "agent unreachable for 3 polls"),
     ("unreachable-never-answered", inputs(9 * H, None, failed=50), False, None, False, None,
-     c.AGENT_UNREACHABLE, "inactivity is not judged"),
+     Reason.AGENT_UNREACHABLE, "inactivity is not judged"),
     ("unreachable-lifetime", inputs(9 * H, None, failed=50, lifetime=8 * H), True,
-     "lifetime", False, None, c.LIFETIME_EXCEEDED, "running for 9h (lifetime 8h)"),
+     "lifetime", False, None, Reason.LIFETIME_EXCEEDED, "running for 9h (lifetime 8h)"),
     ("lifetime-idle-too", inputs(3 * H, report("idle", M, M), lifetime=3 * H), True,
-     "lifetime", True, 6 * M, c.LIFETIME_EXCEEDED, "lifetime 3h"),
+     "lifetime", True, 6 * M, Reason.LIFETIME_EXCEEDED, "lifetime 3h"),
     ("short-timeout-below-min-quiet",
      inputs(H + M, report("waiting", timedelta(0), H), timeout=M, grace=timedelta(0)),
-     True, "inactivity", True, H, c.IDLE_TIMEOUT, "(timeout 1m)"),
+     True, "inactivity", True, H, Reason.IDLE_TIMEOUT, "(timeout 1m)"),
 ]
 
 
@@ -119,10 +121,14 @@ def test_idle_shows_only_after_min_quiet():
     assert not decide(inputs(H + 2 * M, rep, min_quiet=3 * M)).idle
 
 
-def test_reasons_come_from_the_conditions_module():
-    reasons = {decide(case[1]).reason for case in CASES}
-    assert reasons == {c.ACTIVE, c.AGENT_WORKING, c.IDLE_TIMEOUT, c.BUSY_CAP_EXCEEDED,
-                       c.LIFETIME_EXCEEDED, c.AGENT_UNREACHABLE}
+def test_reasons_and_stops_are_the_api_enums():
+    decisions = [decide(case[1]) for case in CASES]
+    assert {d.reason for d in decisions} == {
+        Reason.ACTIVE, Reason.AGENT_WORKING, Reason.IDLE_TIMEOUT, Reason.BUSY_CAP_EXCEEDED,
+        Reason.LIFETIME_EXCEEDED, Reason.AGENT_UNREACHABLE}
+    assert all(isinstance(d.reason, Reason) for d in decisions)
+    assert {d.stopped_by for d in decisions} == {None, StoppedBy.INACTIVITY,
+                                                 StoppedBy.LIFETIME}
 
 
 @pytest.mark.parametrize("bad", [
@@ -135,15 +141,39 @@ def test_invalid_settings_are_rejected(bad):
 
 
 # --- reading the agent's status ------------------------------------------------------
-def test_report_from_status():
-    rep = ActivityReport.from_status({
+def from_agent(doc: dict[str, object]) -> ActivityReport:
+    return ActivityReport.from_agent(Activity.from_json(doc))
+
+
+def test_report_from_the_agent():
+    rep = from_agent({
         "agentState": "waiting", "agentStateSince": "2030-03-01T08:05:00Z",
         "lastActivityTime": "2030-03-01T08:06:00+00:00", "lastUserActivityTime": None,
         "reasons": ["ssh"], "malformedHookEvents": 0, "sessions": {"claude": 1}})
     assert rep == report("waiting", 5 * M, 6 * M, ("ssh",))
-    old_agent = ActivityReport.from_status({"agentState": "absent",
-                                            "agentStateSince": "2030-03-01T08:00:00Z"})
+    old_agent = from_agent({"agentState": "absent",
+                            "agentStateSince": "2030-03-01T08:00:00Z"})
     assert old_agent == report("absent", timedelta(0))
+
+
+def test_a_state_this_operator_does_not_know_is_unknown_and_not_working():
+    rep = from_agent({"agentState": "thinking", "agentStateSince": "2030-03-01T08:00:00Z"})
+    assert rep.agent_state is AgentState.UNKNOWN
+    decision = decide(inputs(H, rep))
+    assert decision.stop and decision.reason is Reason.IDLE_TIMEOUT
+
+
+def test_report_recorded_in_status_stands_in_for_a_missed_poll():
+    recorded = ActivityStatus(agent_state=AgentState.WAITING,
+                              agent_state_since=T0 + 5 * M,
+                              last_activity_time=T0 + 50 * M, reasons=["ssh"])
+    rep = ActivityReport.from_status(recorded)
+    assert rep == report("waiting", 5 * M, 50 * M, ("ssh",))
+    # Without it a missed poll would count from the start and stop an active workspace.
+    assert not decide(inputs(H, rep, failed=1)).stop
+    assert decide(inputs(H, None, failed=1)).stop
+    assert ActivityReport.from_status(None) is None
+    assert ActivityReport.from_status(ActivityStatus(idle=False)) is None
 
 
 @pytest.mark.parametrize("status", [
@@ -151,7 +181,6 @@ def test_report_from_status():
     {"agentState": "", "agentStateSince": "2030-03-01T08:00:00Z"},
     {"agentState": "working"},
     {"agentState": "working", "agentStateSince": "yesterday"},
-    {"agentState": "working", "agentStateSince": "2030-03-01T08:00:00"},
     {"agentState": "working", "agentStateSince": 1700000000},
     {"agentState": "working", "agentStateSince": "2030-03-01T08:00:00Z", "reasons": "ssh"},
     {"agentState": "working", "agentStateSince": "2030-03-01T08:00:00Z", "reasons": [1]},
@@ -160,7 +189,7 @@ def test_report_from_status():
 ])
 def test_report_from_bad_status(status):
     with pytest.raises(ValueError):
-        ActivityReport.from_status(status)
+        from_agent(status)
 
 
 # --- properties over random inputs ----------------------------------------------------
@@ -174,7 +203,7 @@ states = st.sampled_from(["working", "waiting", "idle", "absent", "unknown"])
 def any_inputs(draw: st.DrawFn) -> IdleInputs:
     rep = draw(st.none() | st.builds(
         lambda state, since, last, user, reasons: ActivityReport(
-            state, T0 + since, None if last is None else T0 + last, reasons,
+            AgentState(state), T0 + since, None if last is None else T0 + last, reasons,
             None if user is None else T0 + user),
         states, offsets, st.none() | offsets, st.none() | offsets,
         st.lists(st.sampled_from(["ssh", "http", "http-session", "files",
@@ -285,7 +314,7 @@ def test_timelines_through_the_tracker(no_proc, timeline, timeout, grace, cap):
             last_event = clock.now
         snap = tracker.snapshot()
         decision = decide(IdleInputs(
-            now=clock.now, started_at=T0, report=ActivityReport.from_status(snap),
+            now=clock.now, started_at=T0, report=from_agent(snap),
             failed_polls=0, timeout=timeout, grace=grace, agent_busy_cap=cap,
             lifetime_max=None))
         since = datetime.fromisoformat(snap["agentStateSince"])

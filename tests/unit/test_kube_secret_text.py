@@ -8,7 +8,7 @@ import base64
 
 from kubernetes import client
 
-from agentspaces.api import conditions as C
+from agentspaces.api.enums import Reason
 from agentspaces.api.types import SecretKeyRef
 from agentspaces.kube import SecretData, _decode
 from agentspaces.reconcile.credentials import CredentialsProblem, _secret_value
@@ -38,5 +38,5 @@ def test_a_binary_key_is_reported_as_not_text() -> None:
     problem = asyncio.run(_secret_value(_Reader(secret), SecretKeyRef("s", "apiKey"),  # type: ignore[arg-type]
                                         "team"))
     assert isinstance(problem, CredentialsProblem)
-    assert problem.reason == C.SECRET_KEY_MISSING
+    assert problem.reason == Reason.SECRET_KEY_MISSING
     assert "'apiKey' is not UTF-8 text" in problem.message

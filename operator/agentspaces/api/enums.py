@@ -127,6 +127,7 @@ class Reason(StrEnum):
     AGENT_CERTIFICATE_MISMATCH = "CertificateMismatch"
     AGENT_SIMULATED = "Simulated"
     DEVCONTAINER_REFUSED = "DevcontainerRefused"
+    BOOT_FAILED = "BootFailed"
 
     # DevcontainerRestricted: True when keys of the repository's devcontainer.json were
     # removed because the class does not trust the repository.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
-from typing import Any
 
 from agentspaces.agent_client import (
     AgentAuthError,
@@ -19,195 +18,108 @@ from agentspaces.agent_client import (
     AgentError,
     AgentUnreachable,
 )
-from agentspaces.api import conditions as C
-from agentspaces.clouds.hetzner import ServerInfo
-from agentspaces.persistence.keys import DataKey
-from agentspaces.pki import AgentCredentials
+from agentspaces.api.enums import ConditionStatus, Reason, StoppedBy
+from agentspaces.api.enums import ConditionType as T
+from agentspaces.api.status import ActivityStatus, AgentEndpointStatus
 from agentspaces.reconcile import backup_step
 from agentspaces.reconcile.idle import ActivityReport, IdleInputs, decide
+from agentspaces.reconcile.outcome import Outcome, Wait
 from agentspaces.reconcile.owned_secrets import Access
-from agentspaces.reconcile.scope import Outcome, Scope
-from agentspaces.reconcile.status import iso, parse_time
+from agentspaces.reconcile.scope import Scope
 from agentspaces.vmconfig.agent_bundle import load_agent_bundle
+from agentspaces_vm.contracts import (
+    AgentStatus,
+    BootStage,
+    DevcontainerReport,
+    RestoreState,
+    format_time,
+)
 
-BOOTING_STAGES = ("waiting-for-start", "restoring", "cloning", "starting-devcontainer")
-PERMANENT_WAIT = 300.0
 ACTIVITY_RESOLUTION = timedelta(minutes=1)
+"""Newer activity times closer than this to the recorded one are not written: finer
+is noise, and would be a status write on every poll."""
 
 
 def secrets_version(scope: Scope, access: Access) -> str:
     """A digest of everything delivered to the agent (salted, not reversible)."""
-    assert scope.creds is not None
     digest = hashlib.sha256(scope.ref.uid.encode())
     digest.update(access.scrypt_hash.encode())
     digest.update(scope.creds.workspace_secrets_fingerprint().encode())
-    digest.update(",".join(map(str, scope.creds.spec.public_ports)).encode())
+    digest.update(",".join(map(str, scope.spec.public_ports)).encode())
     return digest.hexdigest()[:20]
 
 
-def _unreachable(scope: Scope, err: Exception) -> Outcome | None:
-    status = scope.status
-    failures = int(status.get("failedAgentPolls") or 0) + 1
-    status.set("failedAgentPolls", failures)
-    if not status.is_true(C.AGENT_READY) and status.reason(C.AGENT_READY) != C.AGENT_UNREACHABLE:
-        status.condition(C.AGENT_READY, False, C.AGENT_BOOTING,
-                         "waiting for the workspace agent to come up")
-        return Outcome.after(scope.runtime.settings.boot_poll, "agent booting")
-    if failures >= scope.runtime.settings.unreachable_after:
-        status.condition(C.AGENT_READY, False, C.AGENT_UNREACHABLE,
-                         f"{failures} polls failed: {err}")
-    return None
+# --- step contract -----------------------------------------------------------------------
 
-
-async def ensure(scope: Scope, server: ServerInfo, access: Access,
-                 agent_creds: AgentCredentials, data_key: DataKey | None) -> Outcome | None:
-    assert scope.creds is not None
+async def reconcile(scope: Scope) -> Outcome | None:
+    """Deliver the agent, its secrets and the start, then observe it: None once the
+    agent is ready (its activity on `scope.activity`), else the Outcome to wait for."""
+    server, access, credentials = scope.server, scope.access, scope.agent_credentials
+    assert server is not None and access is not None and credentials is not None, \
+        "runs after owned_secrets.ensure and the server step"
     status = scope.status
-    url = f"https://{server.ipv4}:{scope.creds.klass.agent_port}"
-    status.set("agentEndpoint", {"url": url,
-                                 "certificateSHA256": agent_creds.fingerprint_sha256})
-    scope.agent_credentials = agent_creds
+    status.agent_endpoint = AgentEndpointStatus(
+        url=f"https://{server.ipv4}:{scope.klass.agent_port}",
+        certificate_sha256=credentials.fingerprint_sha256)
     client = scope.agent_client()
     try:
         async with scope.runtime.agent_slots:
-            doc = await client.status()
-            if doc.get("bootStage") == "awaiting-agent":
+            doc: AgentStatus = await client.agent_status()
+            if doc.boot_stage is BootStage.AWAITING_AGENT:
                 # The VM's loader waits for the agent itself (too big for user-data).
                 await client.put_agent_bundle(load_agent_bundle().data)
-                status.condition(C.AGENT_READY, False, C.AGENT_BOOTING,
+                status.condition(T.AGENT_READY, False, Reason.AGENT_BOOTING,
                                  "agent delivered to the VM")
                 return Outcome.after(scope.runtime.settings.boot_poll, "agent delivered")
             version = secrets_version(scope, access)
-            if (doc.get("secrets") or {}).get("version") != version:
+            if doc.secrets_version != version:
                 await client.put_secrets(
                     version=version, basic_auth_username=access.username,
                     basic_auth_scrypt_hash=access.scrypt_hash,
                     anthropic_api_key=scope.creds.anthropic_api_key,
                     repository_token=scope.creds.repository_token)
-                await client.put_config(scope.creds.spec.public_ports)
-                status.set("secretsVersion", version)
+                await client.put_config(scope.spec.public_ports)
+                status.secrets_version = version
                 scope.emit("Normal", "SecretsDelivered", "workspace secrets delivered to "
                            "the agent")
-            if doc.get("bootStage") == "waiting-for-start":
-                return await _start(scope, data_key)
+            if doc.boot_stage is BootStage.WAITING_FOR_START:
+                return await _start(scope)
     except AgentCertificateMismatch as err:
-        status.condition(C.AGENT_READY, False, C.AGENT_CERTIFICATE_MISMATCH, str(err))
-        scope.emit("Warning", C.AGENT_CERTIFICATE_MISMATCH, str(err))
-        return Outcome.after(PERMANENT_WAIT, "certificate mismatch")
+        status.condition(T.AGENT_READY, False, Reason.AGENT_CERTIFICATE_MISMATCH, str(err))
+        scope.emit("Warning", Reason.AGENT_CERTIFICATE_MISMATCH, str(err))
+        return Outcome.after(Wait.PERMANENT, "certificate mismatch")
     except AgentAuthError as err:
-        status.condition(C.AGENT_READY, False, C.CREDENTIALS_INVALID, str(err))
-        return Outcome.after(PERMANENT_WAIT, "agent refused the token")
+        status.condition(T.AGENT_READY, False, Reason.CREDENTIALS_INVALID, str(err))
+        return Outcome.after(Wait.PERMANENT, "agent refused the token")
     except AgentUnreachable as err:
         return _unreachable(scope, err)
     except AgentError as err:
-        status.condition(C.AGENT_READY, False, C.AGENT_UNREACHABLE, str(err))
+        status.condition(T.AGENT_READY, False, Reason.AGENT_UNREACHABLE, str(err))
         return Outcome.after(scope.runtime.settings.boot_poll * 2, "agent error")
 
-    status.set("failedAgentPolls", None)
+    status.failed_agent_polls = None
     return _observe(scope, doc)
 
 
-async def _start(scope: Scope, data_key: DataKey | None) -> Outcome:
-    plan = await backup_step.restore_plan(scope, data_key)
-    if isinstance(plan, Outcome):
-        scope.status.condition(C.AGENT_READY, False, C.AGENT_BOOTING,
-                               "not started: the backup to restore is unusable "
-                               f"({scope.status.reason(C.BACKUP_RESTORED)})")
-        return plan
-    await scope.agent_client().start(plan)
-    scope.status.condition(C.AGENT_READY, False, C.AGENT_BOOTING,
-                           "restoring the backup" if plan else "starting")
-    return Outcome.after(scope.runtime.settings.boot_poll, "agent starting")
-
-
-def _observe(scope: Scope, doc: dict[str, Any]) -> Outcome | None:
-    status = scope.status
-    stage = doc.get("bootStage")
-    restore = doc.get("restore") or {}
-    if restore.get("state") == "succeeded" and status.reason(C.BACKUP_RESTORED) != C.RESTORED:
-        status.condition(C.BACKUP_RESTORED, True, C.RESTORED,
-                         f"restored {status.get('restore', 'object') or 'the last backup'}")
-    devcontainer = doc.get("devcontainer") or {}
-    _devcontainer_trust(scope, devcontainer)
-    if stage == "failed" and devcontainer.get("state") == "refused":
-        status.condition(C.AGENT_READY, False, C.DEVCONTAINER_REFUSED,
-                         devcontainer.get("message") or "the repository's devcontainer.json "
-                         "needs a class that trusts the repository")
-        return Outcome.after(PERMANENT_WAIT, "devcontainer refused")
-    if stage == "failed":
-        if restore.get("state") == "failed":
-            reason = restore.get("reason") or C.RESTORE_FAILED
-            message = f"restore refused: {restore.get('error') or reason}"
-            status.condition(C.BACKUP_RESTORED, False, reason, message)
-            scope.emit("Warning", reason, message)
-        message = doc.get("bootMessage") or "the workspace failed to start"
-        status.condition(C.AGENT_READY, False, "BootFailed", message)
-        return Outcome.after(PERMANENT_WAIT, "boot failed")
-    if stage in BOOTING_STAGES:
-        status.condition(C.AGENT_READY, False, C.AGENT_BOOTING, f"boot stage: {stage}")
-        return Outcome.after(scope.runtime.settings.boot_poll, "agent booting")
-    simulated = bool(doc.get("simulated"))
-    status.condition(C.AGENT_READY, True, C.AGENT_SIMULATED if simulated
-                     else C.AGENT_READY_REASON,
-                     "agent ready (simulated VM: no devcontainer)" if simulated
-                     else "agent ready, devcontainer running")
-    _record_activity(scope, doc.get("activity") or {})
+async def delete(scope: Scope) -> Outcome | None:
+    """The agent goes with its server: nothing of its own to remove."""
     return None
 
 
-def _devcontainer_trust(scope: Scope, devcontainer: dict[str, Any]) -> None:
-    """DevcontainerRestricted from what the agent vetted (nothing until it has)."""
-    policy = devcontainer.get("policy")
-    removed = [str(k) for k in devcontainer.get("removed") or []]
-    if devcontainer.get("state") == "refused":
-        scope.status.condition(C.DEVCONTAINER_RESTRICTED, True, C.DEVCONTAINER_REFUSED,
-                               str(devcontainer.get("message") or "refused"))
-    elif policy == "restricted" and removed:
-        shown = ", ".join(removed[:20]) + (f" and {len(removed) - 20} more"
-                                           if len(removed) > 20 else "")
-        scope.status.condition(C.DEVCONTAINER_RESTRICTED, True, C.KEYS_REMOVED,
-                               "removed from the repository's devcontainer.json (the class "
-                               f"does not trust the repository): {shown}")
-    elif policy == "restricted":
-        scope.status.condition(C.DEVCONTAINER_RESTRICTED, False, C.NOTHING_REMOVED,
-                               "the repository's devcontainer.json asks for nothing outside "
-                               "the container")
-    elif policy == "trusted":
-        scope.status.condition(C.DEVCONTAINER_RESTRICTED, False, C.REPOSITORY_TRUSTED,
-                               "the class trusts the repository's devcontainer.json")
-    elif policy == "generated":
-        scope.status.condition(C.DEVCONTAINER_RESTRICTED, False, C.NOT_FROM_REPOSITORY,
-                               "the devcontainer config is generated, not the repository's")
+def idle_stop(scope: Scope) -> StoppedBy | None:
+    """Run the idle policy on the agent's latest report; why to stop, when it says so.
 
-
-def _record_activity(scope: Scope, activity: dict[str, Any]) -> None:
-    try:
-        scope.activity = ActivityReport.from_status(activity)
-    except ValueError:
-        scope.activity = None
-        return
-    report = scope.activity
-    last = report.last_activity
-    known = parse_time(scope.status.get("activity", "lastActivityTime"))
-    if last is not None and known is not None and \
-            timedelta(0) <= last - known < ACTIVITY_RESOLUTION:
-        last = known  # finer than a minute is noise, and a status write per poll
-    scope.status.update(
-        "activity", agentState=report.agent_state,
-        agentStateSince=iso(report.agent_state_since),
-        lastActivityTime=iso(last),
-        reasons=sorted(report.reasons) or None)
-
-
-def idle_stop(scope: Scope) -> str | None:
-    """Run the idle policy on the latest report; the stoppedBy value when it says stop."""
-    assert scope.creds is not None
+    A poll the agent did not answer (fewer than `unreachable_after` in a row) decides on
+    the report last recorded in status, not on "no report": a missed poll is not
+    evidence that nobody is there.
+    """
     status = scope.status
-    started = parse_time(status.get("startedAt")) or scope.runtime.clock()
-    spec = scope.creds.spec
+    now = scope.now()
+    spec = scope.spec
+    report = scope.activity or ActivityReport.from_status(status.activity)
     decision = decide(IdleInputs(
-        now=scope.runtime.clock(), started_at=started, report=scope.activity,
-        failed_polls=int(status.get("failedAgentPolls") or 0),
+        now=now, started_at=status.started_at or now, report=report,
+        failed_polls=status.failed_agent_polls or 0,
         timeout=spec.idle.timeout, grace=spec.idle.grace,
         agent_busy_cap=spec.idle.agent_busy_cap, lifetime_max=spec.lifetime_max,
         unreachable_after=scope.runtime.settings.unreachable_after,
@@ -217,27 +129,126 @@ def idle_stop(scope: Scope) -> str | None:
     elif decision.idle and decision.idle_since is not None:
         # Stable between polls (no elapsed counters), so an idle workspace's status is
         # written once, not on every poll.
-        message = (f"idle since {iso(decision.idle_since)}; stops at "
-                   f"{iso(decision.idle_since + spec.idle.timeout)} unless there is activity")
-    elif decision.reason == C.AGENT_WORKING and scope.activity is not None:
-        message = f"agent working since {iso(scope.activity.agent_state_since)}"
+        message = (f"idle since {format_time(decision.idle_since)}; stops at "
+                   f"{format_time(decision.idle_since + spec.idle.timeout)} unless there "
+                   "is activity")
+    elif decision.reason is Reason.AGENT_WORKING and report is not None:
+        message = f"agent working since {format_time(report.agent_state_since)}"
     else:
         message = decision.message if decision.agent_unreachable else "active"
-    status.condition(C.IDLE, "Unknown" if decision.agent_unreachable else decision.idle,
-                     decision.reason, message)
-    status.update("activity", idle=decision.idle, idleSince=iso(decision.idle_since))
-    return decision.stopped_by if decision.stop else None
+    status.condition(T.IDLE, ConditionStatus.UNKNOWN if decision.agent_unreachable
+                     else decision.idle, decision.reason, message)
+    activity = status.activity = status.activity or ActivityStatus()
+    activity.idle = decision.idle
+    activity.idle_since = decision.idle_since
+    return decision.stopped_by
 
 
-# --- step contract -------------------------------------------------------------------
+# --- one poll ----------------------------------------------------------------------------
 
-async def reconcile(scope: Scope) -> Outcome | None:
-    assert scope.server is not None and scope.access is not None
-    assert scope.agent_credentials is not None
-    return await ensure(scope, scope.server, scope.access, scope.agent_credentials,
-                        scope.data_key)
-
-
-async def delete(scope: Scope) -> Outcome | None:
-    """The agent goes with its server: nothing of its own to remove."""
+def _unreachable(scope: Scope, err: Exception) -> Outcome | None:
+    status = scope.status
+    failures = (status.failed_agent_polls or 0) + 1
+    status.failed_agent_polls = failures
+    if not status.is_true(T.AGENT_READY) and \
+            status.reason(T.AGENT_READY) != Reason.AGENT_UNREACHABLE:
+        status.condition(T.AGENT_READY, False, Reason.AGENT_BOOTING,
+                         "waiting for the workspace agent to come up")
+        return Outcome.after(scope.runtime.settings.boot_poll, "agent booting")
+    if failures >= scope.runtime.settings.unreachable_after:
+        status.condition(T.AGENT_READY, False, Reason.AGENT_UNREACHABLE,
+                         f"{failures} polls failed: {err}")
     return None
+
+
+async def _start(scope: Scope) -> Outcome:
+    plan = await backup_step.restore_plan(scope, scope.data_key)
+    if isinstance(plan, Outcome):
+        scope.status.condition(T.AGENT_READY, False, Reason.AGENT_BOOTING,
+                               "not started: the backup to restore is unusable "
+                               f"({scope.status.reason(T.BACKUP_RESTORED)})")
+        return plan
+    await scope.agent_client().start(plan)
+    scope.status.condition(T.AGENT_READY, False, Reason.AGENT_BOOTING,
+                           "restoring the backup" if plan else "starting")
+    return Outcome.after(scope.runtime.settings.boot_poll, "agent starting")
+
+
+def _observe(scope: Scope, doc: AgentStatus) -> Outcome | None:
+    status = scope.status
+    restore = doc.restore
+    if restore.state is RestoreState.SUCCEEDED and \
+            status.reason(T.BACKUP_RESTORED) != Reason.RESTORED:
+        restored = (status.restore.object if status.restore else None) or "the last backup"
+        status.condition(T.BACKUP_RESTORED, True, Reason.RESTORED, f"restored {restored}")
+    _devcontainer_trust(scope, doc.devcontainer)
+    if doc.boot_stage is BootStage.FAILED and doc.devcontainer.state == "refused":
+        status.condition(T.AGENT_READY, False, Reason.DEVCONTAINER_REFUSED,
+                         doc.devcontainer.message or "the repository's devcontainer.json "
+                         "needs a class that trusts the repository")
+        return Outcome.after(Wait.PERMANENT, "devcontainer refused")
+    if doc.boot_stage is BootStage.FAILED:
+        if restore.state is RestoreState.FAILED:
+            # The agent names the reason (one CamelCase word, e.g. BackupCorrupt).
+            reason = restore.reason or Reason.RESTORE_FAILED
+            message = f"restore refused: {restore.error or reason}"
+            status.condition(T.BACKUP_RESTORED, False, reason, message)
+            scope.emit("Warning", reason, message)
+        status.condition(T.AGENT_READY, False, Reason.BOOT_FAILED,
+                         doc.boot_message or "the workspace failed to start")
+        return Outcome.after(Wait.PERMANENT, "boot failed")
+    if doc.boot_stage.booting:
+        status.condition(T.AGENT_READY, False, Reason.AGENT_BOOTING,
+                         f"boot stage: {doc.boot_stage}")
+        return Outcome.after(scope.runtime.settings.boot_poll, "agent booting")
+    if doc.simulated:
+        status.condition(T.AGENT_READY, True, Reason.AGENT_SIMULATED,
+                         "agent ready (simulated VM: no devcontainer)")
+    else:
+        status.condition(T.AGENT_READY, True, Reason.AGENT_READY,
+                         "agent ready, devcontainer running")
+    _record_activity(scope, doc)
+    return None
+
+
+def _devcontainer_trust(scope: Scope, devcontainer: DevcontainerReport) -> None:
+    """DevcontainerRestricted from what the agent vetted (nothing until it has)."""
+    status = scope.status
+    policy, removed = devcontainer.policy, devcontainer.removed
+    if devcontainer.state == "refused":
+        status.condition(T.DEVCONTAINER_RESTRICTED, True, Reason.DEVCONTAINER_REFUSED,
+                         devcontainer.message or "refused")
+    elif policy == "restricted" and removed:
+        shown = ", ".join(removed[:20]) + (f" and {len(removed) - 20} more"
+                                           if len(removed) > 20 else "")
+        status.condition(T.DEVCONTAINER_RESTRICTED, True, Reason.KEYS_REMOVED,
+                         "removed from the repository's devcontainer.json (the class "
+                         f"does not trust the repository): {shown}")
+    elif policy == "restricted":
+        status.condition(T.DEVCONTAINER_RESTRICTED, False, Reason.NOTHING_REMOVED,
+                         "the repository's devcontainer.json asks for nothing outside "
+                         "the container")
+    elif policy == "trusted":
+        status.condition(T.DEVCONTAINER_RESTRICTED, False, Reason.REPOSITORY_TRUSTED,
+                         "the class trusts the repository's devcontainer.json")
+    elif policy == "generated":
+        status.condition(T.DEVCONTAINER_RESTRICTED, False, Reason.NOT_FROM_REPOSITORY,
+                         "the devcontainer config is generated, not the repository's")
+
+
+def _record_activity(scope: Scope, doc: AgentStatus) -> None:
+    """The agent's report on the scope (for the idle policy) and, when it changed, in
+    status.activity; idle and idleSince there belong to idle_stop."""
+    if doc.activity is None:  # the tracker has no report yet
+        scope.activity = None
+        return
+    report = scope.activity = ActivityReport.from_agent(doc.activity)
+    activity = scope.status.activity = scope.status.activity or ActivityStatus()
+    last, known = report.last_activity, activity.last_activity_time
+    if last is not None and known is not None and \
+            timedelta(0) <= last - known < ACTIVITY_RESOLUTION:
+        last = known
+    activity.agent_state = report.agent_state
+    activity.agent_state_since = report.agent_state_since
+    activity.last_activity_time = last
+    activity.reasons = sorted(report.reasons)

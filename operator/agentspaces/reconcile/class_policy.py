@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from agentspaces.api import conditions as C
 from agentspaces.api.durations import format_duration
+from agentspaces.api.enums import Reason
 from agentspaces.api.types import WorkspaceClass, WorkspaceSpec
 
 
@@ -55,20 +55,20 @@ def check(spec: WorkspaceSpec, klass: WorkspaceClass) -> Verdict:
 
 
 def accepted_condition(verdict: Verdict, class_name: str, has_server: bool
-                       ) -> tuple[bool, str, str]:
+                       ) -> tuple[bool, Reason, str]:
     """(status, reason, message) for the Accepted condition."""
     if verdict.violations:
         consequence = ("the running server is kept until it stops and is not started "
                        "again" if has_server else "no server is created")
-        return (False, C.NOT_ALLOWED_BY_CLASS,
+        return (False, Reason.NOT_ALLOWED_BY_CLASS,
                 f"WorkspaceClass {class_name} does not allow: "
                 + "; ".join(verdict.violations) + f" ({consequence})")
     if verdict.refused_ports:
         ports = ", ".join(map(str, verdict.refused_ports))
-        return (False, C.RESERVED_PORT,
+        return (False, Reason.RESERVED_PORT,
                 f"port(s) {ports} are the VM's own services under WorkspaceClass "
                 f"{class_name} and are not published; everything else is")
-    return True, C.SPEC_ACCEPTED, f"within what WorkspaceClass {class_name} allows"
+    return True, Reason.SPEC_ACCEPTED, f"within what WorkspaceClass {class_name} allows"
 
 
 def _over(value: timedelta | None, cap: timedelta | None) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agentspaces.api import conditions as C
+from agentspaces.api.enums import Reason
 from agentspaces.api.types import SecretKeyRef, WorkspaceClass, WorkspaceSpec
 from agentspaces.kube import KubeError, KubePort, SecretData
 
@@ -42,7 +42,7 @@ class ResolvedCredentials:
 
 @dataclass(frozen=True)
 class CredentialsProblem:
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -64,17 +64,18 @@ async def _secret_value(kube: _SecretReader, ref: SecretKeyRef, namespace: str
     try:
         secret = await kube.read(namespace, ref.name)
     except KubeError as err:
-        return CredentialsProblem(C.SECRET_NOT_FOUND,
+        return CredentialsProblem(Reason.SECRET_NOT_FOUND,
                                   f"cannot read Secret {namespace}/{ref.name}: {err.status}")
     if secret is None:
-        return CredentialsProblem(C.SECRET_NOT_FOUND, f"Secret {namespace}/{ref.name} not found")
+        return CredentialsProblem(Reason.SECRET_NOT_FOUND,
+                                  f"Secret {namespace}/{ref.name} not found")
     if ref.key in secret.not_text:
-        return CredentialsProblem(C.SECRET_KEY_MISSING,
+        return CredentialsProblem(Reason.SECRET_KEY_MISSING,
                                   f"Secret {namespace}/{ref.name} key {ref.key!r} is not "
                                   "UTF-8 text")
     value = secret.data.get(ref.key)
     if not value or not value.strip():
-        return CredentialsProblem(C.SECRET_KEY_MISSING,
+        return CredentialsProblem(Reason.SECRET_KEY_MISSING,
                                   f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
     return value.strip()
 
@@ -94,15 +95,17 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
     try:
         body = await kube.get_workspace_class(class_name)
     except KubeError as err:
-        return CredentialsProblem(C.CLASS_NOT_FOUND,
+        return CredentialsProblem(Reason.CLASS_NOT_FOUND,
                                   f"cannot read WorkspaceClass {class_name}: {err.status}")
     if body is None:
-        return CredentialsProblem(C.CLASS_NOT_FOUND, f"WorkspaceClass {class_name!r} not found")
+        return CredentialsProblem(Reason.CLASS_NOT_FOUND,
+                                  f"WorkspaceClass {class_name!r} not found")
     try:
         klass = WorkspaceClass.from_body(body)
         spec = WorkspaceSpec.from_spec(spec_raw, klass)
     except (ValueError, KeyError, TypeError) as err:
-        return CredentialsProblem(C.CLASS_INVALID, f"WorkspaceClass {class_name}: {err}")
+        return CredentialsProblem(Reason.CLASS_INVALID,
+                                  f"WorkspaceClass {class_name}: {err}")
 
     def class_ns(ref: SecretKeyRef) -> str:
         return ref.namespace or operator_namespace
@@ -129,7 +132,8 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
             return secret
         access_key, secret_key = access, secret
         if klass.encryption_key_ref is None:
-            return CredentialsProblem(C.CLASS_INVALID, "storage needs encryption.keySecretRef")
+            return CredentialsProblem(Reason.CLASS_INVALID,
+                                      "storage needs encryption.keySecretRef")
         raw_key = await _secret_value(secrets, klass.encryption_key_ref,
                                       class_ns(klass.encryption_key_ref))
         if isinstance(raw_key, CredentialsProblem):
@@ -143,7 +147,7 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
             else decode_class_key(previous)
         if class_key is None:
             return CredentialsProblem(
-                C.CREDENTIALS_INVALID,
+                Reason.CREDENTIALS_INVALID,
                 f"Secret {klass.encryption_key_ref.name} key {klass.encryption_key_ref.key!r} "
                 "must be 32 bytes, base64-encoded (e.g. `openssl rand -base64 32`)")
 

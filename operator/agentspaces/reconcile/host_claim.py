@@ -12,15 +12,14 @@ when the Workspace is finally deleted.
 
 from __future__ import annotations
 
-from agentspaces.api import conditions as C
+from agentspaces.api.enums import ConditionType, Phase, Reason
 from agentspaces.kube import LeaseData
-from agentspaces.reconcile.scope import Outcome, Visit
+from agentspaces.reconcile.outcome import Outcome, Wait
+from agentspaces.reconcile.scope import Visit
 
 PREFIX = "host-"
 HOLDER_ANNOTATION = "agentspaces.dev/workspace"
 LABELS = {"app.kubernetes.io/managed-by": "agentspaces", "agentspaces.dev/role": "hostname"}
-TAKEN_RETRY = 300.0
-CONTENDED_RETRY = 5.0
 _ATTEMPTS = 3
 
 _confirmed: dict[str, str] = {}
@@ -55,7 +54,7 @@ async def ensure(scope: Visit) -> Outcome | None:
                        f"took over the claim on {label} from a deleted workspace")
         _confirmed[scope.ref.uid] = label
         return None
-    return Outcome.after(CONTENDED_RETRY, "hostname claim contended")
+    return Outcome.after(Wait.HOST_CONTENDED, "hostname claim contended")
 
 
 async def release(scope: Visit) -> None:
@@ -81,10 +80,10 @@ def _taken(scope: Visit, label: str, namespace: str) -> Outcome:
     message = (f"hostname {label} is claimed by another workspace (Lease "
                f"{namespace}/{claim_name(label)}); rename this workspace")
     status = scope.status
-    status.condition(C.SERVER_READY, False, C.SERVER_NAME_TAKEN, message)
-    status.condition(C.DNS_READY, False, C.DNS_NAME_TAKEN, message)
-    status.condition(C.READY, False, C.SERVER_NAME_TAKEN, message)
-    if status.get("server", "id") is None:
-        status.set("phase", "Failed")
-    scope.emit("Warning", C.SERVER_NAME_TAKEN, message)
-    return Outcome.after(TAKEN_RETRY, "hostname taken")
+    status.condition(ConditionType.SERVER_READY, False, Reason.SERVER_NAME_TAKEN, message)
+    status.condition(ConditionType.DNS_READY, False, Reason.DNS_NAME_TAKEN, message)
+    status.condition(ConditionType.READY, False, Reason.SERVER_NAME_TAKEN, message)
+    if not status.has_server:
+        status.phase = Phase.FAILED
+    scope.emit("Warning", Reason.SERVER_NAME_TAKEN, message)
+    return Outcome.after(Wait.HOST_TAKEN, "hostname taken")

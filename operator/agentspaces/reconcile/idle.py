@@ -4,7 +4,7 @@
 explains what the agent counts as activity; the rules here, in order:
 
 1. Lifetime: `now - started_at >= lifetime_max` stops the workspace
-   (`stopped_by="lifetime"`, reason LifetimeExceeded), whatever else is true: a working
+   (`StoppedBy.LIFETIME`, reason LifetimeExceeded), whatever else is true: a working
    agent, a present user, an unreachable agent.
 2. Unreachable agent (`failed_polls >= unreachable_after`): never a stop by itself. A
    dead agent is an alarm (AgentReady=False), not evidence that nobody is there; the
@@ -20,8 +20,8 @@ explains what the agent counts as activity; the rules here, in order:
    idleness counts from max(started_at, last activity of any kind, since + grace);
    the grace gives the human time to look at what the agent just finished. Stops when
    the quiet stretch reaches `timeout` (reason IdleTimeout, stopped_by inactivity).
-5. No report yet (the agent has not answered, but is not yet "unreachable"): idleness
-   counts from `started_at`.
+5. No report yet (the agent has never answered; a failed poll after it has passes the
+   report last recorded in status): idleness counts from `started_at`.
 
 `idle` turns True once the quiet stretch has lasted `min_quiet` (at most `timeout`):
 activity only arrives every poll interval, so a gap of seconds is not "idle". The
@@ -31,14 +31,14 @@ say stop too. `idle_since` is set exactly when `idle` is, and is never after `no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from agentspaces.api import conditions
 from agentspaces.api.durations import format_duration
+from agentspaces.api.enums import AgentState, Reason, StoppedBy
+from agentspaces.api.status import ActivityStatus
+from agentspaces_vm.contracts import Activity
 
-WORKING = "working"
 # The agent's user-activity reasons (agentspaces_vm.activity.USER_REASONS); used only
 # when a report lacks lastUserActivityTime.
 USER_REASONS = frozenset({"http", "http-session", "ssh"})
@@ -46,9 +46,9 @@ USER_REASONS = frozenset({"http", "http-session", "ssh"})
 
 @dataclass(frozen=True)
 class ActivityReport:
-    """What the operator last read from the agent's status `activity` object."""
+    """What the operator knows of the agent's activity (its status `activity` object)."""
 
-    agent_state: str                 # working|waiting|idle|absent
+    agent_state: AgentState
     agent_state_since: datetime
     last_activity: datetime | None
     reasons: tuple[str, ...]
@@ -56,21 +56,34 @@ class ActivityReport:
     last_user_activity: datetime | None = None
 
     @classmethod
-    def from_status(cls, activity: Mapping[str, object]) -> ActivityReport:
-        """Parse the `activity` object of GET /v1/status; ValueError if it is malformed."""
-        state = activity.get("agentState")
-        if not isinstance(state, str) or not state:
-            raise ValueError(f"activity.agentState must be a non-empty string, not {state!r}")
-        reasons = activity.get("reasons", [])
-        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-            raise ValueError("activity.reasons must be a list of strings")
-        since = _time(activity, "agentStateSince")
-        if since is None:
-            raise ValueError("activity.agentStateSince is required")
-        return cls(agent_state=state, agent_state_since=since,
-                   last_activity=_time(activity, "lastActivityTime"),
-                   reasons=tuple(reasons),
-                   last_user_activity=_time(activity, "lastUserActivityTime"))
+    def from_agent(cls, activity: Activity) -> ActivityReport:
+        """The `activity` object of GET /v1/status, as the agent just reported it."""
+        return cls(agent_state=agent_state(activity.agent_state),
+                   agent_state_since=activity.agent_state_since,
+                   last_activity=activity.last_activity_time,
+                   reasons=activity.reasons,
+                   last_user_activity=activity.last_user_activity_time)
+
+    @classmethod
+    def from_status(cls, activity: ActivityStatus | None) -> ActivityReport | None:
+        """The report last recorded in status.activity (None when there is none), for a
+        poll the agent did not answer. It has no user-activity time: the busy-cap rule
+        falls back to the user reasons."""
+        if activity is None or activity.agent_state is None \
+                or activity.agent_state_since is None:
+            return None
+        return cls(agent_state=activity.agent_state,
+                   agent_state_since=activity.agent_state_since,
+                   last_activity=activity.last_activity_time,
+                   reasons=tuple(activity.reasons))
+
+
+def agent_state(reported: str) -> AgentState:
+    """The agent's state; one this operator does not know is UNKNOWN (not working)."""
+    try:
+        return AgentState(reported)
+    except ValueError:
+        return AgentState.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -103,10 +116,10 @@ class IdleInputs:
 @dataclass(frozen=True)
 class IdleDecision:
     stop: bool
-    stopped_by: str | None                # "inactivity" | "lifetime" | None
+    stopped_by: StoppedBy | None          # set exactly when stop is
     idle: bool
     idle_since: datetime | None
-    reason: str                           # CamelCase reason for the Idle condition
+    reason: Reason                        # for the Idle condition
     message: str                          # human text, e.g. "no activity for 31m (timeout 30m)"
     agent_unreachable: bool
 
@@ -117,8 +130,8 @@ def decide(inputs: IdleInputs) -> IdleDecision:
     decision = _unreachable(inputs) if unreachable else _by_activity(inputs)
     age = inputs.now - inputs.started_at
     if inputs.lifetime_max is not None and age >= inputs.lifetime_max:
-        return replace(decision, stop=True, stopped_by="lifetime",
-                       reason=conditions.LIFETIME_EXCEEDED,
+        return replace(decision, stop=True, stopped_by=StoppedBy.LIFETIME,
+                       reason=Reason.LIFETIME_EXCEEDED,
                        message=f"running for {_fmt(age)} "
                                f"(lifetime {_fmt(inputs.lifetime_max)})")
     return decision
@@ -127,7 +140,7 @@ def decide(inputs: IdleInputs) -> IdleDecision:
 def _unreachable(inputs: IdleInputs) -> IdleDecision:
     return IdleDecision(
         stop=False, stopped_by=None, idle=False, idle_since=None,
-        reason=conditions.AGENT_UNREACHABLE,
+        reason=Reason.AGENT_UNREACHABLE,
         message=f"agent unreachable for {inputs.failed_polls} polls; "
                 "inactivity is not judged until it answers",
         agent_unreachable=True)
@@ -137,15 +150,15 @@ def _by_activity(inputs: IdleInputs) -> IdleDecision:
     report, now, timeout = inputs.report, inputs.now, _fmt(inputs.timeout)
     if report is None:
         quiet = now - inputs.started_at
-        return _decision(inputs, inputs.started_at, conditions.ACTIVE,
+        return _decision(inputs, inputs.started_at, Reason.ACTIVE,
                          f"no report from the agent yet; started {_fmt(quiet)} ago",
                          f"no report from the agent yet; no activity for {_fmt(quiet)} "
                          f"since the start (timeout {timeout})")
-    if report.agent_state == WORKING:
+    if report.agent_state == AgentState.WORKING:
         busy = now - report.agent_state_since
         cap = inputs.agent_busy_cap
         if busy < cap:
-            return _decision(inputs, None, conditions.AGENT_WORKING,
+            return _decision(inputs, None, Reason.AGENT_WORKING,
                              f"agent working for {_fmt(busy)} (busy cap {_fmt(cap)})", "")
         runaway = f"agent working for {_fmt(busy)}, past the {_fmt(cap)} busy cap"
         user = _last_user_activity(report)
@@ -153,10 +166,10 @@ def _by_activity(inputs: IdleInputs) -> IdleDecision:
                     *([user] if user is not None else []))
         active = (f"{runaway}; user active {_fmt(now - user)} ago"
                   if user is not None and user == start else runaway)
-        return _decision(inputs, start, conditions.BUSY_CAP_EXCEEDED, active,
+        return _decision(inputs, start, Reason.BUSY_CAP_EXCEEDED, active,
                          f"{runaway}; no user activity for {_fmt(now - start)} "
                          f"(timeout {timeout})",
-                         idle_reason=conditions.BUSY_CAP_EXCEEDED)
+                         idle_reason=Reason.BUSY_CAP_EXCEEDED)
     grace_end = report.agent_state_since + inputs.grace
     start = max(inputs.started_at, grace_end,
                 *([report.last_activity] if report.last_activity is not None else []))
@@ -167,19 +180,19 @@ def _by_activity(inputs: IdleInputs) -> IdleDecision:
         active = f"last activity {_fmt(now - start)} ago"
         if report.reasons:
             active += f" ({', '.join(report.reasons)})"
-    return _decision(inputs, start, conditions.ACTIVE, active,
+    return _decision(inputs, start, Reason.ACTIVE, active,
                      f"no activity for {_fmt(now - start)} (timeout {timeout})")
 
 
-def _decision(inputs: IdleInputs, start: datetime | None, active_reason: str,
+def _decision(inputs: IdleInputs, start: datetime | None, active_reason: Reason,
               active_message: str, idle_message: str, *,
-              idle_reason: str = conditions.IDLE_TIMEOUT) -> IdleDecision:
+              idle_reason: Reason = Reason.IDLE_TIMEOUT) -> IdleDecision:
     """Decide from the start of the quiet stretch (None: not counting at all)."""
     quiet = None if start is None else inputs.now - start
     stop = quiet is not None and quiet >= inputs.timeout
     idle = quiet is not None and quiet >= min(inputs.min_quiet, inputs.timeout)
     return IdleDecision(
-        stop=stop, stopped_by="inactivity" if stop else None,
+        stop=stop, stopped_by=StoppedBy.INACTIVITY if stop else None,
         idle=idle, idle_since=start if idle else None,
         reason=idle_reason if idle else active_reason,
         message=idle_message if idle else active_message,
@@ -194,21 +207,6 @@ def _last_user_activity(report: ActivityReport) -> datetime | None:
     if USER_REASONS.intersection(report.reasons):
         return report.last_activity
     return None
-
-
-def _time(activity: Mapping[str, object], key: str) -> datetime | None:
-    value = activity.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"activity.{key} must be an RFC 3339 time, not {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"activity.{key} is not an RFC 3339 time: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise ValueError(f"activity.{key} has no time zone: {value!r}")
-    return parsed
 
 
 def _fmt(delta: timedelta) -> str:

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from agentspaces.kube import SecretData
 from agentspaces.pki import AgentCredentials, generate
 from agentspaces.reconcile.scope import Scope
-from agentspaces.reconcile.secret_ownership import ours_or_none
+from agentspaces.reconcile.secret_ownership import ours_or_none, workspace_labels
 from agentspaces_vm.password_hash import hash_password
 
 ACCESS_SUFFIX = "access"
 AGENT_SUFFIX = "agent"
-LABELS = {"app.kubernetes.io/managed-by": "agentspaces"}
 ACCESS_USERNAME = "agent"
 
 
@@ -33,9 +32,12 @@ class Access:
     scrypt_hash: str  # what the VM checks passwords against (agentspaces_vm.password_hash)
 
 
-def _labels(scope: Scope, role: str) -> dict[str, str]:
-    return {**LABELS, "agentspaces.dev/workspace": scope.ref.name[:63],
-            "agentspaces.dev/role": role}
+async def ensure(scope: Scope) -> None:
+    """Both Secrets, read back or created, on the scope for the steps after
+    (`scope.access`, `scope.agent_credentials`). Raises SecretConflict when a Secret at
+    one of the names is someone else's."""
+    scope.access = await ensure_access(scope)
+    scope.agent_credentials = await ensure_agent_credentials(scope)
 
 
 async def ensure_access(scope: Scope) -> Access:
@@ -48,7 +50,7 @@ async def ensure_access(scope: Scope) -> Access:
             scope.ref.namespace, name,
             {"username": ACCESS_USERNAME, "password": password,
              **await _hash_fields(password)},
-            scope.owner, _labels(scope, "access"))
+            scope.owner, workspace_labels(scope, "access"))
     data = dict(secret.data)
     # A user may rotate the password by editing the Secret: rehash when the cheap
     # fingerprint no longer matches (scrypt itself is too slow to check every poll).
@@ -89,7 +91,7 @@ async def ensure_agent_credentials(scope: Scope) -> AgentCredentials:
     creds = generate(scope.host, scope.runtime.clock())
     if secret is None:
         created = await kube.create_secret(scope.ref.namespace, name, creds.to_secret_data(),
-                                           scope.owner, _labels(scope, "agent"))
+                                           scope.owner, workspace_labels(scope, "agent"))
         return AgentCredentials.from_secret_data(dict(created.data))
     await kube.replace_secret_data(scope.ref.namespace, name, creds.to_secret_data())
     return creds
@@ -118,7 +120,7 @@ async def credentials_for_new_server(scope: Scope) -> AgentCredentials:
     data = {**creds.to_secret_data(), SERVER_KEY: ""}
     if secret is None:
         await kube.create_secret(scope.ref.namespace, name, data, scope.owner,
-                                 _labels(scope, "agent"))
+                                 workspace_labels(scope, "agent"))
     else:
         await kube.replace_secret_data(scope.ref.namespace, name, data)
     return creds
@@ -133,9 +135,3 @@ async def bind_agent_credentials(scope: Scope, server_id: int) -> None:
         return
     await scope.runtime.kube.replace_secret_data(
         scope.ref.namespace, name, {**dict(secret.data), SERVER_KEY: str(server_id)})
-
-
-async def ensure(scope: Scope) -> None:
-    """The access and agent-credential Secrets, on the scope for the steps after."""
-    scope.access = await ensure_access(scope)
-    scope.agent_credentials = await ensure_agent_credentials(scope)

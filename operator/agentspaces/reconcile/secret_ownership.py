@@ -16,7 +16,7 @@ from __future__ import annotations
 from enum import Enum
 
 from agentspaces.kube import SecretData
-from agentspaces.reconcile.scope import Scope
+from agentspaces.reconcile.scope import Visit
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "agentspaces")
 WORKSPACE_LABEL = "agentspaces.dev/workspace"
@@ -39,13 +39,13 @@ class SecretConflict(Exception):
         self.name = name
 
 
-def workspace_labels(scope: Scope, role: str) -> dict[str, str]:
+def workspace_labels(scope: Visit, role: str) -> dict[str, str]:
     """The labels that mark a Secret as this workspace's, for `role`."""
     return {MANAGED_BY[0]: MANAGED_BY[1], WORKSPACE_LABEL: scope.ref.name[:63],
             ROLE_LABEL: role}
 
 
-def ownership(scope: Scope, secret: SecretData, role: str) -> Ownership:
+def ownership(scope: Visit, secret: SecretData, role: str) -> Ownership:
     if scope.ref.uid in secret.owner_uids:
         return Ownership.OURS
     labels = secret.labels
@@ -60,7 +60,7 @@ def ownership(scope: Scope, secret: SecretData, role: str) -> Ownership:
     return Ownership.FOREIGN
 
 
-def why_foreign(scope: Scope, secret: SecretData) -> str:
+def why_foreign(scope: Visit, secret: SecretData) -> str:
     if secret.owners:
         kinds = ", ".join(sorted({o.kind for o in secret.owners}))
         return f"is owned by another object ({kinds})"
@@ -69,7 +69,7 @@ def why_foreign(scope: Scope, secret: SecretData) -> str:
     return f"was not created by the operator for workspace {scope.ref.name}"
 
 
-async def ours_or_none(scope: Scope, name: str, role: str) -> SecretData | None:
+async def ours_or_none(scope: Visit, name: str, role: str) -> SecretData | None:
     """This workspace's Secret `name`, or None when there is none (a stale one from a
     deleted namesake is deleted first). Raises SecretConflict for a foreign one."""
     kube = scope.runtime.kube
