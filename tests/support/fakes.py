@@ -39,10 +39,12 @@ from agentspaces.clouds.hetzner import (
 )
 from agentspaces.kube import KubeError, KubePort, LeaseData, Owner, OwnerRef, SecretData
 from agentspaces_vm.contracts import (
+    Activity,
     AgentStatus,
     BackupJob,
     BackupPlan,
     BootStage,
+    DevcontainerReport,
     RestorePlan,
 )
 
@@ -83,9 +85,10 @@ def hetzner_error(kind: ErrorKind, code: str, message: str) -> CloudError:
     return CloudError(kind, "hetzner", code, message)
 
 
-def cloudflare_error(kind: ErrorKind, code: int | str, message: str, status: int = 400
-                     ) -> CloudError:
-    return CloudError(kind, "cloudflare", str(code), message, status=status)
+def cloudflare_error(kind: ErrorKind, code: int | str, message: str, status: int = 400,
+                     retry_after: float | None = None) -> CloudError:
+    return CloudError(kind, "cloudflare", str(code), message, status=status,
+                      retry_after=retry_after)
 
 
 def _uniqueness_error(what: str) -> CloudError:
@@ -517,6 +520,14 @@ class FakeAgent:
 
     def set_stage(self, stage: BootStage) -> None:
         self.state = replace(self.state, boot_stage=stage)
+
+    def report_ready(self, since: datetime, agent_state: str = "idle") -> None:
+        """Booted: the devcontainer runs and the activity tracker reports `agent_state`."""
+        self.state = replace(
+            self.state, boot_stage=BootStage.READY,
+            devcontainer=DevcontainerReport(state="running", policy="generated"),
+            activity=Activity(agent_state=agent_state, agent_state_since=since,
+                              last_activity_time=since))
 
     async def status(self) -> dict[str, Any]:
         self._enter("status")
