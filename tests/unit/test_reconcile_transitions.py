@@ -14,10 +14,11 @@ import pytest
 
 from agentspaces.api.enums import ConditionStatus, Phase, Reason
 from agentspaces.api.enums import ConditionType as T
+from agentspaces.clouds.errors import ErrorKind
 from agentspaces.reconcile import workspace
 from agentspaces.reconcile.outcome import Outcome, Wait
 from agentspaces_vm.contracts import BootStage
-from tests.support.fakes import AGENT_WRITES, DNS_WRITES, SERVER_WRITES
+from tests.support.fakes import AGENT_WRITES, DNS_WRITES, SERVER_WRITES, hetzner_error
 from tests.support.scope_builder import SETTINGS, ScopeBuilder
 
 TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -98,12 +99,15 @@ WORLD: dict[str, Callable[[ScopeBuilder], Any]] = {
     "class allows only cpx32": lambda b: b.with_class(limits={"serverTypes": ["cpx32"]}),
     "user stops it": lambda b: b.with_spec(running=False),
     "user starts it": lambda b: b.with_spec(running=True),
+    "hetzner refuses the token": lambda b: b.servers.fail_next("find_by_uid", hetzner_error(
+        ErrorKind.UNAUTHORIZED, "unauthorized", "unable to authenticate")),
 }
 
 AGENT: dict[str, Callable[[ScopeBuilder], Any]] = {
     "as left": lambda b: None,
     "waiting for start": lambda b: b.agent.set_stage(BootStage.WAITING_FOR_START),
     "ready": lambda b: b.agent.report_ready(b.clock()),
+    "unreachable": lambda b: setattr(b.agent, "reachable", False),
 }
 
 
@@ -177,6 +181,17 @@ TABLE = [
         {T.ACCEPTED: (FALSE, Reason.NOT_ALLOWED_BY_CLASS),
          T.READY: (FALSE, Reason.NOT_ALLOWED_BY_CLASS)},
         no_calls=True, requeue=SETTINGS.poll_interval),
+    Row("new", "hetzner refuses the token", "as left", Phase.CREATING,
+        {T.SERVER_READY: (FALSE, Reason.CREDENTIALS_INVALID),
+         T.CREDENTIALS_AVAILABLE: (FALSE, Reason.CREDENTIALS_INVALID),
+         T.READY: (FALSE, Reason.CREDENTIALS_INVALID)},
+        requeue=Wait.PERMANENT),
+    # One failed poll of a ready agent is not an outage (AGENTSPACES_UNREACHABLE_AFTER).
+    Row("running", "unchanged", "unreachable", Phase.RUNNING,
+        {T.AGENT_READY: (TRUE, Reason.AGENT_READY), T.READY: (TRUE, Reason.READY)}),
+    Row("starting", "unchanged", "unreachable", Phase.STARTING,
+        {T.AGENT_READY: (FALSE, Reason.AGENT_BOOTING)},
+        requeue=SETTINGS.boot_poll),
     Row("new", "foreign server at our name", "as left", Phase.FAILED,
         {T.SERVER_READY: (FALSE, Reason.SERVER_NAME_TAKEN),
          T.READY: (FALSE, Reason.SERVER_NAME_TAKEN)},

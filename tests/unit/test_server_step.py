@@ -5,6 +5,8 @@ not make (a foreign server is never deleted, a lost response never makes a secon
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agentspaces.api.enums import ConditionStatus, ConditionType, Reason
@@ -263,6 +265,23 @@ async def test_a_refused_server_type_says_so_and_waits_for_a_person(
     assert server_ready(scope) == (FALSE, Reason.SERVER_TYPE_NOT_FOUND)
     assert outcome is not None and outcome.requeue == Wait.PERMANENT
     assert ("Warning", Reason.SERVER_TYPE_NOT_FOUND) in [(e.type, e.reason) for e in b.events]
+
+
+async def test_user_data_too_large_creates_nothing_and_waits_for_a_spec_change(
+        scope_builder: ScopeBuilder, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = scope_builder
+
+    def too_large(*args: Any, **kwargs: Any) -> str:
+        raise userdata.UserDataTooLarge(40000, 32768, "shorten agent.instructions")
+
+    monkeypatch.setattr(server_step, "render_user_data", too_large)
+    scope = b.scope()
+    outcome = await server_step.reconcile(scope)
+
+    assert b.servers.calls == [Call("find_by_uid", (b.uid,))]  # no create call
+    assert server_ready(scope) == (FALSE, Reason.USER_DATA_TOO_LARGE)
+    assert outcome is not None
+    assert outcome.requeue == SETTINGS.poll_interval * Wait.USER_DATA_TOO_LARGE_POLLS
 
 
 async def test_delete_removes_our_server_and_waits_until_it_is_gone(
