@@ -174,7 +174,7 @@ class AgentClient:
         return doc
 
     async def status(self) -> dict[str, Any]:
-        """The raw status document (see agent_status for the parsed one)."""
+        """The raw status document, for diagnostics; the reconciler reads agent_status."""
         doc: dict[str, Any] = await self._call("GET", "/v1/status")
         return doc
 
@@ -229,8 +229,6 @@ def _parsed(parse: Callable[[object], T], doc: object) -> T:
 
 class AgentPort(Protocol):
     """What the reconciler asks of a workspace's agent (`AgentClient` implements it)."""
-
-    async def status(self) -> dict[str, Any]: ...
 
     async def agent_status(self) -> AgentStatus: ...
 

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agentspaces.api.status import BackupStatus
 from agentspaces.clouds.r2 import CompletedPart, ObjectNotFound, ObjectStore
 from agentspaces.persistence import manifest_auth
 from agentspaces.persistence.keys import DataKey
@@ -201,9 +202,10 @@ class BackupRecord:
     def prefix(self) -> str:
         return self.manifest_key[:-len(self.backup_id + MANIFEST_SUFFIX)]
 
-    def status(self) -> dict[str, Any]:
-        """The Workspace `status.backup` fields."""
-        return {"time": format_time(self.time), "object": self.object_key, "size": self.size}
+    def status(self) -> BackupStatus:
+        """The Workspace's `status.backup`."""
+        return BackupStatus(time=self.time, object=self.object_key, size=self.size,
+                            sha256=self.sha256)
 
     def manifest(self, ws: BackupLocation) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -7,6 +7,10 @@ A backup in flight is recorded in `status.pendingBackup` (no secrets), so an ope
 restart picks it up instead of starting over. A stop never deletes a server whose
 data could not be backed up, unless the user says so with the
 `agentspaces.dev/skip-backup` annotation.
+
+The step (reconcile/step.py): `prepare` puts the data key on the scope before a server
+exists, `reconcile` takes scheduled backups while running, `before_stop` backs up
+before the server goes, `delete` deletes or retains the backups with the Workspace.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from agentspaces.agent_client import AgentError, AgentUnreachable
-from agentspaces.api import conditions as C
-from agentspaces.api.enums import Phase
+from agentspaces.api.enums import ConditionType, Phase, Reason
+from agentspaces.api.status import BackupStatus, RestoreStatus
 from agentspaces.clouds.r2 import ObjectStore, ObjectStoreError
 from agentspaces.persistence import backups, keys
 from agentspaces.reconcile import restore_source
-from agentspaces.reconcile.scope import Outcome, Scope
+from agentspaces.reconcile.outcome import Outcome, Wait, cloud_failure
+from agentspaces.reconcile.scope import Scope
 from agentspaces.reconcile.secret_ownership import (
     RETAINED_LABEL,
     Ownership,
@@ -31,378 +35,126 @@ from agentspaces.reconcile.secret_ownership import (
     why_foreign,
     workspace_labels,
 )
-from agentspaces.reconcile.status import iso, parse_time
 from agentspaces_vm.backup_format import DataKeyMismatch
 from agentspaces_vm.contracts import JobState, RestorePlan
 
 log = logging.getLogger(__name__)
 
+T = ConditionType
 KEY_SUFFIX = "backup-key"
-BACKUP_POLL = 2.0
-FAILED_RETRY = 60.0
+RESTORE_FROM_ANNOTATION = "agentspaces.dev/restore-from"
+BACKUP_PREFIX_ANNOTATION = "agentspaces.dev/backup-prefix"
+ACCEPT_ROLLBACK_ANNOTATION = "agentspaces.dev/accept-rollback"
+# On a retained key Secret: the last backup the deleted Workspace committed.
+LAST_BACKUP_ANNOTATION = "agentspaces.dev/last-backup"
 
 
 def enabled(scope: Scope) -> bool:
-    return bool(scope.creds and scope.creds.spec.persistence_enabled
-                and scope.creds.klass.storage is not None)
+    return bool(scope.spec.persistence_enabled and scope.klass.storage is not None)
 
 
 def store(scope: Scope) -> ObjectStore:
-    assert scope.creds is not None and scope.creds.klass.storage is not None
-    storage = scope.creds.klass.storage
-    return scope.runtime.store(storage.endpoint, storage.bucket, storage.region,  # type: ignore[no-any-return]
+    storage = scope.klass.storage
+    assert storage is not None
+    return scope.runtime.store(storage.endpoint, storage.bucket, storage.region,
                                storage.addressing_style, scope.creds.storage_access_key or "",
                                scope.creds.storage_secret_key or "")
 
 
 def location(scope: Scope) -> backups.BackupLocation:
     """Where this workspace's own backups go."""
-    assert scope.creds is not None and scope.creds.klass.storage is not None
-    return backups.BackupLocation.for_workspace(scope.creds.klass.storage.prefix,
-                                              scope.ref.namespace, scope.ref.name,
-                                              scope.ref.uid)
+    assert scope.klass.storage is not None
+    return backups.BackupLocation.for_workspace(scope.klass.storage.prefix,
+                                                scope.ref.namespace, scope.ref.name,
+                                                scope.ref.uid)
 
 
 def restore_location(scope: Scope) -> backups.BackupLocation:
     """Where to restore from: a retained workspace's backups until this one has its own
     (see docs/backup-format.md, "Restoring a retained backup"), else its own."""
-    prefix = scope.status.get("restore", "prefix")
-    if prefix and not scope.status.get("backup"):
-        return backups.BackupLocation.from_prefix(prefix)
+    restore = scope.status.restore
+    if restore is not None and restore.prefix and scope.status.backup is None:
+        return backups.BackupLocation.from_prefix(restore.prefix)
     return location(scope)
 
 
-RESTORE_FROM_ANNOTATION = "agentspaces.dev/restore-from"
-BACKUP_PREFIX_ANNOTATION = "agentspaces.dev/backup-prefix"
+def _restore_section(scope: Scope) -> RestoreStatus:
+    if scope.status.restore is None:
+        scope.status.restore = RestoreStatus()
+    return scope.status.restore
 
 
-# --- the data key ------------------------------------------------------------------------
+# --- the step -----------------------------------------------------------------------------
 
-async def ensure_data_key(scope: Scope) -> keys.DataKey | None:
-    """The workspace's unwrapped data key (created on first use), None without storage.
-
-    Keys wrapped with the class's previous key are re-wrapped with the current one
-    (class-key rotation); the backups themselves are never touched.
-    """
-    if not enabled(scope):
-        return None
-    assert scope.creds is not None and scope.creds.class_key is not None
-    kube = scope.runtime.kube
-    name = scope.secret_name(KEY_SUFFIX)
-    secret = await ours_or_none(scope, name, KEY_SUFFIX)  # anyone else's: SecretConflict
-    if secret is None:
-        if scope.status.get("backup"):
-            # Backups exist but their key is gone: never silently start fresh.
-            scope.status.condition(C.BACKUP_RESTORED, False, C.DATA_KEY_MISSING,
-                                   f"Secret {name} with the backup data key is missing; "
-                                   "existing backups cannot be decrypted")
-            return None
-        source = scope.annotations.get(RESTORE_FROM_ANNOTATION)
-        if source:
-            return await _adopt_retained_key(scope, name, source)
-        data_key, wrapped = keys.create_data_key(scope.creds.class_key)
-        await kube.create_secret(scope.ref.namespace, name, keys.encode_key_secret(wrapped),
-                                 scope.owner, workspace_labels(scope, KEY_SUFFIX))
-        return data_key
-    try:
-        return await _open_data_key(scope, name, secret.data)
-    except (keys.ClassKeyMismatch, keys.InvalidKey) as err:
-        scope.status.condition(C.BACKUP_RESTORED, False, C.WRONG_KEY,
-                               f"Secret {name}: the class key cannot open the data key "
-                               f"({type(err).__name__}); was the class key replaced without "
-                               "previousKey?")
-        return None
-
-
-async def _open_data_key(scope: Scope, name: str, data: Mapping[str, str]) -> keys.DataKey:
-    assert scope.creds is not None and scope.creds.class_key is not None
-    kube = scope.runtime.kube
-    stored = keys.decode_key_secret(data)
-    current_fp = keys.key_fingerprint(scope.creds.class_key)
-    previous = scope.creds.class_key_previous
-    if stored.class_key_fingerprint != current_fp and previous is not None:
-        rotated = keys.rotate_key_secret(previous, scope.creds.class_key, data)
-        if rotated is not None:
-            await kube.replace_secret_data(scope.ref.namespace, name, rotated)
-            scope.emit("Normal", "KeyRewrapped", "backup data key re-wrapped with the new "
-                       "class key")
-            stored = keys.decode_key_secret(rotated)
-    return keys.open_data_key(scope.creds.class_key, stored)
-
-
-async def _adopt_retained_key(scope: Scope, name: str, source: str) -> keys.DataKey | None:
-    """Copy a retained workspace's key Secret (same namespace only) and remember where
-    its backups are, so the first start restores them."""
-    assert scope.creds is not None and scope.creds.class_key is not None
-    kube = scope.runtime.kube
-    assert scope.creds.klass.storage is not None
-    retained = await kube.read_secret(scope.ref.namespace, source)
-    checked = restore_source.check(retained, source, scope.ref.namespace,
-                                   scope.creds.klass.storage.prefix, scope.creds.class_key)
-    if isinstance(checked, restore_source.Refused):
-        scope.status.condition(C.BACKUP_RESTORED, False, C.RESTORE_SOURCE_REFUSED,
-                               f"{RESTORE_FROM_ANNOTATION}: {checked.why}")
-        return None
-    assert retained is not None
-    prefix, data_key = checked.prefix, checked.data_key
-    await kube.create_secret(scope.ref.namespace, name, dict(retained.data), scope.owner,
-                             workspace_labels(scope, KEY_SUFFIX),
-                             {"agentspaces.dev/copied-from": source})
-    scope.status.update("restore", prefix=prefix)
-    scope.emit("Normal", "RetainedBackupAdopted",
-               f"will restore the retained backups under {prefix}")
-    return data_key
-
-
-# --- restore on start --------------------------------------------------------------------
-
-async def restore_plan(scope: Scope, data_key: keys.DataKey | None
-                       ) -> RestorePlan | Outcome | None:
-    """The plan the agent restores from before its devcontainer starts.
-
-    None when there is nothing to restore; an Outcome (and BackupRestored=False) when a
-    backup exists but cannot be used, so the workspace never starts on empty data.
-    """
-    if not enabled(scope):
-        scope.status.condition(C.BACKUP_RESTORED, False, C.BACKUP_DISABLED,
-                               "persistence is disabled")
-        return None
-    if data_key is None:  # ensure_data_key said why in BackupRestored
-        return Outcome.after(FAILED_RETRY, "data key missing")
-    try:
-        latest = await asyncio.to_thread(backups.latest_backup, store(scope),
-                                          restore_location(scope))
-        # Verifies the manifest's MAC first: a forged one is never "the newest".
-        plan = None if latest is None else await asyncio.to_thread(
-            backups.restore_plan, store(scope), latest, data_key,
-            int(scope.runtime.settings.backup_url_ttl))
-        if _refuse_rollback(scope, latest, await _baseline(scope)):
-            return Outcome.after(FAILED_RETRY, "backup rolled back")
-        if latest is None:
-            scope.status.condition(C.BACKUP_RESTORED, False, C.NO_BACKUP,
-                                   "no backup yet: starting from the repository")
-            return None
-    except backups.ManifestTampered as err:
-        scope.status.condition(C.BACKUP_RESTORED, False, C.MANIFEST_TAMPERED,
-                               f"restore refused: {err}")
-        scope.emit("Warning", C.MANIFEST_TAMPERED, str(err))
-        return Outcome.after(FAILED_RETRY, "backup manifest tampered")
-    except DataKeyMismatch as err:
-        scope.status.condition(C.BACKUP_RESTORED, False, C.WRONG_KEY, str(err))
-        scope.emit("Warning", C.WRONG_KEY, str(err))
-        return Outcome.after(FAILED_RETRY, "wrong key")
-    except ObjectStoreError as err:
-        scope.status.condition(C.BACKUP_RESTORED, False, C.RESTORE_FAILED,
-                               f"cannot read backups: {err}")
-        return Outcome.after(FAILED_RETRY / 2, "object store error")
-    scope.status.update("restore", object=latest.object_key, time=iso(latest.time))
-    return plan
-
-
-ACCEPT_ROLLBACK_ANNOTATION = "agentspaces.dev/accept-rollback"
-# On a retained key Secret: the last backup the deleted Workspace committed.
-LAST_BACKUP_ANNOTATION = "agentspaces.dev/last-backup"
-
-
-async def _baseline(scope: Scope) -> tuple[Mapping[str, Any], bool] | None:
-    """The newest backup the cluster knows was committed where we restore from, and
-    whether it is this workspace's own (status.backup) rather than that of the retained
-    workspace it restores from (the retained key Secret's annotation)."""
-    own = scope.status.get("backup")
-    if own:
-        return own, True
-    source = scope.annotations.get(RESTORE_FROM_ANNOTATION)
-    if not (source and scope.status.get("restore", "prefix")):
-        return None
-    secret = await scope.runtime.kube.read_secret(scope.ref.namespace, source)
-    last = secret.annotations.get(LAST_BACKUP_ANNOTATION) if secret else None
-    try:
-        return ({"time": iso(backups.parse_backup_id(last))}, False) if last else None
-    except ValueError:
-        return None
-
-
-def _refuse_rollback(scope: Scope, latest: backups.BackupRecord | None,
-                     baseline: tuple[Mapping[str, Any], bool] | None) -> bool:
-    """True (and BackupRestored=False, BackupRolledBack) when the newest backup in the
-    bucket is older than, or not, the last one the cluster recorded (`_baseline`):
-    someone deleted or replaced the newer manifests. A bucket writer can do that; only
-    the cluster remembers. The user accepts the older state by annotating the Workspace
-    with ACCEPT_ROLLBACK_ANNOTATION = the recorded backup id; for its own backups that
-    acceptance is used once (status.backup is reset to what is restored) and never
-    covers a later loss."""
-    if baseline is None:
-        return False
-    recorded, own = baseline
-    recorded_at = parse_time(recorded.get("time"))
-    if recorded_at is None:
-        return False
-    if latest is not None and (latest.time > recorded_at or (
-            latest.time == recorded_at
-            and recorded.get("object") in (None, latest.object_key)
-            and recorded.get("sha256") in (None, latest.sha256))):
-        return False
-    recorded_id = backups.backup_id(recorded_at)
-    found = f"the newest backup is {latest.backup_id}" if latest else "no backup is left"
-    if scope.annotations.get(ACCEPT_ROLLBACK_ANNOTATION) == recorded_id:
-        if own:
-            scope.status.set("backup", {**latest.status(), "sha256": latest.sha256}
-                             if latest else None)
-        scope.emit("Warning", "RollbackAccepted", f"backup {recorded_id} is gone and {found}; "
-                   f"restoring that as accepted by {ACCEPT_ROLLBACK_ANNOTATION}")
-        return False
-    message = (f"restore refused: backup {recorded_id} was committed but {found} in the "
-               "bucket (deleted or replaced). To start from what is left, annotate "
-               f"the Workspace {ACCEPT_ROLLBACK_ANNOTATION}={recorded_id}")
-    scope.status.condition(C.BACKUP_RESTORED, False, C.BACKUP_ROLLED_BACK, message)
-    scope.emit("Warning", C.BACKUP_ROLLED_BACK, message)
-    return True
-
-
-# --- backup ------------------------------------------------------------------------------
-
-async def _begin(scope: Scope, data_key: keys.DataKey) -> Outcome:
-    settings = scope.runtime.settings
-    where = location(scope)
-    the_store = store(scope)
-    await asyncio.to_thread(backups.abort_stale_uploads, the_store, where)
-    plan, pending = await asyncio.to_thread(
-        backups.begin_backup, the_store, where, data_key, scope.runtime.clock(),
-        settings.backup_part_mib * 1024 * 1024, 1024, int(settings.backup_url_ttl))
-    client = scope.agent_client()
-    try:
-        await client.start_backup(plan)
-    except AgentError as err:
-        if err.status != 409:
-            raise
-        # One is already running (e.g. a scheduled one); wait for it and start again.
-        await asyncio.to_thread(backups.abort_backup, the_store, pending)
-        return Outcome.after(BACKUP_POLL, "another backup is running")
-    scope.status.set("pendingBackup", pending.to_dict())
-    scope.emit("Normal", "BackupStarted", f"backup {pending.backup_id} started")
-    return Outcome.after(BACKUP_POLL, "backup running")
-
-
-async def _poll(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
-    """Advance the pending backup; None once it is committed."""
-    pending = backups.PendingBackup.from_dict(scope.status.get("pendingBackup"))
-    the_store = store(scope)
-    job = await scope.agent_client().backup_status()
-    state = job.state
-    if job.backup_id not in (None, pending.backup_id) or state is JobState.IDLE:
-        # The agent restarted or never saw this backup: abandon it and start again.
-        await asyncio.to_thread(backups.abort_backup, the_store, pending)
-        scope.status.set("pendingBackup", None)
-        return Outcome.after(BACKUP_POLL, "backup lost, restarting")
-    if state is JobState.RUNNING:
-        return Outcome.after(BACKUP_POLL, "backup running")
-    if state is JobState.FAILED:
-        await asyncio.to_thread(backups.abort_backup, the_store, pending)
-        scope.status.set("pendingBackup", None)
-        message = f"backup {pending.backup_id} failed: {job.error or 'unknown error'}"
-        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.BACKUP_FAILED, message)
-        scope.emit("Warning", C.BACKUP_FAILED, message)
-        return Outcome.after(FAILED_RETRY, "backup failed")
-    try:
-        record = await asyncio.to_thread(backups.commit_backup, the_store, pending,
-                                         job.result or {}, data_key,
-                                         scope.runtime.clock())
-    except backups.CommitFailed as err:
-        await asyncio.to_thread(backups.abort_backup, the_store, pending)
-        scope.status.set("pendingBackup", None)
-        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.BACKUP_FAILED, str(err))
-        return Outcome.after(FAILED_RETRY, "commit failed")
-    scope.status.set("pendingBackup", None)
-    scope.status.set("backup", {**record.status(), "sha256": record.sha256})
-    scope.status.condition(C.BACKUP_SUCCEEDED, True, C.BACKUP_DONE,
-                           f"backup {record.backup_id} ({record.size} bytes) committed")
-    scope.emit("Normal", C.BACKUP_DONE, f"backup {record.backup_id} committed")
-    assert scope.creds is not None and scope.creds.klass.storage is not None
-    await asyncio.to_thread(backups.prune, the_store, location(scope),
-                            scope.creds.klass.storage.keep)
+async def prepare(scope: Scope) -> Outcome | None:
+    """The data key on the scope, and no start over backups that cannot be restored."""
+    status = scope.status
+    scope.data_key = await ensure_data_key(scope)
+    if scope.data_key is None and enabled(scope):
+        # Backups cannot be read or written: do not start (and pay for) a server that
+        # would come up on empty data. BackupRestored says why.
+        cond = status.reason(T.BACKUP_RESTORED) or Reason.DATA_KEY_MISSING
+        status.condition(T.READY, False, cond, "the backup data key cannot be used")
+        if not status.has_server:
+            status.phase = Phase.FAILED
+        return Outcome.after(Wait.BACKUP_FAILED, "data key unusable")
+    if scope.data_key is not None and not status.has_server:
+        # A tampered or rolled-back backup refuses the start: find out before paying
+        # for a server (the agent step builds the plan it sends again, fresh).
+        refused = await restore_plan(scope, scope.data_key)
+        if isinstance(refused, Outcome):
+            cond = status.reason(T.BACKUP_RESTORED) or Reason.RESTORE_FAILED
+            status.condition(T.READY, False, cond, "the backups cannot be restored")
+            status.phase = Phase.FAILED
+            return refused
     return None
 
 
-async def run_backup(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
-    """Start or advance a backup; None when one has just been committed."""
-    try:
-        if scope.status.get("pendingBackup"):
-            return await _poll(scope, data_key)
-        return await _begin(scope, data_key)
-    except AgentUnreachable as err:
-        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.AGENT_UNREACHABLE,
-                               f"cannot back up: {err}")
-        return Outcome.after(FAILED_RETRY / 2, "agent unreachable")
-    except (AgentError, ObjectStoreError) as err:
-        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.BACKUP_FAILED, str(err))
-        return Outcome.after(FAILED_RETRY, "backup error")
+async def reconcile(scope: Scope) -> Outcome | None:
+    """A scheduled backup while running, when one is due."""
+    if scope.data_key is not None and scheduled_backup_due(scope):
+        return await run_backup(scope, scope.data_key)
+    return None
 
 
-async def backup_before_stop(scope: Scope) -> Outcome | None:
+async def before_stop(scope: Scope) -> Outcome | None:
     """Back up before the server goes; None when it may be deleted."""
+    stopping_started(scope)
     if not enabled(scope):
         return None
     if not _agent_ever_ready(scope):
         return None  # it never got past boot: nothing new to save
-    data_key = await ensure_data_key(scope)
-    if data_key is None:
-        scope.status.condition(C.BACKUP_SUCCEEDED, False, C.DATA_KEY_MISSING,
+    if scope.data_key is None:
+        scope.data_key = await ensure_data_key(scope)
+    if scope.data_key is None:
+        scope.status.condition(T.BACKUP_SUCCEEDED, False, Reason.DATA_KEY_MISSING,
                                "cannot back up without the data key; the server is kept "
                                "(annotate agentspaces.dev/skip-backup=true to stop anyway)")
-        return Outcome.after(FAILED_RETRY, "no data key")
-    if scope.status.get("pendingBackup") is None and _fresh_backup_exists(scope):
+        return Outcome.after(Wait.BACKUP_FAILED, "no data key")
+    if scope.status.pending_backup is None and _fresh_backup_exists(scope):
         return None
-    return await run_backup(scope, data_key)
+    return await run_backup(scope, scope.data_key)
 
 
-def _agent_ever_ready(scope: Scope) -> bool:
-    """True when this server's agent finished booting (so /workspaces holds user data)."""
-    return scope.status.is_true(C.AGENT_READY) or \
-        scope.status.reason(C.AGENT_READY) == C.AGENT_UNREACHABLE
-
-
-def _fresh_backup_exists(scope: Scope) -> bool:
-    """A backup committed since the stop began (e.g. a retry after it succeeded)."""
-    taken = parse_time(scope.status.get("backup", "time"))
-    stopping_since = parse_time(scope.status.get("stoppingSince"))
-    return bool(taken and stopping_since and taken >= stopping_since)
-
-
-def scheduled_backup_due(scope: Scope) -> bool:
-    assert scope.creds is not None
-    interval = scope.creds.spec.backup_interval
-    if interval is None or not enabled(scope):
-        return False
-    if scope.status.get("pendingBackup"):
-        return True
-    moments = [t for t in (parse_time(scope.status.get("backup", "time")),
-                           parse_time(scope.status.get("startedAt"))) if t is not None]
-    return not moments or scope.runtime.clock() - max(moments) >= interval
-
-
-# --- delete ------------------------------------------------------------------------------
-
-async def on_delete(scope: Scope) -> Outcome:
+async def delete(scope: Scope) -> Outcome | None:
     """onDelete: Delete removes every backup and the data key (crypto-shredding);
     Retain keeps both and lets the key Secret outlive the Workspace."""
     if not enabled(scope):
-        return Outcome.done()
-    assert scope.creds is not None
+        return None
     kube = scope.runtime.kube
     key_secret = scope.secret_name(KEY_SUFFIX)
     secret = await kube.read_secret(scope.ref.namespace, key_secret)
     if secret is not None and ownership(scope, secret, KEY_SUFFIX) is not Ownership.OURS:
         # Someone else's Secret at our name is neither deleted nor relabelled.
-        scope.emit("Warning", C.SECRET_CONFLICT, f"Secret {key_secret} "
+        scope.emit("Warning", Reason.SECRET_CONFLICT, f"Secret {key_secret} "
                    f"{why_foreign(scope, secret)}; left alone")
         secret = None
-    if scope.creds.spec.persistence_on_delete == "Delete":
+    if scope.spec.persistence_on_delete == "Delete":
         try:
             deleted = await asyncio.to_thread(backups.delete_all, store(scope),
                                               location(scope))
         except ObjectStoreError as err:
-            scope.emit("Warning", C.BACKUP_FAILED, f"cannot delete backups yet: {err}")
-            return Outcome.after(FAILED_RETRY / 2, "backup delete failed")
+            return cloud_failure(scope, T.BACKUP_SUCCEEDED, err, "deleting the backups")
         if secret is not None:
             await kube.delete_secret(scope.ref.namespace, key_secret, uid=secret.uid or None)
         scope.emit("Normal", "BackupsDeleted", f"deleted {deleted} backup objects and the "
@@ -417,59 +169,302 @@ async def on_delete(scope: Scope) -> Outcome:
         scope.emit("Normal", "BackupsRetained",
                    f"backups kept under {location(scope).prefix}; key Secret {key_secret} "
                    "kept (see docs/backup-format.md to restore)")
-    return Outcome.done()
+    return None
+
+
+def stopping_started(scope: Scope) -> None:
+    """Remember when the stop began (a backup committed after it is fresh enough)."""
+    if scope.status.stopping_since is None:
+        scope.status.stopping_since = scope.now().replace(microsecond=0)
+
+
+# --- the data key ------------------------------------------------------------------------
+
+async def ensure_data_key(scope: Scope) -> keys.DataKey | None:
+    """The workspace's unwrapped data key (created on first use), None without storage
+    or when it cannot be used (BackupRestored says why).
+
+    Keys wrapped with the class's previous key are re-wrapped with the current one
+    (class-key rotation); the backups themselves are never touched.
+    """
+    if not enabled(scope):
+        return None
+    class_key = scope.creds.class_key
+    assert class_key is not None
+    name = scope.secret_name(KEY_SUFFIX)
+    secret = await ours_or_none(scope, name, KEY_SUFFIX)  # anyone else's: SecretConflict
+    if secret is None:
+        if scope.status.backup is not None:
+            # Backups exist but their key is gone: never silently start fresh.
+            scope.status.condition(T.BACKUP_RESTORED, False, Reason.DATA_KEY_MISSING,
+                                   f"Secret {name} with the backup data key is missing; "
+                                   "existing backups cannot be decrypted")
+            return None
+        source = scope.annotations.get(RESTORE_FROM_ANNOTATION)
+        if source:
+            return await _adopt_retained_key(scope, name, source)
+        data_key, wrapped = keys.create_data_key(class_key)
+        await scope.runtime.kube.create_secret(
+            scope.ref.namespace, name, keys.encode_key_secret(wrapped), scope.owner,
+            workspace_labels(scope, KEY_SUFFIX))
+        return data_key
+    try:
+        return await _open_data_key(scope, name, secret.data)
+    except (keys.ClassKeyMismatch, keys.InvalidKey) as err:
+        scope.status.condition(T.BACKUP_RESTORED, False, Reason.WRONG_KEY,
+                               f"Secret {name}: the class key cannot open the data key "
+                               f"({type(err).__name__}); was the class key replaced without "
+                               "previousKey?")
+        return None
+
+
+async def _open_data_key(scope: Scope, name: str, data: Mapping[str, str]) -> keys.DataKey:
+    class_key = scope.creds.class_key
+    assert class_key is not None
+    stored = keys.decode_key_secret(data)
+    previous = scope.creds.class_key_previous
+    if stored.class_key_fingerprint != keys.key_fingerprint(class_key) and previous is not None:
+        rotated = keys.rotate_key_secret(previous, class_key, data)
+        if rotated is not None:
+            await scope.runtime.kube.replace_secret_data(scope.ref.namespace, name, rotated)
+            scope.emit("Normal", "KeyRewrapped", "backup data key re-wrapped with the new "
+                       "class key")
+            stored = keys.decode_key_secret(rotated)
+    return keys.open_data_key(class_key, stored)
+
+
+async def _adopt_retained_key(scope: Scope, name: str, source: str) -> keys.DataKey | None:
+    """Copy a retained workspace's key Secret (same namespace only) and remember where
+    its backups are, so the first start restores them."""
+    class_key, storage = scope.creds.class_key, scope.klass.storage
+    assert class_key is not None and storage is not None
+    kube = scope.runtime.kube
+    retained = await kube.read_secret(scope.ref.namespace, source)
+    checked = restore_source.check(retained, source, scope.ref.namespace, storage.prefix,
+                                   class_key)
+    if isinstance(checked, restore_source.Refused):
+        scope.status.condition(T.BACKUP_RESTORED, False, Reason.RESTORE_SOURCE_REFUSED,
+                               f"{RESTORE_FROM_ANNOTATION}: {checked.why}")
+        return None
+    assert retained is not None
+    await kube.create_secret(scope.ref.namespace, name, dict(retained.data), scope.owner,
+                             workspace_labels(scope, KEY_SUFFIX),
+                             {"agentspaces.dev/copied-from": source})
+    _restore_section(scope).prefix = checked.prefix
+    scope.emit("Normal", "RetainedBackupAdopted",
+               f"will restore the retained backups under {checked.prefix}")
+    return checked.data_key
+
+
+# --- restore on start --------------------------------------------------------------------
+
+async def restore_plan(scope: Scope, data_key: keys.DataKey | None
+                       ) -> RestorePlan | Outcome | None:
+    """The plan the agent restores from before its devcontainer starts.
+
+    None when there is nothing to restore; an Outcome (and BackupRestored=False) when a
+    backup exists but cannot be used, so the workspace never starts on empty data.
+    """
+    status = scope.status
+    if not enabled(scope):
+        status.condition(T.BACKUP_RESTORED, False, Reason.BACKUP_DISABLED,
+                         "persistence is disabled")
+        return None
+    if data_key is None:  # ensure_data_key said why in BackupRestored
+        return Outcome.after(Wait.BACKUP_FAILED, "data key missing")
+    try:
+        latest = await asyncio.to_thread(backups.latest_backup, store(scope),
+                                          restore_location(scope))
+        # Verifies the manifest's MAC first: a forged one is never "the newest".
+        plan = None if latest is None else await asyncio.to_thread(
+            backups.restore_plan, store(scope), latest, data_key,
+            int(scope.runtime.settings.backup_url_ttl), scope.now())
+        if _refuse_rollback(scope, latest, await _baseline(scope)):
+            return Outcome.after(Wait.BACKUP_FAILED, "backup rolled back")
+    except backups.ManifestTampered as err:
+        status.condition(T.BACKUP_RESTORED, False, Reason.MANIFEST_TAMPERED,
+                         f"restore refused: {err}")
+        scope.emit("Warning", Reason.MANIFEST_TAMPERED, str(err))
+        return Outcome.after(Wait.BACKUP_FAILED, "backup manifest tampered")
+    except DataKeyMismatch as err:
+        status.condition(T.BACKUP_RESTORED, False, Reason.WRONG_KEY, str(err))
+        scope.emit("Warning", Reason.WRONG_KEY, str(err))
+        return Outcome.after(Wait.BACKUP_FAILED, "wrong key")
+    except ObjectStoreError as err:
+        return cloud_failure(scope, T.BACKUP_RESTORED, err, "cannot read backups")
+    if latest is None or plan is None:
+        status.condition(T.BACKUP_RESTORED, False, Reason.NO_BACKUP,
+                         "no backup yet: starting from the repository")
+        return None
+    restore = _restore_section(scope)
+    restore.object, restore.time = latest.object_key, latest.time
+    return plan
+
+
+async def _baseline(scope: Scope) -> tuple[BackupStatus, bool] | None:
+    """The newest backup the cluster knows was committed where we restore from, and
+    whether it is this workspace's own (status.backup) rather than that of the retained
+    workspace it restores from (the retained key Secret's annotation)."""
+    own = scope.status.backup
+    if own is not None:
+        return own, True
+    source = scope.annotations.get(RESTORE_FROM_ANNOTATION)
+    restore = scope.status.restore
+    if not (source and restore is not None and restore.prefix):
+        return None
+    secret = await scope.runtime.kube.read_secret(scope.ref.namespace, source)
+    last = secret.annotations.get(LAST_BACKUP_ANNOTATION) if secret else None
+    try:
+        return (BackupStatus(time=backups.parse_backup_id(last)), False) if last else None
+    except ValueError:
+        return None
+
+
+def _refuse_rollback(scope: Scope, latest: backups.BackupRecord | None,
+                     baseline: tuple[BackupStatus, bool] | None) -> bool:
+    """True (and BackupRestored=False, BackupRolledBack) when the newest backup in the
+    bucket is older than, or not, the last one the cluster recorded (`_baseline`):
+    someone deleted or replaced the newer manifests. A bucket writer can do that; only
+    the cluster remembers. The user accepts the older state by annotating the Workspace
+    with ACCEPT_ROLLBACK_ANNOTATION = the recorded backup id; for its own backups that
+    acceptance is used once (status.backup is reset to what is restored) and never
+    covers a later loss."""
+    if baseline is None:
+        return False
+    recorded, own = baseline
+    recorded_at = recorded.time
+    if recorded_at is None:
+        return False
+    if latest is not None and (latest.time > recorded_at or (
+            latest.time == recorded_at
+            and recorded.object in (None, latest.object_key)
+            and recorded.sha256 in (None, latest.sha256))):
+        return False
+    recorded_id = backups.backup_id(recorded_at)
+    found = f"the newest backup is {latest.backup_id}" if latest else "no backup is left"
+    if scope.annotations.get(ACCEPT_ROLLBACK_ANNOTATION) == recorded_id:
+        if own:
+            scope.status.backup = latest.status() if latest else None
+        scope.emit("Warning", "RollbackAccepted", f"backup {recorded_id} is gone and {found}; "
+                   f"restoring that as accepted by {ACCEPT_ROLLBACK_ANNOTATION}")
+        return False
+    message = (f"restore refused: backup {recorded_id} was committed but {found} in the "
+               "bucket (deleted or replaced). To start from what is left, annotate "
+               f"the Workspace {ACCEPT_ROLLBACK_ANNOTATION}={recorded_id}")
+    scope.status.condition(T.BACKUP_RESTORED, False, Reason.BACKUP_ROLLED_BACK, message)
+    scope.emit("Warning", Reason.BACKUP_ROLLED_BACK, message)
+    return True
+
+
+# --- backup ------------------------------------------------------------------------------
+
+async def run_backup(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
+    """Start or advance a backup; None when one has just been committed."""
+    try:
+        if scope.status.pending_backup:
+            return await _poll(scope, data_key)
+        return await _begin(scope, data_key)
+    except AgentUnreachable as err:
+        scope.status.condition(T.BACKUP_SUCCEEDED, False, Reason.AGENT_UNREACHABLE,
+                               f"cannot back up: {err}")
+        return Outcome.after(Wait.BACKUP_RETRY, "agent unreachable")
+    except ObjectStoreError as err:
+        return cloud_failure(scope, T.BACKUP_SUCCEEDED, err, "backup")
+    except AgentError as err:
+        scope.status.condition(T.BACKUP_SUCCEEDED, False, Reason.BACKUP_FAILED, str(err))
+        return Outcome.after(Wait.BACKUP_FAILED, "backup error")
+
+
+async def _begin(scope: Scope, data_key: keys.DataKey) -> Outcome:
+    settings = scope.runtime.settings
+    where = location(scope)
+    the_store = store(scope)
+    await asyncio.to_thread(backups.abort_stale_uploads, the_store, where)
+    plan, pending = await asyncio.to_thread(
+        backups.begin_backup, the_store, where, data_key, scope.now(),
+        settings.backup_part_mib * 1024 * 1024, backups.DEFAULT_MAX_PARTS,
+        int(settings.backup_url_ttl))
+    try:
+        await scope.agent_client().start_backup(plan)
+    except AgentError as err:
+        if err.status != 409:
+            raise
+        # One is already running (e.g. a scheduled one); wait for it and start again.
+        await asyncio.to_thread(backups.abort_backup, the_store, pending)
+        return Outcome.after(Wait.BACKUP_POLL, "another backup is running")
+    scope.status.pending_backup = pending.to_dict()
+    scope.emit("Normal", "BackupStarted", f"backup {pending.backup_id} started")
+    return Outcome.after(Wait.BACKUP_POLL, "backup running")
+
+
+async def _poll(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
+    """Advance the pending backup; None once it is committed."""
+    status = scope.status
+    assert status.pending_backup is not None
+    pending = backups.PendingBackup.from_dict(status.pending_backup)
+    the_store = store(scope)
+    job = await scope.agent_client().backup_status()
+    if job.backup_id not in (None, pending.backup_id) or job.state is JobState.IDLE:
+        # The agent restarted or never saw this backup: abandon it and start again.
+        await asyncio.to_thread(backups.abort_backup, the_store, pending)
+        status.pending_backup = None
+        return Outcome.after(Wait.BACKUP_POLL, "backup lost, restarting")
+    if job.state is JobState.RUNNING:
+        return Outcome.after(Wait.BACKUP_POLL, "backup running")
+    if job.state is JobState.FAILED:
+        await asyncio.to_thread(backups.abort_backup, the_store, pending)
+        status.pending_backup = None
+        message = f"backup {pending.backup_id} failed: {job.error or 'unknown error'}"
+        status.condition(T.BACKUP_SUCCEEDED, False, Reason.BACKUP_FAILED, message)
+        scope.emit("Warning", Reason.BACKUP_FAILED, message)
+        return Outcome.after(Wait.BACKUP_FAILED, "backup failed")
+    try:
+        record = await asyncio.to_thread(backups.commit_backup, the_store, pending,
+                                         job.result or {}, data_key, scope.now())
+    except backups.CommitFailed as err:
+        await asyncio.to_thread(backups.abort_backup, the_store, pending)
+        status.pending_backup = None
+        status.condition(T.BACKUP_SUCCEEDED, False, Reason.BACKUP_FAILED, str(err))
+        return Outcome.after(Wait.BACKUP_FAILED, "commit failed")
+    status.pending_backup = None
+    status.backup = record.status()
+    status.condition(T.BACKUP_SUCCEEDED, True, Reason.BACKUP_DONE,
+                     f"backup {record.backup_id} ({record.size} bytes) committed")
+    scope.emit("Normal", Reason.BACKUP_DONE, f"backup {record.backup_id} committed")
+    assert scope.klass.storage is not None
+    await asyncio.to_thread(backups.prune, the_store, location(scope),
+                            scope.klass.storage.keep)
+    return None
+
+
+def _agent_ever_ready(scope: Scope) -> bool:
+    """True when this server's agent finished booting (so /workspaces holds user data)."""
+    return scope.status.is_true(T.AGENT_READY) or \
+        scope.status.reason(T.AGENT_READY) == Reason.AGENT_UNREACHABLE
+
+
+def _fresh_backup_exists(scope: Scope) -> bool:
+    """A backup committed since the stop began (e.g. a retry after it succeeded)."""
+    backup, stopping_since = scope.status.backup, scope.status.stopping_since
+    taken = backup.time if backup is not None else None
+    return bool(taken and stopping_since and taken >= stopping_since)
+
+
+def scheduled_backup_due(scope: Scope) -> bool:
+    interval = scope.spec.backup_interval
+    if interval is None or not enabled(scope):
+        return False
+    status = scope.status
+    if status.pending_backup:
+        return True
+    moments = [t for t in (status.backup.time if status.backup is not None else None,
+                           status.started_at) if t is not None]
+    return not moments or scope.now() - max(moments) >= interval
 
 
 def _last_backup_annotation(scope: Scope) -> dict[str, str]:
     """What the heir of retained backups checks for a rollback (see `_baseline`)."""
-    taken = parse_time(scope.status.get("backup", "time"))
+    backup = scope.status.backup
+    taken = backup.time if backup is not None else None
     return {LAST_BACKUP_ANNOTATION: backups.backup_id(taken)} if taken else {}
 
-
-def stopping_started(scope: Scope) -> None:
-    if not scope.status.get("stoppingSince"):
-        scope.status.set("stoppingSince", iso(scope.runtime.clock()))
-
-
-
-# --- step contract -------------------------------------------------------------------
-
-async def prepare(scope: Scope) -> Outcome | None:
-    """The data key on the scope, and no start over backups that cannot be restored."""
-    status = scope.status
-    scope.data_key = await ensure_data_key(scope)
-    if scope.data_key is None and enabled(scope):
-        # Backups cannot be read or written: do not start (and pay for) a server that
-        # would come up on empty data. BackupRestored says why.
-        cond = status.reason(C.BACKUP_RESTORED) or C.DATA_KEY_MISSING
-        status.condition(C.READY, False, cond, "the backup data key cannot be used")
-        if not status.has_server:
-            status.phase = Phase.FAILED
-        return Outcome.after(FAILED_RETRY, "data key unusable")
-    if scope.data_key is not None and not status.has_server:
-        # A tampered or rolled-back backup refuses the start: find out before paying
-        # for a server (the agent step builds the plan it sends again, fresh).
-        refused = await restore_plan(scope, scope.data_key)
-        if isinstance(refused, Outcome):
-            cond = status.reason(C.BACKUP_RESTORED) or C.RESTORE_FAILED
-            status.condition(C.READY, False, cond, "the backups cannot be restored")
-            status.phase = Phase.FAILED
-            return refused
-    return None
-
-
-async def reconcile(scope: Scope) -> Outcome | None:
-    """A scheduled backup while running, when one is due."""
-    if scope.data_key is not None and scheduled_backup_due(scope):
-        return await run_backup(scope, scope.data_key)
-    return None
-
-
-async def before_stop(scope: Scope) -> Outcome | None:
-    stopping_started(scope)
-    return await backup_before_stop(scope)
-
-
-async def delete(scope: Scope) -> Outcome | None:
-    outcome = await on_delete(scope)
-    return outcome if outcome.requeue is not None else None

@@ -46,6 +46,8 @@ class Wait:
     BACKUP_FAILED = 60.0
     BACKUP_RETRY = 30.0
     """A store or agent hiccup during a backup."""
+    BACKUP_POLL = 2.0
+    """A backup is running on the agent: how soon to ask how far it got."""
     HOST_TAKEN = 300.0
     HOST_CONTENDED = 5.0
     USER_DATA_TOO_LARGE_POLLS = 10
