@@ -7,15 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from agentspaces.api.hostnames import workspace_host, workspace_label
-from agentspaces.clouds.cloudflare import (
-    CloudflareDns,
-    DnsError,
-    DnsProvider,
-    DnsRecord,
-    RateLimited,
-    TransientDnsError,
-    ZoneNotFound,
-)
+from agentspaces.clouds.cloudflare import ZONE_NOT_FOUND, CloudflareDns, DnsProvider, DnsRecord
+from agentspaces.clouds.errors import CloudError, ErrorKind
 from agentspaces.reconcile import dns
 from agentspaces.sandbox.cloudflare import CloudflareEmulator, running
 from tests.support.clock import FakeClock
@@ -42,7 +35,7 @@ def emulator(clock: FakeClock) -> Iterator[CloudflareEmulator]:
 
 @pytest.fixture
 async def provider(emulator: CloudflareEmulator) -> AsyncIterator[CloudflareDns]:
-    async with CloudflareDns(emulator.url, TOKEN, timeout=5, backoff=0.01) as adapter:
+    async with CloudflareDns(emulator.url, TOKEN, timeout=5) as adapter:
         yield adapter
 
 
@@ -66,14 +59,16 @@ async def test_zone_lookup_is_cached(provider: CloudflareDns,
     assert await provider.zone_id(ZONE) == emulator.zone_id(ZONE)
     assert await provider.zone_id("Example.COM.") == emulator.zone_id(ZONE)
     assert emulator.calls["GET /zones"] == 1
-    with pytest.raises(ZoneNotFound, match="Zone:Zone:Read"):
+    with pytest.raises(CloudError, match="Zone:Zone:Read") as caught:
         await provider.zone_id("missing.net")
+    assert (caught.value.kind, caught.value.code) == (ErrorKind.NOT_FOUND, ZONE_NOT_FOUND)
 
 
 async def test_zone_outside_token_scope_is_not_found(emulator: CloudflareEmulator) -> None:
     async with CloudflareDns(emulator.url, "scoped") as scoped:
-        with pytest.raises(ZoneNotFound):
+        with pytest.raises(CloudError) as caught:
             await scoped.zone_id(ZONE)
+        assert caught.value.code == ZONE_NOT_FOUND
         assert await scoped.zone_id("other.org") == emulator.zone_id("other.org")
 
 
@@ -105,22 +100,23 @@ async def test_list_follows_pages(emulator: CloudflareEmulator) -> None:
     assert emulator.calls["GET /zones/{id}/dns_records"] == 3
 
 
-async def test_permanent_errors_carry_status_and_codes(provider: CloudflareDns) -> None:
+async def test_permanent_errors_carry_status_and_code(provider: CloudflareDns) -> None:
     zid = await provider.zone_id(ZONE)
-    with pytest.raises(DnsError) as caught:
+    with pytest.raises(CloudError) as caught:
         await provider.create_record(zid, DnsRecord(id="", name=HOST, type="A",
                                                     content="not-an-ip"))
-    assert not caught.value.transient and caught.value.status == 400
-    assert caught.value.codes == (9005,) and "valid IPv4" in str(caught.value)
+    err = caught.value
+    assert (err.kind, err.provider, err.status) == (ErrorKind.PERMANENT, "cloudflare", 400)
+    assert err.code == "9005" and "valid IPv4" in str(err)
 
 
 async def test_bad_token_never_shows_in_errors(emulator: CloudflareEmulator) -> None:
     secret = "leaky-token-value-123"
     async with CloudflareDns(emulator.url, secret) as adapter:
-        with pytest.raises(DnsError) as caught:
+        with pytest.raises(CloudError) as caught:
             await adapter.list_records(emulator.zone_id(ZONE), HOST)
     err = caught.value
-    assert (err.status, err.codes, err.transient) == (403, (9109,), False)
+    assert (err.status, err.code, err.kind) == (403, "9109", ErrorKind.UNAUTHORIZED)
     assert secret not in str(err) and secret not in repr(err) and secret not in err.message
 
 
@@ -128,42 +124,49 @@ async def test_rate_limit_surfaces_without_retrying(provider: CloudflareDns,
                                                     emulator: CloudflareEmulator) -> None:
     zid = await provider.zone_id(ZONE)
     emulator.inject(429, times=1, retry_after=42)
-    with pytest.raises(RateLimited) as caught:
+    with pytest.raises(CloudError) as caught:
         await provider.list_records(zid, HOST)
-    assert caught.value.retry_after == 42 and caught.value.transient
-    assert caught.value.codes == (971,)
+    assert caught.value.kind is ErrorKind.RATE_LIMITED and caught.value.retry_after == 42
+    assert caught.value.code == "971"
     assert emulator.calls["GET /zones/{id}/dns_records"] == 1
 
 
-async def test_server_errors_are_retried_for_idempotent_calls(
+async def test_server_errors_surface_after_one_attempt(
         provider: CloudflareDns, emulator: CloudflareEmulator) -> None:
+    # No retry inside the adapter: each call is one request, the reconciler requeues.
     zid = await provider.zone_id(ZONE)
     emulator.inject(503, times=2, endpoint="GET")
-    assert await provider.list_records(zid, HOST) == []
-    assert emulator.calls["GET /zones/{id}/dns_records"] == 3
-    emulator.inject(502, times=5, endpoint="GET")  # HTML body from the edge
-    with pytest.raises(TransientDnsError, match="HTTP 502"):
+    for expected_calls in (1, 2):
+        with pytest.raises(CloudError) as caught:
+            await provider.list_records(zid, HOST)
+        assert caught.value.kind is ErrorKind.TRANSIENT and caught.value.status == 503
+        assert emulator.calls["GET /zones/{id}/dns_records"] == expected_calls
+    assert await provider.list_records(zid, HOST) == []  # the requeued call
+    emulator.inject(502, times=1, endpoint="GET")  # HTML body from the edge
+    with pytest.raises(CloudError, match="HTTP 502") as caught:
         await provider.list_records(zid, HOST)
-    assert emulator.calls["GET /zones/{id}/dns_records"] == 6  # 1 + 2 retries
+    assert (caught.value.kind, caught.value.code) == (ErrorKind.TRANSIENT, "http_502")
+    assert emulator.calls["GET /zones/{id}/dns_records"] == 4
 
 
 async def test_create_is_never_retried(provider: CloudflareDns,
                                        emulator: CloudflareEmulator) -> None:
     zid = await provider.zone_id(ZONE)
     emulator.inject(503, times=1, endpoint="POST")
-    with pytest.raises(TransientDnsError):
+    with pytest.raises(CloudError) as caught:
         await provider.create_record(zid, DnsRecord(id="", name=HOST, type="A", content=IPV4))
+    assert caught.value.kind is ErrorKind.TRANSIENT
     assert emulator.calls["POST /zones/{id}/dns_records"] == 1
     assert emulator.records(ZONE) == []
 
 
 async def test_timeouts_are_transient(emulator: CloudflareEmulator) -> None:
-    emulator.inject(None, times=2, delay=0.6, endpoint="GET")
-    async with CloudflareDns(emulator.url, TOKEN, timeout=0.2, retries=1,
-                             backoff=0.01) as adapter:
-        with pytest.raises(TransientDnsError, match="timed out"):
+    emulator.inject(None, times=1, delay=0.6, endpoint="GET")
+    async with CloudflareDns(emulator.url, TOKEN, timeout=0.2) as adapter:
+        with pytest.raises(CloudError, match="timed out") as caught:
             await adapter.list_records(emulator.zone_id(ZONE), HOST)
-    assert emulator.calls["GET /zones/{id}/dns_records"] == 2
+    assert (caught.value.kind, caught.value.code) == (ErrorKind.TRANSIENT, "timeout")
+    assert emulator.calls["GET /zones/{id}/dns_records"] == 1
 
 
 # --- ensure / remove ---------------------------------------------------------------------------
@@ -172,8 +175,8 @@ async def test_create_and_delete_call_budget(emulator: CloudflareEmulator) -> No
         result = await dns.ensure_records(adapter, ZONE, desired(), UID)
     assert result.ready and len(result.created) == 2 and result.writes == 2
     assert held(emulator) == [(WILD, "A", IPV4), (HOST, "A", IPV4)]
-    assert dns.records_match(result.status()["records"], desired())
-    assert result.status()["zoneId"] == emulator.zone_id(ZONE)
+    assert dns.records_match(result.status().records, desired())
+    assert result.status().zone_id == emulator.zone_id(ZONE)
     async with CloudflareDns(emulator.url, TOKEN) as adapter:  # a later, fresh adapter
         removed = await dns.remove_records(adapter, ZONE, dns.record_names(HOST), UID,
                                            zone_id=result.zone_id)
@@ -194,7 +197,7 @@ async def test_second_ensure_writes_nothing(provider: CloudflareDns,
     assert second.writes == 0 and emulator.writes == 0
     assert emulator.calls == {"GET /zones/{id}/dns_records": 2}  # zone id cached
     assert {r.id for r in second.records} == {r.id for r in first.records}
-    assert dns.records_match(second.status()["records"], desired(ipv6="2001:db8::/64"))
+    assert dns.records_match(second.status().records, desired(ipv6="2001:db8::/64"))
 
 
 async def test_ip_change_updates_in_place(provider: CloudflareDns,
@@ -274,28 +277,31 @@ async def test_converges_through_rate_limits_and_lost_replies(
         attempts += 1
         try:
             result = await dns.ensure_records(provider, ZONE, desired(), UID)
-        except RateLimited as err:
-            clock.now += err.retry_after  # the operator would requeue after this delay
-        except TransientDnsError:
-            pass
+        except CloudError as err:
+            assert err.transient, err
+            if err.kind is ErrorKind.RATE_LIMITED:
+                assert err.retry_after is not None
+                clock.now += err.retry_after  # the operator would requeue after this delay
     assert result is not None and result.ready, f"no convergence after {attempts} attempts"
     assert attempts == 5  # 2 rate limited, 2 lost replies, then settled
     assert held(emulator) == [(WILD, "A", IPV4), (HOST, "A", IPV4)]  # no duplicates
     assert emulator.calls["POST /zones/{id}/dns_records"] == 2
-    assert dns.records_match(result.status()["records"], desired())
+    assert dns.records_match(result.status().records, desired())
 
 
 async def test_converges_through_server_errors(provider: CloudflareDns,
                                                emulator: CloudflareEmulator) -> None:
-    emulator.inject(503, times=4)  # more than the adapter's own retries
+    emulator.inject(503, times=4)
     result = None
-    for _ in range(10):
+    attempts = 0
+    while result is None and attempts < 10:  # bounded, like Kopf requeues
+        attempts += 1
         try:
             result = await dns.ensure_records(provider, ZONE, desired(), UID)
-            break
-        except TransientDnsError:
-            pass
+        except CloudError as err:
+            assert err.kind is ErrorKind.TRANSIENT
     assert result is not None and result.ready
+    assert attempts == 5  # each 503 costs one requeue, not a sleep in the adapter
     assert held(emulator) == [(WILD, "A", IPV4), (HOST, "A", IPV4)]
 
 
@@ -342,8 +348,9 @@ async def test_real_rate_limit_budget(emulator: CloudflareEmulator, clock: FakeC
     emulator.rate_limit = 5
     async with CloudflareDns(emulator.url, TOKEN) as adapter:
         await dns.ensure_records(adapter, ZONE, desired(), UID)  # 1 + 2 + 2 calls
-        with pytest.raises(RateLimited) as caught:
+        with pytest.raises(CloudError) as caught:
             await dns.ensure_records(adapter, ZONE, desired(), UID)
+        assert caught.value.kind is ErrorKind.RATE_LIMITED
         assert caught.value.retry_after == 300
         clock.now += caught.value.retry_after
         assert (await dns.ensure_records(adapter, ZONE, desired(), UID)).writes == 0

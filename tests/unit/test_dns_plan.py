@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentspaces.api.hostnames import workspace_host, workspace_label
+from agentspaces.api.status import DnsRecordStatus
 from agentspaces.clouds.cloudflare import DnsRecord
 from agentspaces.reconcile import dns
 
@@ -277,17 +278,18 @@ def test_applying_then_replanning_is_empty(existing: list[DnsRecord], ipv4: str,
 # --- records_match --------------------------------------------------------------------------------
 def test_records_match() -> None:
     desired = want(ipv6="2001:db8::1")
-    status = [{"id": f"r{i}", "name": r.name, "type": r.type, "content": r.content}
+    status = [DnsRecordStatus(id=f"r{i}", name=r.name, type=r.type, content=r.content)
               for i, r in enumerate(desired)]
     assert dns.records_match(status, desired)
     assert dns.records_match(list(reversed(status)), desired)
     assert not dns.records_match(status, want(ipv4="203.0.113.99", ipv6="2001:db8::1"))
     assert not dns.records_match(status[:3], desired)
     assert not dns.records_match(status, want())  # IPv6 went away
-    assert not dns.records_match([{**status[0], "id": ""}, *status[1:]], desired)
+    assert not dns.records_match([status[0].model_copy(update={"id": ""}), *status[1:]],
+                                 desired)
     assert not dns.records_match(None, desired)
     assert not dns.records_match([], desired)
-    expanded = [{**s, "content": "2001:0db8::0001"} if s["type"] == "AAAA" else s
+    expanded = [s.model_copy(update={"content": "2001:0db8::0001"}) if s.type == "AAAA" else s
                 for s in status]
     assert dns.records_match(expanded, desired)
 
@@ -295,9 +297,10 @@ def test_records_match() -> None:
 def test_ensure_result_status_shape() -> None:
     records = (rec(WILD, "A", "203.0.113.10"), rec(HOST, "A", "203.0.113.10"))
     result = dns.EnsureResult(zone_id="z1", records=records)
-    assert result.status() == {"zoneId": "z1", "records": [  # sorted by name
+    as_api = result.status().model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert as_api == {"zoneId": "z1", "records": [  # sorted by name
         {"id": records[0].id, "name": WILD, "type": "A", "content": "203.0.113.10"},
         {"id": records[1].id, "name": HOST, "type": "A", "content": "203.0.113.10"}]}
     result = dns.EnsureResult(zone_id="z1", records=records[::-1])
-    assert [r["name"] for r in result.status()["records"]] == [WILD, HOST]
+    assert [r.name for r in result.status().records] == [WILD, HOST]
     assert result.ready and result.writes == 0

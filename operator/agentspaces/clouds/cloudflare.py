@@ -1,24 +1,27 @@
 """Cloudflare DNS: the port the reconciler uses (`DnsProvider`) and its httpx adapter.
 
-The adapter speaks the v4 API (`Authorization: Bearer`). Errors come out as
-`DnsError` (permanent: bad input, bad token, unknown zone), `TransientDnsError`
-(5xx, timeouts, connection failures: retry later) or `RateLimited` (429: requeue
-after `retry_after` seconds; never slept on here, the operator owns the event loop).
-Idempotent requests (GET/PATCH/PUT/DELETE) are retried a few times on transient
-failures; POST is not, because a create whose reply was lost may still have happened:
-the caller lists again before creating. No error message contains the token.
+The adapter speaks the v4 API (`Authorization: Bearer`) and makes exactly one HTTP
+request per call: failures come out as `CloudError` (clouds/errors.py) and the
+reconciler requeues, so nothing here sleeps or retries. 429 is `RATE_LIMITED` with the
+`Retry-After` seconds, 401/403 `UNAUTHORIZED`, 5xx, timeouts and connection failures
+`TRANSIENT`, a zone the token cannot see `NOT_FOUND` (code `zone_not_found`), any other
+refusal `PERMANENT` with Cloudflare's first error code. A create whose reply was lost
+may still have happened: the caller lists again before creating. No error message
+contains the token.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from agentspaces.clouds.errors import CloudError, ErrorKind
+
 DEFAULT_ENDPOINT = "https://api.cloudflare.com/client/v4"
-_IDEMPOTENT = frozenset({"GET", "PUT", "PATCH", "DELETE"})
+PROVIDER = "cloudflare"
+ZONE_NOT_FOUND = "zone_not_found"
 RECORD_NOT_FOUND = 81044
 IDENTICAL_RECORD = 81058
 
@@ -34,46 +37,6 @@ class DnsRecord:
     ttl: int = 1
     proxied: bool = False
     comment: str | None = None
-
-
-class DnsError(Exception):
-    """A Cloudflare API failure. Permanent unless it is a `TransientDnsError`."""
-
-    transient = False
-
-    def __init__(self, message: str, *, status: int | None = None,
-                 codes: tuple[int, ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.codes = codes
-        self.message = message
-
-    @property
-    def retry_after(self) -> float | None:
-        return None
-
-
-class TransientDnsError(DnsError):
-    """5xx, timeout or connection failure: the same call may succeed later."""
-
-    transient = True
-
-
-class RateLimited(TransientDnsError):
-    """429: the token's request budget is spent until `retry_after` seconds pass."""
-
-    def __init__(self, message: str, *, retry_after: float, status: int | None = 429,
-                 codes: tuple[int, ...] = ()) -> None:
-        super().__init__(message, status=status, codes=codes)
-        self._retry_after = retry_after
-
-    @property
-    def retry_after(self) -> float:
-        return self._retry_after
-
-
-class ZoneNotFound(DnsError):
-    """No zone of that name is visible to the token."""
 
 
 @runtime_checkable
@@ -100,15 +63,12 @@ class CloudflareDns:
     """`DnsProvider` over the Cloudflare v4 API. Use `async with` or call `aclose()`."""
 
     def __init__(self, endpoint: str, token: str, timeout: float = 10.0, *,
-                 retries: int = 2, backoff: float = 0.25, per_page: int = 100,
-                 max_pages: int = 100,
+                 per_page: int = 100, max_pages: int = 100,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not token:
             raise ValueError("Cloudflare API token is empty")
         self.endpoint = endpoint.rstrip("/")
         self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
         self.per_page = per_page
         self.max_pages = max_pages
         self._token = token
@@ -138,8 +98,9 @@ class CloudflareDns:
         body = await self._request("GET", "/zones", params={"name": zone_name})
         zones = [z for z in body.get("result") or [] if z.get("name") == zone_name]
         if not zones:
-            raise ZoneNotFound(f"Cloudflare zone {zone_name} not found, or the API token "
-                               "cannot read it (it needs Zone:Zone:Read on the zone)")
+            raise CloudError(ErrorKind.NOT_FOUND, PROVIDER, ZONE_NOT_FOUND,
+                             f"Cloudflare zone {zone_name} not found, or the API token "
+                             "cannot read it (it needs Zone:Zone:Read on the zone)")
         active = [z for z in zones if z.get("status") == "active"]
         zone_id = str((active or zones)[0]["id"])
         self._zones[zone_name] = zone_id
@@ -158,7 +119,8 @@ class CloudflareDns:
             if page >= total_pages:
                 return records
             if page >= self.max_pages:
-                raise DnsError(f"listing {name} needs more than {self.max_pages} pages")
+                raise CloudError(ErrorKind.PERMANENT, PROVIDER, "too_many_pages",
+                                 f"listing {name} needs more than {self.max_pages} pages")
             page += 1
 
     async def create_record(self, zone_id: str, record: DnsRecord) -> DnsRecord:
@@ -176,9 +138,9 @@ class CloudflareDns:
     async def delete_record(self, zone_id: str, record_id: str) -> None:
         try:
             await self._request("DELETE", f"/zones/{zone_id}/dns_records/{record_id}")
-        except DnsError as err:
+        except CloudError as err:
             # 81044: already gone. A 404 with another code (no such route) is a real error.
-            if err.status == 404 and (RECORD_NOT_FOUND in err.codes or not err.codes):
+            if err.status == 404 and err.code in (str(RECORD_NOT_FOUND), "http_404"):
                 return
             raise
 
@@ -194,28 +156,15 @@ class CloudflareDns:
 
     async def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                        json: dict[str, Any] | None = None) -> dict[str, Any]:
-        attempts = 1 + (self.retries if method in _IDEMPOTENT else 0)
-        for attempt in range(attempts):
-            try:
-                return await self._once(method, path, params, json)
-            except RateLimited:
-                raise
-            except TransientDnsError:
-                if attempt + 1 >= attempts:
-                    raise
-                await asyncio.sleep(self.backoff * (2 ** attempt))
-        raise AssertionError("unreachable")
-
-    async def _once(self, method: str, path: str, params: dict[str, Any] | None,
-                    json: dict[str, Any] | None) -> dict[str, Any]:
         what = f"Cloudflare {method} {path}"
         try:
             response = await self._http().request(method, path, params=params, json=json)
         except httpx.TimeoutException:
-            raise TransientDnsError(f"{what}: timed out after {self.timeout}s") from None
+            raise CloudError(ErrorKind.TRANSIENT, PROVIDER, "timeout",
+                             f"{what}: timed out after {self.timeout}s") from None
         except httpx.TransportError as err:
-            raise TransientDnsError(self._scrub(f"{what}: {type(err).__name__}: {err}")) \
-                from None
+            raise CloudError(ErrorKind.TRANSIENT, PROVIDER, "unreachable",
+                             self._scrub(f"{what}: {type(err).__name__}: {err}")) from None
         status = response.status_code
         body: Any
         try:
@@ -225,15 +174,19 @@ class CloudflareDns:
         if not isinstance(body, dict):
             body = {}
         errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
-        codes = tuple(int(e["code"]) for e in errors if isinstance(e.get("code"), int))
+        codes = [int(e["code"]) for e in errors if isinstance(e.get("code"), int)]
+        code = str(codes[0]) if codes else f"http_{status}"  # the reply named no code
         detail = self._scrub("; ".join(_describe(e) for e in errors) or response.reason_phrase)
         message = f"{what}: HTTP {status}: {detail}"
         if status == 429:
-            raise RateLimited(message, retry_after=_retry_after(response), codes=codes)
+            raise CloudError(ErrorKind.RATE_LIMITED, PROVIDER, code, message,
+                             retry_after=_retry_after(response), status=status)
         if status >= 500:
-            raise TransientDnsError(message, status=status, codes=codes)
+            raise CloudError(ErrorKind.TRANSIENT, PROVIDER, code, message, status=status)
+        if status in (401, 403):
+            raise CloudError(ErrorKind.UNAUTHORIZED, PROVIDER, code, message, status=status)
         if status >= 400 or body.get("success") is not True:
-            raise DnsError(message, status=status, codes=codes)
+            raise CloudError(ErrorKind.PERMANENT, PROVIDER, code, message, status=status)
         return body
 
     def _scrub(self, text: str) -> str:

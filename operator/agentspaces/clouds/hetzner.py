@@ -1,10 +1,10 @@
 """Hetzner Cloud: the server port and its adapter over the `hcloud` library.
 
-The adapter is thin: it maps hcloud objects to `ServerInfo` and hcloud errors to the
-three kinds the reconciler cares about (rate limited, transient, permanent). hcloud is
-synchronous, so every call runs in a worker thread; its own retry loop (which sleeps
-and also retries POSTs) is turned off because the reconciler requeues through Kopf
-with backoff and treats `uniqueness_error` after a lost response as "adopt ours".
+The adapter is thin: it maps hcloud objects to `ServerInfo` and hcloud errors to
+`CloudError` kinds (clouds/errors.py). hcloud is synchronous, so every call runs in a
+worker thread; its own retry loop (which sleeps and also retries POSTs) is turned off
+because the reconciler requeues through Kopf with backoff and treats
+`uniqueness_error` after a lost response as "adopt ours".
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from hcloud import APIException, Client
@@ -31,6 +32,8 @@ from hcloud.servers import BoundServer
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout as RequestsTimeout
 
+from agentspaces.clouds.errors import CloudError, ErrorKind
+
 log = logging.getLogger(__name__)
 
 LABEL_WORKSPACE_UID = "agentspaces.dev/workspace-uid"
@@ -39,27 +42,6 @@ LABEL_NAMESPACE = "agentspaces.dev/namespace"
 LABEL_MANAGED_BY = "agentspaces.dev/managed-by"
 LABEL_CLASS = "agentspaces.dev/class"
 MANAGED_BY = "agentspaces"
-
-
-class CloudError(Exception):
-    """A cloud call failed. `code` is the provider's error code, never a secret."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class CloudRateLimited(CloudError):
-    pass
-
-
-class CloudTransient(CloudError):
-    pass
-
-
-class CloudPermanent(CloudError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -72,7 +54,7 @@ class ServerInfo:
     server_type: str
     location: str
     labels: Mapping[str, str] = field(default_factory=dict)
-    created: str | None = None
+    created: datetime | None = None
     firewalls: tuple[int, ...] = ()
     """Firewalls applied to it (directly or by label selector)."""
 
@@ -160,19 +142,33 @@ def canonical_cidr(text: str) -> str:
     return str(ipaddress.ip_network(text.strip(), strict=False))
 
 
+PROVIDER = "hetzner"
+_TRANSIENT_CODES = frozenset({"server_error", "service_error", "unavailable", "timeout",
+                              "conflict", "locked", "maintenance", "bad_gateway"})
+_UNAUTHORIZED_CODES = frozenset({"unauthorized", "forbidden", "token_readonly"})
+
+
 def _classify(exc: Exception) -> CloudError:
+    """hcloud's exception as a CloudError. hcloud does not expose the response headers,
+    so a rate limit carries no retry-after (the reconciler's default wait applies)."""
     if isinstance(exc, APIException):
-        code = str(exc.code)
-        message = str(exc.message)
+        code, message = str(exc.code), str(exc.message)
+        # hcloud puts the HTTP status in `code` when the body has no error object.
+        status = exc.code if isinstance(exc.code, int) else None
         if code in ("rate_limit_exceeded", "429"):
-            return CloudRateLimited(code, message)
-        if code in ("server_error", "service_error", "unavailable", "timeout", "conflict",
-                    "locked", "maintenance", "bad_gateway") or code.startswith("5"):
-            return CloudTransient(code, message)
-        return CloudPermanent(code, message)
+            kind = ErrorKind.RATE_LIMITED
+        elif code in _UNAUTHORIZED_CODES or code in ("401", "403"):
+            kind = ErrorKind.UNAUTHORIZED
+        elif code == "not_found":
+            kind = ErrorKind.NOT_FOUND
+        elif code in _TRANSIENT_CODES or code.startswith("5"):
+            kind = ErrorKind.TRANSIENT
+        else:
+            kind = ErrorKind.PERMANENT
+        return CloudError(kind, PROVIDER, code, message, status=status)
     if isinstance(exc, RequestsTimeout | RequestsConnectionError):
-        return CloudTransient("unreachable", type(exc).__name__)
-    return CloudTransient("error", type(exc).__name__)
+        return CloudError(ErrorKind.TRANSIENT, PROVIDER, "unreachable", type(exc).__name__)
+    return CloudError(ErrorKind.TRANSIENT, PROVIDER, "error", type(exc).__name__)
 
 
 def _location(server: BoundServer) -> str:
@@ -200,7 +196,7 @@ def _info(server: BoundServer) -> ServerInfo:
         server_type=(server.server_type.name or "") if server.server_type else "",
         location=_location(server),
         labels=dict(server.labels or {}),
-        created=server.created.isoformat() if server.created else None,
+        created=server.created,
         firewalls=tuple(int(f.firewall.id or 0)
                         for f in ((public.firewalls if public else None) or [])
                         if f.firewall is not None),
@@ -262,8 +258,8 @@ class HcloudServers:
     async def get(self, server_id: int) -> ServerInfo | None:
         try:
             server = await self._call(self._client.servers.get_by_id, server_id)
-        except CloudPermanent as err:
-            if err.code == "not_found":
+        except CloudError as err:
+            if err.kind is ErrorKind.NOT_FOUND:
                 return None
             raise
         return _info(server)
@@ -295,8 +291,8 @@ class HcloudServers:
             await self._call(self._client.servers.delete,
                              BoundServer(self._client.servers, {"id": server_id},
                                          complete=False))
-        except CloudPermanent as err:
-            if err.code != "not_found":
+        except CloudError as err:
+            if err.kind is not ErrorKind.NOT_FOUND:
                 raise
 
     async def list_managed(self) -> list[ServerInfo]:
@@ -345,6 +341,6 @@ class HcloudServers:
     async def delete_firewall(self, firewall_id: int) -> None:
         try:
             await self._call(self._client.firewalls.delete, self._firewall_ref(firewall_id))
-        except CloudPermanent as err:
-            if err.code != "not_found":
+        except CloudError as err:
+            if err.kind is not ErrorKind.NOT_FOUND:
                 raise

@@ -23,21 +23,42 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from agentspaces.api.types import StorageSettings
+from agentspaces.clouds.errors import CloudError, ErrorKind
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 
-class ObjectStoreError(Exception):
-    """A store call failed. `code` is the S3 error code (or the client error's name)."""
+PROVIDER = "s3"
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
+_UNAUTHORIZED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId",
+                                 "SignatureDoesNotMatch", "403", "401"})
+_RATE_LIMITED_CODES = frozenset({"SlowDown", "TooManyRequests", "429"})
+_TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "RequestTimeout"})
 
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
+
+class ObjectStoreError(CloudError):
+    """A store call failed: a `CloudError` of provider "s3" whose `code` is the S3
+    error code (or the client error's name)."""
+
+    def __init__(self, message: str, code: str = "",
+                 kind: ErrorKind = ErrorKind.PERMANENT) -> None:
+        super().__init__(kind, PROVIDER, code, message)
 
 
 class ObjectNotFound(ObjectStoreError):
-    pass
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message, code, ErrorKind.NOT_FOUND)
+
+
+def _kind(code: str) -> ErrorKind:
+    if code in _UNAUTHORIZED_CODES:
+        return ErrorKind.UNAUTHORIZED
+    if code in _RATE_LIMITED_CODES:
+        return ErrorKind.RATE_LIMITED
+    if code in _TRANSIENT_CODES or code.startswith("5"):
+        return ErrorKind.TRANSIENT
+    return ErrorKind.PERMANENT
 
 
 @dataclass(frozen=True)
@@ -144,12 +165,13 @@ class S3ObjectStore:
             return getattr(self._s3, op)(Bucket=self.bucket, **params)
         except ClientError as exc:
             code = _error_code(exc)
-            if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
+            if code in _NOT_FOUND_CODES:
                 raise ObjectNotFound(f"{op} {key}: {code}", code) from None
-            raise ObjectStoreError(f"{op} {key}: {code or 'error'}", code) from None
-        except BotoCoreError as exc:
+            raise ObjectStoreError(f"{op} {key}: {code or 'error'}", code,
+                                   _kind(code)) from None
+        except BotoCoreError as exc:  # no reply: connection, timeout, bad endpoint
             raise ObjectStoreError(f"{op} {key}: {type(exc).__name__}",
-                                   type(exc).__name__) from None
+                                   type(exc).__name__, ErrorKind.TRANSIENT) from None
 
     def create_multipart_upload(self, key: str,
                                 content_type: str = "application/octet-stream") -> str:

@@ -16,14 +16,14 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
+from agentspaces.api.status import DnsRecordStatus, DnsStatus
 from agentspaces.clouds.cloudflare import (
     IDENTICAL_RECORD,
-    DnsError,
     DnsProvider,
     DnsRecord,
 )
+from agentspaces.clouds.errors import CloudError, ErrorKind
 
 OWNER_PREFIX = "agentspaces:"
 MAX_COMMENT = 100  # Cloudflare Free plan limit
@@ -32,7 +32,7 @@ TXT_WILDCARD = "wildcard"  # stands in for "*" in TXT registry names, like exter
 TXT_HERITAGE = "heritage=external-dns"
 DEFAULT_TXT_OWNER = "agentspaces"
 # Create failures that mean "the zone changed since we listed it": list and plan again.
-_RACE_CODES = frozenset({IDENTICAL_RECORD, 81053, 81054, 81057})
+_RACE_CODES = frozenset(str(code) for code in (IDENTICAL_RECORD, 81053, 81054, 81057))
 
 
 # --- ownership ---------------------------------------------------------------------------
@@ -272,9 +272,9 @@ class EnsureResult:
     def conflict_message(self) -> str:
         return "; ".join(c.message for c in self.conflicts)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DnsStatus:
         """The `status.dns` object."""
-        return {"zoneId": self.zone_id, "records": status_records(self.records)}
+        return DnsStatus(zone_id=self.zone_id, records=status_records(self.records))
 
 
 @dataclass(frozen=True)
@@ -284,12 +284,12 @@ class RemoveResult:
     foreign: tuple[DnsRecord, ...] = ()  # left in place: not ours
 
 
-def status_records(records: Iterable[DnsRecord]) -> list[dict[str, str]]:
-    return [{"id": r.id, "name": r.name, "type": r.type, "content": r.content}
+def status_records(records: Iterable[DnsRecord]) -> list[DnsRecordStatus]:
+    return [DnsRecordStatus(id=r.id, name=r.name, type=r.type, content=r.content)
             for r in sorted(records, key=lambda r: (r.name, r.type, r.content))]
 
 
-def records_match(status: Iterable[Mapping[str, Any]] | None,
+def records_match(status: Iterable[DnsRecordStatus] | None,
                   desired: Iterable[DnsRecord]) -> bool:
     """True when status already lists exactly the desired records (same names, types and
     addresses, each with an id): the caller can then skip `ensure_records` entirely."""
@@ -297,11 +297,11 @@ def records_match(status: Iterable[Mapping[str, Any]] | None,
         return False
     have: Counter[tuple[str, str, str]] = Counter()
     for entry in status:
-        if not entry.get("id"):
+        if not entry.id:
             return False
-        rtype = str(entry.get("type", "")).upper()
-        have[(_name(str(entry.get("name", ""))), rtype,
-              normalized_content(rtype, str(entry.get("content", ""))))] += 1
+        rtype = (entry.type or "").upper()
+        have[(_name(entry.name or ""), rtype,
+              normalized_content(rtype, entry.content or ""))] += 1
     want = Counter((_name(r.name), r.type, normalized_content(r.type, r.content))
                    for r in desired)
     return have == want
@@ -320,9 +320,9 @@ async def _listing(provider: DnsProvider, zone_id: str,
 async def ensure_records(provider: DnsProvider, zone_name: str, desired: Sequence[DnsRecord],
                          uid: str, *, zone_id: str | None = None) -> EnsureResult:
     """Make the zone hold `desired` for workspace `uid`: one list call per name, then only
-    the writes the plan needs (none when all is right). Raises `DnsError`s from the
-    provider (`RateLimited`/`TransientDnsError` mean: requeue and call again; the next
-    call lists again, so a half-done run never leaves duplicates)."""
+    the writes the plan needs (none when all is right). Raises the provider's
+    `CloudError`s (a transient or rate-limited one means: requeue and call again; the
+    next call lists again, so a half-done run never leaves duplicates)."""
     zid = zone_id or await provider.zone_id(zone_name)
     names = list(dict.fromkeys(_name(r.name) for r in desired))
     created: list[DnsRecord] = []
@@ -342,9 +342,9 @@ async def ensure_records(provider: DnsProvider, zone_name: str, desired: Sequenc
             for record in current.creates:
                 written.append(await provider.create_record(zid, record))
                 created.append(written[-1])
-        except DnsError as err:
+        except CloudError as err:
             # Someone wrote at our names since we listed: list and plan once more.
-            if attempt == 0 and not err.transient and _RACE_CODES & set(err.codes):
+            if attempt == 0 and err.kind is ErrorKind.PERMANENT and err.code in _RACE_CODES:
                 continue
             raise
         return EnsureResult(zone_id=zid, records=(*current.kept, *written),

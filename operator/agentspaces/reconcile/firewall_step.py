@@ -19,14 +19,14 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from agentspaces.api import conditions as C
+from agentspaces.api.enums import ConditionType as T
+from agentspaces.api.enums import Reason
 from agentspaces.api.types import WorkspaceClass
+from agentspaces.clouds.errors import CloudError
 from agentspaces.clouds.hetzner import (
     LABEL_CLASS,
     LABEL_MANAGED_BY,
     MANAGED_BY,
-    CloudError,
-    CloudPermanent,
     FirewallInfo,
     InboundRule,
     ServerProvider,
@@ -34,12 +34,11 @@ from agentspaces.clouds.hetzner import (
     class_label,
 )
 from agentspaces.kube import KubeError
-from agentspaces.reconcile.scope import Outcome, Scope
-from agentspaces.reconcile.server_step import cloud_failure, provider
-from agentspaces.runtime import utcnow
+from agentspaces.reconcile.outcome import Outcome, Wait, cloud_failure
+from agentspaces.reconcile.scope import Scope
+from agentspaces.reconcile.server_step import provider
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
-RETRY = 30.0
 FAILED = -1
 """What `_converge` returns when the firewall could not be made ours."""
 
@@ -94,24 +93,22 @@ def _digest(klass: WorkspaceClass, rules: tuple[InboundRule, ...]) -> str:
 
 
 def _cache_key(scope: Scope) -> str:
-    assert scope.creds is not None
     token = hashlib.sha256(scope.creds.hetzner_token.encode()).hexdigest()
-    return f"{scope.creds.klass.hetzner_endpoint}\0{token}\0{scope.creds.klass.name}"
+    return f"{scope.klass.hetzner_endpoint}\0{token}\0{scope.klass.name}"
 
 
-async def ensure(scope: Scope) -> Outcome | None:
+async def reconcile(scope: Scope) -> Outcome | None:
     """Bring the class's firewall in line with the class. An Outcome only when no server
     exists yet and the firewall the class asks for could not be made: a new server is
     never started with its agent port open against the class's wish."""
-    assert scope.creds is not None
-    klass = scope.creds.klass
+    klass = scope.klass
     try:
         rules = desired_rules(klass)
     except ValueError as err:  # admission checks the CIDRs; an older CRD may not have
-        scope.status.condition(C.FIREWALL_READY, False, C.INVALID_INPUT,
+        scope.status.condition(T.FIREWALL_READY, False, Reason.INVALID_INPUT,
                                f"agent.sourceRanges of class {klass.name}: {err}")
-        return (Outcome.after(RETRY, "invalid sourceRanges")
-                if scope.status.get("server", "id") is None else None)
+        return (Outcome.after(Wait.FIREWALL, "invalid sourceRanges")
+                if not scope.status.has_server else None)
     key, digest = _cache_key(scope), _digest(klass, rules)
     checks = scope.runtime.firewall_checks
     seen = checks.get(key)
@@ -131,12 +128,12 @@ async def ensure(scope: Scope) -> Outcome | None:
         if firewall_id != FAILED:
             await _sweep_orphans(scope, servers, managed)
     except CloudError as err:
-        outcome = cloud_failure(scope, C.FIREWALL_READY, err, "firewall")
-        return outcome if rules and scope.status.get("server", "id") is None else None
+        outcome = cloud_failure(scope, T.FIREWALL_READY, err, "firewall")
+        return outcome if rules and not scope.status.has_server else None
     if firewall_id == FAILED:
-        return (Outcome.after(RETRY, "firewall not ready")
-                if scope.status.get("server", "id") is None else None)
-    checks[key] = digest, firewall_id, utcnow()
+        return (Outcome.after(Wait.FIREWALL, "firewall not ready")
+                if not scope.status.has_server else None)
+    checks[key] = digest, firewall_id, scope.now()
     _report(scope, klass, rules)
     return None
 
@@ -145,15 +142,14 @@ async def _drifted(scope: Scope, firewall_id: int | None, checked: datetime) -> 
     """Does a server inventory newer than the last check (listed anyway for drift
     checks, so no extra call) show this workspace's server without the class firewall,
     e.g. because it was deleted? Each inventory triggers at most one check."""
-    assert scope.creds is not None
-    server_id = scope.status.get("server", "id")
+    server_id = scope.status.server.id if scope.status.server is not None else None
     if firewall_id is None or server_id is None:
         return False
     fetched, listed = await scope.runtime.inventory(
-        scope.creds.hetzner_token, scope.creds.klass.hetzner_endpoint).snapshot()
+        scope.creds.hetzner_token, scope.klass.hetzner_endpoint).snapshot()
     if fetched is None or fetched <= checked:
         return False
-    server = listed.get(int(server_id))
+    server = listed.get(server_id)
     # A server from before class labels existed is not selected; its next start is.
     return (server is not None and LABEL_CLASS in server.labels
             and firewall_id not in server.firewalls)
@@ -162,11 +158,11 @@ async def _drifted(scope: Scope, firewall_id: int | None, checked: datetime) -> 
 def _report(scope: Scope, klass: WorkspaceClass, rules: tuple[InboundRule, ...]) -> None:
     """FirewallReady for a class whose firewall is in place (or was removed)."""
     if rules:
-        scope.status.condition(C.FIREWALL_READY, True, C.FIREWALL_APPLIED,
+        scope.status.condition(T.FIREWALL_READY, True, Reason.FIREWALL_APPLIED,
                                f"the class firewall admits port {klass.agent_port} only "
                                f"from {', '.join(rules[0].sources)}")
-    elif scope.status.reason(C.FIREWALL_READY) not in (None, C.FIREWALL_NOT_CONFIGURED):
-        scope.status.condition(C.FIREWALL_READY, False, C.FIREWALL_NOT_CONFIGURED,
+    elif scope.status.reason(T.FIREWALL_READY) not in (None, Reason.FIREWALL_NOT_CONFIGURED):
+        scope.status.condition(T.FIREWALL_READY, False, Reason.FIREWALL_NOT_CONFIGURED,
                                "the class sets no agent.sourceRanges: the agent port is "
                                "open to the internet")
 
@@ -175,21 +171,21 @@ async def _converge(scope: Scope, servers: ServerProvider, rules: tuple[InboundR
                     ours: Sequence[FirewallInfo]) -> int:
     """The id of the class's firewall, now in line with `rules`; FAILED if a foreign one
     holds its name."""
-    assert scope.creds is not None
-    klass = scope.creds.klass
+    klass = scope.klass
     labels, name, wanted = firewall_labels(klass), firewall_name(klass), selector(klass)
     if not ours:
         try:
             created = await servers.create_firewall(name, labels, rules, wanted)
-        except CloudPermanent as err:
+        except CloudError as err:
             if err.code != "uniqueness_error":
                 raise
             existing = await servers.find_firewall_by_name(name)
             if existing is None or not _is_ours(existing, labels):
                 message = (f"a Hetzner firewall named {name} exists and is not labelled as "
                            "this class's; the agent port is not restricted")
-                scope.status.condition(C.FIREWALL_READY, False, C.FIREWALL_NAME_TAKEN, message)
-                scope.emit("Warning", C.FIREWALL_NAME_TAKEN, message)
+                scope.status.condition(T.FIREWALL_READY, False, Reason.FIREWALL_NAME_TAKEN,
+                                       message)
+                scope.emit("Warning", Reason.FIREWALL_NAME_TAKEN, message)
                 return FAILED
             ours = [existing]
         else:
@@ -211,8 +207,7 @@ async def _converge(scope: Scope, servers: ServerProvider, rules: tuple[InboundR
 async def _remove(scope: Scope, servers: ServerProvider,
                   ours: Sequence[FirewallInfo]) -> None:
     """The class no longer restricts the agent port: remove its firewall."""
-    assert scope.creds is not None
-    klass = scope.creds.klass
+    klass = scope.klass
     for firewall in ours:
         await servers.detach_firewall(firewall)
         await servers.delete_firewall(firewall.id)
@@ -226,15 +221,14 @@ async def _sweep_orphans(scope: Scope, servers: ServerProvider,
     """Delete our firewalls of other classes that are gone or no longer restrict the
     agent port, once no server of theirs is left in the project. A hashed label (a class
     name over 63 characters, marked by "_") cannot be looked up and is left alone."""
-    assert scope.creds is not None
-    own = class_label(scope.creds.klass.name)
+    own = class_label(scope.klass.name)
     candidates = [f for f in managed
                   if f.labels.get(LABEL_CLASS) not in (None, own)
                   and "_" not in f.labels[LABEL_CLASS]]
     if not candidates:
         return
     _, listed = await scope.runtime.inventory(
-        scope.creds.hetzner_token, scope.creds.klass.hetzner_endpoint).snapshot()
+        scope.creds.hetzner_token, scope.klass.hetzner_endpoint).snapshot()
     in_use = {s.labels.get(LABEL_CLASS) for s in listed.values()}
     for firewall in candidates:
         label = firewall.labels[LABEL_CLASS]
@@ -252,12 +246,6 @@ async def _sweep_orphans(scope: Scope, servers: ServerProvider,
         scope.emit("Normal", "FirewallDeleted",
                    f"deleted firewall {firewall.id} of class {label}, which no longer "
                    "restricts the agent port and has no server left")
-
-
-# --- step contract -------------------------------------------------------------------
-
-async def reconcile(scope: Scope) -> Outcome | None:
-    return await ensure(scope)
 
 
 async def delete(scope: Scope) -> Outcome | None:
