@@ -16,17 +16,18 @@ from agentspaces.reconcile.outcome import Outcome, Wait, cloud_failure
 from agentspaces.reconcile.scope import Scope
 
 
-def urls(scheme: str, host: str, port: int | None, state: UrlState) -> UrlsStatus:
+def urls(scheme: str, host: str, port: int | None) -> UrlsStatus:
+    """Where a live workspace answers (`ports` is a pattern: {port} is the port)."""
     suffix = f":{port}" if port else ""
     return UrlsStatus(workspace=f"{scheme}://{host}{suffix}", ui=f"{scheme}://{host}{suffix}/",
-                      ports=f"{scheme}://{{port}}.{host}{suffix}", state=state)
+                      ports=f"{scheme}://{{port}}.{host}{suffix}", state=UrlState.LIVE)
 
 
-def workspace_urls(scope: Scope, state: UrlState = UrlState.LIVE) -> UrlsStatus:
+def workspace_urls(scope: Scope) -> UrlsStatus:
     tls = scope.klass.tls
     if tls.mode == "none":
-        return urls("http", scope.host, None if tls.http_port == 80 else tls.http_port, state)
-    return urls("https", scope.host, None if tls.https_port == 443 else tls.https_port, state)
+        return urls("http", scope.host, None if tls.http_port == 80 else tls.http_port)
+    return urls("https", scope.host, None if tls.https_port == 443 else tls.https_port)
 
 
 def _provider(scope: Scope) -> DnsProvider:
