@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from agentspaces.api.schema import GROUP, VERSION
+from agentspaces.api.model import GROUP, VERSION
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import KubernetesApi
 from agentspaces.reconcile import workspace
