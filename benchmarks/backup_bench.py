@@ -250,7 +250,7 @@ def bench_size(size_mib: int, workdir: Path, endpoint: str, part_size: int,
                                              clock + timedelta(minutes=rep), part_size,
                                              backups.DEFAULT_MAX_PARTS, 3600)
         run = run_agent("backup", plan, tree, scratch)
-        record = backups.commit_backup(store, pending, run["result"], data_key)
+        record = backups.commit_backup(store, pending, run["result"], data_key, datetime.now(UTC))
         if run["seconds"] < agent_b:
             cpu_b = (run["cpu"], run["childCpu"], run["serverCpu"])
         agent_b, rss_b = min(agent_b, run["seconds"]), max(rss_b, run["rssKiB"])
@@ -266,8 +266,8 @@ def bench_size(size_mib: int, workdir: Path, endpoint: str, part_size: int,
         base_r = min(base_r, baseline_restore(archive, scratch / "baseline-restore"))
         shutil.rmtree(scratch / "baseline-restore")
         target = scratch / "restored"
-        run = run_agent("restore", backups.restore_plan(store, record, data_key, 3600),
-                        target, scratch)
+        plan = backups.restore_plan(store, record, data_key, 3600, datetime.now(UTC))
+        run = run_agent("restore", plan, target, scratch)
         if run["seconds"] < agent_r:
             cpu_r = (run["cpu"], run["childCpu"], run["serverCpu"])
         agent_r, rss_r = min(agent_r, run["seconds"]), max(rss_r, run["rssKiB"])

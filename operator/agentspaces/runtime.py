@@ -139,6 +139,9 @@ class Runtime:
         # (project, class) -> (digest of its desired firewall, the firewall's id or
         # None, when it was checked): what the class's firewall was last checked against.
         self.firewall_checks: dict[str, tuple[str, int | None, datetime]] = {}
+        # Workspace uid -> the hostname label this process has seen it hold, so later
+        # reconciles make no Lease call (reconcile/host_claim.py).
+        self.host_claims: dict[str, str] = {}
         self._closing: list[AgentAdapter] = []
         self.agent_slots = asyncio.Semaphore(settings.agent_concurrency)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,9 @@ def test_links_kept_by_a_backup_are_harmless_after_the_restore(
     record, _, _ = run_backup(store, workspace(), data_key, source, T0)
     root = tmp_path / "agent"
     root.mkdir()
+    plan = bk.restore_plan(store, record, data_key, 600, datetime.now(UTC))
     with running_agent(root) as agent:
-        doc = start(agent, bk.restore_plan(store, record, data_key, 600))
+        doc = start(agent, plan.to_json())
         logs = agent.logs()
     assert doc["bootStage"] == "ready", doc["bootMessage"]
     assert doc["restore"]["state"] == "succeeded"

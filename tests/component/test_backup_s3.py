@@ -246,7 +246,7 @@ def run_backup(store: S3ObjectStore, ws: bk.BackupLocation, data_key: keys.DataK
 
 def restore(store: S3ObjectStore, record: bk.BackupRecord, data_key: keys.DataKey,
             target: Path, proxy: FaultProxy | None = None) -> None:
-    plan = bk.restore_plan(store, record, data_key, 600)
+    plan = bk.restore_plan(store, record, data_key, 600, datetime.now(UTC))
     if proxy is not None:
         plan = replace(plan, url=proxy.route(plan.url))
     agent.restore(plan.to_json(), target)
@@ -428,13 +428,15 @@ def test_commit_rejects_an_inconsistent_result(store: S3ObjectStore, data_key: k
                    {**result, "sha256": "nope"},
                    {**result, "id": "20991231T000000Z"}):
         with pytest.raises(bk.CommitFailed):
-            bk.commit_backup(store, pending, broken, data_key)
+            bk.commit_backup(store, pending, broken, data_key, datetime.now(UTC))
     assert store.head_object(pending.manifest_key) is None
     with pytest.raises(bk.CommitFailed):  # signed with another workspace's key: never
-        bk.commit_backup(store, pending, result, keys.DataKey("dk-other", data_key.material))
-    record = bk.commit_backup(store, pending, result, data_key)
+        bk.commit_backup(store, pending, result, keys.DataKey("dk-other", data_key.material),
+                         datetime.now(UTC))
+    record = bk.commit_backup(store, pending, result, data_key, datetime.now(UTC))
     # Committing again (operator crashed before recording it) is harmless.
-    assert bk.commit_backup(store, pending, result, data_key).sha256 == record.sha256
+    again = bk.commit_backup(store, pending, result, data_key, datetime.now(UTC))
+    assert again.sha256 == record.sha256
     assert bk.list_backups(store, workspace())[0].sha256 == record.sha256
 
 
@@ -566,7 +568,8 @@ def test_damaged_backup_leaves_the_target_untouched(
     make_tree(target, big=1000, generation=7)
     before = snapshot(target)
 
-    plan = bk.restore_plan(store, record, data_key, 600).to_json()  # as the agent gets it
+    # as the agent gets it
+    plan = bk.restore_plan(store, record, data_key, 600, datetime.now(UTC)).to_json()
     blob = store.get_object(record.object_key)
     if damage == "tampered":
         flipped = bytearray(blob)
@@ -584,7 +587,8 @@ def test_damaged_backup_leaves_the_target_untouched(
         plan["key"] = base64.b64encode(os.urandom(32)).decode()
     elif damage == "wrong-key-id":
         with pytest.raises(bf.DataKeyMismatch):  # the operator notices first
-            bk.restore_plan(store, record, keys.DataKey("dk-other", data_key.material), 600)
+            bk.restore_plan(store, record, keys.DataKey("dk-other", data_key.material), 600,
+                            datetime.now(UTC))
         plan["keyId"] = "dk-other"
     elif damage == "missing":
         store.delete_objects([record.object_key])
@@ -637,11 +641,12 @@ def test_bucket_writer_cannot_swap_or_forge_backups(
     swapped = bk.latest_backup(store, ws)
     assert swapped is not None and swapped.backup_id == new.backup_id
     with pytest.raises(bk.ManifestTampered) as refused:
-        bk.restore_plan(store, swapped, data_key, 600)
+        bk.restore_plan(store, swapped, data_key, 600, datetime.now(UTC))
     assert refused.value.reason == "BackupTampered"
 
     # ... and had a plan been built from that manifest, the agent refuses the object.
-    plan = bk.restore_plan(store, new, data_key, 600).to_json()  # the genuine record of `new`
+    # the genuine record of `new`
+    plan = bk.restore_plan(store, new, data_key, 600, datetime.now(UTC)).to_json()
     plan.update(size=len(old_blob), sha256=hashlib.sha256(old_blob).hexdigest())
     with pytest.raises(agent.BackupCorrupt) as info:
         agent.restore(plan, target)
@@ -673,12 +678,13 @@ def test_bucket_writer_cannot_swap_or_forge_backups(
     forged = bk.latest_backup(store, ws)
     assert forged is not None and forged.backup_id == forged_id
     with pytest.raises(bk.ManifestTampered):
-        bk.restore_plan(store, forged, data_key, 600)
+        bk.restore_plan(store, forged, data_key, 600, datetime.now(UTC))
     # The same manifest with its mac removed (an "old-style" manifest) is no better.
     _put(store, bk.manifest_key(ws, forged_id),
          json.dumps({k: v for k, v in doc.items() if k != "mac"}).encode())
     with pytest.raises(bk.ManifestTampered):
-        bk.restore_plan(store, bk.latest_backup(store, ws) or forged, data_key, 600)
+        bk.restore_plan(store, bk.latest_backup(store, ws) or forged, data_key, 600,
+                        datetime.now(UTC))
 
     # 3. Copying another workspace's backup (here: one sharing the data key, as a
     # retained workspace and its heir do) into this prefix under a newer id.
@@ -690,7 +696,7 @@ def test_bucket_writer_cannot_swap_or_forge_backups(
     copied = bk.latest_backup(store, ws)
     assert copied is not None and copied.backup_id == theirs.backup_id
     with pytest.raises(bk.ManifestTampered):
-        bk.restore_plan(store, copied, data_key, 600)
+        bk.restore_plan(store, copied, data_key, 600, datetime.now(UTC))
 
     # 4. A giant "manifest" for a newer id is never read (it would exhaust memory).
     giant_id = bk.backup_id(T0 + timedelta(hours=4))

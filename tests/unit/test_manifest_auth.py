@@ -90,4 +90,4 @@ def test_restore_plan_refuses_before_presigning(data_key: keys.DataKey) -> None:
 
     tampered = bk.BackupRecord.from_manifest(WS, {**signed(data_key), "size": 1})
     with pytest.raises(bk.ManifestTampered):
-        bk.restore_plan(NoStore(), tampered, data_key)  # type: ignore[arg-type]
+        bk.restore_plan(NoStore(), tampered, data_key, 600, datetime.now(UTC))  # type: ignore[arg-type]

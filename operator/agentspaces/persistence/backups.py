@@ -70,7 +70,6 @@ _ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
 DEFAULT_PART_SIZE = 16 * MIB  # agent memory is about two parts
 DEFAULT_MAX_PARTS = 1024  # 16 GiB with the default part size
 DEFAULT_URL_TTL = 6 * 3600  # long enough for the largest backup to finish uploading
-DEFAULT_RESTORE_URL_TTL = 3600
 
 
 class BackupConflict(Exception):
@@ -331,7 +330,7 @@ def _check_result(pending: PendingBackup, agent_result: BackupResult | Mapping[s
 
 def commit_backup(store: ObjectStore, pending: PendingBackup,
                   agent_result: BackupResult | Mapping[str, Any], data_key: DataKey,
-                  now: datetime | None = None) -> BackupRecord:
+                  now: datetime) -> BackupRecord:
     """Complete the upload, check the object, then write the manifest (last), signed
     with the data key the backup was made with.
 
@@ -361,7 +360,7 @@ def commit_backup(store: ObjectStore, pending: PendingBackup,
         manifest_key=pending.manifest_key, size=size, sha256=sha, key_id=pending.key_id,
         format_version=backup_format.VERSION, chunk_size=pending.chunk_size,
         plaintext_size=result.plaintext_size,
-        completed=(now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
+        completed=now.astimezone(UTC).replace(microsecond=0),
         workspace_uid=pending.workspace_uid)
     doc = manifest_auth.sign(record.manifest(pending.workspace()), data_key)
     store.put_object(pending.manifest_key,
@@ -439,8 +438,7 @@ def latest_backup(store: ObjectStore, ws: BackupLocation) -> BackupRecord | None
 
 
 def restore_plan(store: ObjectStore, record: BackupRecord, data_key: DataKey,
-                 url_ttl: int = DEFAULT_RESTORE_URL_TTL,
-                 now: datetime | None = None) -> RestorePlan:
+                 url_ttl: int, now: datetime) -> RestorePlan:
     """The agent's restore plan for a committed backup (contains the data key).
 
     DataKeyMismatch if the backup needs another data key; ManifestTampered if its
@@ -451,7 +449,7 @@ def restore_plan(store: ObjectStore, record: BackupRecord, data_key: DataKey,
                               f"the workspace has {data_key.key_id}")
     verify_manifest(record, data_key)
     check_url_ttl(url_ttl)
-    moment = now or datetime.now(UTC)
+    moment = now
     return RestorePlan(backup_id=record.backup_id, workspace_uid=record.workspace_uid,
                        object_key=record.object_key, key_id=record.key_id,
                        key=data_key.material,

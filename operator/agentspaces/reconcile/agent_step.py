@@ -61,7 +61,7 @@ async def reconcile(scope: Scope) -> Outcome | None:
     status.agent_endpoint = AgentEndpointStatus(
         url=f"https://{server.ipv4}:{scope.klass.agent_port}",
         certificate_sha256=credentials.fingerprint_sha256)
-    client = scope.agent_client()
+    client = scope.agent()
     try:
         async with scope.runtime.agent_slots:
             doc: AgentStatus = await client.agent_status()
@@ -168,7 +168,7 @@ async def _start(scope: Scope) -> Outcome:
                                "not started: the backup to restore is unusable "
                                f"({scope.status.reason(T.BACKUP_RESTORED)})")
         return plan
-    await scope.agent_client().start(plan)
+    await scope.agent().start(plan)
     scope.status.condition(T.AGENT_READY, False, Reason.AGENT_BOOTING,
                            "restoring the backup" if plan else "starting")
     return Outcome.after(scope.runtime.settings.boot_poll, "agent starting")

@@ -385,7 +385,7 @@ async def _begin(scope: Scope, data_key: keys.DataKey) -> Outcome:
         settings.backup_part_mib * 1024 * 1024, backups.DEFAULT_MAX_PARTS,
         int(settings.backup_url_ttl))
     try:
-        await scope.agent_client().start_backup(plan)
+        await scope.agent().start_backup(plan)
     except AgentError as err:
         if err.status != 409:
             raise
@@ -403,7 +403,7 @@ async def _poll(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
     assert status.pending_backup is not None
     pending = backups.PendingBackup.from_dict(status.pending_backup)
     the_store = store(scope)
-    job = await scope.agent_client().backup_status()
+    job = await scope.agent().backup_status()
     if job.backup_id not in (None, pending.backup_id) or job.state is JobState.IDLE:
         # The agent restarted or never saw this backup: abandon it and start again.
         await asyncio.to_thread(backups.abort_backup, the_store, pending)

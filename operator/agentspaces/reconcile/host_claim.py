@@ -22,10 +22,6 @@ HOLDER_ANNOTATION = "agentspaces.dev/workspace"
 LABELS = {"app.kubernetes.io/managed-by": "agentspaces", "agentspaces.dev/role": "hostname"}
 _ATTEMPTS = 3
 
-_confirmed: dict[str, str] = {}
-"""Workspace uid -> label this process has seen it hold: later reconciles make no call."""
-
-
 def claim_name(label: str) -> str:
     return PREFIX + label
 
@@ -33,7 +29,7 @@ def claim_name(label: str) -> str:
 async def ensure(scope: Visit) -> Outcome | None:
     """None when this workspace holds its label's claim; else the Outcome to return."""
     label = scope.label
-    if _confirmed.get(scope.ref.uid) == label:
+    if scope.runtime.host_claims.get(scope.ref.uid) == label:
         return None
     kube = scope.runtime.kube
     namespace = scope.runtime.settings.namespace
@@ -52,14 +48,14 @@ async def ensure(scope: Visit) -> Outcome | None:
                 continue
             scope.emit("Normal", "HostnameClaimed",
                        f"took over the claim on {label} from a deleted workspace")
-        _confirmed[scope.ref.uid] = label
+        scope.runtime.host_claims[scope.ref.uid] = label
         return None
     return Outcome.after(Wait.HOST_CONTENDED, "hostname claim contended")
 
 
 async def release(scope: Visit) -> None:
     """Delete this workspace's claim (only if it is still the holder)."""
-    _confirmed.pop(scope.ref.uid, None)
+    scope.runtime.host_claims.pop(scope.ref.uid, None)
     kube = scope.runtime.kube
     namespace = scope.runtime.settings.namespace
     current = await kube.read_lease(namespace, claim_name(scope.label))

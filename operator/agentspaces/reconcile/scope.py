@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from agentspaces.agent_client import AgentPort
 from agentspaces.api.hostnames import recorded_label, workspace_host
 from agentspaces.api.types import WorkspaceClass, WorkspaceRef, WorkspaceSpec
 from agentspaces.kube import Owner
@@ -99,7 +100,7 @@ class Scope(Visit):
     def host(self) -> str:
         return workspace_host(self.label, self.klass.dns.base_domain)
 
-    def agent_client(self) -> Any:
+    def agent(self) -> AgentPort:
         """The pinned client for this workspace's agent (status.agentEndpoint)."""
         endpoint = self.status.agent_endpoint
         assert self.agent_credentials is not None and endpoint is not None and endpoint.url

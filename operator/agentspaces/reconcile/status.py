@@ -16,15 +16,6 @@ from pydantic import PrivateAttr
 
 from agentspaces.api.enums import ConditionStatus, ConditionType, Reason
 from agentspaces.api.status import Condition, WorkspaceStatus
-from agentspaces_vm.contracts import format_time, parse_time
-
-
-def iso(moment: datetime | None) -> str | None:
-    """Transitional: string times for code not yet using the typed fields."""
-    return format_time(moment) if moment is not None else None
-
-
-__all__ = ["StatusDraft", "iso", "merge_patch", "parse_time"]
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -82,12 +73,15 @@ class StatusDraft(WorkspaceStatus):
                 self.condition(type_, ConditionStatus.UNKNOWN, Reason.FIRST_VISIT,
                                "not observed yet")
 
-    def condition(self, type_: ConditionType | str, status: bool | ConditionStatus | str,
+    def condition(self, type_: ConditionType, status: bool | ConditionStatus,
                   reason: Reason | str, message: str = "") -> None:
-        """Set one condition; lastTransitionTime moves only when its status flips."""
+        """Set one condition; lastTransitionTime moves only when its status flips.
+
+        `reason` is a Reason, or text copied from another condition (Ready repeats the
+        failing step's reason) or named by the agent (a restore refusal).
+        """
         if isinstance(status, bool):
             status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
-        status = ConditionStatus(status)
         current = self._find(type_)
         if current is None:
             self.conditions.append(Condition(
@@ -101,11 +95,11 @@ class StatusDraft(WorkspaceStatus):
         current.message = message
         current.observed_generation = self.generation
 
-    def is_true(self, type_: ConditionType | str) -> bool:
+    def is_true(self, type_: ConditionType) -> bool:
         current = self._find(type_)
         return current is not None and current.status == ConditionStatus.TRUE
 
-    def reason(self, type_: ConditionType | str) -> str | None:
+    def reason(self, type_: ConditionType) -> str | None:
         current = self._find(type_)
         return current.reason if current is not None else None
 
@@ -113,7 +107,7 @@ class StatusDraft(WorkspaceStatus):
         current = self._find(type_)
         return (current.message or "") if current is not None else ""
 
-    def _find(self, type_: ConditionType | str) -> Condition | None:
+    def _find(self, type_: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
 
     # fields --------------------------------------------------------------------------
@@ -127,45 +121,3 @@ class StatusDraft(WorkspaceStatus):
         """The merge patch from the original status to the draft ({} when unchanged)."""
         result = merge_patch(self._original, self.dump())
         return {} if result is UNCHANGED else result  # type: ignore[no-any-return]
-
-    # --- transitional string-keyed access (removed once reconcile/ is typed) ---------
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.dump()
-
-    def get(self, *path: str, default: Any = None) -> Any:
-        cur: Any = self.dump()
-        for key in path:
-            if not isinstance(cur, Mapping) or key not in cur:
-                return default
-            cur = cur[key]
-        return cur
-
-    def set(self, key: str, value: Any) -> None:
-        doc = self.dump()
-        if value is None:
-            doc.pop(key, None)
-        else:
-            doc[key] = value
-        self._take(key, doc)
-
-    def update(self, key: str, **fields: Any) -> None:
-        doc = self.dump()
-        section = dict(doc.get(key) or {})
-        for name, value in fields.items():
-            if value is None:
-                section.pop(name, None)
-            else:
-                section[name] = value
-        if section:
-            doc[key] = section
-        else:
-            doc.pop(key, None)
-        self._take(key, doc)
-
-    def _take(self, key: str, doc: dict[str, Any]) -> None:
-        parsed = WorkspaceStatus.model_validate(doc)
-        name = next(n for n, f in WorkspaceStatus.model_fields.items()
-                    if key in (n, f.alias))
-        setattr(self, name, getattr(parsed, name))

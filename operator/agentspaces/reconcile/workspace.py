@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from agentspaces.api.enums import AgentState, Phase, Reason, StoppedBy, UrlState
 from agentspaces.api.enums import ConditionType as T
+from agentspaces.api.types import wants_running
 from agentspaces.reconcile import (
     agent_step,
     backup_step,
@@ -43,8 +44,7 @@ async def reconcile(visit: Visit) -> Outcome:
     if claimed is not None:
         return claimed
 
-    intent = decide_intent(bool(visit.spec_raw.get("running", True)), status,
-                           visit.annotations)
+    intent = decide_intent(wants_running(visit.spec_raw), status, visit.annotations)
     if _settled_stop(status, intent.running):
         # Stopped with nothing left in any cloud: the poll costs no API call at all.
         status.stopped_by = intent.stopped_by
@@ -183,9 +183,8 @@ async def _ensure_running(scope: Scope) -> Outcome:
     outcome = await _walk(scope, RUNNING_STEPS)
     if outcome is not None:
         return outcome
-    idle_stop = agent_step.idle_stop(scope)
-    if idle_stop is not None:
-        stop = StoppedBy(idle_stop)
+    stop = agent_step.idle_stop(scope)
+    if stop is not None:
         status.stopped_by = stop
         scope.emit("Normal", "Stopping", f"stopping: {status.reason(T.IDLE)}")
         return await _ensure_stopped(scope, stop, backup=True)
