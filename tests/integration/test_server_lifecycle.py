@@ -7,6 +7,7 @@ import base64
 import gzip
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -93,11 +94,16 @@ def test_apply_creates_one_server_and_delete_removes_it(
         if uid in (record.get("comment") or ""):
             assert record["content"] in (status["server"]["ipv4"], status["server"]["ipv6"])
             assert record["comment"].startswith(f"agentspaces:{uid}")
-    # Once ready, polling costs no Cloudflare (or Hetzner) call at all.
-    cf_before, hz_before = clouds.cloudflare.total_calls, sum(clouds.hetzner.calls.values())
+    # Once ready, polling costs no Cloudflare call and no Hetzner call of its own: only
+    # the shared inventory list, once per inventory interval (3 s here).
+    cf_before, hz_before = clouds.cloudflare.total_calls, Counter(clouds.hetzner.calls)
+    started = time.monotonic()
     time.sleep(4)  # ~4 polls
+    elapsed = time.monotonic() - started
     assert clouds.cloudflare.total_calls == cf_before
-    assert sum(clouds.hetzner.calls.values()) - hz_before <= 1  # at most one inventory page
+    during = Counter(clouds.hetzner.calls) - hz_before
+    assert set(during) <= {"GET /servers"}, during
+    assert during["GET /servers"] <= 1 + int(elapsed // 3)
 
     kubectl("delete", "workspace", "alpha", "-n", namespace, "--wait=false")
     wait_for(lambda: _ws(kubectl, "alpha", namespace) is None, 60, "Workspace gone")
