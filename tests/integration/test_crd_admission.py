@@ -41,6 +41,10 @@ def _with(patch: dict, name: str = "demo") -> dict:
 INVALID_WORKSPACES = [
     ("bad-server-type", {"spec": {"server": {"type": "huge1"}}}, "spec.server.type"),
     ("bad-location", {"spec": {"server": {"location": "mars1"}}}, "spec.server.location"),
+    # Only images with an OS profile (the user-data is written for them), or numeric ids.
+    ("unsupported-image", {"spec": {"server": {"image": "debian-12"}}}, "spec.server.image"),
+    ("unsupported-image-other-os", {"spec": {"server": {"image": "fedora-42"}}},
+     "spec.server.image"),
     ("bad-duration", {"spec": {"idle": {"timeout": "thirty minutes"}}}, "spec.idle.timeout"),
     ("too-short-timeout", {"spec": {"idle": {"timeout": "10s"}}},
      "must be a duration of at least 1m"),
@@ -161,15 +165,27 @@ INVALID_CLASSES = [
      "lifetime.max must not exceed limits.lifetime"),
     ("bad-allowed-type", {"limits": {"serverTypes": ["huge1"]}},
      "spec.limits.serverTypes[0]"),
+    # Images: supported names or numeric ids; a numeric id needs the class's osProfile.
+    ("unsupported-class-image", {"server": {"image": "ubuntu-22.04"}}, "spec.server.image"),
+    ("unsupported-allowed-image", {"limits": {"images": ["ubuntu-24.04", "debian-12"]}},
+     "spec.limits.images[1]"),
+    ("numeric-image-without-profile", {"server": {"image": "4711"}},
+     "a numeric image id (server.image or limits.images) needs server.osProfile"),
+    ("numeric-allowed-image-without-profile",
+     {"limits": {"images": ["ubuntu-24.04", "4711"]}},
+     "a numeric image id (server.image or limits.images) needs server.osProfile"),
+    ("bad-os-profile", {"server": {"image": "4711", "osProfile": "debian-12"}},
+     "spec.server.osProfile"),
 ]
 
 
 def test_class_with_consistent_limits_is_accepted(kubectl: Kubectl) -> None:
     spec = {"hetzner": {"tokenSecretRef": {"name": "hetzner"}},
             "dns": {"zoneName": "example.com", "tokenSecretRef": {"name": "cf"}},
-            "server": {"type": "cpx32", "image": "ubuntu-24.04"},
+            "server": {"type": "cpx32", "image": "ubuntu-24.04", "osProfile": "debian-13"},
             "idle": {"timeout": "1h"}, "lifetime": {"max": "8h"},
-            "limits": {"serverTypes": ["cx23", "cpx32"], "images": ["ubuntu-24.04", "4711"],
+            "limits": {"serverTypes": ["cx23", "cpx32"],
+                       "images": ["ubuntu-24.04", "debian-13", "4711"],
                        "idleTimeout": "2h", "agentBusyCap": "6h", "lifetime": "12h"}}
     manifest = yaml.safe_dump({"apiVersion": "agentspaces.dev/v1alpha1",
                                "kind": "WorkspaceClass",
@@ -180,6 +196,31 @@ def test_class_with_consistent_limits_is_accepted(kubectl: Kubectl) -> None:
         assert stored is not None and stored["spec"]["limits"] == spec["limits"]
     finally:
         kubectl("delete", "workspaceclass", "limited-consistent", "--ignore-not-found")
+
+
+def test_debian_class_and_snapshot_class_are_accepted(kubectl: Kubectl,
+                                                      namespace: str) -> None:
+    base = {"hetzner": {"tokenSecretRef": {"name": "hetzner"}},
+            "dns": {"zoneName": "example.com", "tokenSecretRef": {"name": "cf"}}}
+    classes = {"debian": {**base, "server": {"image": "debian-13"}},
+               "snapshot": {**base, "server": {"image": "4711", "osProfile": "debian-13"}}}
+    try:
+        for name, spec in classes.items():
+            kubectl("apply", "-f", "-", input=yaml.safe_dump(
+                {"apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceClass",
+                 "metadata": {"name": f"os-{name}"}, "spec": spec}))
+            stored = kubectl.get_json("workspaceclass", f"os-{name}")
+            assert stored is not None
+            assert stored["spec"]["server"].items() >= spec["server"].items()
+        for image in ("debian-13", "ubuntu-24.04", "4711"):
+            name = f"image-{image.replace('.', '-')}"
+            kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(
+                _with({"spec": {"server": {"image": image}}}, name=name)))
+            stored = kubectl.get_json("workspace", name, "-n", namespace)
+            assert stored is not None and stored["spec"]["server"]["image"] == image
+    finally:
+        for name in classes:
+            kubectl("delete", "workspaceclass", f"os-{name}", "--ignore-not-found")
 
 
 @pytest.mark.parametrize(("case", "patch", "expected"), INVALID_CLASSES,

@@ -169,3 +169,27 @@ def test_the_example_class_round_trips_and_parses_into_the_view() -> None:
     assert klass.dns.base_domain == "ws.example.com"
     assert klass.limits.server_types == frozenset({"cx23", "cx33", "cpx32"})
     assert klass.limits.lifetime == timedelta(hours=24)
+
+
+@pytest.mark.parametrize("image", ["debian-12", "ubuntu-22.04", "Ubuntu-24.04", "debian-13 ",
+                                   "12a", "fedora-42"])
+def test_only_supported_image_names_and_numeric_ids_parse(image: str) -> None:
+    with pytest.raises(ValueError, match=r"server\.image"):
+        WorkspaceSpec.from_spec({**MINIMAL_SPEC, "server": {"image": image}}, _class())
+    with pytest.raises(ValueError, match=r"server\.image"):
+        _class(server={"image": image})
+
+
+def test_os_profiles_of_class_and_workspace() -> None:
+    klass = _class(server={"image": "debian-13"})
+    assert (klass.server.os_profile, klass.image_os_profile) == ("debian-13", None)
+    snapshots = _class(server={"image": "4711", "osProfile": "debian-13"},
+                       limits={"images": ["4711", "4712", "ubuntu-24.04"]})
+    assert snapshots.server.os_profile == snapshots.image_os_profile == "debian-13"
+    for image, profile in (("4712", "debian-13"), ("ubuntu-24.04", "ubuntu-24.04")):
+        spec = WorkspaceSpec.from_spec({**MINIMAL_SPEC, "server": {"image": image}}, snapshots)
+        assert spec.server.os_profile == profile
+    with pytest.raises(ValueError, match=r"needs server\.osProfile"):
+        _class(limits={"images": ["4711"]})
+    with pytest.raises(ValueError, match=r"server\.osProfile"):
+        _class(server={"image": "4711", "osProfile": "debian-12"})

@@ -28,7 +28,7 @@ def test_each_limit_refuses_what_exceeds_it() -> None:
     klass = make_klass(limits=LIMITS)
     cases = {
         "server type ccx63": {"server": {"type": "ccx63"}},
-        "image debian-12": {"server": {"image": "debian-12"}},
+        "image debian-13": {"server": {"image": "debian-13"}},
         "image 123456": {"server": {"image": "123456"}},
         "idle.timeout 8760h": {"idle": {"timeout": "8760h"}},
         "idle.agentBusyCap 24h": {"idle": {"agentBusyCap": "24h"}},
@@ -45,12 +45,12 @@ def test_each_limit_refuses_what_exceeds_it() -> None:
 
 def test_without_an_image_allowlist_numeric_ids_are_refused_but_names_are_not() -> None:
     klass = make_klass()
-    assert check(make_spec(klass, server={"image": "debian-12"}), klass).allowed
+    assert check(make_spec(klass, server={"image": "debian-13"}), klass).allowed
     verdict = check(make_spec(klass, server={"image": "987654"}), klass)
     assert verdict.violations == ("image id 987654 needs the class to list it in "
                                   "limits.images",)
     # The class's own image is the admin's choice, even when it is a snapshot id.
-    snapshot_class = make_klass(server={"image": "987654"})
+    snapshot_class = make_klass(server={"image": "987654", "osProfile": "ubuntu-24.04"})
     assert check(make_spec(snapshot_class), snapshot_class).allowed
 
 

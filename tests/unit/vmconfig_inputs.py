@@ -105,7 +105,12 @@ def render_variant(name: str) -> str:
         return render_user_data(WS, spec, klass, host=HOST, agent_credentials=creds,
                                 agent_bundle=fake_bundle(), agent_delivery="inline",
                                 simulate=True)
+    if name == "debian-13":
+        # The full workspace on Hetzner's Debian 13 image (OS profile debian-13).
+        klass = make_klass(server={"image": "debian-13"})
+        return render_user_data(WS, make_spec(klass, **FULL_SPEC), klass, host=HOST,
+                                agent_credentials=creds, agent_bundle=fake_bundle())
     raise KeyError(name)
 
 
-VARIANTS = ("minimal", "full", "inline-simulate")
+VARIANTS = ("minimal", "full", "inline-simulate", "debian-13")

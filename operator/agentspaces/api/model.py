@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonDict
@@ -52,8 +53,14 @@ REPOSITORY_URL_PATTERN = (
 # Hetzner server type names: cx23, cpx32, cax11, ccx13 ... The live list is checked
 # at reconcile time (ServerTypeNotFound); the pattern catches typos at admission.
 SERVER_TYPE_PATTERN = r"^(cx|cpx|cax|ccx)[0-9]{2,3}$"
-# An image name ("ubuntu-24.04") or a numeric id (any snapshot or backup in the project).
-IMAGE_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
+# The OS images the VM's user-data is written for (vmconfig.osprofile has one profile
+# per name). An image is one of these names or a numeric id (a snapshot or backup in
+# the project), which boots with the profile its class names in server.osProfile.
+OsProfileName = Literal["ubuntu-24.04", "debian-13"]
+OS_PROFILES: tuple[str, ...] = get_args(OsProfileName)
+NUMERIC_IMAGE_PATTERN = r"^[0-9]+$"
+IMAGE_PATTERN = ("^(" + "|".join(name.replace(".", r"\.") for name in OS_PROFILES)
+                 + "|[0-9]+)$")
 SSH_KEY_PATTERN = (
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521"
     r"|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/=]+( .*)?$"
@@ -162,8 +169,11 @@ ServerType = Annotated[str, Field(description="Server type, e.g. cx23 or cpx32."
                                   pattern=SERVER_TYPE_PATTERN)]
 Location = Annotated[Literal["fsn1", "nbg1", "hel1", "ash", "hil", "sin"],
                      Field(description="Location.")]
-Image = Annotated[str, Field(description="Image name or id; the VM bootstrap targets "
-                             "Ubuntu 24.04.", max_length=63, pattern=IMAGE_PATTERN)]
+Image = Annotated[str, Field(
+    description="Image: " + " or ".join(OS_PROFILES) + " (the OS profiles the VM bootstrap "
+                "is written for), or a numeric id of a snapshot or backup (the class must "
+                "list it in limits.images and name its server.osProfile).",
+    max_length=63, pattern=IMAGE_PATTERN)]
 IdleTimeout = Annotated[Duration, DurationAtLeast("1m"),
                         Field(description="Stop after this long with no activity.")]
 IdleGrace = Annotated[Duration, DurationAtLeast("0s"), Field(
@@ -399,6 +409,11 @@ class ClassServerSpec(ApiModel):
     type: ServerType = "cx23"
     location: Location = "fsn1"
     image: Image = "ubuntu-24.04"
+    os_profile: OsProfileName | None = Field(
+        None, description="The OS of this class's numeric image ids (server.image, "
+                          "limits.images, a workspace's server.image): which user-data they "
+                          "boot with. Required when any of them is numeric; an image name is "
+                          "its own profile.")
 
 
 class TxtRegistrySpec(ApiModel):
@@ -514,11 +529,11 @@ class LimitsSpec(ApiModel):
                                             pattern=SERVER_TYPE_PATTERN)]] | None = Field(
         None, max_length=64, json_schema_extra=LIST_SET,
         description="Allowed server types; any when unset.")
-    images: list[Annotated[str, Field(description="An image name or id.", max_length=63,
-                                      pattern=IMAGE_PATTERN)]] | None = Field(
+    images: list[Annotated[str, Field(description="A supported image name or a numeric id.",
+                                      max_length=63, pattern=IMAGE_PATTERN)]] | None = Field(
         None, max_length=64, json_schema_extra=LIST_SET,
-        description="Allowed images (names or numeric ids). When unset, any image name but "
-                    "no numeric id (snapshots and backups are reachable only by id).")
+        description="Allowed images (names or numeric ids). When unset, any supported image "
+                    "name but no numeric id (snapshots and backups are reachable only by id).")
     idle_timeout: AtLeastAMinute | None = Field(
         None, description="Longest idle.timeout a workspace may set.")
     agent_busy_cap: AtLeastAMinute | None = Field(
@@ -563,12 +578,23 @@ def _class_limit_rules() -> tuple[Cel, ...]:
     )
 
 
+NUMERIC_IMAGE_NEEDS_PROFILE = Cel(
+    "(has(self.server) && has(self.server.osProfile)) || !("
+    f"(has(self.server) && has(self.server.image) && "
+    f"self.server.image.matches('{NUMERIC_IMAGE_PATTERN}')) || "
+    f"(has(self.limits) && has(self.limits.images) && "
+    f"self.limits.images.exists(i, i.matches('{NUMERIC_IMAGE_PATTERN}'))))",
+    "a numeric image id (server.image or limits.images) needs server.osProfile ("
+    + " or ".join(OS_PROFILES) + "): the OS that image runs")
+
+
 class WorkspaceClassSpecModel(ApiModel):
     """Provider credentials and defaults shared by many workspaces."""
 
     cel_rules = (
         Cel("!has(self.storage) || has(self.encryption)",
             "storage needs encryption.keySecretRef: backups are always encrypted"),
+        NUMERIC_IMAGE_NEEDS_PROFILE,
         *_class_limit_rules(),
     )
 
@@ -584,6 +610,15 @@ class WorkspaceClassSpecModel(ApiModel):
     agent: ClassAgentSpec = Field(default_factory=ClassAgentSpec)
     devcontainer: ClassDevcontainerSpec = Field(default_factory=ClassDevcontainerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+
+    @model_validator(mode="after")
+    def _numeric_images_need_a_profile(self) -> Self:
+        """NUMERIC_IMAGE_NEEDS_PROFILE, also when the operator parses the class."""
+        ids = [image for image in (self.server.image, *(self.limits.images or ()))
+               if image.isdigit()]
+        if ids and self.server.os_profile is None:
+            raise ValueError(NUMERIC_IMAGE_NEEDS_PROFILE.message)
+        return self
 
     @classmethod
     def api_name(cls) -> str:

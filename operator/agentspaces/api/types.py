@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, get_args
 
 from agentspaces.api import model as m
 from agentspaces.api.durations import parse_duration
@@ -38,6 +38,19 @@ class ServerSettings:
     type: str
     location: str
     image: str
+    os_profile: m.OsProfileName | None = None
+    """The OS profile the image boots with (vmconfig.osprofile): an image name is its
+    own; a numeric id has its class's server.osProfile, None when the class names none
+    (admission allows no such id: class_policy refuses it)."""
+
+
+def os_profile_of(image: str, class_profile: m.OsProfileName | None
+                  ) -> m.OsProfileName | None:
+    """The profile of `image`: its own name, or for a numeric id the class's osProfile."""
+    for name in get_args(m.OsProfileName):
+        if image == name:
+            return name
+    return class_profile
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,8 @@ class WorkspaceClass:
     limits: ClassLimits = field(default_factory=ClassLimits)
     # spec.devcontainer.trustRepository: run a repository's devcontainer.json unvetted.
     trust_repository_devcontainer: bool = False
+    image_os_profile: m.OsProfileName | None = None
+    """spec.server.osProfile: the OS of the class's numeric image ids."""
 
     @property
     def reserved_ports(self) -> frozenset[int]:
@@ -149,7 +164,10 @@ class WorkspaceClass:
             hetzner_token_ref=SecretKeyRef.of(spec.hetzner.token_secret_ref),
             hetzner_endpoint=spec.hetzner.endpoint,
             server=ServerSettings(type=spec.server.type, location=spec.server.location,
-                                  image=spec.server.image),
+                                  image=spec.server.image,
+                                  os_profile=os_profile_of(spec.server.image,
+                                                           spec.server.os_profile)),
+            image_os_profile=spec.server.os_profile,
             dns=DnsSettings(
                 zone_name=dns.zone_name,
                 base_domain=dns.base_domain or dns.zone_name,
@@ -220,6 +238,7 @@ class WorkspaceSpec:
         """The workspace's spec over its class's defaults; ValueError names what is
         invalid."""
         ws = m.WorkspaceSpecModel.parse(spec)
+        image = ws.server.image or klass.server.image
         repo, agent, idle, persistence = ws.repository, ws.agent, ws.idle, ws.persistence
         ports = [PortAccess(port=p.port, public=p.visibility == "public")
                  for p in ws.access.ports]
@@ -234,7 +253,8 @@ class WorkspaceSpec:
             server=ServerSettings(
                 type=ws.server.type or klass.server.type,
                 location=ws.server.location or klass.server.location,
-                image=ws.server.image or klass.server.image,
+                image=image,
+                os_profile=os_profile_of(image, klass.image_os_profile),
             ),
             agent_kind=agent.kind,
             api_key_ref=SecretKeyRef.optional(agent.api_key_secret_ref),

@@ -1,4 +1,5 @@
-"""The cloud-config document a workspace VM boots with (Ubuntu 24.04 on Hetzner).
+"""The cloud-config document a workspace VM boots with (Hetzner's Ubuntu 24.04 or
+Debian 13: the OS profile of the workspace's image, vmconfig.osprofile).
 
 `render_user_data` is pure: same inputs, same bytes (golden files pin the output). It
 carries no secret the workspace could misuse elsewhere: no Anthropic key, repository
@@ -41,6 +42,7 @@ from agentspaces.vmconfig.layout import (
     VM_LAYOUT,
     VmLayout,
 )
+from agentspaces.vmconfig.osprofile import OsProfile, profile_for
 
 USER_DATA_LIMIT = 32 * 1024  # Hetzner: "This field is limited to 32KiB."
 # Larger files go in gzipped (the repository's cloudinit/ has them readable): without
@@ -117,9 +119,11 @@ def _units(layout: VmLayout) -> list[dict[str, Any]]:
     return files
 
 
-def _scripts(layout: VmLayout) -> list[dict[str, Any]]:
-    scripts = [_file(f"{layout.install_dir}/{name}", templates.read_template(name), "0755")
-               for name in ("bootstrap.sh", "cloudcli-register.sh", "firewall.sh")]
+def _scripts(layout: VmLayout, profile: OsProfile) -> list[dict[str, Any]]:
+    scripts = [_file(f"{layout.install_dir}/bootstrap.sh",
+                     templates.read_template(profile.bootstrap), "0755")]
+    scripts += [_file(f"{layout.install_dir}/{name}", templates.read_template(name), "0755")
+                for name in ("cloudcli-register.sh", "firewall.sh")]
     scripts.append(_file("/usr/local/bin/agentspaces-claude",
                          templates.read_template("agentspaces-claude.sh"), "0755"))
     # Its one way to root (Docker), for CloudCLI's unprivileged user.
@@ -143,7 +147,9 @@ def render_user_data(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceClas
     "push" delivery only its sha256 is used. Raises UserDataTooLarge past 32 KiB.
     A `layout` other than VM_LAYOUT changes agent.json and the units, not the fixed
     paths inside the scripts: it is for the local sandbox, which runs no scripts.
+    The packages and the bootstrap script follow the OS profile of `spec.server`.
     """
+    profile = profile_for(spec.server)
     bundle = agent_bundle or load_agent_bundle()
     agent_config = render_agent_config(ws, spec, klass, host=host,
                                        token_sha256=agent_credentials.token_sha256,
@@ -154,7 +160,7 @@ def render_user_data(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceClas
         _file("/etc/docker/daemon.json",
               _json(templates.fill_json("docker-daemon.json", {"slice": SLICE}))),
         *_units(layout),
-        *_scripts(layout),
+        *_scripts(layout, profile),
         _file(layout.agent_json, _json(agent_config), "0600"),
         _file(layout.tls_cert, agent_credentials.cert_pem, "0600"),
         _file(layout.tls_key, agent_credentials.key_pem, "0600"),
@@ -174,7 +180,7 @@ def render_user_data(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceClas
     elif agent_delivery != "push":
         raise ValueError(f"agent_delivery must be 'push' or 'inline', not {agent_delivery!r}")
 
-    doc: dict[str, Any] = yaml.safe_load(templates.read_template("cloud-config.yaml"))
+    doc: dict[str, Any] = yaml.safe_load(templates.read_template(profile.cloud_config))
     if spec.ssh_keys:
         doc["ssh_authorized_keys"] = list(spec.ssh_keys)
     doc["write_files"] = files
