@@ -62,10 +62,12 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo,
 
 @kopf.on.cleanup()
 async def close_clients(*, memo: kopf.Memo, **_: Any) -> None:
-    """Close the HTTP sessions of every cloud adapter and agent client on shutdown."""
+    """Close the HTTP sessions of every cloud adapter, agent client and the Kubernetes
+    client on shutdown."""
     found = getattr(memo, "runtime", None)
     if isinstance(found, Runtime):  # absent when startup never ran
         await found.aclose()
+        await found.kube.aclose()
 
 
 def _emitter(body: kopf.Body) -> Any:

@@ -72,6 +72,7 @@ class KubeError(Exception):
 
 
 class KubePort(Protocol):
+    async def aclose(self) -> None: ...
     async def get_workspace(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     async def patch_workspace_status(self, namespace: str, name: str,
                                      patch: Mapping[str, Any]) -> None: ...
@@ -147,9 +148,19 @@ class KubernetesApi:
             except config.ConfigException:
                 config.load_kube_config()
             api_client = client.ApiClient()
+        self._api_client = api_client
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._coordination = client.CoordinationV1Api(api_client)
+
+    async def aclose(self) -> None:
+        """Close the open connections and the client's thread pool on shutdown
+        (ApiClient.close alone leaves urllib3's connection pools open)."""
+        def close() -> None:
+            self._api_client.rest_client.pool_manager.clear()
+            self._api_client.close()
+
+        await asyncio.to_thread(close)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -376,6 +376,9 @@ class FakeKube:
     def _version(self) -> str:
         return str(next(self._versions))
 
+    async def aclose(self) -> None:
+        self.calls.log("aclose")
+
     # -- knobs ------------------------------------------------------------------------
     def add_secret(self, namespace: str, name: str, data: Mapping[str, str], *,
                    labels: Mapping[str, str] | None = None, owner: Owner | None = None

@@ -165,7 +165,8 @@ async def test_a_client_that_fails_to_close_does_not_keep_the_others_open(
 
 async def test_startup_puts_one_runtime_in_the_memo_and_cleanup_closes_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(handlers, "KubernetesApi", lambda: object())
+    kube_closed: list[str] = []
+    monkeypatch.setattr(handlers, "KubernetesApi", lambda: Closing("kube", kube_closed))
     memo = kopf.Memo()
     await handlers.configure(settings=kopf.OperatorSettings(), memo=memo,
                              logger=logging.getLogger("test"))
@@ -178,6 +179,7 @@ async def test_startup_puts_one_runtime_in_the_memo_and_cleanup_closes_it(
     runtime.dns("t", "e")
     await handlers.close_clients(memo=memo)
     assert closed == ["dns"]
+    assert kube_closed == ["kube"]  # the Kubernetes client's pool too
     await handlers.close_clients(memo=kopf.Memo())  # startup never ran: nothing to close
 
 
@@ -188,3 +190,17 @@ def test_cleanup_is_registered_with_kopf_and_handlers_need_the_memo() -> None:
     assert (handlers.configure, "startup") in registered
     with pytest.raises(RuntimeError, match="operator not started"):
         handlers.runtime_of(kopf.Memo())
+
+
+async def test_kubernetes_client_closes_its_connection_pools() -> None:
+    from kubernetes import client
+
+    from agentspaces.kube import KubernetesApi
+
+    api_client = client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))
+    kube = KubernetesApi(api_client)
+    pools = api_client.rest_client.pool_manager
+    pools.connection_from_url("http://127.0.0.1:9/api")  # as a first request would
+    assert len(pools.pools) == 1
+    await kube.aclose()
+    assert len(pools.pools) == 0
