@@ -7,17 +7,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # cloud-init (schema), sudo (visudo, cvtsudoers) and systemd (systemd-analyze) check
-# the rendered user-data with the real tools.
+# the rendered user-data with the real tools; QEMU, debootstrap and the FAT tools build
+# and boot the real VMs (scripts/build-vm-image.sh, tests/component/test_vm_qemu.py).
+APT_PACKAGES="cloud-init sudo systemd qemu-system-x86 qemu-utils debootstrap dosfstools mtools"
 if ! command -v cloud-init >/dev/null 2>&1 || ! command -v cvtsudoers >/dev/null 2>&1 ||
-  ! command -v systemd-analyze >/dev/null 2>&1; then
-  echo "[test] installing cloud-init, sudo and systemd (to check the user-data)" >&2
+  ! command -v systemd-analyze >/dev/null 2>&1 ||
+  ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1 ||
+  ! [ -x /usr/sbin/debootstrap ] || ! command -v mcopy >/dev/null 2>&1 ||
+  ! [ -x /usr/sbin/mkfs.vfat ]; then
+  echo "[test] installing $APT_PACKAGES (to check the user-data and boot real VMs)" >&2
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  # shellcheck disable=SC2086  # one word per package
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-    cloud-init sudo systemd >&2 || {
+    $APT_PACKAGES >&2 || {
     $SUDO apt-get update >&2
+    # shellcheck disable=SC2086
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      cloud-init sudo systemd >&2
+      $APT_PACKAGES >&2
   }
 fi
 assets=$(bash scripts/bootstrap.sh | tail -n 1)

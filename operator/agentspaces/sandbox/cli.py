@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agentspaces.lifeline import process_alive
-from agentspaces.sandbox.runner import SandboxInfo
+from agentspaces.sandbox.runner import VM_BACKENDS, SandboxInfo
 
 DEFAULT_DIR = Path(os.environ.get("AGENTSPACES_SANDBOX_DIR", ".sandbox"))
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sandbox-workspace.yaml"
@@ -37,7 +37,7 @@ def _kubectl(info: SandboxInfo, *args: str, input: str | None = None
                           capture_output=True, text=True, check=False, timeout=60)
 
 
-def up(state: Path, example: bool) -> int:
+def up(state: Path, example: bool, vm: str = "simulator") -> int:
     state.mkdir(parents=True, exist_ok=True)
     if _running(state):
         print(f"sandbox already running (state in {state}); `agentspaces sandbox down` "
@@ -50,7 +50,7 @@ def up(state: Path, example: bool) -> int:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "agentspaces.cli", "sandbox", "--dir",
-                 str(state), "serve"], stdout=log, stderr=subprocess.STDOUT,
+                 str(state), "serve", "--vm", vm], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
         shown = 0
         deadline = time.monotonic() + START_TIMEOUT
@@ -206,9 +206,14 @@ def add_parser(sub: Any) -> None:
     up_p = actions.add_parser("up", help="start everything in the background")
     up_p.add_argument("--example", action="store_true",
                       help="also apply examples/sandbox-workspace.yaml and wait for Ready")
+    vm_help = ("how servers become VMs: 'simulator' (default: the agent and Caddy as local "
+               "processes) or 'qemu' (real Debian 13 VMs under QEMU booting the operator's "
+               "user-data; docs/vm.md, \"Real VMs under QEMU\")")
+    up_p.add_argument("--vm", choices=VM_BACKENDS, default="simulator", help=vm_help)
     actions.add_parser("down", help="stop everything")
     actions.add_parser("status", help="show what is running")
-    actions.add_parser("serve", help="run in the foreground (used by up)")
+    serve_p = actions.add_parser("serve", help="run in the foreground (used by up)")
+    serve_p.add_argument("--vm", choices=VM_BACKENDS, default="simulator", help=vm_help)
     url_p = actions.add_parser("url", help="how to reach a workspace")
     url_p.add_argument("name")
     url_p.add_argument("-n", "--namespace", default="default")
@@ -223,7 +228,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     state: Path = args.dir
     if args.action == "up":
-        return up(state, args.example)
+        return up(state, args.example, args.vm)
     if args.action == "down":
         return down(state)
     if args.action == "status":
@@ -231,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "serve":
         from agentspaces.sandbox.runner import serve
 
-        return serve(state)
+        return serve(state, args.vm)
     if args.action == "url":
         return url(state, args.name, args.namespace)
     if args.action == "hook":

@@ -1,5 +1,6 @@
 """The whole system on one machine: a real kube-apiserver + etcd, the Hetzner and
-Cloudflare emulators, a real S3 endpoint (moto), simulated VMs, and the operator.
+Cloudflare emulators, a real S3 endpoint (moto), simulated VMs (or, with
+`vm_backend="qemu"`, real Debian 13 VMs under QEMU: sandbox/vmqemu.py), and the operator.
 
 `Sandbox.start()` brings everything up under one state directory and installs the
 CRDs, a `sandbox` WorkspaceClass and its Secrets; `Sandbox.stop()` stops all of it.
@@ -31,6 +32,7 @@ from agentspaces.controlplane import ControlPlane, free_port
 from agentspaces.lifeline import OwnerWatch, die_with_parent, owner_from_env
 from agentspaces.sandbox.cloudflare import CloudflareEmulator
 from agentspaces.sandbox.hetzner import HetznerEmulator
+from agentspaces.sandbox.vmqemu import QemuVms, build_image
 from agentspaces.sandbox.vmsim import VmSimulator
 from agentspaces.sandbox.vmsim_ips import LoopbackPool
 
@@ -43,6 +45,8 @@ ZONE = "sandbox.test"
 BUCKET = "agentspaces-sandbox"
 HTTP_PORT = 8080
 EXAMPLE_API_KEY = "sk-ant-sandbox-not-a-real-key"
+VM_BACKENDS = ("simulator", "qemu")
+AGENT_PORT = 9443  # the WorkspaceClass default (api.model)
 
 # Faster than production so the walkthrough takes minutes, not hours.
 OPERATOR_ENV = {
@@ -71,6 +75,7 @@ class SandboxInfo:
     zone: str = ZONE
     http_port: int = HTTP_PORT
     pids: list[int] = field(default_factory=list)
+    vm: str = "simulator"
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
@@ -87,14 +92,18 @@ def _secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
 
 
 class Sandbox:
-    def __init__(self, state_dir: Path, progress: Progress = print) -> None:
+    def __init__(self, state_dir: Path, progress: Progress = print,
+                 vm_backend: str = "simulator") -> None:
+        if vm_backend not in VM_BACKENDS:
+            raise ValueError(f"unknown VM backend {vm_backend!r} (one of {VM_BACKENDS})")
         self.state_dir = state_dir.resolve()
         self.progress = progress
+        self.vm_backend = vm_backend
         self.plane: ControlPlane | None = None
         self.hetzner: HetznerEmulator | None = None
         self.cloudflare: CloudflareEmulator | None = None
         self.s3: Any = None
-        self.vms: VmSimulator | None = None
+        self.vms: VmSimulator | QemuVms | None = None
         self.operator: subprocess.Popen[bytes] | None = None
         self.info: SandboxInfo | None = None
 
@@ -119,10 +128,16 @@ class Sandbox:
         shutil.rmtree(plane_dir, ignore_errors=True)
         self.plane = ControlPlane(workdir=plane_dir).start()
 
-        step("starting the Hetzner Cloud and Cloudflare emulators and the S3 endpoint")
         first, _, last = os.environ.get("AGENTSPACES_SANDBOX_IPS",
                                         "127.0.0.10-127.0.0.250").partition("-")
-        self.vms = VmSimulator(self.state_dir, ip_pool=LoopbackPool(first, last))
+        if self.vm_backend == "qemu":
+            step("building or checking the Debian 13 VM image (the first build: ~1 min)")
+            self.vms = QemuVms(self.state_dir, build_image(step),
+                               ip_pool=LoopbackPool(first, last),
+                               ports=(80, 443, HTTP_PORT, AGENT_PORT))
+        else:
+            self.vms = VmSimulator(self.state_dir, ip_pool=LoopbackPool(first, last))
+        step("starting the Hetzner Cloud and Cloudflare emulators and the S3 endpoint")
         self.hetzner = HetznerEmulator(hetzner_token, boot_seconds=1.0).start()
         self.vms.attach(self.hetzner)
         self.cloudflare = CloudflareEmulator(zones=(ZONE,),
@@ -148,7 +163,7 @@ class Sandbox:
             state_dir=str(self.state_dir), kubeconfig=str(kubeconfig),
             hetzner_url=self.hetzner.url, cloudflare_url=self.cloudflare.url, s3_url=s3_url,
             operator_pid=self.operator.pid, serve_pid=os.getpid(),
-            kubectl=str(self.plane.kubectl), pids=self.plane.pids)
+            kubectl=str(self.plane.kubectl), pids=self.plane.pids, vm=self.vm_backend)
         self.info.save(self.state_dir / "sandbox.json")
         return self.info
 
@@ -239,7 +254,7 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
         pass
 
 
-def serve(state_dir: Path) -> int:
+def serve(state_dir: Path, vm_backend: str = "simulator") -> int:
     """Run the sandbox in the foreground until SIGTERM/SIGINT (used by `sandbox up`)."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -250,7 +265,7 @@ def serve(state_dir: Path) -> int:
     def progress(message: str) -> None:
         print(f"[sandbox {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    sandbox = Sandbox(state_dir, progress)
+    sandbox = Sandbox(state_dir, progress, vm_backend)
     # Started for a test run: go down with it, even when it is killed outright.
     owner = OwnerWatch(owner_from_env())
     try:

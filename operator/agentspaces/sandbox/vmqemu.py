@@ -1,0 +1,458 @@
+"""Real workspace VMs for the local sandbox: QEMU guests booted from a Debian 13 cloud
+image with the user-data the operator sent, through the guest's own cloud-init.
+
+The counterpart of the VM simulator (vmsim.py), with the same wiring: attached to the
+Hetzner emulator, it boots a VM for every created server and powers it off when the
+server is deleted:
+
+    image = build_image()          # scripts/build-vm-image.sh: cached outside the repo
+    vms = QemuVms(state_dir, image)
+    vms.attach(emulator)           # hooks + loopback ip_allocator
+    ...
+    vms.stop_all()                 # on sandbox shutdown
+
+Each VM is a copy-on-write qcow2 overlay over the cached raw image, a NoCloud seed (a
+small FAT drive labelled "cidata") holding exactly the server's user-data and a
+meta-data with instance-id = the server id and local-hostname = its name, and one QEMU
+process under TCG (KVM guests hang on these nested machines) with the kernel and
+initramfs passed directly. QEMU's user networking forwards a fixed set of TCP ports
+from the server's loopback address 127.0.0.N (what the emulator reports as its public
+IPv4) to the same ports in the guest, so the operator reaches the agent and Caddy as it
+would on Hetzner. From the guest, the host's loopback services are at 10.0.2.2.
+
+Files live under `<state_dir>/qemu/<server-id>/`: `overlay.qcow2` and `seed.img`
+(removed when the VM goes), `serial.log` (the guest's console), `qemu.log` (QEMU's own
+output) and `vmqemu.log` (this backend's notes), which stay for the post-mortem. A VM
+that cannot be booted is reported in its `QemuVmInfo.errors` and log, never raised into
+the emulator's hook thread. QEMU runs in its own session with `die_with_parent`, so it
+never outlives the process (thread) that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .vmsim import EmulatorLike
+from .vmsim_ips import LoopbackPool
+from .vmsim_procs import VmProcess, spawn, stop_processes
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+IMAGE_SCRIPT = REPO_ROOT / "scripts" / "build-vm-image.sh"
+# The agent (9443) and Caddy (80, 443); the sandbox adds its plain-HTTP Caddy port.
+DEFAULT_PORTS = (80, 443, 9443)
+GUEST_HOST = "10.0.2.2"  # the host, seen from a guest on QEMU user networking
+SBIN = ("/usr/sbin", "/sbin")
+Progress = Callable[[str], None]
+
+
+class QemuError(RuntimeError):
+    """The image cannot be built, or a VM's files cannot be made."""
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A directory made by scripts/build-vm-image.sh."""
+
+    directory: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "root.img"
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / "initrd"
+
+    def check(self) -> BaseImage:
+        missing = [p.name for p in (self.disk, self.kernel, self.initrd) if not p.is_file()]
+        if missing:
+            raise QemuError(f"{self.directory} is not a VM image (no {', '.join(missing)}); "
+                            f"build one with {IMAGE_SCRIPT}")
+        return self
+
+
+def build_image(progress: Progress | None = None, *, timeout: float = 30 * 60) -> BaseImage:
+    """Run scripts/build-vm-image.sh (a no-op but for a QEMU check when cached) and return
+    the image; its progress lines go to `progress` (default: this process's stderr)."""
+    emit = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    proc = subprocess.Popen(["bash", str(IMAGE_SCRIPT)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    err_lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err_lines.append(line.rstrip("\n"))
+            if line.startswith("[vm-image"):
+                emit(line.rstrip("\n"))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise QemuError(f"{IMAGE_SCRIPT.name} did not finish in {timeout:.0f}s") from None
+    reader.join(timeout=5)
+    if proc.returncode:
+        tail = "\n".join(err_lines[-15:])
+        raise QemuError(f"{IMAGE_SCRIPT.name} failed (exit {proc.returncode}):\n{tail}")
+    lines = out.strip().splitlines()
+    if not lines:
+        raise QemuError(f"{IMAGE_SCRIPT.name} printed no image directory")
+    return BaseImage(Path(lines[-1])).check()
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+    if found is None:
+        raise QemuError(f"{name} not found (scripts/build-vm-image.sh installs it)")
+    return found
+
+
+def mac_address(server_id: int) -> str:
+    """A stable locally administered MAC in QEMU's 52:54:00 prefix for one server."""
+    low = server_id & 0xFFFFFF
+    return f"52:54:00:{low >> 16:02x}:{(low >> 8) & 0xFF:02x}:{low & 0xFF:02x}"
+
+
+def network_config(mac: str) -> dict[str, Any]:
+    """What Hetzner's metadata service tells cloud-init about the network, reduced to
+    what QEMU's user networking offers: DHCPv4 on eth0. Without it cloud-init's fallback
+    also asks for DHCPv6, which nothing answers here, and ifupdown waits 5 min on it."""
+    return {"version": 1, "config": [
+        {"type": "physical", "name": "eth0", "mac_address": mac,
+         "subnets": [{"type": "dhcp4"}]}]}
+
+
+def make_seed(path: Path, user_data: str, meta_data: Mapping[str, str],
+              network: Mapping[str, Any] | None = None) -> None:
+    """A NoCloud seed: a FAT image labelled "cidata" holding `user-data` byte for byte,
+    `meta-data` and, when given, `network-config` (both JSON, which cloud-init reads as
+    the YAML it is)."""
+    staging = path.parent / (path.name + ".d")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        (staging / "user-data").write_bytes(user_data.encode("utf-8"))
+        (staging / "meta-data").write_text(json.dumps(dict(meta_data), indent=1) + "\n",
+                                           encoding="utf-8")
+        names = ["user-data", "meta-data"]
+        if network is not None:
+            (staging / "network-config").write_text(
+                json.dumps(dict(network), indent=1) + "\n", encoding="utf-8")
+            names.append("network-config")
+        path.unlink(missing_ok=True)
+        size_kib = 1024 + 2 * (len(user_data.encode("utf-8")) // 1024)
+        _run([_tool("mkfs.vfat"), "-n", "CIDATA", "-C", str(path), str(size_kib)])
+        _run([_tool("mcopy"), "-o", "-i", str(path), *(str(staging / n) for n in names),
+              "::"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run(argv: Sequence[str]) -> None:
+    result = subprocess.run(list(argv), capture_output=True, text=True, check=False,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    if result.returncode:
+        raise QemuError(f"{Path(argv[0]).name} exited {result.returncode}: "
+                        f"{(result.stderr or result.stdout).strip()[-500:]}")
+
+
+def bindable_ports(ports: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(ports this process may bind, privileged ports it may not) for host forwarding."""
+    if os.geteuid() == 0:
+        return tuple(ports), ()
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        start = 1024
+    return (tuple(p for p in ports if p >= start), tuple(p for p in ports if p < start))
+
+
+@dataclass(frozen=True)
+class QemuVmInfo:
+    """A snapshot of one QEMU VM."""
+
+    server_id: int
+    name: str
+    ip: str | None
+    root: Path
+    pid: int | None                  # QEMU's pid (= its process group id)
+    exit_code: int | None            # None while QEMU runs (or never started)
+    errors: tuple[str, ...]
+    ports: tuple[int, ...]           # forwarded from ip:port to the guest's port
+    overlay: Path
+    seed: Path
+    serial_log: Path
+    qemu_log: Path
+    own_log: Path
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None and self.exit_code is None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.running
+
+
+@dataclass
+class _Vm:
+    server_id: int
+    name: str
+    ip: str | None
+    root: Path
+    process: VmProcess | None = None
+    errors: list[str] = field(default_factory=list)
+    ports: tuple[int, ...] = ()
+    stopped: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def overlay(self) -> Path:
+        return self.root / "overlay.qcow2"
+
+    @property
+    def seed(self) -> Path:
+        return self.root / "seed.img"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.root / "serial.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.root / "qemu.log"
+
+    @property
+    def own_log(self) -> Path:
+        return self.root / "vmqemu.log"
+
+
+    def note(self, message: str, error: bool = False) -> None:
+        if error:
+            self.errors.append(message)
+            log.warning("QEMU VM %s (%s): %s", self.server_id, self.ip, message)
+        else:
+            log.info("QEMU VM %s (%s): %s", self.server_id, self.ip, message)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.own_log.open("a", encoding="utf-8") as fh:
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+                fh.write(f"{stamp} {'ERROR ' if error else ''}{message}\n")
+        except OSError:
+            pass
+
+    def info(self) -> QemuVmInfo:
+        proc = self.process
+        return QemuVmInfo(
+            server_id=self.server_id, name=self.name, ip=self.ip, root=self.root,
+            pid=proc.pid if proc else None, exit_code=proc.exit_code() if proc else None,
+            errors=tuple(self.errors), ports=self.ports, overlay=self.overlay,
+            seed=self.seed, serial_log=self.serial_log, qemu_log=self.qemu_log,
+            own_log=self.own_log)
+
+    def stop(self, term_seconds: float, kill_seconds: float) -> None:
+        """Power off (SIGTERM, then SIGKILL), then remove the overlay and the seed; the
+        logs stay. Safe to call twice."""
+        with self.lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            if self.process is not None:
+                if stop_processes([self.process], term_seconds, kill_seconds):
+                    log.error("QEMU VM %s: QEMU survived SIGKILL", self.server_id)
+                else:
+                    self.note(f"powered off (QEMU exit {self.process.exit_code()})")
+            for path in (self.overlay, self.seed):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.error("QEMU VM %s: could not remove %s: %s", self.server_id, path, exc)
+
+
+class QemuVms:
+    def __init__(self, state_dir: Path, image: BaseImage, *,
+                 ip_pool: LoopbackPool | None = None, ports: Sequence[int] = DEFAULT_PORTS,
+                 memory_mib: int = 2048, cpus: int = 2, disk_size: str = "10G",
+                 qemu: str = "qemu-system-x86_64", qemu_img: str = "qemu-img",
+                 term_seconds: float = 10.0, kill_seconds: float = 5.0) -> None:
+        self.state_dir = Path(state_dir)
+        self.image = image.check()
+        self.ip_pool = ip_pool or LoopbackPool()
+        self.ports = tuple(dict.fromkeys(int(p) for p in ports))
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        self.disk_size = disk_size
+        self._qemu = qemu
+        self._qemu_img = qemu_img
+        self._term_seconds = term_seconds
+        self._kill_seconds = kill_seconds
+        self._vms: dict[int, _Vm] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- wiring --------------------------------------------------------------------
+
+    def attach(self, emulator: EmulatorLike) -> None:
+        """Boot a VM for every server the emulator creates, power it off on delete,
+        and hand out the servers' IPv4 addresses from the loopback pool."""
+        emulator.ip_allocator = self.ip_pool
+        emulator.on_server_created(self.on_server_created)
+        emulator.on_server_deleted(self.on_server_deleted)
+
+    def detach(self, emulator: EmulatorLike) -> None:
+        emulator.remove_hook(self.on_server_created)
+        emulator.remove_hook(self.on_server_deleted)
+
+    # -- observation ---------------------------------------------------------------
+
+    @property
+    def vms(self) -> dict[int, QemuVmInfo]:
+        with self._lock:
+            return {vm.server_id: vm.info() for vm in self._vms.values()}
+
+    def vm(self, server_id: int) -> QemuVmInfo | None:
+        with self._lock:
+            vm = self._vms.get(server_id)
+            return vm.info() if vm is not None else None
+
+    def vm_root(self, server_id: int) -> Path:
+        return self.state_dir / "qemu" / str(server_id)
+
+    # -- emulator hooks (never raise) ------------------------------------------------
+
+    def on_server_created(self, server: dict[str, Any]) -> None:
+        server_id = int(server.get("id", 0))
+        ip = ((server.get("public_net") or {}).get("ipv4") or {}).get("ip")
+        vm = _Vm(server_id, str(server.get("name", "")), ip, self.vm_root(server_id))
+        with self._lock:
+            if self._closed:
+                log.warning("QEMU backend stopped: no VM for server %s", server_id)
+                return
+            if server_id in self._vms:
+                log.warning("server %s already has a QEMU VM", server_id)
+                return
+            self._vms[server_id] = vm
+            try:
+                self._boot(vm, server.get("user_data"))
+            except Exception as exc:  # the emulator's hook thread must live on
+                log.exception("QEMU VM %s: boot failed", server_id)
+                vm.note(f"boot failed: {type(exc).__name__}: {exc}", error=True)
+
+    def on_server_deleted(self, server: dict[str, Any]) -> None:
+        server_id = int(server.get("id", 0))
+        ip = ((server.get("public_net") or {}).get("ipv4") or {}).get("ip")
+        vm: _Vm | None = None
+        try:
+            with self._lock:
+                vm = self._vms.get(server_id)
+            if vm is not None:
+                vm.stop(self._term_seconds, self._kill_seconds)
+                with self._lock:
+                    if self._vms.get(server_id) is vm:
+                        del self._vms[server_id]
+                log.info("QEMU VM %s (%s) removed", server_id, vm.ip)
+        except Exception:
+            log.exception("QEMU VM %s: teardown failed", server_id)
+        finally:
+            # Only now, with QEMU's forwards closed, may another VM get the address.
+            for address in {ip, vm.ip if vm is not None else None}:
+                if address:
+                    self.ip_pool.release(address)
+
+    def stop_all(self) -> None:
+        """Power off every VM and remove its overlay and seed; later created servers
+        get no VM. Idempotent."""
+        with self._lock:
+            self._closed = True
+            vms = list(self._vms.values())
+        for vm in vms:
+            try:
+                vm.stop(self._term_seconds, self._kill_seconds)
+            except Exception:
+                log.exception("QEMU VM %s: teardown failed", vm.server_id)
+        with self._lock:
+            for vm in vms:
+                if self._vms.get(vm.server_id) is vm:
+                    del self._vms[vm.server_id]
+                if vm.ip:
+                    self.ip_pool.release(vm.ip)
+
+    # -- booting -------------------------------------------------------------------
+
+    def _boot(self, vm: _Vm, user_data: object) -> None:
+        if vm.root.exists():  # left over from an earlier sandbox with the same ids
+            shutil.rmtree(vm.root, ignore_errors=True)
+        vm.root.mkdir(parents=True, exist_ok=True)
+        vm.note(f"server {vm.server_id} ({vm.name}) on {vm.ip}")
+        if not vm.ip or not vm.ip.startswith("127."):
+            vm.note(f"IPv4 {vm.ip!r} is not a loopback address: attach the backend so it "
+                    "allocates the servers' addresses", error=True)
+            return
+        # Hetzner boots a server without user-data too; cloud-init then has nothing to do.
+        text = user_data if isinstance(user_data, str) else ""
+        ports, refused = bindable_ports(self.ports)
+        if refused:
+            vm.note(f"not forwarding ports {', '.join(map(str, refused))}: binding them "
+                    "needs root (net.ipv4.ip_unprivileged_port_start)")
+        vm.ports = ports
+        _run([self._qemu_img, "create", "-q", "-f", "qcow2", "-b", str(self.image.disk),
+              "-F", "raw", str(vm.overlay), self.disk_size])
+        mac = mac_address(vm.server_id)
+        make_seed(vm.seed, text, {"instance-id": str(vm.server_id),
+                                  "local-hostname": vm.name or f"server-{vm.server_id}"},
+                  network_config(mac))
+        vm.serial_log.unlink(missing_ok=True)
+        argv = self.qemu_argv(vm.ip, vm.overlay, vm.seed, vm.serial_log, ports, mac)
+        vm.process = spawn("qemu", argv, cwd=vm.root,
+                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                "LANG": "C.UTF-8"},
+                           log=vm.qemu_log)
+        vm.note(f"started QEMU (pid {vm.process.pid}); console {vm.serial_log}; "
+                f"forwarding {vm.ip} ports {', '.join(map(str, ports)) or 'none'}")
+
+    def qemu_argv(self, ip: str, overlay: Path, seed: Path, serial_log: Path,
+                  ports: Sequence[int], mac: str) -> list[str]:
+        forwards = "".join(f",hostfwd=tcp:{ip}:{port}-:{port}" for port in ports)
+        return [
+            self._qemu, "-accel", "tcg", "-cpu", "max",
+            "-smp", str(self.cpus), "-m", str(self.memory_mib),
+            "-nographic", "-monitor", "none", "-serial", f"file:{serial_log}",
+            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            # eth0, as on Hetzner's images.
+            "-append", "console=ttyS0 root=/dev/vda rw net.ifnames=0",
+            "-drive", f"file={overlay},if=virtio,format=qcow2",
+            "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+            "-netdev", f"user,id=n0{forwards}",
+            "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
+            "-device", "virtio-rng-pci",
+        ]
+
+
+def serial_text(info: QemuVmInfo) -> str:
+    """The guest's console output so far ("" before QEMU opened it)."""
+    try:
+        return info.serial_log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Build a Debian 13 (trixie) cloud disk for real VMs under QEMU once, and cache it
+# outside the repository, keyed by a hash of this script (the recipe): a change here
+# builds a new image. Prints the directory holding it as the last line of stdout;
+# progress goes to stderr.
+#
+# The directory holds:
+#   root.img   raw ext4 filesystem of the whole disk (boot it as root=/dev/vda)
+#   vmlinuz    Debian's cloud kernel (linux-image-cloud-amd64)
+#   initrd     its initramfs (virtio-blk and virtio-net are modules in that kernel)
+#   recipe     what was built (release, mirror, packages, build time)
+#
+# The image has systemd, udev, ifupdown with a DHCP client, cloud-init restricted to
+# the NoCloud datasource (a second drive labelled "cidata"), ca-certificates, sudo,
+# python3 (cloud-init's own interpreter), e2fsprogs, openssh-server and curl. It has no boot loader: QEMU starts the kernel
+# directly (-kernel/-initrd). Every run also checks that QEMU can start that kernel
+# under TCG and fails with a clear message when it cannot.
+#
+# Installs its prerequisites with apt-get when missing (qemu-system-x86, qemu-utils,
+# debootstrap, e2fsprogs, dosfstools, mtools). debootstrap, chroot and mke2fs of a
+# root-owned tree need root: when not root, they run under sudo.
+#
+# Environment: AGENTSPACES_CACHE (cache root, default ~/.cache/agentspaces),
+# AGENTSPACES_DEBIAN_MIRROR (default http://deb.debian.org/debian).
+set -euo pipefail
+
+RELEASE=trixie
+MIRROR="${AGENTSPACES_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+IMAGE_SIZE=3G
+# Installed with apt inside the rootfs after debootstrap (apt resolves the dependencies).
+# e2fsprogs: cloud-init grows the root filesystem (resize2fs) to the VM's disk size;
+# openssh-server and curl: on Hetzner's own debian-13 image too (cloud-init makes the
+# host keys).
+PACKAGES=(systemd-sysv udev iproute2 ifupdown isc-dhcp-client cloud-init ca-certificates
+  sudo python3-minimal e2fsprogs openssh-server curl linux-image-cloud-amd64 initramfs-tools)
+CACHE_ROOT="${AGENTSPACES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentspaces}"
+KEY="debian-13-$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+OUT="$CACHE_ROOT/vm-image/$KEY"
+
+log() { printf '[vm-image %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# --- prerequisites ----------------------------------------------------------------------
+need=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+command -v mke2fs >/dev/null 2>&1 || [ -x /usr/sbin/mke2fs ] || need+=(e2fsprogs)
+command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || need+=(dosfstools)
+command -v mcopy >/dev/null 2>&1 || need+=(mtools)
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing ${need[*]} with apt-get"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    "${need[@]}" >&2 || {
+    $SUDO apt-get update >&2
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      "${need[@]}" >&2
+  } || die "could not install ${need[*]}"
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# --- can QEMU run here? -----------------------------------------------------------------
+# Start the cached (or a just-built) kernel with an init that exits at once: the kernel
+# panics and QEMU quits (-no-reboot). A working QEMU prints the kernel banner in ~3 s.
+check_qemu() {
+  local dir="$1" out rc=0
+  out=$(timeout 60 qemu-system-x86_64 -accel tcg -cpu max -m 256 -display none -no-reboot \
+    -nodefaults -serial stdio -kernel "$dir/vmlinuz" -initrd "$dir/initrd" \
+    -append "console=ttyS0 panic=-1 rdinit=/bin/false" </dev/null 2>&1) || rc=$?
+  if ! grep -q "Linux version" <<<"$out"; then
+    printf '%s\n' "$out" | tail -n 20 >&2
+    die "QEMU cannot run a VM on this machine (qemu-system-x86_64 -accel tcg exited $rc" \
+      "without booting the kernel); real VMs need a working qemu-system-x86_64"
+  fi
+}
+
+if [ -f "$OUT/root.img" ] && [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initrd" ]; then
+  log "cached: $OUT"
+  check_qemu "$OUT"
+  echo "$OUT"
+  exit 0
+fi
+
+# --- build ------------------------------------------------------------------------------
+mkdir -p "$CACHE_ROOT/vm-image"
+work=$(mktemp -d "$CACHE_ROOT/vm-image/.build-$KEY.XXXXXX")
+root="$work/rootfs"
+cleanup() {
+  for m in dev/pts dev sys proc; do
+    mountpoint -q "$root/$m" 2>/dev/null && $SUDO umount -l "$root/$m" || true
+  done
+  $SUDO rm -rf "$work"
+}
+trap cleanup EXIT
+start=$(date +%s)
+
+log "debootstrap $RELEASE (minbase) from $MIRROR (first build only: ~1 min)"
+$SUDO debootstrap --variant=minbase "$RELEASE" "$root" "$MIRROR" >&2 \
+  || die "debootstrap $RELEASE from $MIRROR failed"
+
+log "installing ${#PACKAGES[@]} packages inside the rootfs (cloud-init, kernel, ...)"
+$SUDO tee "$root/etc/apt/sources.list" >/dev/null <<EOF
+deb $MIRROR $RELEASE main
+deb $MIRROR $RELEASE-updates main
+deb http://deb.debian.org/debian-security $RELEASE-security main
+EOF
+# No services start inside the chroot.
+printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$root/usr/sbin/policy-rc.d" >/dev/null
+$SUDO chmod 755 "$root/usr/sbin/policy-rc.d"
+$SUDO mount -t proc proc "$root/proc"
+$SUDO mount -t sysfs sys "$root/sys"
+$SUDO mount --bind /dev "$root/dev"
+$SUDO mount --bind /dev/pts "$root/dev/pts"
+in_root() { $SUDO chroot "$root" env DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 "$@"; }
+in_root apt-get update >&2
+in_root apt-get install -y --no-install-recommends "${PACKAGES[@]}" >&2
+in_root apt-get clean >&2
+for m in dev/pts dev sys proc; do $SUDO umount "$root/$m"; done
+$SUDO rm -f "$root/usr/sbin/policy-rc.d"
+
+log "configuring cloud-init (NoCloud only), networking and the console"
+$SUDO tee "$root/etc/cloud/cloud.cfg.d/90-agentspaces.cfg" >/dev/null <<'EOF'
+# Set by agentspaces' scripts/build-vm-image.sh: the seed is a drive labelled "cidata".
+datasource_list: [NoCloud, None]
+EOF
+$SUDO tee "$root/etc/fstab" >/dev/null <<'EOF'
+/dev/vda / ext4 defaults,errors=remount-ro 0 1
+EOF
+$SUDO tee "$root/etc/network/interfaces" >/dev/null <<'EOF'
+# cloud-init writes the NIC's configuration into interfaces.d.
+auto lo
+iface lo inet loopback
+source /etc/network/interfaces.d/*
+EOF
+# A fresh machine-id on every boot of a copy; no host name of the builder.
+$SUDO truncate -s 0 "$root/etc/machine-id"
+$SUDO rm -f "$root/var/lib/dbus/machine-id" "$root/etc/hostname"
+$SUDO rm -rf "$root/var/lib/apt/lists/"* "$root/var/cache/apt/"*.bin
+
+log "copying the kernel and initramfs; making the ext4 image ($IMAGE_SIZE, sparse)"
+kernel=$(find "$root/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
+initrd=$(find "$root/boot" -maxdepth 1 -name 'initrd.img-*' | sort -V | tail -n 1)
+[ -n "$kernel" ] && [ -n "$initrd" ] || die "no kernel or initramfs in the rootfs /boot"
+$SUDO cp "$kernel" "$work/vmlinuz"
+$SUDO cp "$initrd" "$work/initrd"
+$SUDO mke2fs -q -t ext4 -L agentspaces-root -d "$root" "$work/root.img" "$IMAGE_SIZE" >&2 \
+  || die "mke2fs -d failed"
+{
+  echo "release: $RELEASE"
+  echo "mirror: $MIRROR"
+  echo "kernel: $(basename "$kernel")"
+  echo "packages: ${PACKAGES[*]}"
+  echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(($(date +%s) - start))s"
+} | $SUDO tee "$work/recipe" >/dev/null
+$SUDO rm -rf "$root"
+[ -z "$SUDO" ] || $SUDO chown -R "$(id -u):$(id -g)" "$work"
+chmod 755 "$work"
+chmod 644 "$work/vmlinuz" "$work/initrd" "$work/root.img" "$work/recipe"
+
+check_qemu "$work"
+rm -rf "$OUT"
+mv "$work" "$OUT"
+trap - EXIT
+log "built $OUT in $(($(date +%s) - start))s"
+echo "$OUT"
