@@ -371,3 +371,35 @@ def test_concurrent_starts_run_the_sequence_once(tmp_path: Path) -> None:
     assert boot.wait(10)
     assert events.count("restore:b/1:ws") == 1
     assert runner.verbs() == ["clone", "checkout", "up"]
+
+
+def test_a_vm_bootstrap_that_failed_first_is_named_not_the_clone_it_broke(
+        tmp_path: Path) -> None:
+    runner = Runner()
+    boot, _, _ = make_bootstrap(tmp_path, runner, vm_ready="failed repositories")
+    boot.request_start(None)
+    assert boot.wait(10)
+    state = boot.snapshot()
+    assert state.stage == FAILED
+    assert "VM bootstrap failed at repositories" in state.message
+    assert runner.verbs() == []  # no clone against a VM whose setup already failed
+
+
+def test_a_clone_failure_after_the_vm_bootstrap_failed_names_the_failed_step(
+        tmp_path: Path) -> None:
+    ready_file = tmp_path / "state" / "bootstrap"
+
+    class CloneFailsAsTheBootstrapFails(Runner):
+        def __call__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None,
+                     timeout: float) -> CommandResult:
+            ready_file.write_text("failed packages\n")  # the bootstrap fails meanwhile
+            return super().__call__(argv, env, cwd, timeout)
+
+    runner = CloneFailsAsTheBootstrapFails()
+    runner.fail_clone = True
+    boot, _, _ = make_bootstrap(tmp_path, runner, vm_ready="running packages")
+    boot.request_start(None)
+    assert boot.wait(10)
+    state = boot.snapshot()
+    assert state.stage == FAILED
+    assert "VM bootstrap failed at packages" in state.message

@@ -237,8 +237,11 @@ class Bootstrap:
         if (restore_plan is not None and not self.state.restored
                 and not self._restore(restore_plan)):
             return
+        if self._vm_bootstrap_failed():
+            return  # named first: whatever fails after it is likely its consequence
         repo = self._clone_step()
         if repo is None:
+            self._vm_bootstrap_failed()  # e.g. no network: the failed step says why
             return
         self._update(stage=STARTING, message="")
         self._configure_claude(repo)
@@ -263,10 +266,7 @@ class Bootstrap:
                 if shown is not None:
                     self._update(message="")
                 return True
-            if line.startswith("failed"):
-                step = line.partition(" ")[2] or "unknown step"
-                self._update(stage=FAILED, message=f"VM bootstrap failed at {step}; see "
-                             "/var/log/cloud-init-output.log")
+            if self._vm_bootstrap_failed(line):
                 return False
             if line != shown:
                 shown = line
@@ -276,6 +276,21 @@ class Bootstrap:
                              f"within {self._vm_ready_timeout:.0f}s ({line or 'not started'})")
                 return False
             time.sleep(self._poll_interval)
+
+    def _vm_bootstrap_failed(self, line: str | None = None) -> bool:
+        """True, with the failed step named in the boot state, when the VM's bootstrap
+        (cloud-init's runcmd) recorded `failed <step>`."""
+        if line is None:
+            try:
+                line = self._vm_ready_file.read_text(encoding="utf-8").strip()
+            except OSError:
+                return False
+        if not line.startswith("failed"):
+            return False
+        step = line.partition(" ")[2] or "unknown step"
+        self._update(stage=FAILED, message=f"VM bootstrap failed at {step}; see "
+                     "/var/log/cloud-init-output.log")
+        return True
 
     def _restore(self, plan: dict[str, Any]) -> bool:
         self._update(stage=RESTORING, restore_state="running", message="restoring /workspaces")
