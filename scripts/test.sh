@@ -29,6 +29,10 @@ if ! command -v cloud-init >/dev/null 2>&1 || ! command -v cvtsudoers >/dev/null
 fi
 assets=$(bash scripts/bootstrap.sh | tail -n 1)
 export KUBEBUILDER_ASSETS="$assets"
+# The pinned Claude Code CLI (npm, cached outside the repository) that
+# tests/component/test_claude_real.py runs against a scripted Messages API.
+claude_bin=$(bash scripts/install-claude.sh | tail -n 1)
+export AGENTSPACES_CLAUDE_BIN="$claude_bin"
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff" >&2
