@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .vmsim import EmulatorLike
+from .vm_backend import VmBackend
 from .vmsim_ips import LoopbackPool
 from .vmsim_procs import VmProcess, spawn, stop_processes
 
@@ -290,115 +290,29 @@ class _Vm:
                     log.error("QEMU VM %s: could not remove %s: %s", self.server_id, path, exc)
 
 
-class QemuVms:
+class QemuVms(VmBackend[_Vm, QemuVmInfo]):
+    kind = "QEMU VM"
+    subdir = "qemu"
+
     def __init__(self, state_dir: Path, image: BaseImage, *,
                  ip_pool: LoopbackPool | None = None, ports: Sequence[int] = DEFAULT_PORTS,
                  memory_mib: int = 2048, cpus: int = 2, disk_size: str = "10G",
                  qemu: str = "qemu-system-x86_64", qemu_img: str = "qemu-img",
                  term_seconds: float = 10.0, kill_seconds: float = 5.0) -> None:
-        self.state_dir = Path(state_dir)
+        super().__init__(state_dir, ip_pool, term_seconds, kill_seconds)
         self.image = image.check()
-        self.ip_pool = ip_pool or LoopbackPool()
         self.ports = tuple(dict.fromkeys(int(p) for p in ports))
         self.memory_mib = memory_mib
         self.cpus = cpus
         self.disk_size = disk_size
         self._qemu = qemu
         self._qemu_img = qemu_img
-        self._term_seconds = term_seconds
-        self._kill_seconds = kill_seconds
-        self._vms: dict[int, _Vm] = {}
-        self._lock = threading.Lock()
-        self._closed = False
 
-    # -- wiring --------------------------------------------------------------------
+    def _new_vm(self, server_id: int, name: str, ip: str | None, root: Path) -> _Vm:
+        return _Vm(server_id, name, ip, root)
 
-    def attach(self, emulator: EmulatorLike) -> None:
-        """Boot a VM for every server the emulator creates, power it off on delete,
-        and hand out the servers' IPv4 addresses from the loopback pool."""
-        emulator.ip_allocator = self.ip_pool
-        emulator.on_server_created(self.on_server_created)
-        emulator.on_server_deleted(self.on_server_deleted)
-
-    def detach(self, emulator: EmulatorLike) -> None:
-        emulator.remove_hook(self.on_server_created)
-        emulator.remove_hook(self.on_server_deleted)
-
-    # -- observation ---------------------------------------------------------------
-
-    @property
-    def vms(self) -> dict[int, QemuVmInfo]:
-        with self._lock:
-            return {vm.server_id: vm.info() for vm in self._vms.values()}
-
-    def vm(self, server_id: int) -> QemuVmInfo | None:
-        with self._lock:
-            vm = self._vms.get(server_id)
-            return vm.info() if vm is not None else None
-
-    def vm_root(self, server_id: int) -> Path:
-        return self.state_dir / "qemu" / str(server_id)
-
-    # -- emulator hooks (never raise) ------------------------------------------------
-
-    def on_server_created(self, server: dict[str, Any]) -> None:
-        server_id = int(server.get("id", 0))
-        ip = ((server.get("public_net") or {}).get("ipv4") or {}).get("ip")
-        vm = _Vm(server_id, str(server.get("name", "")), ip, self.vm_root(server_id))
-        with self._lock:
-            if self._closed:
-                log.warning("QEMU backend stopped: no VM for server %s", server_id)
-                return
-            if server_id in self._vms:
-                log.warning("server %s already has a QEMU VM", server_id)
-                return
-            self._vms[server_id] = vm
-            try:
-                self._boot(vm, server.get("user_data"))
-            except Exception as exc:  # the emulator's hook thread must live on
-                log.exception("QEMU VM %s: boot failed", server_id)
-                vm.note(f"boot failed: {type(exc).__name__}: {exc}", error=True)
-
-    def on_server_deleted(self, server: dict[str, Any]) -> None:
-        server_id = int(server.get("id", 0))
-        ip = ((server.get("public_net") or {}).get("ipv4") or {}).get("ip")
-        vm: _Vm | None = None
-        try:
-            with self._lock:
-                vm = self._vms.get(server_id)
-            if vm is not None:
-                vm.stop(self._term_seconds, self._kill_seconds)
-                with self._lock:
-                    if self._vms.get(server_id) is vm:
-                        del self._vms[server_id]
-                log.info("QEMU VM %s (%s) removed", server_id, vm.ip)
-        except Exception:
-            log.exception("QEMU VM %s: teardown failed", server_id)
-        finally:
-            # Only now, with QEMU's forwards closed, may another VM get the address.
-            for address in {ip, vm.ip if vm is not None else None}:
-                if address:
-                    self.ip_pool.release(address)
-
-    def stop_all(self) -> None:
-        """Power off every VM and remove its overlay and seed; later created servers
-        get no VM. Idempotent."""
-        with self._lock:
-            self._closed = True
-            vms = list(self._vms.values())
-        for vm in vms:
-            try:
-                vm.stop(self._term_seconds, self._kill_seconds)
-            except Exception:
-                log.exception("QEMU VM %s: teardown failed", vm.server_id)
-        with self._lock:
-            for vm in vms:
-                if self._vms.get(vm.server_id) is vm:
-                    del self._vms[vm.server_id]
-                if vm.ip:
-                    self.ip_pool.release(vm.ip)
-
-    # -- booting -------------------------------------------------------------------
+    def _info(self, vm: _Vm) -> QemuVmInfo:
+        return vm.info()
 
     def _boot(self, vm: _Vm, user_data: object) -> None:
         if vm.root.exists():  # left over from an earlier sandbox with the same ids

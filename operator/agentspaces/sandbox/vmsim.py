@@ -31,11 +31,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from agentspaces.vmconfig.layout import HOOK_PATH, VM_LAYOUT
 from agentspaces.vmconfig.userdata import WrittenFile, read_write_files
 
+from .vm_backend import VmBackend
 from .vmsim_ips import LoopbackPool
 from .vmsim_layout import (
     AGENT_UNIT,
@@ -57,19 +58,6 @@ log = logging.getLogger(__name__)
 ROLES = ("caddy", "agent", "cloudcli", "devserver")
 DEV_SERVER_PORT = 3000  # where the simulated user's dev server listens
 STANDIN = Path(__file__).with_name("vmsim_standin.py")
-Hook = Any  # the emulator's callback type: Callable[[dict[str, Any]], None]
-
-
-class EmulatorLike(Protocol):
-    """What `attach` needs of agentspaces.sandbox.hetzner.HetznerEmulator."""
-
-    ip_allocator: Any
-
-    def on_server_created(self, callback: Hook) -> Hook: ...
-    def on_server_deleted(self, callback: Hook) -> Hook: ...
-    def remove_hook(self, callback: Hook) -> None: ...
-
-
 @dataclass(frozen=True)
 class VmInfo:
     """A snapshot of one simulated VM."""
@@ -154,113 +142,28 @@ class _Vm:
                 log.error("simulated VM %s: could not remove %s", self.server_id, self.root)
 
 
-class VmSimulator:
+class VmSimulator(VmBackend[_Vm, VmInfo]):
+    kind = "simulated VM"
+    subdir = "vms"
+
     def __init__(self, state_dir: Path, *, ip_pool: LoopbackPool | None = None,
                  caddy_binary: str | None = None, python: str = sys.executable,
                  term_seconds: float = 5.0, kill_seconds: float = 5.0) -> None:
-        self.state_dir = Path(state_dir)
-        self.ip_pool = ip_pool or LoopbackPool()
+        super().__init__(state_dir, ip_pool, term_seconds, kill_seconds)
         self._caddy_binary = caddy_binary
         self._python = python
-        self._term_seconds = term_seconds
-        self._kill_seconds = kill_seconds
-        self._vms: dict[int, _Vm] = {}
-        self._lock = threading.Lock()
-        self._closed = False
 
-    # -- wiring --------------------------------------------------------------------
+    def _new_vm(self, server_id: int, name: str, ip: str | None, root: Path) -> _Vm:
+        return _Vm(server_id, name, ip, root)
 
-    def attach(self, emulator: EmulatorLike) -> None:
-        """Boot a VM for every server the emulator creates, tear it down on delete,
-        and hand out the servers' IPv4 addresses from the loopback pool."""
-        emulator.ip_allocator = self.ip_pool
-        emulator.on_server_created(self.on_server_created)
-        emulator.on_server_deleted(self.on_server_deleted)
-
-    def detach(self, emulator: EmulatorLike) -> None:
-        emulator.remove_hook(self.on_server_created)
-        emulator.remove_hook(self.on_server_deleted)
-
-    # -- observation ---------------------------------------------------------------
-
-    @property
-    def vms(self) -> dict[int, VmInfo]:
-        """Server id -> snapshot of its simulated VM."""
-        with self._lock:
-            return {vm.server_id: vm.info() for vm in self._vms.values()}
-
-    def vm(self, server_id: int) -> VmInfo | None:
-        with self._lock:
-            vm = self._vms.get(server_id)
-            return vm.info() if vm is not None else None
+    def _info(self, vm: _Vm) -> VmInfo:
+        return vm.info()
 
     def workspace_dir(self, server_id: int) -> Path:
         """The simulated VM's /workspaces (KeyError for an unknown server)."""
         with self._lock:
             root = self._vms[server_id].root
         return vm_path(root, VM_LAYOUT.workspaces_dir)
-
-    def vm_root(self, server_id: int) -> Path:
-        return self.state_dir / "vms" / str(server_id)
-
-    # -- emulator hooks (never raise) ------------------------------------------------
-
-    def on_server_created(self, server: dict[str, Any]) -> None:
-        server_id = int(server.get("id", 0))
-        ip = ((server.get("public_net") or {}).get("ipv4") or {}).get("ip")
-        vm = _Vm(server_id, str(server.get("name", "")), ip, self.vm_root(server_id))
-        with self._lock:
-            if self._closed:
-                log.warning("simulator stopped: no VM for server %s", server_id)
-                return
-            if server_id in self._vms:
-                log.warning("server %s already has a simulated VM", server_id)
-                return
-            self._vms[server_id] = vm
-            try:
-                self._boot(vm, server.get("user_data"))
-            except Exception as exc:  # the emulator's hook thread must live on
-                log.exception("simulated VM %s: boot failed", server_id)
-                vm.note(f"boot failed: {type(exc).__name__}: {exc}", error=True)
-
-    def on_server_deleted(self, server: dict[str, Any]) -> None:
-        server_id = int(server.get("id", 0))
-        ip = ((server.get("public_net") or {}).get("ipv4") or {}).get("ip")
-        vm: _Vm | None = None
-        try:
-            with self._lock:
-                vm = self._vms.get(server_id)
-            if vm is not None:
-                vm.stop(self._term_seconds, self._kill_seconds)
-                with self._lock:
-                    if self._vms.get(server_id) is vm:
-                        del self._vms[server_id]
-                log.info("simulated VM %s (%s) removed", server_id, vm.ip)
-        except Exception:
-            log.exception("simulated VM %s: teardown failed", server_id)
-        finally:
-            # Only now, with its processes gone, may another VM get the address.
-            for address in {ip, vm.ip if vm is not None else None}:
-                if address:
-                    self.ip_pool.release(address)
-
-    def stop_all(self) -> None:
-        """Kill every VM's processes and remove their directories; later created
-        servers get no VM. Idempotent."""
-        with self._lock:
-            self._closed = True
-            vms = list(self._vms.values())
-        for vm in vms:
-            try:
-                vm.stop(self._term_seconds, self._kill_seconds)
-            except Exception:
-                log.exception("simulated VM %s: teardown failed", vm.server_id)
-        with self._lock:
-            for vm in vms:
-                if self._vms.get(vm.server_id) is vm:
-                    del self._vms[vm.server_id]
-                if vm.ip:
-                    self.ip_pool.release(vm.ip)
 
     # -- booting -------------------------------------------------------------------
 
