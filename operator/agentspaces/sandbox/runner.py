@@ -203,7 +203,7 @@ class Sandbox:
              "spec": {
                  "hetzner": {"tokenSecretRef": {"name": "sandbox-hetzner"},
                              "endpoint": self.hetzner.url},
-                 "server": {"type": "cx23", "location": "fsn1", "image": "ubuntu-24.04"},
+                 "server": {"type": "cx23", "location": "fsn1", "image": self._image()},
                  "dns": {"zoneName": ZONE, "tokenSecretRef": {"name": "sandbox-cloudflare"},
                          "endpoint": self.cloudflare.url},
                  # Plain HTTP on a high port: no ACME and no root needed on a laptop.
@@ -214,6 +214,12 @@ class Sandbox:
                  "idle": {"timeout": "2m", "grace": "30s", "agentBusyCap": "6h"},
              }},
         ]
+
+
+    def _image(self) -> str:
+        # QEMU boots the Debian 13 image (scripts/build-vm-image.sh), so the class asks for
+        # the OS profile whose user-data fits it; the simulator runs no OS of its own.
+        return "debian-13" if self.vm_backend == "qemu" else "ubuntu-24.04"
 
 
 # --- helpers -----------------------------------------------------------------------------
