@@ -90,6 +90,14 @@ INVALID_WORKSPACES = [
      "repository.ref must not start with '-'"),
     ("ref-upload-pack", {"spec": {"repository": {"ref": "--upload-pack=x"}}},
      "repository.ref must not start with '-'"),
+    # The Secret's key is fixed (.dockerconfigjson): only a name may be given.
+    ("registry-secret-without-name",
+     {"spec": {"devcontainer": {"registryCredentialsSecretRef": {}}}},
+     "spec.devcontainer.registryCredentialsSecretRef.name: Required value"),
+    ("registry-secret-with-key",
+     {"spec": {"devcontainer": {"registryCredentialsSecretRef": {"name": "pull",
+                                                                 "key": "auth"}}}},
+     'unknown field "spec.devcontainer.registryCredentialsSecretRef.key"'),
     # Each field within its own cap, together more than the user-data can carry.
     ("user-text-over-budget", {"spec": {
         "agent": {"instructions": "x" * 8000,
@@ -176,6 +184,16 @@ INVALID_CLASSES = [
      "a numeric image id (server.image or limits.images) needs server.osProfile"),
     ("bad-os-profile", {"server": {"image": "4711", "osProfile": "debian-12"}},
      "spec.server.osProfile"),
+    ("ca-bundle-not-pem", {"trust": {"caBundle": "MIIBhTCCASugAwIBAgIQ"}},
+     "trust.caBundle must hold PEM certificates"),
+    ("ca-bundle-too-large",
+     {"trust": {"caBundle": "-----BEGIN CERTIFICATE-----\n" + "A" * 65536}},
+     "spec.trust.caBundle: Too long"),
+    ("vm-endpoint-not-http",
+     {"storage": {"endpoint": "https://x.r2.cloudflarestorage.com", "bucket": "backups",
+                  "vmEndpoint": "10.0.2.2:9000", "credentialsSecretRef": {"name": "r2"}},
+      "encryption": {"keySecretRef": {"name": "k"}}},
+     "spec.storage.vmEndpoint"),
 ]
 
 
@@ -221,6 +239,34 @@ def test_debian_class_and_snapshot_class_are_accepted(kubectl: Kubectl,
     finally:
         for name in classes:
             kubectl("delete", "workspaceclass", f"os-{name}", "--ignore-not-found")
+
+
+def test_class_trust_storage_vm_endpoint_and_registry_secret_are_accepted(
+        kubectl: Kubectl, namespace: str) -> None:
+    pem = ("-----BEGIN CERTIFICATE-----\nMIIBhTCCASugAwIBAgIQ\n-----END CERTIFICATE-----\n")
+    spec = {"hetzner": {"tokenSecretRef": {"name": "hetzner"}},
+            "dns": {"zoneName": "example.com", "tokenSecretRef": {"name": "cf"}},
+            "trust": {"caBundle": pem},
+            "storage": {"endpoint": "https://x.r2.cloudflarestorage.com", "bucket": "backups",
+                        "vmEndpoint": "http://10.0.2.2:9000",
+                        "credentialsSecretRef": {"name": "r2"}},
+            "encryption": {"keySecretRef": {"name": "k"}}}
+    try:
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(
+            {"apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceClass",
+             "metadata": {"name": "private-network"}, "spec": spec}))
+        stored = kubectl.get_json("workspaceclass", "private-network")
+        assert stored is not None
+        assert stored["spec"]["trust"]["caBundle"] == pem
+        assert stored["spec"]["storage"]["vmEndpoint"] == "http://10.0.2.2:9000"
+        devcontainer = {"image": "registry.example.com:5000/team/dev:1",
+                        "registryCredentialsSecretRef": {"name": "pull"}}
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(
+            _with({"spec": {"devcontainer": devcontainer}}, name="private-registry")))
+        ws = kubectl.get_json("workspace", "private-registry", "-n", namespace)
+        assert ws is not None and ws["spec"]["devcontainer"] == devcontainer
+    finally:
+        kubectl("delete", "workspaceclass", "private-network", "--ignore-not-found")
 
 
 @pytest.mark.parametrize(("case", "patch", "expected"), INVALID_CLASSES,

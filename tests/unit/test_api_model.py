@@ -66,6 +66,28 @@ def test_storage_defaults_and_secret_key_defaults_per_secret() -> None:
                                               "credentialsSecretRef": {"name": "gh"}}}, klass)
     assert spec.api_key_ref == SecretKeyRef("anthropic", "apiKey", None)
     assert spec.repository_credentials_ref == SecretKeyRef("gh", "token", None)
+    assert spec.registry_credentials_ref is None
+    assert klass.storage.vm_endpoint is None
+    assert klass.storage.presign_endpoint == "https://r2.example.com"
+    assert klass.ca_bundle is None
+
+
+def test_trust_vm_endpoint_and_registry_credentials() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    klass = _class(trust={"caBundle": pem},
+                   storage={"endpoint": "https://r2.example.com", "bucket": "backups",
+                            "vmEndpoint": "http://10.0.2.2:9000",
+                            "credentialsSecretRef": {"name": "r2"}},
+                   encryption={"keySecretRef": {"name": "class-key"}})
+    assert klass.ca_bundle == pem
+    assert klass.storage is not None
+    assert klass.storage.endpoint == "https://r2.example.com"
+    assert klass.storage.presign_endpoint == "http://10.0.2.2:9000"
+    spec = WorkspaceSpec.from_spec({**MINIMAL_SPEC, "devcontainer": {
+        "image": "registry.example.com/team/dev:1",
+        "registryCredentialsSecretRef": {"name": "pull"}}}, klass)
+    # A dockerconfigjson Secret has one key; the reference names only the Secret.
+    assert spec.registry_credentials_ref == SecretKeyRef("pull", ".dockerconfigjson", None)
 
 
 def test_a_minimal_workspace_inherits_everything_from_its_class() -> None:
@@ -131,6 +153,13 @@ def test_mcp_servers_are_sorted_and_typed() -> None:
     ({"tls": {"httpPort": 70000}}, "tls.httpPort: Input should be less than or equal to 65535"),
     ({"storage": {"endpoint": "https://r2", "bucket": "backups"}},
      "storage.credentialsSecretRef: Field required"),
+    ({"storage": {"endpoint": "https://r2", "bucket": "backups", "vmEndpoint": "ftp://x",
+                  "credentialsSecretRef": {"name": "r2"}}},
+     "storage.vmEndpoint: String should match pattern"),
+    ({"trust": {"caBundle": "not a certificate"}},
+     "trust.caBundle: Value error, must hold PEM certificates"),
+    ({"trust": {"caBundle": "-----BEGIN CERTIFICATE-----" + "A" * 65536}},
+     "trust.caBundle: String should have at most 65536 characters"),
 ])
 def test_an_invalid_class_is_a_value_error_naming_the_field(spec: dict[str, Any],
                                                              expected: str) -> None:

@@ -77,6 +77,10 @@ RESERVED_PORTS_MESSAGE = ("ports " + ", ".join(map(str, RESERVED_PORTS))
 # spec that still does not fit (text that compresses badly) is reported by the
 # operator as UserDataTooLarge, and no server is created.
 USER_TEXT_BUDGET = 10240
+# A WorkspaceClass's extra CA certificates (spec.trust.caBundle): PEM, at most this many
+# characters. They reach the VM over the agent's channel, not in the user-data.
+CA_BUNDLE_LIMIT = 65536
+PEM_CERTIFICATE_BEGIN = "-----BEGIN CERTIFICATE-----"
 
 
 # -- schema markers -------------------------------------------------------------------
@@ -214,6 +218,13 @@ class ApiKeyRef(SecretRefSpec):
     key: SecretKey = "apiKey"
 
 
+class RegistryCredentialsRef(ApiModel):
+    """A Secret of type kubernetes.io/dockerconfigjson (its key `.dockerconfigjson`), as
+    `kubectl create secret docker-registry` makes it."""
+
+    name: SecretName
+
+
 class ClassTokenRef(NamespacedSecretRefSpec):
     key: SecretKey = "token"
 
@@ -258,6 +269,10 @@ class DevcontainerSpec(ApiModel):
                              "repository.", max_length=512, pattern=r"^[A-Za-z0-9._/-]+\.json$")
     image: str | None = Field(None, description="Container image to use instead of a "
                               "devcontainer.json.", max_length=512)
+    registry_credentials_secret_ref: RegistryCredentialsRef | None = Field(
+        None, description="Secret of type kubernetes.io/dockerconfigjson in the workspace's "
+                          "namespace: registry logins for pulling the devcontainer's images "
+                          "(delivered to the VM after boot, readable only by root).")
 
 
 class ServerSpec(ApiModel):
@@ -459,6 +474,12 @@ class StorageSpec(ApiModel):
 
     endpoint: str = Field(description="https://<account>.r2.cloudflarestorage.com",
                           pattern=HTTP_URL_PATTERN)
+    vm_endpoint: str | None = Field(
+        None, description="The bucket's address as the VMs reach it, when it differs from "
+                          "endpoint (a private network or a proxy): the presigned URLs the "
+                          "VMs get for backups and restores are signed for it; the "
+                          "operator's own calls use endpoint.",
+        pattern=HTTP_URL_PATTERN, max_length=2048)
     bucket: str = Field(description="Bucket name.",
                         pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     region: str = Field("auto", description="Region; R2 uses auto.", max_length=32)
@@ -473,6 +494,29 @@ class StorageSpec(ApiModel):
     @classmethod
     def _empty_region_is_the_default(cls, value: str) -> str:
         return value or str(default_of(cls, "region"))
+
+
+CaBundle = Annotated[str, Cel(f"self.contains('{PEM_CERTIFICATE_BEGIN}')",
+                             f"trust.caBundle must hold PEM certificates ({PEM_CERTIFICATE_BEGIN}"
+                             " ...)")]
+
+
+class TrustSpec(ApiModel):
+    """Certificate authorities the VMs trust besides the system's."""
+
+    ca_bundle: CaBundle | None = Field(
+        None, max_length=CA_BUNDLE_LIMIT,
+        description="PEM CA certificates for git servers, container registries and mirrors "
+                    "with a private CA. The VM adds them to its system trust store (git, "
+                    "Docker pulls, the devcontainer CLI, npm) before the clone. Not secret.")
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _holds_a_certificate(cls, value: str | None) -> str | None:
+        """The admission rule, also when the operator parses the class."""
+        if value is not None and PEM_CERTIFICATE_BEGIN not in value:
+            raise ValueError(f"must hold PEM certificates ({PEM_CERTIFICATE_BEGIN} ...)")
+        return value
 
 
 class EncryptionSpec(ApiModel):
@@ -604,6 +648,7 @@ class WorkspaceClassSpecModel(ApiModel):
     tls: TlsSpec = Field(default_factory=TlsSpec)
     storage: StorageSpec | None = None
     encryption: EncryptionSpec | None = None
+    trust: TrustSpec = Field(default_factory=TrustSpec)
     idle: ClassIdleSpec = Field(default_factory=ClassIdleSpec)
     lifetime: ClassLifetimeSpec = Field(default_factory=ClassLifetimeSpec,
                                         description="Default hard limits.")

@@ -104,6 +104,13 @@ class StorageSettings:
     prefix: str
     keep: int
     credentials_ref: SecretKeyRef
+    vm_endpoint: str | None = None
+    """spec.storage.vmEndpoint: where the VMs reach the bucket, if not at `endpoint`."""
+
+    @property
+    def presign_endpoint(self) -> str:
+        """The endpoint the VMs' presigned URLs are signed for."""
+        return self.vm_endpoint or self.endpoint
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,8 @@ class WorkspaceClass:
     trust_repository_devcontainer: bool = False
     image_os_profile: m.OsProfileName | None = None
     """spec.server.osProfile: the OS of the class's numeric image ids."""
+    ca_bundle: str | None = None
+    """spec.trust.caBundle: PEM CA certificates the VMs trust besides the system's."""
 
     @property
     def reserved_ports(self) -> frozenset[int]:
@@ -188,6 +197,7 @@ class WorkspaceClass:
                 prefix=storage.prefix,
                 keep=storage.keep,
                 credentials_ref=SecretKeyRef.of(storage.credentials_secret_ref),
+                vm_endpoint=storage.vm_endpoint,
             ),
             encryption_key_ref=None if spec.encryption is None
             else SecretKeyRef.of(spec.encryption.key_secret_ref),
@@ -199,6 +209,7 @@ class WorkspaceClass:
             agent_source_ranges=tuple(spec.agent.source_ranges),
             limits=ClassLimits.of(spec.limits),
             trust_repository_devcontainer=spec.devcontainer.trust_repository,
+            ca_bundle=spec.trust.ca_bundle,
         )
 
 
@@ -228,6 +239,8 @@ class WorkspaceSpec:
     ssh_keys: tuple[str, ...]
     refused_ports: tuple[int, ...] = ()
     """Requested ports that are the VM's own (never published; Accepted says so)."""
+    registry_credentials_ref: SecretKeyRef | None = None
+    """devcontainer.registryCredentialsSecretRef: its `.dockerconfigjson` key."""
 
     @property
     def public_ports(self) -> tuple[int, ...]:
@@ -277,7 +290,17 @@ class WorkspaceSpec:
             persistence_on_delete=persistence.on_delete,
             backup_interval=duration(persistence.schedule),
             ssh_keys=tuple(ws.ssh_keys),
+            registry_credentials_ref=_registry_ref(
+                ws.devcontainer.registry_credentials_secret_ref),
         )
+
+
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
+"""The key of a kubernetes.io/dockerconfigjson Secret."""
+
+
+def _registry_ref(ref: m.RegistryCredentialsRef | None) -> SecretKeyRef | None:
+    return None if ref is None else SecretKeyRef(name=ref.name, key=DOCKER_CONFIG_KEY)
 
 
 def _own_or(own: str | None, inherited: timedelta) -> timedelta:
