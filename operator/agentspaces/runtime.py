@@ -61,8 +61,9 @@ ServerFactory = Callable[[str, str], ServerAdapter]
 """(token, endpoint) -> adapter"""
 DnsFactory = Callable[[str, str], DnsAdapter]
 """(token, endpoint) -> adapter"""
-StoreFactory = Callable[[str, str, str, str, str, str], StoreAdapter]
-"""(endpoint, bucket, region, addressing style, access key, secret key) -> adapter"""
+StoreFactory = Callable[[str, str, str, str, str, str, str | None], StoreAdapter]
+"""(endpoint, bucket, region, addressing style, access key, secret key, the endpoint the
+VMs' presigned URLs are signed for or None for `endpoint`) -> adapter"""
 AgentFactory = Callable[[str, str, str, float], AgentAdapter]
 """(url, token, pinned certificate PEM, timeout) -> client"""
 
@@ -76,9 +77,9 @@ def _cloudflare(token: str, endpoint: str) -> CloudflareDns:
 
 
 def _s3(endpoint: str, bucket: str, region: str, addressing: str, access_key: str,
-        secret_key: str) -> S3ObjectStore:
+        secret_key: str, vm_endpoint: str | None) -> S3ObjectStore:
     return S3ObjectStore.connect(endpoint, bucket, access_key, secret_key, region=region,
-                                 addressing_style=addressing)
+                                 addressing_style=addressing, vm_endpoint=vm_endpoint)
 
 
 def _agent(url: str, token: str, cert_pem: str, timeout: float) -> AgentClient:
@@ -175,11 +176,13 @@ class Runtime:
         return self._dns[key]
 
     def store(self, endpoint: str, bucket: str, region: str, addressing: str,
-              access_key: str, secret_key: str) -> ObjectStore:
-        key = _key(endpoint, bucket, region, addressing, access_key, secret_key)
+              access_key: str, secret_key: str, vm_endpoint: str | None = None
+              ) -> ObjectStore:
+        key = _key(endpoint, bucket, region, addressing, access_key, secret_key,
+                   vm_endpoint or "")
         if key not in self._stores:
             self._stores[key] = self._store_factory(endpoint, bucket, region, addressing,
-                                                    access_key, secret_key)
+                                                    access_key, secret_key, vm_endpoint)
         return self._stores[key]
 
     def agent_client(self, uid: str, url: str, token: str, cert_pem: str) -> AgentPort:

@@ -315,6 +315,29 @@ def test_restore_resumes_a_dropped_download(store: S3ObjectStore, proxy: FaultPr
     assert len(gets) == 2  # the cut one, then a Range request for the rest
 
 
+def test_the_vm_reaches_the_bucket_only_at_the_vm_endpoint(
+        moto_endpoint: str, proxy: FaultProxy, data_key: keys.DataKey, tmp_path: Path) -> None:
+    """storage.vmEndpoint: the presigned URLs name the address the VM reaches the bucket
+    at (here the proxy), while the operator's calls go straight to the endpoint (the
+    proxy forwards only PUT and GET: a create, list or delete through it would fail)."""
+    bucket = f"vm-{uuid.uuid4().hex[:12]}"
+    make_client(moto_endpoint, "test", "test", region="us-east-1").create_bucket(Bucket=bucket)
+    store = S3ObjectStore.connect(moto_endpoint, bucket, "test", "test",
+                                  vm_endpoint=f"http://{proxy.netloc}")
+    source = tmp_path / "source"
+    make_tree(source, big=2 * PART)
+    record, result, _ = run_backup(store, workspace(), data_key, source, T0)  # URLs as signed
+    puts = [r for r in proxy.requests if r[0] == "PUT"]
+    assert len(puts) == len(result["parts"]) >= 2
+    assert sum(r[2] for r in puts) == record.size and {r[3] for r in puts} == {200}
+
+    restore(store, record, data_key, tmp_path / "restored")
+    assert snapshot(tmp_path / "restored") == snapshot(source)
+    assert [r[0] for r in proxy.requests if r[0] != "PUT"] == ["GET"]
+    assert len(store.list_objects(workspace().prefix)) == 2  # data and manifest
+    store.close()
+
+
 def test_failed_part_put_is_retried(store: S3ObjectStore, proxy: FaultProxy,
                                     data_key: keys.DataKey, tmp_path: Path) -> None:
     source = tmp_path / "source"

@@ -7,7 +7,9 @@ it (and the backup orchestration built on it) through `asyncio.to_thread`, e.g.
 R2 specifics the adapter takes care of: region "auto", SigV4, and checksum
 calculation/validation only "when required" (boto3 >= 1.36 otherwise adds CRC32
 headers that R2 rejects). Presigned URLs are generated offline and carry no checksum
-parameters, so the VM can PUT/GET them with a plain HTTP client.
+parameters, so the VM can PUT/GET them with a plain HTTP client. They are signed for
+the class's `storage.vmEndpoint` when it has one (the bucket as the VMs reach it); every
+call the operator makes itself goes to `storage.endpoint`.
 """
 
 from __future__ import annotations
@@ -146,19 +148,29 @@ class S3ObjectStore:
     """The boto3 adapter for one bucket. Errors surface as ObjectStoreError (no secrets
     in messages: only the operation, key and S3 error code)."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, presign_client: Any | None = None) -> None:
         self._s3 = client
         self.bucket = bucket
+        # Signs the URLs handed to VMs (offline: it never opens a connection).
+        self._presign = presign_client if presign_client is not None else client
 
     def close(self) -> None:
-        """Close the boto3 client's connection pool."""
+        """Close the boto3 clients' connection pools."""
         self._s3.close()
+        if self._presign is not self._s3:
+            self._presign.close()
 
     @classmethod
     def connect(cls, endpoint: str, bucket: str, access_key_id: str, secret_access_key: str,
-                region: str = "auto", addressing_style: str = "path") -> S3ObjectStore:
-        return cls(make_client(endpoint, access_key_id, secret_access_key, region,
-                               addressing_style), bucket)
+                region: str = "auto", addressing_style: str = "path",
+                vm_endpoint: str | None = None) -> S3ObjectStore:
+        """`vm_endpoint`: the address the presigned URLs are signed for, when the VMs
+        reach the bucket elsewhere than the operator does."""
+        client = make_client(endpoint, access_key_id, secret_access_key, region,
+                             addressing_style)
+        presign = None if vm_endpoint in (None, endpoint) else make_client(
+            vm_endpoint, access_key_id, secret_access_key, region, addressing_style)
+        return cls(client, bucket, presign)
 
     def _call(self, op: str, key: str, **params: Any) -> Any:
         try:
@@ -180,7 +192,7 @@ class S3ObjectStore:
 
     def presign_upload_part(self, key: str, upload_id: str, part_number: int,
                             expires: int) -> str:
-        return str(self._s3.generate_presigned_url(
+        return str(self._presign.generate_presigned_url(
             "upload_part", HttpMethod="PUT", ExpiresIn=_check_expiry(expires),
             Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id,
                     "PartNumber": part_number}))
@@ -211,7 +223,7 @@ class S3ObjectStore:
         return uploads
 
     def presign_get(self, key: str, expires: int) -> str:
-        return str(self._s3.generate_presigned_url(
+        return str(self._presign.generate_presigned_url(
             "get_object", HttpMethod="GET", ExpiresIn=_check_expiry(expires),
             Params={"Bucket": self.bucket, "Key": key}))
 
@@ -266,4 +278,5 @@ def store_for_class(storage: StorageSettings, access_key_id: str,
                     secret_access_key: str) -> S3ObjectStore:
     """The adapter for a WorkspaceClass's `spec.storage` and its credentials."""
     return S3ObjectStore.connect(storage.endpoint, storage.bucket, access_key_id,
-                                 secret_access_key, storage.region, storage.addressing_style)
+                                 secret_access_key, storage.region, storage.addressing_style,
+                                 vm_endpoint=storage.vm_endpoint)

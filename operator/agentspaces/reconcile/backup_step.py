@@ -58,7 +58,7 @@ def store(scope: Scope) -> ObjectStore:
     assert storage is not None
     return scope.runtime.store(storage.endpoint, storage.bucket, storage.region,
                                storage.addressing_style, scope.creds.storage_access_key or "",
-                               scope.creds.storage_secret_key or "")
+                               scope.creds.storage_secret_key or "", storage.vm_endpoint)
 
 
 def location(scope: Scope) -> backups.BackupLocation:
