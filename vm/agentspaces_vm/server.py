@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import logging
+import select
 import socket
 import socketserver
 import ssl
@@ -41,6 +42,7 @@ from agentspaces_vm.connections import (
     DeadlineWriter,
     address_key,
 )
+from agentspaces_vm.status import StatusWatch, requested_etag, requested_wait
 from agentspaces_vm.webauth import MAX_LOGIN_BODY, Answer, WebRequest
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT
     agent: Agent  # set on the subclass each server builds
+    watch: StatusWatch  # likewise: long-polls of GET /v1/status, shared by both servers
     max_body = MAX_API_BODY
 
     # -- plumbing -------------------------------------------------------------------
@@ -220,12 +223,32 @@ class ApiHandler(_Handler):
             self.error_json(401, "unauthorized", headers={"WWW-Authenticate": "Bearer"})
         return False
 
+    def _status(self) -> None:
+        """The status document; a long-poll when the request carries `If-None-Match`
+        and `Prefer: wait=<seconds>` (docs/agent-protocol.md)."""
+        wait = requested_wait(self.headers.get("Prefer"))
+        answer = self.watch.answer(requested_etag(self.headers.get("If-None-Match")), wait,
+                                   address_key(self.client_address[0]), self._peer_gone)
+        headers = {"ETag": f'"{answer.etag}"'}
+        if answer.waited:
+            headers["Preference-Applied"] = f"wait={wait:g}"
+        self.send_json(200, answer.status.to_json(), headers)
+
+    def _peer_gone(self) -> bool:
+        """While a long-poll is held the client sends nothing, so a readable socket means
+        it hung up (or broke the protocol): either way, stop holding it."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def _route(self) -> None:
         if not self._guard():
             return
         a = self.agent
         self.dispatch({
-            ("GET", "/v1/status"): lambda: self.send_json(200, a.status_document().to_json()),
+            ("GET", "/v1/status"): self._status,
             ("PUT", "/v1/secrets"): lambda: self.send_json(200, a.apply_secrets(self.read_json())),
             ("PUT", "/v1/config"): lambda: self.send_json(200,
                                                           a.set_public_ports(self.read_json())),
@@ -234,6 +257,8 @@ class ApiHandler(_Handler):
             ("GET", "/v1/backup"): lambda: self.send_json(200,
                                                           a.backups.snapshot().to_json()),
         })
+        if self.command != "GET":
+            self.watch.changed()  # what a write changed (secrets, start, backup) shows now
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _route
 
@@ -257,6 +282,7 @@ class LocalHandler(_Handler):
         except (ValueError, UnicodeDecodeError):
             payload = None  # still reported, so the tracker counts it as malformed
         self.agent.record_hook(payload)
+        self.watch.changed()  # held long-polls see the new agent state at once
         self.send_json(204, None)
 
     def _web_request(self, forwarded: bool) -> WebRequest:
@@ -329,6 +355,7 @@ class AgentHTTPServer(ThreadingHTTPServer):
         self.limits = limits
         self._slots = ConnectionSlots(limits.max_connections, limits.per_address)
         self._connection = threading.local()  # each connection has its own thread
+        self.on_close: Callable[[], None] = lambda: None
         super().__init__((address.host, address.port), handler)
 
     def server_bind(self) -> None:
@@ -384,6 +411,10 @@ class AgentHTTPServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("connection from %s failed", client_address[0])
 
+    def server_close(self) -> None:
+        super().server_close()
+        self.on_close()
+
 
 def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -395,10 +426,13 @@ def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 def build_servers(agent: Agent) -> tuple[AgentHTTPServer, AgentHTTPServer]:
     """(api, local) servers bound to the configured addresses (not yet serving)."""
     cfg = agent.config
-    api_handler = type("BoundApiHandler", (ApiHandler,), {"agent": agent})
-    local_handler = type("BoundLocalHandler", (LocalHandler,), {"agent": agent})
+    watch = StatusWatch(agent.status_document)
+    api_handler = type("BoundApiHandler", (ApiHandler,), {"agent": agent, "watch": watch})
+    local_handler = type("BoundLocalHandler", (LocalHandler,),
+                         {"agent": agent, "watch": watch})
     tls = server_tls_context(cfg.tls_cert, cfg.tls_key)
     api = AgentHTTPServer(cfg.api_listen, api_handler, tls, cfg.api_limits)
+    api.on_close = watch.close
     try:
         local = AgentHTTPServer(cfg.local_listen, local_handler)
     except BaseException:
