@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_VERSION = 1
 TLS_MODES = ("acme", "internal", "none")
+# Where Claude Code in the devcontainer comes from (the class's devcontainer.claudeCode).
+CLAUDE_CODE_SOURCES = ("feature", "npm")
 DEFAULT_DISCOVERY_ADDRESSES = ("0.0.0.0", "::", "127.0.0.1", "::1")
 SSH_PORT = 22
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -88,6 +90,7 @@ class PortDiscovery:
 class Tools:
     git: str
     devcontainer: str
+    npm: str = "npm"
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ class AgentConfig:
     # default the `claude/` directory next to agent.json.
     claude_seed_dir: Path | None
     api_limits: ConnectionLimits = API_LIMITS
+    # "feature": the devcontainer feature; "npm": the agent installs Claude Code on the
+    # VM (agentspaces_vm.claude_install) and mounts it into the container.
+    claude_code: str = "feature"
 
     @property
     def internal_ports(self) -> frozenset[int]:
@@ -303,11 +309,13 @@ def parse_config(doc: object, base_dir: Path | None = None) -> AgentConfig:
         activity_poll_seconds=root.number("activityPollSeconds", 5.0, 0.05, 300.0),
         tools=Tools(git=tools.text("git", required=False, default="git") or "git",
                     devcontainer=tools.text("devcontainer", required=False,
-                                           default="devcontainer") or "devcontainer"),
+                                           default="devcontainer") or "devcontainer",
+                    npm=tools.text("npm", required=False, default="npm") or "npm"),
         container_user=ContainerUser(uid=user.integer("uid", default=1000, low=0, high=2**31),
                                      gid=user.integer("gid", default=1000, low=0, high=2**31)),
         claude_seed_dir=_seed_dir(root.text("claudeSeedDir", required=False), base_dir),
         api_limits=_api_limits(root.child("apiLimits", required=False)),
+        claude_code=_claude_code(root.text("claudeCode", required=False, default="feature")),
     )
     _check_paths(config)
     config = replace(config, public_ports=config.routable_public_ports(public_ports,
@@ -316,6 +324,12 @@ def parse_config(doc: object, base_dir: Path | None = None) -> AgentConfig:
         raise ConfigError("listen.local: must be a loopback address (it serves unauthenticated "
                           "Caddy permission checks)")
     return config
+
+
+def _claude_code(value: str | None) -> str:
+    if value not in CLAUDE_CODE_SOURCES:
+        raise ConfigError(f"claudeCode: expected one of {', '.join(CLAUDE_CODE_SOURCES)}")
+    return value
 
 
 def _api_limits(reader: _Reader | None) -> ConnectionLimits:

@@ -554,14 +554,26 @@ class ClassAgentSpec(ApiModel):
                     "port is open to the internet.")
 
 
+ClaudeCodeSource = Literal["feature", "npm"]
+
+
 class ClassDevcontainerSpec(ApiModel):
-    """How far a repository's devcontainer.json is trusted."""
+    """How far a repository's devcontainer.json is trusted, and where Claude Code in the
+    container comes from."""
 
     trust_repository: bool = Field(
         False, description="Run the repository's devcontainer.json as written: host commands "
                            "(initializeCommand), privileges, runArgs, host mounts, docker "
                            "compose. Off: only what acts inside the container is used "
                            "(docs/vm.md).")
+    claude_code: ClaudeCodeSource = Field(
+        "feature", description="How Claude Code gets into the devcontainer. feature: the "
+                               "devcontainer feature from ghcr.io, added to every config. "
+                               "npm: the VM installs the product's pinned Claude Code build "
+                               "from the npm registry (integrity checked) and mounts its "
+                               "binary read-only at /usr/local/bin/claude, for when ghcr.io "
+                               "is unreachable; the container image must be glibc-based "
+                               "(docs/vm.md).")
 
 
 class LimitsSpec(ApiModel):

@@ -152,6 +152,8 @@ class WorkspaceClass:
     limits: ClassLimits = field(default_factory=ClassLimits)
     # spec.devcontainer.trustRepository: run a repository's devcontainer.json unvetted.
     trust_repository_devcontainer: bool = False
+    # spec.devcontainer.claudeCode: the devcontainer feature, or the VM's npm install.
+    claude_code: m.ClaudeCodeSource = "feature"
     image_os_profile: m.OsProfileName | None = None
     """spec.server.osProfile: the OS of the class's numeric image ids."""
     ca_bundle: str | None = None
@@ -209,6 +211,7 @@ class WorkspaceClass:
             agent_source_ranges=tuple(spec.agent.source_ranges),
             limits=ClassLimits.of(spec.limits),
             trust_repository_devcontainer=spec.devcontainer.trust_repository,
+            claude_code=spec.devcontainer.claude_code,
             ca_bundle=spec.trust.ca_bundle,
         )
 

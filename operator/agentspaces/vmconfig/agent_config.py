@@ -48,4 +48,6 @@ def render_agent_config(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceC
             "trustDevcontainer": klass.trust_repository_devcontainer,
         },
         "simulate": simulate,
+        # Only when not the agent's default ("feature"): the user-data has few bytes to spare.
+        **({"claudeCode": klass.claude_code} if klass.claude_code != "feature" else {}),
     }
