@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentspaces_vm import devcontainer, docker_guard, safefs
+from agentspaces_vm import claude_install, devcontainer, docker_guard, safefs
 from agentspaces_vm.config import AgentConfig
 from agentspaces_vm.devcontainer_policy import DevcontainerRefused
 from agentspaces_vm.redact import redact
@@ -148,6 +148,8 @@ class Bootstrap:
         self._on_busy = on_busy
         self._state_file = config.paths.state / "boot.json"
         self._vm_ready_file = config.paths.state / "bootstrap"
+        # claudeCode: npm installs Claude Code here (claude_install).
+        self._claude_root = config.paths.state / "claude-code"
         self._vm_ready_timeout = vm_ready_timeout
         self._poll_interval = poll_interval
         self._lock = threading.Lock()
@@ -364,7 +366,8 @@ class Bootstrap:
             env["GIT_ASKPASS"] = str(self._store.askpass)
         return env
 
-    def _prepare_devcontainer(self, repo: Path) -> devcontainer.ConfigChoice | None:
+    def _prepare_devcontainer(self, repo: Path, claude_binary: Path | None = None
+                              ) -> devcontainer.ConfigChoice | None:
         """Choose, vet and write the config `devcontainer up` gets; None when refused."""
         cfg = self._config
         repo_cfg = cfg.repository
@@ -379,7 +382,8 @@ class Bootstrap:
                 image=repo_cfg.devcontainer_image if repo_cfg else None,
                 default_text=default_text, work_dir=cfg.paths.state / "devcontainer",
                 secrets_dir=self._store.claude_dir, claude_dir=claude_dir,
-                trust_repository=repo_cfg.trust_devcontainer if repo_cfg else False)
+                trust_repository=repo_cfg.trust_devcontainer if repo_cfg else False,
+                claude_binary=claude_binary)
         except DevcontainerRefused as exc:
             self._update(devcontainer_policy=devcontainer.RESTRICTED, devcontainer_removed=[])
             self._fail_devcontainer(str(exc), state="refused")
@@ -399,14 +403,27 @@ class Bootstrap:
     def _devcontainer_up(self, repo: Path) -> None:
         cfg = self._config
         self._update(stage=STARTING, devcontainer_state="starting", devcontainer_message="")
-        choice = self._prepare_devcontainer(repo)
+        package = None
+        if cfg.claude_code == "npm":
+            try:
+                package = claude_install.platform_package()
+            except claude_install.InstallError as exc:
+                self._fail_devcontainer(f"Claude Code install from npm failed: {exc}")
+                return
+        claude_binary = claude_install.binary_path(self._claude_root, package) \
+            if package else None
+        choice = self._prepare_devcontainer(repo, claude_binary)
         if choice is None:
+            return
+        if package is not None and not self._install_claude(package):
             return
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "DOCKER_HOST")}
         guard = None if choice.policy == devcontainer.TRUSTED else \
-            self._docker_guard(repo, env.get("PATH"))
+            self._docker_guard(repo, env.get("PATH"),
+                               (str(claude_binary),) if claude_binary else ())
         argv = devcontainer.up_argv(cfg.tools.devcontainer, repo, choice.args,
-                                    docker_path=str(guard.path) if guard else None)
+                                    docker_path=str(guard.path) if guard else None,
+                                    claude_feature=claude_binary is None)
         result = self._runner(argv, env, repo, UP_TIMEOUT)
         outcome = devcontainer.parse_up_outcome(result.stdout)
         if guard is not None and guard.refusal.exists():
@@ -418,19 +435,57 @@ class Bootstrap:
             self._fail_devcontainer(f"devcontainer up failed: {detail or result.stderr}")
             return
         notes = list(choice.notes)
+        if claude_binary is not None:
+            notes += self._claude_in_container(repo, choice.args, env)
         self._update(stage=READY, devcontainer_state="running", container_id=outcome.container_id,
                      devcontainer_message="", message="; ".join(notes), notes=notes)
 
-    def _docker_guard(self, repo: Path, search_path: str | None) -> _Guard:
+    def _install_claude(self, package: claude_install.PlatformPackage) -> bool:
+        """claudeCode: npm: Claude Code onto the VM before `devcontainer up` mounts it."""
+        self._update(message=f"installing Claude Code {package.version} from npm")
+        # Node reads only its own CA list and NODE_EXTRA_CA_CERTS: the place to pass the
+        # class's extra CAs (spec.trust.caBundle) as a PEM file, once they are on the VM.
+        env = claude_install.npm_env(os.environ, extra_ca_certs=None)
+        try:
+            done = claude_install.install(self._claude_root, npm=self._config.tools.npm,
+                                          runner=self._runner, env=env, package=package)
+        except (claude_install.InstallError, OSError) as exc:
+            self._fail_devcontainer(f"Claude Code install from npm failed: {exc}")
+            return False
+        if done.installed_now:
+            log.info("installed Claude Code %s from npm at %s", package.version, done.binary)
+        self._update(message="")
+        return True
+
+    def _claude_in_container(self, repo: Path, config_args: Sequence[str],
+                             env: Mapping[str, str]) -> list[str]:
+        """A note when `claude`, run in the container the way agentspaces-claude runs it,
+        is not the mounted binary (a musl image cannot run the glibc build; a user's
+        PATH without /usr/local/bin would miss it); the container itself is fine."""
+        result = self._runner(devcontainer.exec_argv(
+            self._config.tools.devcontainer, repo, config_args, "claude", "--version"),
+            env, repo, claude_install.VERSION_TIMEOUT)
+        if result.returncode == 0 and result.stdout.split()[:1] == [
+                claude_install.CLAUDE_CODE_VERSION]:
+            return []
+        detail = redact((result.stderr or result.stdout).strip() or "no output", 200)
+        return [f"`claude` in the container is not the Claude Code the VM installed "
+                f"(claudeCode: npm; the image must be glibc-based and have "
+                f"{devcontainer.CLAUDE_BINARY_TARGET} on the PATH): exit "
+                f"{result.returncode}: {detail}"]
+
+    def _docker_guard(self, repo: Path, search_path: str | None,
+                      extra_binds: tuple[str, ...] = ()) -> _Guard:
         """Write the `--docker-path` wrapper that refuses what the config could not say
-        itself (the image's and the features' metadata); see docker_guard."""
+        itself (the image's and the features' metadata); see docker_guard.
+        `extra_binds`: more host paths the agent itself binds (the Claude Code binary)."""
         work = self._config.paths.state / "devcontainer"
         guard = _Guard(work / "docker-guard", work / "docker-refused")
         guard.refusal.unlink(missing_ok=True)
         policy = docker_guard.Policy(
             docker=shutil.which("docker", path=search_path) or "/usr/bin/docker",
             bind_sources=(str(repo), str(self._store.claude_dir),
-                          str(self._config.paths.workspaces / ".claude")),
+                          str(self._config.paths.workspaces / ".claude"), *extra_binds),
             refusal_file=str(guard.refusal))
         guard.path.write_text(docker_guard.launcher(policy), encoding="utf-8")
         guard.path.chmod(0o700)

@@ -2,7 +2,9 @@
 the argv and read the CLI's one-line JSON outcome.
 
 What the agent adds to every devcontainer:
-- the Claude Code feature (`--additional-features`);
+- Claude Code: the devcontainer feature (`--additional-features`), or, when the class
+  sets `devcontainer.claudeCode: npm`, the binary the agent installed on the VM
+  (agentspaces_vm.claude_install) as a read-only bind at /usr/local/bin/claude;
 - host networking, so programs in the container listen where the agent discovers
   ports and Caddy proxies (127.0.0.1), and Claude Code hooks reach the local listener;
 - a read-only bind of state/secrets/claude at /run/agentspaces (the API key) and a bind
@@ -32,6 +34,8 @@ from agentspaces_vm.devcontainer_policy import vet
 CLAUDE_FEATURE = "ghcr.io/anthropics/devcontainer-features/claude-code:1"
 CLAUDE_CONFIG_DIR = "/workspaces/.claude"
 SECRETS_TARGET = "/run/agentspaces"
+# Where the VM's own Claude Code binary (claudeCode: npm) appears: on every image's PATH.
+CLAUDE_BINARY_TARGET = "/usr/local/bin/claude"
 # Where the config came from and how far it was trusted (reported in the status).
 GENERATED, RESTRICTED, TRUSTED = "generated", "restricted", "trusted"
 # Used only when the default template is missing from the bundle.
@@ -122,9 +126,12 @@ def _inside_repo(repo: Path, path: Path) -> Path:
     return path
 
 
-def augment(config: dict[str, Any], *, secrets_dir: Path,
-            claude_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    """`config` plus host networking and the agent's mounts; also returns notes."""
+def augment(config: dict[str, Any], *, secrets_dir: Path, claude_dir: Path,
+            claude_binary: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+    """`config` plus host networking and the agent's mounts; also returns notes.
+
+    `claude_binary`: the VM's Claude Code executable, bound read-only on the PATH.
+    """
     out = copy.deepcopy(config)
     notes: list[str] = []
     if "dockerComposeFile" in out:
@@ -143,6 +150,9 @@ def augment(config: dict[str, Any], *, secrets_dir: Path,
     mounts = list(out.get("mounts") or [])
     mounts.append(f"source={secrets_dir},target={SECRETS_TARGET},type=bind,readonly")
     mounts.append(f"source={claude_dir},target={CLAUDE_CONFIG_DIR},type=bind")
+    if claude_binary is not None:
+        mounts.append(f"source={claude_binary},target={CLAUDE_BINARY_TARGET},type=bind,"
+                      "readonly")
     out["mounts"] = mounts
     return out, notes
 
@@ -164,12 +174,14 @@ class ConfigChoice:
 
 def choose_config(*, repo: Path, devcontainer_path: str | None, image: str | None,
                   default_text: str | None, work_dir: Path, secrets_dir: Path,
-                  claude_dir: Path, trust_repository: bool = False) -> ConfigChoice:
+                  claude_dir: Path, trust_repository: bool = False,
+                  claude_binary: Path | None = None) -> ConfigChoice:
     """Decide between the repository's config (as an override) and a generated one.
 
     Order: the configured image, an explicit devcontainerPath, the repository's own
     config, the default template. The repository's config is vetted unless
-    `trust_repository`; one it cannot run raises DevcontainerRefused.
+    `trust_repository`; one it cannot run raises DevcontainerRefused. `claude_binary`:
+    see `augment`.
     """
     default = jsonc_loads(default_text) if default_text is not None else dict(FALLBACK_CONFIG)
     if not isinstance(default, dict):
@@ -183,25 +195,37 @@ def choose_config(*, repo: Path, devcontainer_path: str | None, image: str | Non
         if not trust_repository:
             vetted = vet(base, repo=repo, config_dir=repo_config.parent)
             base, removed = vetted.config, vetted.removed
-        doc, notes = augment(base, secrets_dir=secrets_dir, claude_dir=claude_dir)
+        doc, notes = augment(base, secrets_dir=secrets_dir, claude_dir=claude_dir,
+                             claude_binary=claude_binary)
         override = work_dir / "override.json"
         return ConfigChoice(("--config", str(repo_config), "--override-config", str(override)),
                             override, doc, tuple(notes),
                             TRUSTED if trust_repository else RESTRICTED, removed)
     base = {"name": default.get("name", FALLBACK_CONFIG["name"]), "image": image} if image \
         else default
-    doc, notes = augment(base, secrets_dir=secrets_dir, claude_dir=claude_dir)
+    doc, notes = augment(base, secrets_dir=secrets_dir, claude_dir=claude_dir,
+                         claude_binary=claude_binary)
     generated = work_dir / "devcontainer.json"
     return ConfigChoice(("--config", str(generated)), generated, doc, tuple(notes))
 
 
 def up_argv(tool: str, repo: Path, config_args: Sequence[str],
-            docker_path: str | None = None) -> list[str]:
-    """`docker_path`: the Docker CLI to use instead of `docker` (the agent's guard)."""
+            docker_path: str | None = None, claude_feature: bool = True) -> list[str]:
+    """`docker_path`: the Docker CLI to use instead of `docker` (the agent's guard).
+    `claude_feature`: add the Claude Code feature (off when the config mounts the VM's
+    own binary)."""
     guard = ["--docker-path", docker_path] if docker_path else []
-    return [tool, "up", "--workspace-folder", str(repo), *config_args, *guard,
-            "--additional-features", json.dumps({CLAUDE_FEATURE: {}}),
+    feature = ["--additional-features", json.dumps({CLAUDE_FEATURE: {}})] \
+        if claude_feature else []
+    return [tool, "up", "--workspace-folder", str(repo), *config_args, *guard, *feature,
             "--remote-env", f"CLAUDE_CONFIG_DIR={CLAUDE_CONFIG_DIR}"]
+
+
+def exec_argv(tool: str, repo: Path, config_args: Sequence[str], *command: str) -> list[str]:
+    """`devcontainer exec` as agentspaces-claude runs it: as the container's user, with
+    the PATH the CLI probes from its login shell."""
+    return [tool, "exec", "--workspace-folder", str(repo), *config_args,
+            "--remote-env", "DISABLE_AUTOUPDATER=1", *command]
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,12 @@ this order:
 4. Otherwise the default, cloudinit/devcontainer.json (`default_devcontainer`): a base
    Ubuntu image with Node 22. It ships inside the agent bundle.
 
-Claude Code is never part of those files: the agent passes `CLAUDE_CODE_FEATURE` with
-`devcontainer up --additional-features`, so a repository's config stays untouched.
+Claude Code is never part of those files, so a repository's config stays untouched.
+The class's `devcontainer.claudeCode` (agent.json `claudeCode`) says how it gets in:
+`feature` (default): the agent passes `CLAUDE_CODE_FEATURE` with `devcontainer up
+--additional-features` (from ghcr.io); `npm`: the agent installs the product's pinned
+Claude Code build from the npm registry on the VM (agentspaces_vm.claude_install,
+integrity pinned) and binds its binary read-only at /usr/local/bin/claude, no feature.
 
 A repository's config (2, 3) is vetted on the VM (agentspaces_vm.devcontainer_policy):
 only keys that act inside the container run, docker compose is refused, unless the
