@@ -197,9 +197,14 @@ class AgentClient:
         doc: dict[str, Any] = await self._call("PUT", "/v1/secrets", body)
         return doc
 
-    async def put_config(self, public_ports: Iterable[int]) -> dict[str, Any]:
-        doc: dict[str, Any] = await self._call(
-            "PUT", "/v1/config", {"publicPorts": sorted(set(public_ports))})
+    async def put_config(self, public_ports: Iterable[int],
+                         ca_bundle: str | None = None) -> dict[str, Any]:
+        """The agent's settings that may change after boot (a full replacement): the
+        public ports, and the class's CA certificates (installed before the clone)."""
+        body: dict[str, Any] = {"publicPorts": sorted(set(public_ports))}
+        if ca_bundle is not None:
+            body["caBundle"] = ca_bundle
+        doc: dict[str, Any] = await self._call("PUT", "/v1/config", body)
         return doc
 
     async def start(self, restore_plan: RestorePlan | None) -> dict[str, Any]:
@@ -238,7 +243,8 @@ class AgentPort(Protocol):
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
                           repository_token: str | None = None) -> dict[str, Any]: ...
 
-    async def put_config(self, public_ports: Iterable[int]) -> dict[str, Any]: ...
+    async def put_config(self, public_ports: Iterable[int],
+                         ca_bundle: str | None = None) -> dict[str, Any]: ...
 
     async def start(self, restore_plan: RestorePlan | None) -> dict[str, Any]: ...
 

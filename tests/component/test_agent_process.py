@@ -14,6 +14,7 @@ import sys
 import threading
 import zipapp
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import pytest
 import agentspaces_vm
 from agentspaces.agent_client import pinned_context
 from agentspaces.lifeline import die_with_parent
+from agentspaces.pki import generate
 from agentspaces_vm.password_hash import hash_password
 from tests.component.agent_harness import (
     HOST,
@@ -282,6 +284,29 @@ def test_public_ports_follow_put_config(agent: AgentProcess,
     assert f"9000.{HOST}" in hosts and f"8080.{HOST}" not in hosts
     public = next(r for r in caddy_admin.routes() if r.get("@id") == "ws-port-9000")
     assert [h["handler"] for h in public["handle"]] == ["reverse_proxy"]
+
+
+def test_the_class_ca_bundle_arrives_with_the_config_and_is_installed_by_the_start(
+        agent: AgentProcess) -> None:
+    """PUT /v1/config carries the class's CA certificates; the start sequence puts them
+    into the (simulated) system store before anything is fetched."""
+    ca = generate("private-ca.example", datetime.now(UTC)).cert_pem
+    with authed(agent) as c:
+        refused = c.put("/v1/config", json={"publicPorts": [], "caBundle": "not PEM"})
+        assert refused.status_code == 400
+        assert refused.json()["detail"] == "caBundle: expected PEM certificates and nothing else"
+        resp = c.put("/v1/config", json={"publicPorts": [8080], "caBundle": ca})
+        assert resp.status_code == 200 and resp.json()["caCertificates"] == 1
+        assert (agent.state / "trust" / "ca-bundle.pem").read_text() == ca
+        assert deliver_secrets(agent).status_code == 200
+        assert c.post("/v1/start", json={"restore": None}).status_code == 202
+        wait_for(lambda: c.get("/v1/status").json()["bootStage"] == "ready", 20, "ready")
+    installed = agent.state / "trust" / "system-ca-certificates" / "agentspaces-class-1.crt"
+    assert installed.read_text() == ca
+    # A config without it removes the delivered bundle (a full replacement).
+    with authed(agent) as c:
+        assert c.put("/v1/config", json={"publicPorts": [8080]}).json()["caCertificates"] == 0
+    assert not (agent.state / "trust" / "ca-bundle.pem").exists()
 
 
 def test_simulated_start_reaches_ready_and_hooks_are_wired(agent: AgentProcess) -> None:

@@ -514,6 +514,8 @@ class FakeAgent:
     calls: CallLog = field(default_factory=CallLog)
     connections: list[str] = field(default_factory=list)
     """Agent URLs the runtime opened a client for."""
+    ca_bundle: str | None = None
+    """The CA bundle the last put_config delivered."""
     closed: int = 0
 
     def _enter(self, method: str, *args: object) -> None:
@@ -552,9 +554,11 @@ class FakeAgent:
         self.state = replace(self.state, secrets_version=version)
         return {"version": version}
 
-    async def put_config(self, public_ports: Iterable[int]) -> dict[str, Any]:
+    async def put_config(self, public_ports: Iterable[int],
+                         ca_bundle: str | None = None) -> dict[str, Any]:
         ports = tuple(sorted(public_ports))
         self._enter("put_config", ports)
+        self.ca_bundle = ca_bundle
         self.state = replace(self.state, ports=ports)
         return {"ports": list(ports)}
 

@@ -61,7 +61,7 @@ def test_a_new_agent_gets_its_secrets_then_the_start() -> None:
     world = World(FakeAgent())
     scope, outcome, _, _ = world.poll()
     assert outcome is not None and outcome.requeue == SETTINGS.boot_poll
-    assert world.agent.calls.methods() == ["agent_status", "put_secrets", "put_config", "start"]
+    assert world.agent.calls.methods() == ["agent_status", "put_config", "put_secrets", "start"]
     status = scope.status
     assert status.secrets_version == agent_step.secrets_version(scope, scope.access)  # type: ignore[arg-type]
     assert status.agent_endpoint is not None

@@ -144,7 +144,7 @@ TABLE = [
          T.DNS_READY: (TRUE, Reason.DNS_RECORDS_READY),
          T.AGENT_READY: (FALSE, Reason.AGENT_BOOTING),
          T.READY: (FALSE, Reason.AGENT_BOOTING)},
-        dns_writes=RECORDS, agent_writes=("put_secrets", "put_config", "start"),
+        dns_writes=RECORDS, agent_writes=("put_config", "put_secrets", "start"),
         requeue=SETTINGS.boot_poll),
     Row("starting", "unchanged", "ready", Phase.RUNNING,
         {T.AGENT_READY: (TRUE, Reason.AGENT_READY),

@@ -32,7 +32,7 @@ from agentspaces_vm.caddy import (
     render_config,
     write_private_json,
 )
-from agentspaces_vm.config import AgentConfig, ConfigError, validate_ports
+from agentspaces_vm.config import AgentConfig, ConfigError, validate_ca_bundle, validate_ports
 from agentspaces_vm.contracts import Activity, AgentStatus
 from agentspaces_vm.ports import PortPoller
 from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
@@ -222,20 +222,27 @@ class Agent:
         loaded = self.sync_caddy()
         return {"version": state.version, "caddyLoaded": loaded}
 
-    def set_public_ports(self, body: object) -> dict[str, Any]:
-        if not isinstance(body, dict) or set(body) != {"publicPorts"}:
-            raise BadRequest("expected {\"publicPorts\": [ports]}")
+    def apply_config(self, body: object) -> dict[str, Any]:
+        """PUT /v1/config, a full replacement: the public ports (routed at once) and the
+        class's CA certificates (installed by the start sequence, before the clone)."""
+        if not isinstance(body, dict) or "publicPorts" not in body or \
+                not set(body) <= {"publicPorts", "caBundle"}:
+            raise BadRequest("expected {\"publicPorts\": [ports]} and optionally "
+                             "\"caBundle\": PEM certificates")
         try:
             asked = validate_ports(body["publicPorts"], "publicPorts")
+            certificates = validate_ca_bundle(body.get("caBundle"), "caBundle")
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
         ports = self.config.routable_public_ports(asked, "PUT /v1/config")
         with self._lock:
             self.public_ports = ports
             write_private_json(self._public_ports_file, list(ports))
+            if self.bootstrap.trust.save(certificates):
+                log.info("CA bundle of the class: %d certificate(s)", len(certificates))
         loaded = self.sync_caddy()
         return {"publicPorts": list(ports), "ignoredPorts": sorted(set(asked) - set(ports)),
-                "caddyLoaded": loaded}
+                "caCertificates": len(certificates), "caddyLoaded": loaded}
 
     def request_start(self, body: object) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict) or "restore" not in body:

@@ -40,6 +40,7 @@ from agentspaces_vm.devcontainer_policy import DevcontainerRefused
 from agentspaces_vm.redact import redact
 from agentspaces_vm.secrets import SecretStore
 from agentspaces_vm.templates import TemplateNotFound, load_template
+from agentspaces_vm.trust import TrustError, TrustStore, node_env
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class Bootstrap:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.state = BootState.load(self._state_file)
+        # The class's CA certificates (PUT /v1/config): installed before anything fetches.
+        self.trust = TrustStore(config.paths.state, runner, simulate=config.simulate)
 
     # -- state -------------------------------------------------------------------
 
@@ -236,6 +239,8 @@ class Bootstrap:
     def _sequence(self, restore_plan: dict[str, Any] | None) -> None:
         cfg = self._config
         cfg.paths.workspaces.mkdir(parents=True, exist_ok=True)
+        if not self._install_trust():
+            return
         if (restore_plan is not None and not self.state.restored
                 and not self._restore(restore_plan)):
             return
@@ -254,6 +259,17 @@ class Bootstrap:
             return
         if self._wait_for_vm():
             self._devcontainer_up(repo)
+
+    def _install_trust(self) -> bool:
+        """The class's CA certificates into the system store, before the restore, the
+        clone and any pull; False (failed) when a system tool refused."""
+        try:
+            self.trust.install()
+        except (TrustError, OSError) as exc:
+            self._update(stage=FAILED, message=redact(
+                f"installing the class's CA certificates failed: {exc}", 500))
+            return False
+        return True
 
     def _wait_for_vm(self) -> bool:
         """Wait until the VM's bootstrap reads `done`; fail on `failed <step>`."""
@@ -418,6 +434,12 @@ class Bootstrap:
         if package is not None and not self._install_claude(package):
             return
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "DOCKER_HOST")}
+        env.update(node_env(cfg.paths.state))  # the CLI fetches features itself
+        try:
+            self.trust.restart_docker()  # its pulls trust the class's certificates
+        except TrustError as exc:
+            self._fail_devcontainer(str(exc))
+            return
         guard = None if choice.policy == devcontainer.TRUSTED else \
             self._docker_guard(repo, env.get("PATH"),
                                (str(claude_binary),) if claude_binary else ())

@@ -6,6 +6,8 @@ user-data render fails the agent's start with a message that says what to fix.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -238,6 +240,36 @@ def validate_ports(value: object, where: str) -> tuple[int, ...]:
             raise ConfigError(f"{where}: {item!r} is not a port in 1..65535")
         ports.add(item)
     return tuple(sorted(ports))
+
+
+CA_BUNDLE_LIMIT = 128 * 1024  # the class allows 64 KiB of PEM; re-encoding may add a little
+_PEM_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END CERTIFICATE-----")
+
+
+def validate_ca_bundle(value: object, where: str) -> tuple[str, ...]:
+    """The class's extra CA certificates (PUT /v1/config `caBundle`): each PEM block,
+    re-wrapped. Nothing but certificates may be in the text (it goes into the system
+    trust store); None or absent is no bundle."""
+    if value is None:
+        return ()
+    if not isinstance(value, str) or len(value) > CA_BUNDLE_LIMIT:
+        raise ConfigError(f"{where}: expected PEM certificates, at most {CA_BUNDLE_LIMIT} "
+                          "characters")
+    certificates: list[str] = []
+    for match in _PEM_CERTIFICATE.finditer(value):
+        body = re.sub(r"\s+", "", match.group(1))
+        try:
+            der = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            der = b""
+        if not der.startswith(b"\x30"):  # an X.509 certificate is a DER SEQUENCE
+            raise ConfigError(f"{where}: certificate {len(certificates) + 1} is not base64 DER")
+        lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+        certificates.append(f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n")
+    if not certificates or _PEM_CERTIFICATE.sub("", value).strip():
+        raise ConfigError(f"{where}: expected PEM certificates and nothing else")
+    return tuple(certificates)
 
 
 def _seed_dir(explicit: str | None, base_dir: Path | None) -> Path | None:

@@ -251,7 +251,7 @@ class ApiHandler(_Handler):
             ("GET", "/v1/status"): self._status,
             ("PUT", "/v1/secrets"): lambda: self.send_json(200, a.apply_secrets(self.read_json())),
             ("PUT", "/v1/config"): lambda: self.send_json(200,
-                                                          a.set_public_ports(self.read_json())),
+                                                          a.apply_config(self.read_json())),
             ("POST", "/v1/start"): lambda: self.send_json(*a.request_start(self.read_json())),
             ("POST", "/v1/backup"): lambda: self.send_json(*a.start_backup(self.read_json())),
             ("GET", "/v1/backup"): lambda: self.send_json(200,

@@ -81,6 +81,7 @@ class Reason(StrEnum):
     CREDENTIALS_INVALID = "CredentialsInvalid"
     CREDENTIALS_FOUND = "CredentialsFound"
     SECRET_CONFLICT = "SecretConflict"  # a Secret at one of the workspace's names is not ours
+    INVALID_CA_BUNDLE = "InvalidCaBundle"  # the class's trust.caBundle does not parse
 
     # Accepted: NotAllowedByClass keeps a server from being created; ReservedPort only
     # leaves the port unpublished.

@@ -27,6 +27,7 @@ from agentspaces.reconcile.outcome import Outcome, Wait
 from agentspaces.reconcile.owned_secrets import Access
 from agentspaces.reconcile.scope import Scope
 from agentspaces.vmconfig.agent_bundle import load_agent_bundle
+from agentspaces.vmconfig.trust import ca_bundle_digest, vm_ca_bundle
 from agentspaces_vm.contracts import (
     AgentStatus,
     BootStage,
@@ -46,6 +47,9 @@ def secrets_version(scope: Scope, access: Access) -> str:
     digest.update(access.scrypt_hash.encode())
     digest.update(scope.creds.workspace_secrets_fingerprint().encode())
     digest.update(",".join(map(str, scope.spec.public_ports)).encode())
+    bundle = ca_bundle_digest(scope.klass.ca_bundle)
+    if bundle:  # only then: versions of classes without one stay as they were
+        digest.update(bundle.encode())
     return digest.hexdigest()[:20]
 
 
@@ -73,12 +77,14 @@ async def reconcile(scope: Scope) -> Outcome | None:
                 return Outcome.after(scope.runtime.settings.boot_poll, "agent delivered")
             version = secrets_version(scope, access)
             if doc.secrets_version != version:
+                # The config first: the secrets' version, written last, says "applied".
+                await client.put_config(scope.spec.public_ports,
+                                        ca_bundle=vm_ca_bundle(scope.klass.ca_bundle))
                 await client.put_secrets(
                     version=version, basic_auth_username=access.username,
                     basic_auth_scrypt_hash=access.scrypt_hash,
                     anthropic_api_key=scope.creds.anthropic_api_key,
                     repository_token=scope.creds.repository_token)
-                await client.put_config(scope.spec.public_ports)
                 status.secrets_version = version
                 scope.emit("Normal", "SecretsDelivered", "workspace secrets delivered to "
                            "the agent")

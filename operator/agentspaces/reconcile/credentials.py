@@ -17,6 +17,7 @@ from typing import Any
 from agentspaces.api.enums import Reason
 from agentspaces.api.types import SecretKeyRef, WorkspaceClass, WorkspaceSpec
 from agentspaces.kube import KubeError, KubePort, SecretData
+from agentspaces.vmconfig.trust import ca_bundle_problem
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
     except (ValueError, KeyError, TypeError) as err:
         return CredentialsProblem(Reason.CLASS_INVALID,
                                   f"WorkspaceClass {class_name}: {err}")
+    bad_bundle = ca_bundle_problem(klass.ca_bundle)
+    if bad_bundle is not None:
+        return CredentialsProblem(Reason.INVALID_CA_BUNDLE,
+                                  f"WorkspaceClass {class_name} trust.caBundle: {bad_bundle}")
 
     def class_ns(ref: SecretKeyRef) -> str:
         return ref.namespace or operator_namespace
