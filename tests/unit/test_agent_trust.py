@@ -15,6 +15,9 @@ from agentspaces_vm.config import ConfigError, validate_ca_bundle
 from agentspaces_vm.trust import CERT_PREFIX, TrustStore, bundle_file, node_env
 from tests.support.scope_builder import NOW
 from tests.unit.test_agent_bootstrap import Runner, make_bootstrap
+from tests.unit.test_claude_install import Runner as NpmRunner
+from tests.unit.test_claude_install import _boot as npm_boot
+from tests.unit.test_claude_install import needs_a_known_machine
 
 CA_1 = generate("ca-one.example", NOW).cert_pem
 CA_2 = generate("ca-two.example", NOW).cert_pem
@@ -160,3 +163,18 @@ def test_a_failing_system_tool_fails_the_start_and_says_which(
     assert "up" not in runner.commands()
     if tool == "update-ca-certificates":
         assert runner.commands() == ["update-ca-certificates"]  # no clone without trust
+
+
+@needs_a_known_machine
+def test_npm_installing_claude_code_trusts_the_bundle_too(tmp_path: Path) -> None:
+    """claudeCode: npm behind a registry mirror with a private CA."""
+    runner = NpmRunner()
+    boot = npm_boot(tmp_path, runner)
+    boot.trust = TrustStore(tmp_path / "state", runner, simulate=False,
+                            cert_dir=tmp_path / "ca-certificates")
+    boot.trust.save((CA_1,))
+    assert boot.request_start(None)[0] == 202 and boot.wait(10)
+    assert boot.snapshot().stage == READY
+    npm = next(env for argv, env, _ in runner.calls if argv[1:2] == ["ci"])
+    assert npm["NODE_EXTRA_CA_CERTS"] == str(bundle_file(tmp_path / "state"))
+    assert runner.argvs()[0] == ["update-ca-certificates"]

@@ -40,7 +40,7 @@ from agentspaces_vm.devcontainer_policy import DevcontainerRefused
 from agentspaces_vm.redact import redact
 from agentspaces_vm.secrets import SecretStore
 from agentspaces_vm.templates import TemplateNotFound, load_template
-from agentspaces_vm.trust import TrustError, TrustStore, node_env
+from agentspaces_vm.trust import TrustError, TrustStore, bundle_file, node_env
 
 log = logging.getLogger(__name__)
 
@@ -465,9 +465,10 @@ class Bootstrap:
     def _install_claude(self, package: claude_install.PlatformPackage) -> bool:
         """claudeCode: npm: Claude Code onto the VM before `devcontainer up` mounts it."""
         self._update(message=f"installing Claude Code {package.version} from npm")
-        # Node reads only its own CA list and NODE_EXTRA_CA_CERTS: the place to pass the
-        # class's extra CAs (spec.trust.caBundle) as a PEM file, once they are on the VM.
-        env = claude_install.npm_env(os.environ, extra_ca_certs=None)
+        # Node reads only its own CA list and NODE_EXTRA_CA_CERTS: the class's extra CAs
+        # (spec.trust.caBundle), as delivered, when there are any.
+        env = claude_install.npm_env(os.environ,
+                                     extra_ca_certs=bundle_file(self._config.paths.state))
         try:
             done = claude_install.install(self._claude_root, npm=self._config.tools.npm,
                                           runner=self._runner, env=env, package=package)
