@@ -184,8 +184,10 @@ class AgentClient:
 
     async def put_secrets(self, *, version: str, basic_auth_username: str,
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
-                          repository_token: str | None = None) -> dict[str, Any]:
-        """Deliver the workspace's secrets (a full replacement); returns {"version", ...}."""
+                          repository_token: str | None = None,
+                          registry_config: str | None = None) -> dict[str, Any]:
+        """Deliver the workspace's secrets (a full replacement); returns {"version", ...}.
+        `registry_config`: a Docker config.json (registry logins for the devcontainer)."""
         body: dict[str, Any] = {
             "version": version,
             "basicAuth": {"username": basic_auth_username, "scryptHash": basic_auth_scrypt_hash},
@@ -194,6 +196,8 @@ class AgentClient:
             body["anthropicApiKey"] = anthropic_api_key
         if repository_token is not None:
             body["repositoryToken"] = repository_token
+        if registry_config is not None:
+            body["registryConfig"] = registry_config
         doc: dict[str, Any] = await self._call("PUT", "/v1/secrets", body)
         return doc
 
@@ -241,7 +245,8 @@ class AgentPort(Protocol):
 
     async def put_secrets(self, *, version: str, basic_auth_username: str,
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
-                          repository_token: str | None = None) -> dict[str, Any]: ...
+                          repository_token: str | None = None,
+                          registry_config: str | None = None) -> dict[str, Any]: ...
 
     async def put_config(self, public_ports: Iterable[int],
                          ca_bundle: str | None = None) -> dict[str, Any]: ...

@@ -516,6 +516,8 @@ class FakeAgent:
     """Agent URLs the runtime opened a client for."""
     ca_bundle: str | None = None
     """The CA bundle the last put_config delivered."""
+    registry_config: str | None = None
+    """The registry credentials the last put_secrets delivered."""
     closed: int = 0
 
     def _enter(self, method: str, *args: object) -> None:
@@ -549,8 +551,10 @@ class FakeAgent:
 
     async def put_secrets(self, *, version: str, basic_auth_username: str,
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
-                          repository_token: str | None = None) -> dict[str, Any]:
+                          repository_token: str | None = None,
+                          registry_config: str | None = None) -> dict[str, Any]:
         self._enter("put_secrets", version)
+        self.registry_config = registry_config
         self.state = replace(self.state, secrets_version=version)
         return {"version": version}
 

@@ -214,9 +214,10 @@ class Agent:
             raise BadRequest(str(exc)) from None
         with self._lock:
             state = self.store.apply(delivery)
-        log.info("secrets version %s applied (api key: %s, repository token: %s)",
-                 state.version, "yes" if state.has_api_key else "no",
-                 "yes" if state.has_repository_token else "no")
+        log.info("secrets version %s applied (api key: %s, repository token: %s, "
+                 "registry logins: %s)", state.version, "yes" if state.has_api_key else "no",
+                 "yes" if state.has_repository_token else "no",
+                 "yes" if state.has_registry_config else "no")
         if self.bootstrap.workspace_writable:
             self.configure_claude()
         loaded = self.sync_caddy()

@@ -435,6 +435,7 @@ class Bootstrap:
             return
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "DOCKER_HOST")}
         env.update(node_env(cfg.paths.state))  # the CLI fetches features itself
+        env.update(self._store.docker_env())  # registry logins for its pulls and docker's
         try:
             self.trust.restart_docker()  # its pulls trust the class's certificates
         except TrustError as exc:

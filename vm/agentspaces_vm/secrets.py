@@ -9,6 +9,9 @@ Layout (directories 0700, files 0600, written atomically):
     secrets/claude/anthropic-api-key
                                  mounted read-only into the devcontainer at
                                  /run/agentspaces; Claude Code reads it via apiKeyHelper
+    secrets/docker/config.json   registry logins (the workspace's dockerconfigjson
+                                 Secret): DOCKER_CONFIG for `devcontainer up` and the
+                                 docker it runs, so images come from private registries
 
 A delivery replaces the previous one: an optional secret that is absent is removed.
 The claude/ directory belongs to the devcontainer's user (the helper runs as that
@@ -33,6 +36,7 @@ CONTAINER_SECRETS_DIR = "/run/agentspaces"
 API_KEY_NAME = "anthropic-api-key"
 _USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
 _TOKENISH = re.compile(r"^[\x21-\x7e]{1,8192}$")  # printable, no spaces or newlines
+REGISTRY_CONFIG_LIMIT = 64 * 1024
 
 
 class SecretsError(ValueError):
@@ -45,6 +49,8 @@ class Delivery:
     basic_auth: BasicAuth
     anthropic_api_key: str | None
     repository_token: str | None
+    registry_config: str | None = None
+    """A Docker config.json: {"auths": {registry: {...}}}."""
 
     def __repr__(self) -> str:  # keep values out of any accidental log line
         return f"Delivery(version={self.version!r}, secrets=<redacted>)"
@@ -56,12 +62,14 @@ class SecretsState:
     basic_auth: BasicAuth | None
     has_api_key: bool
     has_repository_token: bool
+    has_registry_config: bool = False
 
 
 def parse_delivery(body: object) -> Delivery:
     if not isinstance(body, dict):
         raise SecretsError("expected a JSON object")
-    unknown = set(body) - {"version", "anthropicApiKey", "repositoryToken", "basicAuth"}
+    unknown = set(body) - {"version", "anthropicApiKey", "repositoryToken", "basicAuth",
+                           "registryConfig"}
     if unknown:
         raise SecretsError(f"unknown fields: {', '.join(sorted(unknown))}")
     version = body.get("version")
@@ -92,7 +100,25 @@ def parse_delivery(body: object) -> Delivery:
 
     return Delivery(version=version, basic_auth=BasicAuth(username, hash_),
                     anthropic_api_key=optional("anthropicApiKey"),
-                    repository_token=optional("repositoryToken"))
+                    repository_token=optional("repositoryToken"),
+                    registry_config=_registry_config(body.get("registryConfig")))
+
+
+def _registry_config(value: object) -> str | None:
+    """A Docker config.json with registry logins; re-serialized, never echoed."""
+    if value is None:
+        return None
+    problem = "registryConfig: expected a Docker config (a JSON object with \"auths\")"
+    if not isinstance(value, str) or len(value) > REGISTRY_CONFIG_LIMIT:
+        raise SecretsError(problem)
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        raise SecretsError(problem) from None
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    if not isinstance(auths, dict) or not all(isinstance(v, dict) for v in auths.values()):
+        raise SecretsError(problem)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
 def _write_private(path: Path, data: str, mode: int = 0o600,
@@ -137,10 +163,26 @@ class SecretStore:
     def askpass(self) -> Path:
         return self.root / "git-askpass"
 
+    @property
+    def docker_config_dir(self) -> Path:
+        return self.root / "docker"
+
+    @property
+    def registry_config_file(self) -> Path:
+        return self.docker_config_dir / "config.json"
+
+    def docker_env(self) -> dict[str, str]:
+        """DOCKER_CONFIG for docker and the devcontainer CLI when registry logins were
+        delivered; empty otherwise (docker's own default then)."""
+        if not self.registry_config_file.is_file():
+            return {}
+        return {"DOCKER_CONFIG": str(self.docker_config_dir)}
+
     def prepare(self) -> None:
         """Create the directories (and the askpass helper) with their modes."""
         _private_dir(self.root)
         _private_dir(self.claude_dir, self._owner)
+        _private_dir(self.docker_config_dir)
         script = ("#!/bin/sh\n# git asks for a username, then a password: answer with the\n"
                   "# delivered repository token, which never appears in argv or the URL.\n"
                   'case "$1" in\n  [Uu]sername*) echo x-access-token ;;\n'
@@ -161,6 +203,10 @@ class SecretStore:
             _remove(self.repository_token_file)
         else:
             _write_private(self.repository_token_file, delivery.repository_token + "\n")
+        if delivery.registry_config is None:
+            _remove(self.registry_config_file)
+        else:
+            _write_private(self.registry_config_file, delivery.registry_config + "\n")
         # The version goes last: it is what the operator reads back as "applied".
         _write_private(self.root / "version", delivery.version)
         return self.load()
@@ -179,4 +225,5 @@ class SecretStore:
             pass
         return SecretsState(version=version, basic_auth=basic_auth,
                             has_api_key=self.api_key_file.is_file(),
-                            has_repository_token=self.repository_token_file.is_file())
+                            has_repository_token=self.repository_token_file.is_file(),
+                            has_registry_config=self.registry_config_file.is_file())

@@ -84,7 +84,8 @@ async def reconcile(scope: Scope) -> Outcome | None:
                     version=version, basic_auth_username=access.username,
                     basic_auth_scrypt_hash=access.scrypt_hash,
                     anthropic_api_key=scope.creds.anthropic_api_key,
-                    repository_token=scope.creds.repository_token)
+                    repository_token=scope.creds.repository_token,
+                    registry_config=scope.creds.registry_config)
                 status.secrets_version = version
                 scope.emit("Normal", "SecretsDelivered", "workspace secrets delivered to "
                            "the agent")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +33,16 @@ class ResolvedCredentials:
     class_key_previous: bytes | None
     anthropic_api_key: str | None
     repository_token: str | None
+    registry_config: str | None = None
+    """The registry credentials Secret's Docker config, compact JSON."""
 
     def workspace_secrets_fingerprint(self) -> str:
         """Changes whenever a secret delivered to the VM changes (never reversible)."""
         digest = hashlib.sha256()
         for value in (self.anthropic_api_key or "", self.repository_token or ""):
             digest.update(hashlib.sha256(value.encode()).digest())
+        if self.registry_config is not None:  # without one, fingerprints stay as they were
+            digest.update(hashlib.sha256(self.registry_config.encode()).digest())
         return digest.hexdigest()[:16]
 
 
@@ -79,6 +84,24 @@ async def _secret_value(kube: _SecretReader, ref: SecretKeyRef, namespace: str
         return CredentialsProblem(Reason.SECRET_KEY_MISSING,
                                   f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
     return value.strip()
+
+
+DOCKER_CONFIG_LIMIT = 64 * 1024
+
+
+def docker_config(text: str) -> str | None:
+    """A kubernetes.io/dockerconfigjson value as compact JSON; None unless it is a JSON
+    object whose `auths` maps registries to objects (what `docker login` writes)."""
+    if len(text) > DOCKER_CONFIG_LIMIT:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    if not isinstance(auths, dict) or not all(isinstance(v, dict) for v in auths.values()):
+        return None
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
 def decode_class_key(text: str) -> bytes | None:
@@ -167,9 +190,22 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
         if isinstance(value, CredentialsProblem):
             return value
         repo_token = value
+    registry = None
+    registry_ref = spec.registry_credentials_ref
+    if registry_ref is not None:
+        value = await _secret_value(secrets, registry_ref, workspace_namespace)
+        if isinstance(value, CredentialsProblem):
+            return value
+        registry = docker_config(value)
+        if registry is None:
+            return CredentialsProblem(
+                Reason.CREDENTIALS_INVALID,
+                f"Secret {workspace_namespace}/{registry_ref.name} key {registry_ref.key!r} is "
+                f"not a Docker config (JSON with \"auths\", at most {DOCKER_CONFIG_LIMIT} "
+                "bytes), as `kubectl create secret docker-registry` makes it")
 
     return ResolvedCredentials(
         klass=klass, spec=spec, hetzner_token=hetzner, dns_token=dns,
         storage_access_key=access_key, storage_secret_key=secret_key, class_key=class_key,
         class_key_previous=class_key_previous,
-        anthropic_api_key=api_key, repository_token=repo_token)
+        anthropic_api_key=api_key, repository_token=repo_token, registry_config=registry)
