@@ -1,8 +1,9 @@
 """Real VMs under QEMU: a server created through the Hetzner emulator boots the Debian 13
 cloud image (scripts/build-vm-image.sh, cached outside the repo) under TCG, the guest's
 own cloud-init runs exactly the user-data sent with the create call, the guest answers
-on its forwarded port at the loopback address the emulator reports, and deleting the
-server leaves no QEMU process, overlay or seed.
+on its forwarded port at the loopback address the emulator reports, its sshd answers on
+the forwarded ssh port, Hetzner's metadata address reaches the host's stand-in, and
+deleting the server leaves no QEMU process, overlay or seed.
 
 The first run builds the image (~1 min here); later runs boot in about a minute.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import time
 import urllib.error
@@ -36,12 +38,14 @@ from agentspaces.sandbox.vmqemu import (
     serial_text,
 )
 from agentspaces.sandbox.vmsim_ips import LoopbackPool
+from tests.support.metadata_service import MetadataService
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(900)  # includes a cold image build
 
 TOKEN = "vmqemu-test-token"
 PROBE_PORT = 9443  # the agent's port: forwarded like on a real workspace VM
+SSH_PORT = 2222
 BOOT_TIMEOUT = 300.0
 
 
@@ -64,6 +68,7 @@ write_files:
 runcmd:
   - [sh, -c, "cp /var/lib/cloud/data/instance-id /srv/probe/instance-id"]
   - [sh, -c, "hostname > /srv/probe/hostname"]
+  - [sh, -c, "curl -sS -m 20 http://169.254.169.254/hetzner/v1/userdata > /srv/probe/metadata"]
   - [ln, -s, /run/cloud-init/result.json, /srv/probe/result.json]
   - [systemd-run, --unit=probe-http, /usr/bin/python3, -m, http.server, "{PROBE_PORT}",
      --directory, /srv/probe]
@@ -98,9 +103,17 @@ def test_seed_holds_exactly_the_user_data(tmp_path: Path, image: BaseImage) -> N
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, image: BaseImage) -> Iterator[tuple[hcloud.Client, QemuVms]]:
+def metadata() -> Iterator[MetadataService]:
+    with MetadataService("canary-" + secrets.token_hex(8)) as service:
+        yield service
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, image: BaseImage, metadata: MetadataService
+          ) -> Iterator[tuple[hcloud.Client, QemuVms]]:
     vms = QemuVms(tmp_path / "state", image, ip_pool=LoopbackPool("127.0.0.200", "127.0.0.209"),
-                  ports=(PROBE_PORT,))
+                  ports=(PROBE_PORT,), ssh_port=SSH_PORT,
+                  metadata=("127.0.0.1", metadata.port))
     emulator = HetznerEmulator(TOKEN, boot_seconds=0.1, delete_seconds=0.1,
                                action_seconds=0.05)
     vms.attach(emulator)
@@ -113,7 +126,7 @@ def cloud(tmp_path: Path, image: BaseImage) -> Iterator[tuple[hcloud.Client, Qem
 
 
 def test_a_server_boots_our_user_data_and_leaves_nothing_when_deleted(
-        cloud: tuple[hcloud.Client, QemuVms]) -> None:
+        cloud: tuple[hcloud.Client, QemuVms], metadata: MetadataService) -> None:
     client, vms = cloud
     token = secrets.token_hex(12)
     started = time.monotonic()
@@ -125,7 +138,7 @@ def test_a_server_boots_our_user_data_and_leaves_nothing_when_deleted(
     ip = server.public_net.ipv4.ip
     assert ip.startswith("127.0.0.2")  # from our loopback pool, as Hetzner would report it
     info = wait_for(lambda: vms.vm(server_id), 15, "the QEMU VM of the server")
-    assert info.ip == ip and info.ports == (PROBE_PORT,)
+    assert info.ip == ip and info.ports == (PROBE_PORT,) and info.ssh_port == SSH_PORT
     assert info.overlay.is_file() and info.seed.is_file()
     assert info.ok, info.errors
     pid = info.pid
@@ -155,6 +168,11 @@ def test_a_server_boots_our_user_data_and_leaves_nothing_when_deleted(
                                  "cloud-init's result.json"))
     assert result["v1"]["errors"] == [], result
     assert "NoCloud" in result["v1"]["datasource"]
+    # 169.254.169.254:80 in the guest reaches the host's stand-in (nothing blocks it here:
+    # this user-data has no firewall), as Hetzner's metadata service on a real VM.
+    assert fetch(f"http://{ip}:{PROBE_PORT}/metadata") == metadata.canary
+    assert [r.path for r in metadata.requests] == ["/hetzner/v1/userdata"]
+    assert _ssh_banner(ip, SSH_PORT).startswith(b"SSH-2.0-OpenSSH")
     print(f"server {server_id}: answered {answered_after:.1f}s after create")
 
     client.servers.delete(server)
@@ -166,6 +184,18 @@ def test_a_server_boots_our_user_data_and_leaves_nothing_when_deleted(
     assert fetch(f"http://{ip}:{PROBE_PORT}/token") is None
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()
                 and _cmdline(p).count(str(info.overlay))]
+
+
+def _ssh_banner(ip: str, port: int) -> bytes:
+    """The guest's sshd greeting through the forwarded port (sshd may still be starting
+    when runcmd is done: it gets a few seconds)."""
+    def banner() -> bytes | None:
+        try:
+            with socket.create_connection((ip, port), timeout=5) as conn:
+                return conn.recv(64)
+        except OSError:
+            return None
+    return wait_for(banner, 30, "the guest's sshd", interval=1.0)
 
 
 def _cmdline(proc: Path) -> str:

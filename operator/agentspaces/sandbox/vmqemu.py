@@ -20,6 +20,15 @@ from the server's loopback address 127.0.0.N (what the emulator reports as its p
 IPv4) to the same ports in the guest, so the operator reaches the agent and Caddy as it
 would on Hetzner. From the guest, the host's loopback services are at 10.0.2.2.
 
+Two optional extras for tests that inspect a guest: `ssh_port` forwards that port of the
+server's address to the guest's sshd (22), and `metadata=(host, port)` gives the guest
+Hetzner's metadata address, 169.254.169.254:80, served by an HTTP server of the host's.
+QEMU forwards only addresses inside a user network (`guestfwd`), so that address lives
+on a second, isolated user network (`restrict=on`: nothing else is reachable through
+it) as the guest's eth1, 169.254.169.15/24; each connection runs vmqemu_relay.py, which
+passes it on to the host's server. The guest then reaches the address as a Hetzner VM
+does (until its own firewall blocks it).
+
 Files live under `<state_dir>/qemu/<server-id>/`: `overlay.qcow2` and `seed.img`
 (removed when the VM goes), `serial.log` (the guest's console), `qemu.log` (QEMU's own
 output) and `vmqemu.log` (this backend's notes), which stay for the post-mortem. A VM
@@ -33,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -54,6 +64,15 @@ IMAGE_SCRIPT = REPO_ROOT / "scripts" / "build-vm-image.sh"
 # The agent (9443) and Caddy (80, 443); the sandbox adds its plain-HTTP Caddy port.
 DEFAULT_PORTS = (80, 443, 9443)
 GUEST_HOST = "10.0.2.2"  # the host, seen from a guest on QEMU user networking
+GUEST_SSH_PORT = 22
+METADATA_ADDRESS = "169.254.169.254"  # Hetzner's metadata service
+METADATA_PORT = 80
+# The second user network that carries the metadata address (see the module docstring).
+METADATA_NET = "169.254.169.0/24"
+METADATA_NET_HOST = "169.254.169.2"
+METADATA_NET_DNS = "169.254.169.3"
+METADATA_GUEST_ADDRESS = "169.254.169.15/24"
+RELAY = Path(__file__).resolve().with_name("vmqemu_relay.py")
 SBIN = ("/usr/sbin", "/sbin")
 Progress = Callable[[str], None]
 
@@ -128,19 +147,44 @@ def _tool(name: str) -> str:
     return found
 
 
-def mac_address(server_id: int) -> str:
-    """A stable locally administered MAC in QEMU's 52:54:00 prefix for one server."""
+def mac_address(server_id: int, prefix: str = "52:54:00") -> str:
+    """A stable locally administered MAC (QEMU's 52:54:00 prefix by default) for one
+    server."""
     low = server_id & 0xFFFFFF
-    return f"52:54:00:{low >> 16:02x}:{(low >> 8) & 0xFF:02x}:{low & 0xFF:02x}"
+    return f"{prefix}:{low >> 16:02x}:{(low >> 8) & 0xFF:02x}:{low & 0xFF:02x}"
 
 
-def network_config(mac: str) -> dict[str, Any]:
+def metadata_mac_address(server_id: int) -> str:
+    """The MAC of the NIC that carries the metadata address (a9 = 169)."""
+    return mac_address(server_id, "52:54:a9")
+
+
+def network_config(mac: str, metadata_mac: str | None = None) -> dict[str, Any]:
     """What Hetzner's metadata service tells cloud-init about the network, reduced to
     what QEMU's user networking offers: DHCPv4 on eth0. Without it cloud-init's fallback
-    also asks for DHCPv6, which nothing answers here, and ifupdown waits 5 min on it."""
-    return {"version": 1, "config": [
+    also asks for DHCPv6, which nothing answers here, and ifupdown waits 5 min on it.
+    With `metadata_mac`, eth1 gets the static address on the metadata network (no
+    gateway: only 169.254.169.0/24 is routed there)."""
+    config: list[dict[str, Any]] = [
         {"type": "physical", "name": "eth0", "mac_address": mac,
-         "subnets": [{"type": "dhcp4"}]}]}
+         "subnets": [{"type": "dhcp4"}]}]
+    if metadata_mac is not None:
+        config.append({"type": "physical", "name": "eth1", "mac_address": metadata_mac,
+                       "subnets": [{"type": "static", "address": METADATA_GUEST_ADDRESS}]})
+    return {"version": 1, "config": config}
+
+
+def _netdev_value(text: str) -> str:
+    """`text` inside a -netdev option string: QEMU reads ',' as a separator, ',,' as a
+    comma."""
+    return text.replace(",", ",,")
+
+
+def relay_command(host: str, port: int) -> str:
+    """The command line QEMU runs for each guest connection to the metadata address
+    (parsed like a shell word list)."""
+    return " ".join(shlex.quote(part) for part in (sys.executable, str(RELAY), host,
+                                                    str(port)))
 
 
 def make_seed(path: Path, user_data: str, meta_data: Mapping[str, str],
@@ -200,6 +244,8 @@ class QemuVmInfo:
     exit_code: int | None            # None while QEMU runs (or never started)
     errors: tuple[str, ...]
     ports: tuple[int, ...]           # forwarded from ip:port to the guest's port
+    ssh_port: int | None             # forwarded from ip:ssh_port to the guest's 22
+    metadata: tuple[str, int] | None  # the host's server behind 169.254.169.254:80
     overlay: Path
     seed: Path
     serial_log: Path
@@ -224,6 +270,8 @@ class _Vm:
     process: VmProcess | None = None
     errors: list[str] = field(default_factory=list)
     ports: tuple[int, ...] = ()
+    ssh_port: int | None = None
+    metadata: tuple[str, int] | None = None
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -267,7 +315,8 @@ class _Vm:
         return QemuVmInfo(
             server_id=self.server_id, name=self.name, ip=self.ip, root=self.root,
             pid=proc.pid if proc else None, exit_code=proc.exit_code() if proc else None,
-            errors=tuple(self.errors), ports=self.ports, overlay=self.overlay,
+            errors=tuple(self.errors), ports=self.ports, ssh_port=self.ssh_port,
+            metadata=self.metadata, overlay=self.overlay,
             seed=self.seed, serial_log=self.serial_log, qemu_log=self.qemu_log,
             own_log=self.own_log)
 
@@ -296,12 +345,15 @@ class QemuVms(VmBackend[_Vm, QemuVmInfo]):
 
     def __init__(self, state_dir: Path, image: BaseImage, *,
                  ip_pool: LoopbackPool | None = None, ports: Sequence[int] = DEFAULT_PORTS,
+                 ssh_port: int | None = None, metadata: tuple[str, int] | None = None,
                  memory_mib: int = 2048, cpus: int = 2, disk_size: str = "10G",
                  qemu: str = "qemu-system-x86_64", qemu_img: str = "qemu-img",
                  term_seconds: float = 10.0, kill_seconds: float = 5.0) -> None:
         super().__init__(state_dir, ip_pool, term_seconds, kill_seconds)
         self.image = image.check()
         self.ports = tuple(dict.fromkeys(int(p) for p in ports))
+        self.ssh_port = ssh_port
+        self.metadata = metadata
         self.memory_mib = memory_mib
         self.cpus = cpus
         self.disk_size = disk_size
@@ -330,24 +382,50 @@ class QemuVms(VmBackend[_Vm, QemuVmInfo]):
             vm.note(f"not forwarding ports {', '.join(map(str, refused))}: binding them "
                     "needs root (net.ipv4.ip_unprivileged_port_start)")
         vm.ports = ports
+        if self.ssh_port is not None:
+            _, refused_ssh = bindable_ports((self.ssh_port,))
+            if refused_ssh:
+                vm.note(f"not forwarding ssh port {self.ssh_port}: binding it needs root")
+            else:
+                vm.ssh_port = self.ssh_port
+        vm.metadata = self.metadata
         _run([self._qemu_img, "create", "-q", "-f", "qcow2", "-b", str(self.image.disk),
               "-F", "raw", str(vm.overlay), self.disk_size])
         mac = mac_address(vm.server_id)
+        metadata_mac = metadata_mac_address(vm.server_id) if vm.metadata else None
         make_seed(vm.seed, text, {"instance-id": str(vm.server_id),
                                   "local-hostname": vm.name or f"server-{vm.server_id}"},
-                  network_config(mac))
+                  network_config(mac, metadata_mac))
         vm.serial_log.unlink(missing_ok=True)
-        argv = self.qemu_argv(vm.ip, vm.overlay, vm.seed, vm.serial_log, ports, mac)
+        argv = self.qemu_argv(vm.ip, vm.overlay, vm.seed, vm.serial_log, ports, mac,
+                              ssh_port=vm.ssh_port, metadata=vm.metadata,
+                              metadata_mac=metadata_mac)
         vm.process = spawn("qemu", argv, cwd=vm.root,
                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                 "LANG": "C.UTF-8"},
                            log=vm.qemu_log)
         vm.note(f"started QEMU (pid {vm.process.pid}); console {vm.serial_log}; "
-                f"forwarding {vm.ip} ports {', '.join(map(str, ports)) or 'none'}")
+                f"forwarding {vm.ip} ports {', '.join(map(str, ports)) or 'none'}"
+                + (f", ssh {vm.ssh_port}" if vm.ssh_port else "")
+                + (f"; metadata from {vm.metadata[0]}:{vm.metadata[1]}"
+                   if vm.metadata else ""))
 
     def qemu_argv(self, ip: str, overlay: Path, seed: Path, serial_log: Path,
-                  ports: Sequence[int], mac: str) -> list[str]:
+                  ports: Sequence[int], mac: str, *, ssh_port: int | None = None,
+                  metadata: tuple[str, int] | None = None,
+                  metadata_mac: str | None = None) -> list[str]:
         forwards = "".join(f",hostfwd=tcp:{ip}:{port}-:{port}" for port in ports)
+        if ssh_port is not None:
+            forwards += f",hostfwd=tcp:{ip}:{ssh_port}-:{GUEST_SSH_PORT}"
+        metadata_nic: list[str] = []
+        if metadata is not None and metadata_mac is not None:
+            command = _netdev_value(relay_command(*metadata))
+            metadata_nic = [
+                "-netdev", f"user,id=n1,net={METADATA_NET},host={METADATA_NET_HOST},"
+                           f"dns={METADATA_NET_DNS},restrict=on,"
+                           f"guestfwd=tcp:{METADATA_ADDRESS}:{METADATA_PORT}-cmd:{command}",
+                "-device", f"virtio-net-pci,netdev=n1,mac={metadata_mac}",
+            ]
         return [
             self._qemu, "-accel", "tcg", "-cpu", "max",
             "-smp", str(self.cpus), "-m", str(self.memory_mib),
@@ -359,6 +437,7 @@ class QemuVms(VmBackend[_Vm, QemuVmInfo]):
             "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
             "-netdev", f"user,id=n0{forwards}",
             "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
+            *metadata_nic,
             "-device", "virtio-rng-pci",
         ]
 
