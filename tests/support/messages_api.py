@@ -34,10 +34,37 @@ MODEL = "claude-scripted-1"
 
 
 @dataclass(frozen=True)
+class Usage:
+    """The token counts a turn reports in `usage`, instead of the server's estimate
+    (input from the request's size, output from the answer's)."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    """The part of cache_creation_input_tokens written with the one-hour lifetime."""
+
+    def start(self) -> dict[str, Any]:
+        """`usage` of `message_start` (output so far: one token, as the real API says)."""
+        return {"input_tokens": self.input_tokens, "output_tokens": 1,
+                "cache_creation_input_tokens": self.cache_creation_input_tokens,
+                "cache_read_input_tokens": self.cache_read_input_tokens,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": self.cache_creation_input_tokens
+                    - self.cache_creation_1h_input_tokens,
+                    "ephemeral_1h_input_tokens": self.cache_creation_1h_input_tokens}}
+
+    def final(self) -> dict[str, Any]:
+        return {**self.start(), "output_tokens": self.output_tokens}
+
+
+@dataclass(frozen=True)
 class Text:
     """A plain answer that ends the turn (`stop_reason: end_turn`)."""
 
     text: str
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,7 @@ class ToolUse:
     name: str
     input: dict[str, Any]
     text: str = ""
+    usage: Usage | None = None
 
 
 def bash(command: str, description: str = "scripted command") -> ToolUse:
@@ -121,7 +149,7 @@ def stream_events(turn: Turn, *, message_id: str, tool_id: str, model: str,
     yield _sse("message_start", {"type": "message_start", "message": {
         "id": message_id, "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": _usage(input_tokens, 1)}})
+        "usage": turn.usage.start() if turn.usage else _usage(input_tokens, 1)}})
     output_tokens = 0
     for index, (kind, value) in enumerate(blocks):
         if kind == "text":
@@ -146,6 +174,8 @@ def stream_events(turn: Turn, *, message_id: str, tool_id: str, model: str,
                               "partial_json": encoded[start:start + 16]}})
             output_tokens += max(1, len(encoded) // 4)
         yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+    if turn.usage is not None:
+        output_tokens = turn.usage.output_tokens
     yield _sse("message_delta", {"type": "message_delta",
                                  "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                                  "usage": {"output_tokens": output_tokens}})
@@ -236,7 +266,8 @@ class MessagesAPI:
             doc = {"id": f"msg_{number:04d}", "type": "message", "role": "assistant",
                    "model": body.get("model") or self._model, "content": content,
                    "stop_reason": "tool_use" if isinstance(turn, ToolUse) else "end_turn",
-                   "stop_sequence": None, "usage": _usage(input_tokens, 10)}
+                   "stop_sequence": None,
+                   "usage": turn.usage.final() if turn.usage else _usage(input_tokens, 10)}
             encoded = json.dumps(doc).encode()
             handler.send_response(200)
             handler.send_header("Content-Type", "application/json")
