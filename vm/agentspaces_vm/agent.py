@@ -37,6 +37,7 @@ from agentspaces_vm.contracts import Activity, AgentStatus
 from agentspaces_vm.ports import PortPoller
 from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
 from agentspaces_vm.status import build_status
+from agentspaces_vm.usage import UsageScanner
 from agentspaces_vm.webauth import Account, Answer, WebAuth, WebRequest
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ class Agent:
                                    on_busy=self._suppress_file_activity)
         self.backups = BackupRunner(config.paths.workspaces, backup_fn)
         self.activity = (activity_factory or default_activity)(self)
+        # Claude Code's transcripts (CLAUDE_CONFIG_DIR=/workspaces/.claude): token usage.
+        self.usage = UsageScanner(config.paths.workspaces)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,7 +208,8 @@ class Agent:
         return build_status(version=__version__, simulated=self.config.simulate,
                             boot=self.bootstrap.snapshot(), ports=ports, activity=activity,
                             secrets_version=self.store.load().version,
-                            backup=self.backups.snapshot())
+                            backup=self.backups.snapshot(),
+                            usage=self.usage.report())
 
     def apply_secrets(self, body: object) -> dict[str, Any]:
         try:
@@ -308,6 +312,7 @@ class Agent:
         return self._runner(argv, env, None, 30.0).returncode == 0
 
     def _suppress_file_activity(self, busy: bool) -> None:
+        self.usage.hold(busy)  # a restore writes transcripts: no partial sums meanwhile
         suppress = getattr(self.activity, "suppress_files_until", None)
         if suppress is not None:
             suppress(utc_now() + (timedelta(days=1) if busy else timedelta(0)))
@@ -364,6 +369,7 @@ class Agent:
                 if self._monotonic() >= next_activity:
                     next_activity = self._monotonic() + activity_every
                     self.activity.poll()
+                    self.usage.poll()
             except Exception:
                 log.exception("background poll failed")
             self._wake.wait(timeout=interval)

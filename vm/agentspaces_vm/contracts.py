@@ -542,6 +542,127 @@ def _maybe_time(moment: datetime | None) -> str | None:
     return format_time(moment) if moment is not None else None
 
 
+# --- token usage ----------------------------------------------------------------------
+
+MAX_USAGE_MODELS = 32
+MAX_RECENT_SESSIONS = 10
+MODEL_NAME = re.compile(r"[0-9A-Za-z._:@/\[\]-]{1,128}")
+"""A model name as usage reports carry it (others are summed under "other")."""
+
+
+def _count(doc: Mapping[str, Any], name: str) -> int:
+    value = _field(doc, name, int, optional=True, default=0)
+    if value < 0:
+        raise ContractError(f"field {name!r} must not be negative")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """Tokens of one kind of use, as the Messages API reports them in `usage`.
+
+    cache_write is every cache write (cache_creation_input_tokens); cache_write_1h the
+    part of it written with the one-hour lifetime, which is priced higher.
+    """
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    cache_write_1h: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output + self.cache_read + self.cache_write
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(self.input + other.input, self.output + other.output,
+                           self.cache_read + other.cache_read,
+                           self.cache_write + other.cache_write,
+                           self.cache_write_1h + other.cache_write_1h)
+
+    def to_json(self) -> dict[str, int]:
+        return {"inputTokens": self.input, "outputTokens": self.output,
+                "cacheReadTokens": self.cache_read, "cacheWriteTokens": self.cache_write,
+                "cacheWrite1hTokens": self.cache_write_1h}
+
+    @classmethod
+    def from_json(cls, doc: object) -> TokenCounts:
+        d = _object(doc, "token counts")
+        return cls(input=_count(d, "inputTokens"), output=_count(d, "outputTokens"),
+                   cache_read=_count(d, "cacheReadTokens"),
+                   cache_write=_count(d, "cacheWriteTokens"),
+                   cache_write_1h=_count(d, "cacheWrite1hTokens"))
+
+
+@dataclass(frozen=True)
+class SessionUsage:
+    """One Claude Code session's tokens (all models)."""
+
+    session_id: str
+    tokens: TokenCounts
+    last_model: str | None = None
+    last_time: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.session_id, **self.tokens.to_json(), "lastModel": self.last_model,
+                "lastTime": _maybe_time(self.last_time)}
+
+    @classmethod
+    def from_json(cls, doc: object) -> SessionUsage:
+        d = _object(doc, "a session's usage")
+        return cls(session_id=_field(d, "id", str), tokens=TokenCounts.from_json(d),
+                   last_model=_field(d, "lastModel", str, optional=True),
+                   last_time=_time(d, "lastTime"))
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """Claude Code's token use on the VM, summed from its transcripts (GET /v1/status ->
+    usage; docs/agent-protocol.md). `complete` is False while transcripts are still
+    being read (after a start or restore): the sums are then partial."""
+
+    sessions: int = 0
+    models: Mapping[str, TokenCounts] = field(default_factory=dict)
+    last_model: str | None = None
+    last_time: datetime | None = None
+    recent_sessions: tuple[SessionUsage, ...] = ()
+    complete: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.models) > MAX_USAGE_MODELS or not all(
+                isinstance(m, str) and MODEL_NAME.fullmatch(m) for m in self.models):
+            raise ContractError(f"usage.models: at most {MAX_USAGE_MODELS} model names")
+        if len(self.recent_sessions) > MAX_RECENT_SESSIONS:
+            raise ContractError(f"usage.recentSessions: at most {MAX_RECENT_SESSIONS}")
+
+    @property
+    def totals(self) -> TokenCounts:
+        total = TokenCounts()
+        for counts in self.models.values():
+            total = total + counts
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sessions": self.sessions, "totals": self.totals.to_json(),
+                "models": {m: c.to_json() for m, c in sorted(self.models.items())},
+                "lastModel": self.last_model, "lastTime": _maybe_time(self.last_time),
+                "recentSessions": [s.to_json() for s in self.recent_sessions],
+                "complete": self.complete}
+
+    @classmethod
+    def from_json(cls, doc: object) -> UsageReport:
+        d = _object(doc, "usage")
+        models = _field(d, "models", Mapping, optional=True, default={})
+        recent = _field(d, "recentSessions", list, optional=True, default=[])
+        return cls(sessions=_count(d, "sessions"),
+                   models={str(m): TokenCounts.from_json(c) for m, c in models.items()},
+                   last_model=_field(d, "lastModel", str, optional=True),
+                   last_time=_time(d, "lastTime"),
+                   recent_sessions=tuple(SessionUsage.from_json(s) for s in recent),
+                   complete=_field(d, "complete", bool, optional=True, default=True))
+
+
 @dataclass(frozen=True)
 class AgentStatus:
     """GET /v1/status. The VM's loader answers with only version, simulated and
@@ -559,9 +680,11 @@ class AgentStatus:
     restore: RestoreReport = field(default_factory=RestoreReport)
     backup_state: JobState = JobState.IDLE
     backup_id: str | None = None
+    # None: an agent that does not read Claude Code's transcripts (older, or the loader).
+    usage: UsageReport | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "version": self.version, "simulated": self.simulated,
             "bootStage": self.boot_stage.value, "bootMessage": self.boot_message,
             "devcontainer": self.devcontainer.to_json(),
@@ -571,6 +694,9 @@ class AgentStatus:
             "restore": self.restore.to_json(),
             "backup": {"state": self.backup_state.value, "id": self.backup_id},
         }
+        if self.usage is not None:  # older agents and the loader send none
+            doc["usage"] = self.usage.to_json()
+        return doc
 
     @classmethod
     def from_json(cls, doc: object) -> AgentStatus:
@@ -581,6 +707,7 @@ class AgentStatus:
         secrets = _object(d.get("secrets") or {}, "secrets")
         backup = _object(d.get("backup") or {}, "backup")
         activity = d.get("activity")
+        usage = d.get("usage")
         return cls(version=_field(d, "version", str),
                    boot_stage=_enum(d, "bootStage", BootStage, None),
                    simulated=_field(d, "simulated", bool, optional=True, default=False),
@@ -591,4 +718,5 @@ class AgentStatus:
                    secrets_version=_field(secrets, "version", str, optional=True),
                    restore=RestoreReport.from_json(d.get("restore") or {}),
                    backup_state=_enum(backup, "state", JobState, JobState.IDLE),
-                   backup_id=_field(backup, "id", str, optional=True))
+                   backup_id=_field(backup, "id", str, optional=True),
+                   usage=UsageReport.from_json(usage) if usage is not None else None)

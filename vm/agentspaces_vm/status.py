@@ -20,13 +20,15 @@ from agentspaces_vm.contracts import (
     DevcontainerReport,
     RestoreReport,
     RestoreState,
+    UsageReport,
     format_time,
 )
 
 
 def build_status(*, version: str, simulated: bool, boot: BootState, ports: Iterable[int],
                  activity: Activity | None, secrets_version: str | None,
-                 backup: BackupJob) -> AgentStatus:
+                 backup: BackupJob,
+                 usage: UsageReport | None = None) -> AgentStatus:
     """Assemble the document from the agent's parts (pure).
 
     `activity` is the tracker's report; None means the tracker has not produced one
@@ -42,7 +44,8 @@ def build_status(*, version: str, simulated: bool, boot: BootState, ports: Itera
         ports=tuple(sorted(set(ports))), activity=activity, secrets_version=secrets_version,
         restore=RestoreReport(state=RestoreState(boot.restore_state), error=boot.restore_error,
                               reason=boot.restore_reason),
-        backup_state=backup.state, backup_id=backup.backup_id)
+        backup_state=backup.state, backup_id=backup.backup_id,
+        usage=usage)
 
 
 # --- long-polls ---------------------------------------------------------------------------
