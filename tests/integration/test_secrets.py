@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import time
 from collections.abc import Iterator
 
@@ -27,6 +28,18 @@ HTTP_PORT = 18082
 API_KEY_1 = "sk-ant-api03-first-" + "A" * 24
 API_KEY_2 = "sk-ant-api03-second-" + "B" * 24
 REPO_TOKEN = "ghp_repository_token_" + "C" * 20
+REGISTRY_PASSWORD_1 = "registry-password-first-" + "D" * 16
+REGISTRY_PASSWORD_2 = "registry-password-second-" + "E" * 16
+
+
+def _registry_secret(name: str, namespace: str, password: str) -> dict[str, object]:
+    """A Secret as `kubectl create secret docker-registry` makes it."""
+    auth = base64.b64encode(f"puller:{password}".encode()).decode()
+    config = {"auths": {"registry.example.test:5000": {
+        "username": "puller", "password": password, "auth": auth}}}
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": {".dockerconfigjson": json.dumps(config)}}
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +74,14 @@ def test_secrets_are_delivered_rotated_and_never_leak(
     kubectl.apply(yaml.safe_dump_all([
         secret("anthropic", namespace, {"apiKey": API_KEY_1}),
         secret("repo", namespace, {"token": REPO_TOKEN}),
+        _registry_secret("pull", namespace, REGISTRY_PASSWORD_1),
     ]))
     kubectl.apply(workspace("vault", namespace, CLASS,
                             agent={"apiKeySecretRef": {"name": "anthropic"}},
                             repository={"url": "https://github.com/example/private",
-                                        "credentialsSecretRef": {"name": "repo"}}))
+                                        "credentialsSecretRef": {"name": "repo"}},
+                            devcontainer={"image": "registry.example.test:5000/dev:1",
+                                          "registryCredentialsSecretRef": {"name": "pull"}}))
     ws = wait_for(lambda: (w := kubectl.get_json("workspace", "vault", "-n", namespace)) and
                   condition(w, "Ready").get("status") == "True" and w, 60, "Ready")
     server_id = int(ws["status"]["server"]["id"])
@@ -75,6 +91,11 @@ def test_secrets_are_delivered_rotated_and_never_leak(
     key_file = state / "claude" / "anthropic-api-key"
     assert key_file.read_text().strip() == API_KEY_1
     assert key_file.stat().st_mode & 0o077 == 0
+    # Registry logins: root's only, where DOCKER_CONFIG points for devcontainer up.
+    docker_config = state / "docker" / "config.json"
+    assert REGISTRY_PASSWORD_1 in docker_config.read_text()
+    assert docker_config.stat().st_mode & 0o077 == 0
+    assert docker_config.parent.stat().st_mode & 0o077 == 0
 
     # The API key rotates without a rebuild, within one poll interval (1s here).
     kubectl.apply(yaml.safe_dump(secret("anthropic", namespace, {"apiKey": API_KEY_2})))
@@ -83,6 +104,10 @@ def test_secrets_are_delivered_rotated_and_never_leak(
     print(f"\nAPI key rotation reached the VM after {time.monotonic() - changed:.1f}s "
           "(poll interval 1s)")
     assert vms.vm(server_id) is not None and vms.vm(server_id).ip == vm.ip  # same VM
+    # So do the registry logins.
+    kubectl.apply(yaml.safe_dump(_registry_secret("pull", namespace, REGISTRY_PASSWORD_2)))
+    wait_for(lambda: REGISTRY_PASSWORD_2 in docker_config.read_text(), 15,
+             "rotated registry logins on the VM")
 
     # The workspace password gates Caddy and rotates the same way.
     host = f"{ws['status']['hostname']}.example.test"
@@ -100,6 +125,9 @@ def test_secrets_are_delivered_rotated_and_never_leak(
     secrets = {
         "anthropic key 1": API_KEY_1, "anthropic key 2": API_KEY_2,
         "repository token": REPO_TOKEN, "hetzner token": clouds.hetzner_token,
+        "registry password 1": REGISTRY_PASSWORD_1, "registry password 2": REGISTRY_PASSWORD_2,
+        "registry auth 1": base64.b64encode(f"puller:{REGISTRY_PASSWORD_1}".encode()).decode(),
+        "registry auth 2": base64.b64encode(f"puller:{REGISTRY_PASSWORD_2}".encode()).decode(),
         "cloudflare token": clouds.cloudflare_token, "workspace password": password,
         "new password": "a-new-password-chosen-by-the-user", "agent bearer token": token,
     }
