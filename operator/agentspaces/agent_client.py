@@ -9,11 +9,14 @@ no exception message or log line.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 from cryptography import x509
@@ -55,6 +58,11 @@ class AgentUnreachable(Exception):
     """No answer: connection refused or reset, timeout, TLS handshake failure."""
 
 
+class AgentClientClosed(AgentUnreachable):
+    """The client was closed (its server or credentials were replaced, or the operator
+    is shutting down) while a long-poll waited on it."""
+
+
 class AgentCertificateMismatch(Exception):
     """The server's certificate is not the pinned one."""
 
@@ -62,6 +70,21 @@ class AgentCertificateMismatch(Exception):
 class AgentProtocolError(AgentError):
     """The agent answered 2xx with a document that breaks its contract
     (agentspaces_vm.contracts); the message names the field, never a value."""
+
+
+PRIMED_FOR = 2.0
+"""How long a status document a long-poll received may stand in for a GET."""
+
+
+@dataclass(frozen=True)
+class WatchedStatus:
+    """One answer to a long-poll of GET /v1/status."""
+
+    status: AgentStatus
+    etag: str | None
+    """The document's ETag; None from an agent that has none (no long-polls)."""
+    waited: bool
+    """The agent honoured the wait (`Preference-Applied`)."""
 
 
 def _summary(body: object) -> str:
@@ -102,14 +125,22 @@ def _is_cert_failure(exc: BaseException) -> bool:
 
 
 class AgentClient:
-    def __init__(self, base_url: str, token: str, cert_pem: str, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, token: str, cert_pem: str, timeout: float = 10.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._base_url = base_url.rstrip("/")
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
         self._fingerprint = cert.fingerprint(hashes.SHA256())
+        self._timeout = timeout
+        self._monotonic = monotonic
         self._client = httpx.AsyncClient(
             base_url=self._base_url, verify=pinned_context(cert_pem), timeout=timeout,
             headers={"Authorization": f"Bearer {token}"}, follow_redirects=False,
             trust_env=False)
+        self._watches: set[asyncio.Task[httpx.Response]] = set()
+        self._closing = False
+        self._primed: tuple[AgentStatus, float] | None = None
+        self.last_answer = 0.0
+        """When (monotonic) the agent last answered any request on this client."""
 
     async def __aenter__(self) -> AgentClient:
         return self
@@ -119,6 +150,11 @@ class AgentClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the pool; a long-poll waiting on it ends with AgentClientClosed."""
+        self._closing = True
+        for task in list(self._watches):
+            task.cancel()
+        await asyncio.gather(*self._watches, return_exceptions=True)
         await self._client.aclose()
 
     def __repr__(self) -> str:
@@ -130,6 +166,10 @@ class AgentClient:
         if content is not None:
             kwargs = {"content": content,
                       "headers": {"Content-Type": "application/octet-stream"}}
+        return self._answer(await self._send(method, path, **kwargs), expect)
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; the response checked against the pin."""
         try:
             response = await self._client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -140,6 +180,11 @@ class AgentClient:
             raise AgentUnreachable(
                 f"agent at {self._base_url} unreachable: {type(exc).__name__}") from None
         self._check_pin(response)
+        self.last_answer = self._monotonic()
+        return response
+
+    def _answer(self, response: httpx.Response, expect: Iterable[int]) -> Any:
+        """The response's JSON document, or the AgentError its status means."""
         try:
             doc: Any = response.json() if response.content else None
         except ValueError:
@@ -179,8 +224,48 @@ class AgentClient:
         return doc
 
     async def agent_status(self) -> AgentStatus:
-        """GET /v1/status, parsed (AgentProtocolError when it breaks the contract)."""
+        """GET /v1/status, parsed (AgentProtocolError when it breaks the contract); or the
+        document a long-poll received less than PRIMED_FOR ago (`prime`), once."""
+        primed, self._primed = self._primed, None
+        if primed is not None and self._monotonic() - primed[1] <= PRIMED_FOR:
+            return primed[0]
         return _parsed(AgentStatus.from_json, await self._call("GET", "/v1/status"))
+
+    def prime(self, status: AgentStatus) -> None:
+        """Let the next agent_status() answer with `status`, a document just received, so
+        the reconcile a long-poll triggers does not ask for it again."""
+        self._primed = (status, self._monotonic())
+
+    async def watch_status(self, etag: str | None, wait: float) -> WatchedStatus:
+        """GET /v1/status as a long-poll: the agent answers at once when its document's
+        ETag differs from `etag`, else when it changes or after `wait` seconds.
+
+        The request's read timeout is `wait` plus the client's timeout, so a held
+        request always ends. Closing the client ends it with AgentClientClosed.
+        """
+        headers = {"Prefer": f"wait={wait:g}"}
+        if etag is not None:
+            headers["If-None-Match"] = f'"{etag}"'
+        timeout = httpx.Timeout(self._timeout, read=wait + self._timeout)
+        if self._closing:
+            raise AgentClientClosed(f"client for {self._base_url} is closed")
+        task = asyncio.ensure_future(self._send("GET", "/v1/status", headers=headers,
+                                                timeout=timeout))
+        self._watches.add(task)
+        try:
+            response = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._closing and (current is None or not current.cancelling()):
+                raise AgentClientClosed(f"client for {self._base_url} closed") from None
+            raise
+        finally:
+            self._watches.discard(task)
+        status = _parsed(AgentStatus.from_json, self._answer(response, (200,)))
+        tag = response.headers.get("ETag")
+        applied = response.headers.get("Preference-Applied", "")
+        return WatchedStatus(status, tag.removeprefix("W/").strip('"') or None if tag else None,
+                             waited="wait" in applied.lower())
 
     async def put_secrets(self, *, version: str, basic_auth_username: str,
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
@@ -234,6 +319,18 @@ def _parsed(parse: Callable[[object], T], doc: object) -> T:
     except ContractError as exc:
         raise AgentProtocolError(200, None, f"the agent's answer breaks the contract: "
                                             f"{exc}") from None
+
+
+@runtime_checkable
+class StatusWatchPort(Protocol):
+    """A client that can long-poll the agent's status (`AgentClient` implements it)."""
+
+    last_answer: float
+    """When (monotonic) the agent last answered any request on this client."""
+
+    async def watch_status(self, etag: str | None, wait: float) -> WatchedStatus: ...
+
+    def prime(self, status: AgentStatus) -> None: ...
 
 
 class AgentPort(Protocol):

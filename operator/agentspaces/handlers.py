@@ -2,8 +2,11 @@
 
 Creation, spec/annotation changes and operator restarts reconcile immediately; a
 timer re-runs the same level-based reconcile every poll interval (agent polling,
-idle policy, secret rotation, drift). A per-workspace lock keeps the two from
-overlapping; status is read fresh and written (only what changed) inside that lock.
+idle policy, secret rotation, drift). While status names an agent endpoint, a daemon
+holds a long-poll on the agent and runs that reconcile whenever the agent's status
+changes or the poll interval passes (agent_watch.py); the timer skips a workspace its
+daemon keeps reconciled. A per-workspace lock keeps them from overlapping; status is
+read fresh and written (only what changed) inside that lock.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from agentspaces import agent_watch
 from agentspaces.api.model import GROUP, VERSION
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import KubernetesApi
@@ -77,8 +81,16 @@ def _emitter(body: kopf.Body) -> Any:
 
 
 async def _run(body: kopf.Body, memo: kopf.Memo, step: Any) -> None:
+    """`_visit`, with a requeue handed to Kopf as a TemporaryError."""
+    outcome = await _visit(body, memo, step)
+    if outcome is not None and outcome.requeue is not None:
+        raise kopf.TemporaryError(outcome.message or "waiting", delay=outcome.requeue)
+
+
+async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any) -> Outcome | None:
     """Run one domain step for a Workspace with its status read fresh and written
-    before the per-workspace lock is released.
+    before the per-workspace lock is released; its outcome (None when the Workspace
+    is gone).
 
     Kopf's own patch is applied only after a handler returns, i.e. after the lock is
     gone; the next trigger (timer or change) would then start from a stale status and
@@ -90,7 +102,7 @@ async def _run(body: kopf.Body, memo: kopf.Memo, step: Any) -> None:
     async with rt.lock(ref.uid):
         fresh = await rt.kube.get_workspace(ref.namespace, ref.name)
         if fresh is None or (fresh.get("metadata") or {}).get("uid") != ref.uid:
-            return  # deleted (or replaced by a namesake) meanwhile
+            return None  # deleted (or replaced by a namesake) meanwhile
         ref = WorkspaceRef.from_body(fresh)
         draft = StatusDraft.begin(fresh.get("status"), rt.clock(), ref.generation)
         visit = Visit(ref=ref, body=fresh, status=draft, runtime=rt, emit=_emitter(body))
@@ -103,8 +115,7 @@ async def _run(body: kopf.Body, memo: kopf.Memo, step: Any) -> None:
             if changes:
                 await rt.kube.patch_workspace_status(ref.namespace, ref.name, changes)
     await rt.close_stale_clients()
-    if outcome.requeue is not None:
-        raise kopf.TemporaryError(outcome.message or "waiting", delay=outcome.requeue)
+    return outcome
 
 
 @kopf.on.resume(*RESOURCE)
@@ -120,7 +131,31 @@ async def workspace_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def workspace_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
+    if runtime_of(memo).watch_coverage.covers(WorkspaceRef.from_body(body).uid):
+        return  # its agent watcher reconciled it within the poll interval
     await _run(body, memo, workspace.reconcile)
+
+
+def _has_agent(body: kopf.Body, **_: Any) -> bool:
+    endpoint = (body.get("status") or {}).get("agentEndpoint") or {}
+    return bool(endpoint.get("url")) and not body.get("metadata", {}).get("deletionTimestamp")
+
+
+@kopf.daemon(*RESOURCE, when=_has_agent, cancellation_timeout=60.0)
+async def workspace_agent_watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped,
+                                **_: Any) -> None:
+    """One long-poll on the workspace's agent while status names one; stopped when the
+    endpoint leaves status (the server is gone), on delete and on operator exit."""
+    rt = runtime_of(memo)
+    uid = WorkspaceRef.from_body(body).uid
+
+    async def reconcile() -> float | None:
+        outcome = await _visit(body, memo, workspace.reconcile)
+        return outcome.requeue if outcome is not None else None
+
+    await agent_watch.watch(uid, agent=lambda: rt.watchable_agent(uid), reconcile=reconcile,
+                            coverage=rt.watch_coverage, bound=SETTINGS.poll_interval,
+                            stopped=stopped)
 
 
 @kopf.on.delete(*RESOURCE)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from agentspaces.agent_client import AgentClient, AgentPort
+from agentspaces.agent_client import AgentClient, AgentPort, StatusWatchPort
+from agentspaces.agent_watch import WatchCoverage
 from agentspaces.clouds.cloudflare import CloudflareDns, DnsProvider
 from agentspaces.clouds.hetzner import HcloudServers, ServerInfo, ServerProvider
 from agentspaces.clouds.r2 import ObjectStore, S3ObjectStore
@@ -145,12 +146,18 @@ class Runtime:
         self.host_claims: dict[str, str] = {}
         self._closing: list[AgentAdapter] = []
         self.agent_slots = asyncio.Semaphore(settings.agent_concurrency)
+        # Workspaces whose agent watcher (agent_watch.py) reconciles them at least once
+        # per poll interval, so the timer can skip them.
+        self.watch_coverage = WatchCoverage(
+            settings.poll_interval, min(settings.poll_interval, settings.agent_timeout),
+            monotonic)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
 
     def forget(self, uid: str) -> None:
         self._locks.pop(uid, None)
+        self.watch_coverage.end(uid)
         cached = self._agents.pop(uid, None)
         if cached is not None:
             self._closing.append(cached[1])
@@ -197,6 +204,13 @@ class Runtime:
             self._closing.append(cached[1])
         self._agents[uid] = (key, client)
         return client
+
+    def watchable_agent(self, uid: str) -> StatusWatchPort | None:
+        """The workspace's current agent client if it can long-poll; None before a
+        reconcile created one."""
+        cached = self._agents.get(uid)
+        client = cached[1] if cached is not None else None
+        return client if isinstance(client, StatusWatchPort) else None
 
     async def close_stale_clients(self) -> None:
         while self._closing:
