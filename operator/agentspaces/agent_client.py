@@ -28,6 +28,8 @@ from agentspaces_vm.contracts import (
     BackupPlan,
     ContractError,
     RestorePlan,
+    SaveJob,
+    SaveRequest,
 )
 
 T = TypeVar("T")
@@ -312,6 +314,17 @@ class AgentClient:
     async def backup_status(self) -> BackupJob:
         return _parsed(BackupJob.from_json, await self._call("GET", "/v1/backup"))
 
+    async def start_save(self, request: SaveRequest) -> str:
+        """Start the pre-stop save; its id. AgentError with status 409 (its body names
+        the running save's id) while one runs, 404 from an agent without saves."""
+        doc = await self._call("POST", "/v1/save", request.to_json(), expect=(202,))
+        if not isinstance(doc, Mapping) or not isinstance(doc.get("id"), str):
+            raise AgentProtocolError(202, None, "POST /v1/save: the answer has no id")
+        return doc["id"]
+
+    async def save_status(self) -> SaveJob:
+        return _parsed(SaveJob.from_json, await self._call("GET", "/v1/save"))
+
 
 def _parsed(parse: Callable[[object], T], doc: object) -> T:
     try:
@@ -353,3 +366,7 @@ class AgentPort(Protocol):
     async def start_backup(self, plan: BackupPlan) -> str: ...
 
     async def backup_status(self) -> BackupJob: ...
+
+    async def start_save(self, request: SaveRequest) -> str: ...
+
+    async def save_status(self) -> SaveJob: ...

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from agentspaces_vm import __version__, claude_settings
 from agentspaces_vm.auth import FailureLimiter, bearer_token, token_matches
 from agentspaces_vm.backup_job import BackupFn, BackupRunner
-from agentspaces_vm.bootstrap import Bootstrap, RestoreFn, Runner, run_command
+from agentspaces_vm.bootstrap import Bootstrap, RestoreFn, Runner, repo_dir_name, run_command
 from agentspaces_vm.caddy import (
     AgentAuth,
     CaddyAdmin,
@@ -35,6 +35,7 @@ from agentspaces_vm.caddy import (
 from agentspaces_vm.config import AgentConfig, ConfigError, validate_ca_bundle, validate_ports
 from agentspaces_vm.contracts import Activity, AgentStatus
 from agentspaces_vm.ports import PortPoller
+from agentspaces_vm.save_job import SaveRunner
 from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
 from agentspaces_vm.status import build_status
 from agentspaces_vm.usage import UsageScanner
@@ -105,6 +106,7 @@ class Agent:
                                    runner=runner, restore_fn=restore_fn,
                                    on_busy=self._suppress_file_activity)
         self.backups = BackupRunner(config.paths.workspaces, backup_fn)
+        self.saves = SaveRunner(config, self.store, self._repo_dir)
         self.activity = (activity_factory or default_activity)(self)
         # Claude Code's transcripts (CLAUDE_CONFIG_DIR=/workspaces/.claude): token usage.
         self.usage = UsageScanner(config.paths.workspaces)
@@ -264,6 +266,13 @@ class Agent:
         if backup_id is None:
             return 409, {"error": "backup running", "id": self.backups.snapshot().backup_id}
         return 202, {"id": backup_id}
+
+    def _repo_dir(self) -> Path:
+        """Where the clone is (or would be): the pre-stop save's repository."""
+        known = self.bootstrap.snapshot().repo_dir
+        repo = self.config.repository
+        return Path(known) if known else self.config.paths.workspaces / (
+            repo_dir_name(repo.url) if repo else "workspace")
 
     def allowed_domain(self, domain: str) -> bool:
         """Caddy's on-demand TLS question: may it get a certificate for `domain`?"""

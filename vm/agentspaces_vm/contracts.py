@@ -420,6 +420,104 @@ class BackupJob:
                    progress=_field(job, "progress", Mapping, optional=True))
 
 
+# --- the pre-stop save (POST/GET /v1/save) -------------------------------------------------
+
+MAX_SAVE_SECONDS = 600
+MAX_SAVE_MESSAGE = 500
+
+
+class SaveMode(StrEnum):
+    COMMIT = "commit"
+    COMMIT_AND_PUSH = "commit-and-push"
+
+
+class SaveOutcome(StrEnum):
+    SAVED = "saved"                      # a commit on a new WIP branch (pushed or not)
+    NOTHING_TO_SAVE = "nothing-to-save"  # the working tree matches HEAD
+    NO_REPOSITORY = "no-repository"      # no git repository where the clone would be
+    FAILED = "failed"
+    TIMED_OUT = "timed-out"              # the deadline passed before a commit was made
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    """POST /v1/save: commit uncommitted work to a WIP branch within `timeout_seconds`."""
+
+    save_id: str
+    mode: SaveMode
+    timeout_seconds: int
+    reason: str = ""
+    """Why the workspace stops (for the commit message), e.g. inactivity."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.save_id, str) or not _BACKUP_ID.fullmatch(self.save_id):
+            raise ContractError("the save id is 1..64 of [0-9A-Za-z._-]")
+        _in_range(self.timeout_seconds, 1, MAX_SAVE_SECONDS, "timeoutSeconds")
+        if not re.fullmatch(r"[a-z-]{0,32}", self.reason):
+            raise ContractError("reason is 0..32 of [a-z-]")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.save_id, "mode": self.mode.value,
+                "timeoutSeconds": self.timeout_seconds, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, doc: object) -> SaveRequest:
+        d = _object(doc, "the save request")
+        return cls(save_id=_field(d, "id", str), mode=_enum(d, "mode", SaveMode, None),
+                   timeout_seconds=_field(d, "timeoutSeconds", int),
+                   reason=_field(d, "reason", str, optional=True, default=""))
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """How a save ended. Messages carry no secret (the agent scrubs git's output)."""
+
+    outcome: SaveOutcome
+    message: str = ""
+    branch: str | None = None
+    commit: str | None = None
+    pushed: bool = False
+    push_error: str | None = None
+    """Why a commit that was to be pushed was not."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outcome": self.outcome.value, "message": self.message,
+                "branch": self.branch, "commit": self.commit, "pushed": self.pushed,
+                "pushError": self.push_error}
+
+    @classmethod
+    def from_json(cls, doc: object) -> SaveResult:
+        d = _object(doc, "the save result")
+        return cls(outcome=_enum(d, "outcome", SaveOutcome, None),
+                   message=_field(d, "message", str, optional=True, default="")
+                   [:MAX_SAVE_MESSAGE],
+                   branch=_field(d, "branch", str, optional=True),
+                   commit=_field(d, "commit", str, optional=True),
+                   pushed=_field(d, "pushed", bool, optional=True, default=False),
+                   push_error=_field(d, "pushError", str, optional=True))
+
+
+@dataclass(frozen=True)
+class SaveJob:
+    """GET /v1/save: the agent's one save job (`result` once it has ended)."""
+
+    state: JobState = JobState.IDLE
+    save_id: str | None = None
+    result: SaveResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state.value, "id": self.save_id,
+                "result": self.result.to_json() if self.result is not None else None}
+
+    @classmethod
+    def from_json(cls, doc: object) -> SaveJob:
+        d = _object(doc, "the save job")
+        result = d.get("result")
+        return cls(state=_enum(d, "state", JobState, JobState.IDLE),
+                   save_id=_field(d, "id", str, optional=True),
+                   result=SaveResult.from_json(result) if result is not None else None)
+
+
 # --- the status document ------------------------------------------------------------------
 
 class BootStage(StrEnum):

@@ -256,6 +256,8 @@ class ApiHandler(_Handler):
             ("POST", "/v1/backup"): lambda: self.send_json(*a.start_backup(self.read_json())),
             ("GET", "/v1/backup"): lambda: self.send_json(200,
                                                           a.backups.snapshot().to_json()),
+            ("POST", "/v1/save"): lambda: self.send_json(*a.saves.start(self.read_json())),
+            ("GET", "/v1/save"): lambda: self.send_json(200, a.saves.snapshot().to_json()),
         })
         if self.command != "GET":
             self.watch.changed()  # what a write changed (secrets, start, backup) shows now
