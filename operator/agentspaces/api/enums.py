@@ -38,6 +38,17 @@ class AgentState(StrEnum):
     UNKNOWN = "unknown"
 
 
+class PreStopOutcome(StrEnum):
+    """How the save before an automatic stop ended (status.preStop.outcome)."""
+
+    RUNNING = "Running"
+    SAVED = "Saved"                  # a commit on a WIP branch; `pushed` says if it left
+    NOTHING_TO_SAVE = "NothingToSave"
+    SKIPPED = "Skipped"              # not asked for, not an automatic stop, no repository
+    FAILED = "Failed"
+    TIMED_OUT = "TimedOut"
+
+
 class UrlState(StrEnum):
     LIVE = "live"
     STOPPED = "stopped"
@@ -157,6 +168,11 @@ class Reason(StrEnum):
     IDLE_TIMEOUT = "IdleTimeout"
     BUSY_CAP_EXCEEDED = "AgentBusyCapExceeded"
     LIFETIME_EXCEEDED = "LifetimeExceeded"
+
+    # Events of the pre-stop save (status.preStop has the details)
+    PRE_STOP_SAVED = "PreStopSaved"
+    PRE_STOP_SKIPPED = "PreStopSkipped"
+    PRE_STOP_FAILED = "PreStopFailed"
 
     # Ready summary
     READY = "WorkspaceReady"

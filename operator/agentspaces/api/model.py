@@ -15,12 +15,13 @@ Schema metadata pydantic has no word for travels as Annotated markers (`Cel`,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -328,6 +329,46 @@ class LifetimeSpec(ApiModel):
         None, description="Stop after running this long, active or not.")
 
 
+# The pre-stop save (docs/idle.md, "Before an automatic stop"): commit uncommitted work
+# to a new WIP branch, and push it, before an idle or lifetime stop.
+PreStopMode = Literal["none", "commit", "commit-and-push"]
+DEFAULT_PRE_STOP: PreStopMode = "commit"
+DEFAULT_PRE_STOP_TIMEOUT = "60s"
+PRE_STOP_TIMEOUT_MAX = "5m"
+
+
+def _at_most(limit: str) -> Callable[[str], str]:
+    ceiling = parse_duration(limit)
+
+    def check(text: str) -> str:
+        if parse_duration(text) > ceiling:
+            raise ValueError(f"{text!r} is longer than {limit}")
+        return text
+
+    return check
+
+
+PreStopTimeout = Annotated[
+    Duration, DurationAtLeast("5s"),
+    Cel(f"duration(self) <= duration('{PRE_STOP_TIMEOUT_MAX}')",
+        f"must be a duration of at most {PRE_STOP_TIMEOUT_MAX}"),
+    AfterValidator(_at_most(PRE_STOP_TIMEOUT_MAX)),
+    Field(description="How long the pre-stop save may take (5s to 5m); the stop goes on "
+                      "when it is over, whatever happened.")]
+PRE_STOP_DESCRIPTION = (
+    "Before an idle or lifetime stop: none; commit (uncommitted work, untracked files "
+    "included, becomes a commit on a new branch agentspaces/wip/<name>-<UTC time>, kept "
+    "in the backup); or commit-and-push (that branch is also pushed to the repository "
+    "URL with the repository token). The branch you were on is never changed.")
+
+
+class LifecycleSpec(ApiModel):
+    """What happens just before an automatic stop; defaults from the class."""
+
+    pre_stop: PreStopMode | None = Field(None, description=PRE_STOP_DESCRIPTION)
+    pre_stop_timeout: PreStopTimeout | None = None
+
+
 class PortSpec(ApiModel):
     """Visibility of one port served at https://{port}.{host}."""
 
@@ -398,6 +439,7 @@ class WorkspaceSpecModel(RunIntent):
     agent: AgentSpec = Field(default_factory=AgentSpec)
     idle: IdleSpec = Field(default_factory=IdleSpec)
     lifetime: LifetimeSpec = Field(default_factory=LifetimeSpec, description="Hard limits.")
+    lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec)
     access: AccessSpec = Field(default_factory=AccessSpec)
     persistence: PersistenceSpec = Field(default_factory=PersistenceSpec)
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=32,
@@ -538,6 +580,13 @@ class ClassLifetimeSpec(ApiModel):
     max: AtLeastAMinute | None = Field(None, description="Default maximum running time.")
 
 
+class ClassLifecycleSpec(ApiModel):
+    """What happens just before an automatic stop, unless a Workspace says otherwise."""
+
+    pre_stop: PreStopMode = Field(DEFAULT_PRE_STOP, description=PRE_STOP_DESCRIPTION)
+    pre_stop_timeout: PreStopTimeout = DEFAULT_PRE_STOP_TIMEOUT
+
+
 Cidr = Annotated[str, Field(max_length=43), Cel(
     "isCIDR(self) && cidr(self) == cidr(self).masked()",
     "must be a CIDR with no host bits set, e.g. 203.0.113.7/32 or 2001:db8::/64")]
@@ -664,6 +713,7 @@ class WorkspaceClassSpecModel(ApiModel):
     idle: ClassIdleSpec = Field(default_factory=ClassIdleSpec)
     lifetime: ClassLifetimeSpec = Field(default_factory=ClassLifetimeSpec,
                                         description="Default hard limits.")
+    lifecycle: ClassLifecycleSpec = Field(default_factory=ClassLifecycleSpec)
     agent: ClassAgentSpec = Field(default_factory=ClassAgentSpec)
     devcontainer: ClassDevcontainerSpec = Field(default_factory=ClassDevcontainerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)

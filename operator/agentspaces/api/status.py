@@ -14,7 +14,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.json_schema import JsonDict
 
-from agentspaces.api.enums import AgentState, ConditionStatus, Phase, StoppedBy, UrlState
+from agentspaces.api.enums import (
+    AgentState,
+    ConditionStatus,
+    Phase,
+    PreStopOutcome,
+    StoppedBy,
+    UrlState,
+)
 from agentspaces_vm.contracts import format_time, parse_time
 
 
@@ -117,6 +124,20 @@ class RestoreStatus(StatusModel):
                                "from (agentspaces.dev/restore-from).")
 
 
+class PreStopStatus(StatusModel):
+    """The save before the last automatic stop (lifecycle.preStop)."""
+
+    outcome: PreStopOutcome | None = None
+    message: str | None = Field(None, max_length=1024)
+    branch: str | None = Field(None, description="The WIP branch the work was committed to.")
+    commit: str | None = None
+    pushed: bool | None = Field(None, description="The branch reached the repository's "
+                                "remote.")
+    time: Timestamp | None = Field(None, description="When the outcome was recorded.")
+    started_at: Timestamp | None = Field(None, alias="startedAt")
+    id: str | None = Field(None, description="The agent's save job.")
+
+
 class AgentEndpointStatus(StatusModel):
     """How the operator reaches the workspace agent."""
 
@@ -147,6 +168,7 @@ class WorkspaceStatus(StatusModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     started_at: Timestamp | None = Field(None, alias="startedAt")
     stopping_since: Timestamp | None = Field(None, alias="stoppingSince")
+    pre_stop: PreStopStatus | None = Field(None, alias="preStop")
     stopped_at: Timestamp | None = Field(None, alias="stoppedAt")
     stopped_by: StoppedBy | None = Field(None, alias="stoppedBy",
                                          description="Why the workspace stopped.")

@@ -134,6 +134,9 @@ class ClassLimits:
                    lifetime=duration(limits.lifetime))
 
 
+DEFAULT_PRE_STOP_TIMEOUT = parse_duration(m.DEFAULT_PRE_STOP_TIMEOUT)
+
+
 @dataclass(frozen=True)
 class WorkspaceClass:
     name: str
@@ -147,6 +150,8 @@ class WorkspaceClass:
     idle: IdleSettings
     lifetime_max: timedelta | None
     agent_port: int
+    pre_stop: m.PreStopMode = m.DEFAULT_PRE_STOP
+    pre_stop_timeout: timedelta = DEFAULT_PRE_STOP_TIMEOUT
     agent_source_ranges: tuple[str, ...] = ()
     """Where the agent port admits connections from (a firewall); empty: anywhere."""
     limits: ClassLimits = field(default_factory=ClassLimits)
@@ -207,6 +212,8 @@ class WorkspaceClass:
                               grace=parse_duration(idle.grace),
                               agent_busy_cap=parse_duration(idle.agent_busy_cap)),
             lifetime_max=duration(spec.lifetime.max),
+            pre_stop=spec.lifecycle.pre_stop,
+            pre_stop_timeout=parse_duration(spec.lifecycle.pre_stop_timeout),
             agent_port=spec.agent.port,
             agent_source_ranges=tuple(spec.agent.source_ranges),
             limits=ClassLimits.of(spec.limits),
@@ -242,6 +249,9 @@ class WorkspaceSpec:
     ssh_keys: tuple[str, ...]
     refused_ports: tuple[int, ...] = ()
     """Requested ports that are the VM's own (never published; Accepted says so)."""
+    pre_stop: m.PreStopMode = m.DEFAULT_PRE_STOP
+    """lifecycle.preStop: what is saved before an idle or lifetime stop."""
+    pre_stop_timeout: timedelta = DEFAULT_PRE_STOP_TIMEOUT
     registry_credentials_ref: SecretKeyRef | None = None
     """devcontainer.registryCredentialsSecretRef: its `.dockerconfigjson` key."""
 
@@ -286,6 +296,8 @@ class WorkspaceSpec:
             ),
             lifetime_max=duration(ws.lifetime.max) or klass.lifetime_max
             or klass.limits.lifetime,
+            pre_stop=ws.lifecycle.pre_stop or klass.pre_stop,
+            pre_stop_timeout=_own_or(ws.lifecycle.pre_stop_timeout, klass.pre_stop_timeout),
             ports=tuple(p for p in ports if p.port not in klass.reserved_ports),
             refused_ports=tuple(sorted(p.port for p in ports
                                        if p.port in klass.reserved_ports)),
