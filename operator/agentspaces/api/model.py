@@ -648,6 +648,33 @@ class LimitsSpec(ApiModel):
                           "workspaces that set none.")
 
 
+TokenPrice = Annotated[float, Field(ge=0, le=100000)]
+
+
+class ModelPriceSpec(ApiModel):
+    """USD per million tokens for the Claude models whose name starts with `model`."""
+
+    model: str = Field(description="A model name or its prefix, e.g. claude-opus-5-5; the "
+                                   "longest matching prefix wins.",
+                       pattern=r"^[0-9A-Za-z._:@/-]+$", max_length=128)
+    input: TokenPrice = Field(description="Input tokens.")
+    output: TokenPrice = Field(description="Output tokens.")
+    cache_write: TokenPrice | None = Field(
+        None, description="Five-minute cache writes; 1.25x input when unset (one-hour "
+                          "writes cost 2x input).")
+    cache_read: TokenPrice | None = Field(None, description="Cache reads; 0.1x input when "
+                                          "unset.")
+
+
+class PricingSpec(ApiModel):
+    """Prices for the token cost estimate in Workspace status (status.usage)."""
+
+    models: list[ModelPriceSpec] = Field(
+        default_factory=list, max_length=64, json_schema_extra=list_map("model"),
+        description="Looked up before the built-in table of Anthropic's list prices "
+                    "(docs/usage.md); prices are USD.")
+
+
 def _own_or_default(section: str, field: str, default: str) -> str:
     """CEL for the class's own setting, or the default the operator applies."""
     return (f"(has(self.{section}) && has(self.{section}.{field}) ? "
@@ -717,6 +744,7 @@ class WorkspaceClassSpecModel(ApiModel):
     agent: ClassAgentSpec = Field(default_factory=ClassAgentSpec)
     devcontainer: ClassDevcontainerSpec = Field(default_factory=ClassDevcontainerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    pricing: PricingSpec = Field(default_factory=PricingSpec)
 
     @model_validator(mode="after")
     def _numeric_images_need_a_profile(self) -> Self:

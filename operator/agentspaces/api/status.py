@@ -37,6 +37,10 @@ INT64: JsonDict = {"format": "int64"}
 LIST_MAP: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
 
+def list_map_of(key: str) -> JsonDict:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
 class StatusModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore",
                               use_enum_values=False, validate_default=False)
@@ -138,6 +142,74 @@ class PreStopStatus(StatusModel):
     id: str | None = Field(None, description="The agent's save job.")
 
 
+class TokenCountsStatus(StatusModel):
+    """Tokens by kind, as the Messages API reports them."""
+
+    input_tokens: int | None = Field(None, alias="inputTokens", json_schema_extra=INT64)
+    output_tokens: int | None = Field(None, alias="outputTokens", json_schema_extra=INT64)
+    cache_read_tokens: int | None = Field(None, alias="cacheReadTokens",
+                                          json_schema_extra=INT64)
+    cache_write_tokens: int | None = Field(None, alias="cacheWriteTokens",
+                                           json_schema_extra=INT64)
+
+
+class ModelUsageStatus(TokenCountsStatus):
+    """One model's tokens and their estimated cost."""
+
+    model: str = Field(max_length=128)
+    estimated_cost: str | None = Field(None, alias="estimatedCost",
+                                       description="USD; unset when no price is known.")
+
+
+class TokenUsageStatus(TokenCountsStatus):
+    """Claude Code's token use, summed by the agent from the transcripts on the
+    workspace, and its cost at the class's prices (docs/usage.md)."""
+
+    sessions: int | None = Field(None, description="Claude Code sessions with usage.")
+    total_tokens: int | None = Field(None, alias="totalTokens", json_schema_extra=INT64)
+    last_model: str | None = Field(None, alias="lastModel", max_length=128)
+    last_time: Timestamp | None = Field(None, alias="lastTime",
+                                        description="The newest answer counted.")
+    estimated_cost: str | None = Field(None, alias="estimatedCost",
+                                       description="Decimal, in `currency`.")
+    currency: str | None = Field(None, description="USD.")
+    unpriced_models: list[str] = Field(
+        default_factory=list, alias="unpricedModels", max_length=32,
+        description="Models with tokens but no price: not in estimatedCost.")
+    models: list[ModelUsageStatus] = Field(default_factory=list, max_length=32,
+                                           json_schema_extra=list_map_of("model"))
+
+
+class MoneyStatus(StatusModel):
+    """An amount with and without VAT, as a decimal string."""
+
+    net: str | None = None
+    gross: str | None = None
+
+
+class VmCostStatus(StatusModel):
+    """What the workspace's servers cost at the Hetzner project's prices (GET /pricing:
+    server type and primary IPv4), billed per started hour up to the monthly price."""
+
+    currency: str | None = Field(None, description="The Hetzner project's currency.")
+    server_type: str | None = Field(None, alias="serverType")
+    location: str | None = None
+    hourly: MoneyStatus | None = None
+    monthly: MoneyStatus | None = Field(None, description="A month's cap.")
+    server_id: int | None = Field(None, alias="serverId", json_schema_extra=INT64,
+                                  description="The server billed now; unset while none.")
+    run_started_at: Timestamp | None = Field(None, alias="runStartedAt",
+                                             description="That server's creation.")
+    previous: MoneyStatus | None = Field(None, description="Servers already deleted.")
+    previous_hours: int | None = Field(None, alias="previousHours")
+    billed_hours: int | None = Field(None, alias="billedHours")
+    accrued: MoneyStatus | None = Field(None, description="All servers so far.")
+    accrued_at: Timestamp | None = Field(None, alias="accruedAt",
+                                         description="When accrued last changed.")
+    summary: str | None = Field(None, description="accrued.net and the currency, for "
+                                "kubectl.")
+
+
 class AgentEndpointStatus(StatusModel):
     """How the operator reaches the workspace agent."""
 
@@ -178,6 +250,8 @@ class WorkspaceStatus(StatusModel):
         None, alias="secretsVersion",
         description="Hash of the secrets last delivered to the agent.")
     failed_agent_polls: int | None = Field(None, alias="failedAgentPolls")
+    usage: TokenUsageStatus | None = None
+    vm_cost: VmCostStatus | None = Field(None, alias="vmCost")
 
     def dump(self) -> dict[str, Any]:
         """The API's JSON form (camelCase, unset fields left out)."""

@@ -15,6 +15,7 @@ from typing import Any, get_args
 from agentspaces.api import model as m
 from agentspaces.api.durations import parse_duration
 from agentspaces.api.model import RESERVED_PORTS, duration
+from agentspaces.api.pricing import ModelPrice
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class WorkspaceClass:
     """spec.server.osProfile: the OS of the class's numeric image ids."""
     ca_bundle: str | None = None
     """spec.trust.caBundle: PEM CA certificates the VMs trust besides the system's."""
+    token_prices: tuple[ModelPrice, ...] = ()
+    """spec.pricing.models: looked up before the default token prices."""
 
     @property
     def reserved_ports(self) -> frozenset[int]:
@@ -220,7 +223,16 @@ class WorkspaceClass:
             trust_repository_devcontainer=spec.devcontainer.trust_repository,
             claude_code=spec.devcontainer.claude_code,
             ca_bundle=spec.trust.ca_bundle,
+            token_prices=tuple(_model_price(p) for p in spec.pricing.models),
         )
+
+
+def _model_price(spec: m.ModelPriceSpec) -> ModelPrice:
+    def text(value: float | None) -> str | None:
+        return None if value is None else repr(value)  # 0.1 stays 0.1, not a binary float
+
+    return ModelPrice.of(spec.model, repr(spec.input), repr(spec.output),
+                         text(spec.cache_write), text(spec.cache_read))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from agentspaces.agent_client import (
 from agentspaces.api.enums import ConditionStatus, Reason, StoppedBy
 from agentspaces.api.enums import ConditionType as T
 from agentspaces.api.status import ActivityStatus, AgentEndpointStatus
-from agentspaces.reconcile import backup_step
+from agentspaces.reconcile import backup_step, token_usage
 from agentspaces.reconcile.idle import ActivityReport, IdleInputs, decide
 from agentspaces.reconcile.outcome import Outcome, Wait
 from agentspaces.reconcile.owned_secrets import Access
@@ -215,6 +215,7 @@ def _observe(scope: Scope, doc: AgentStatus) -> Outcome | None:
         status.condition(T.AGENT_READY, True, Reason.AGENT_READY,
                          "agent ready, devcontainer running")
     _record_activity(scope, doc)
+    status.usage = token_usage.record(status.usage, doc.usage, scope.klass.token_prices)
     return None
 
 
