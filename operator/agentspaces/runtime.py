@@ -21,6 +21,7 @@ from agentspaces.agent_client import AgentClient, AgentPort, StatusWatchPort
 from agentspaces.agent_watch import WatchCoverage
 from agentspaces.clouds.cloudflare import CloudflareDns, DnsProvider
 from agentspaces.clouds.hetzner import HcloudServers, ServerInfo, ServerProvider
+from agentspaces.clouds.hetzner_pricing import CachedPrices
 from agentspaces.clouds.r2 import ObjectStore, S3ObjectStore
 from agentspaces.kube import KubePort
 from agentspaces.settings import OperatorSettings
@@ -134,6 +135,7 @@ class Runtime:
         self._agent_factory = agent_factory
         self._servers: dict[str, ServerAdapter] = {}
         self._inventories: dict[str, ServerInventory] = {}
+        self._prices: dict[str, CachedPrices] = {}
         self._dns: dict[str, DnsAdapter] = {}
         self._stores: dict[str, StoreAdapter] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -175,6 +177,14 @@ class Runtime:
                 self.servers(token, endpoint), self.settings.inventory_interval,
                 clock=self.clock, monotonic=self.monotonic)
         return self._inventories[key]
+
+    def prices(self, token: str, endpoint: str) -> CachedPrices:
+        """The project's Hetzner price list, fetched at most once a day."""
+        key = _key(endpoint, token)
+        if key not in self._prices:
+            self._prices[key] = CachedPrices(self.servers(token, endpoint).pricing,
+                                             monotonic=self.monotonic)
+        return self._prices[key]
 
     def dns(self, token: str, endpoint: str) -> DnsProvider:
         key = _key(endpoint, token)
@@ -225,6 +235,7 @@ class Runtime:
         stores = list(self._stores.values())
         self._servers.clear()
         self._inventories.clear()
+        self._prices.clear()
         self._dns.clear()
         self._agents.clear()
         self._closing.clear()

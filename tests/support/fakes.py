@@ -19,6 +19,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from agentspaces.agent_client import AgentUnreachable
@@ -37,6 +38,7 @@ from agentspaces.clouds.hetzner import (
     ServerInfo,
     ServerRequest,
 )
+from agentspaces.clouds.hetzner_pricing import Money, PriceList
 from agentspaces.kube import KubeError, KubePort, LeaseData, Owner, OwnerRef, SecretData
 from agentspaces_vm.contracts import (
     Activity,
@@ -115,6 +117,18 @@ def _selects(selector: str, labels: Mapping[str, str]) -> bool:
     return True
 
 
+def _eur(net: str, gross: str) -> Money:
+    return Money(Decimal(net), Decimal(gross))
+
+
+FAKE_PRICES = PriceList(
+    currency="EUR",
+    server_types={("cx23", "fsn1"): (_eur("0.0080", "0.00952"), _eur("4.99", "5.9381")),
+                  ("cpx32", "fsn1"): (_eur("0.0240", "0.02856"), _eur("14.99", "17.8381"))},
+    primary_ipv4={"fsn1": (_eur("0.0010", "0.00119"), _eur("0.50", "0.595"))})
+"""What FakeServers.pricing answers (a test may replace `price_list`)."""
+
+
 class FakeServers:
     """`ServerProvider` (clouds/hetzner.py) over a dict: one Hetzner project."""
 
@@ -129,6 +143,7 @@ class FakeServers:
         self._ids = itertools.count(first_id)
         self._lose_next_create: str | None = None
         self._failures: dict[str, CloudError] = {}
+        self.price_list = FAKE_PRICES
 
     # -- knobs ------------------------------------------------------------------------
     def add_server(self, name: str, labels: Mapping[str, str], status: str = "running"
@@ -268,6 +283,10 @@ class FakeServers:
         if current.selectors or current.servers:
             raise _resource_in_use(f"firewall {firewall_id}")
         del self.firewalls[firewall_id]
+
+    async def pricing(self) -> PriceList:
+        self._enter("pricing")
+        return self.price_list
 
     async def aclose(self) -> None:
         self.closed = True

@@ -33,6 +33,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout as RequestsTimeout
 
 from agentspaces.clouds.errors import CloudError, ErrorKind
+from agentspaces.clouds.hetzner_pricing import PriceList, parse_pricing
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class ServerProvider(Protocol):
     async def apply_firewall(self, firewall_id: int, selector: str) -> None: ...
     async def detach_firewall(self, firewall: FirewallInfo) -> None: ...
     async def delete_firewall(self, firewall_id: int) -> None: ...
+    async def pricing(self) -> PriceList: ...
 
 
 def class_label(class_name: str) -> str:
@@ -344,3 +346,13 @@ class HcloudServers:
         except CloudError as err:
             if err.kind is not ErrorKind.NOT_FOUND:
                 raise
+
+    # -- prices ----------------------------------------------------------------------
+    async def pricing(self) -> PriceList:
+        """GET /pricing (hcloud has no client for it): prices in the project's currency."""
+        doc = await self._call(self._client.request, "GET", "/pricing")
+        try:
+            return parse_pricing(doc.get("pricing") if isinstance(doc, dict) else None)
+        except ValueError as err:
+            raise CloudError(ErrorKind.TRANSIENT, PROVIDER, "invalid_pricing", str(err)) \
+                from None

@@ -21,6 +21,7 @@ from agentspaces.reconcile import (
     host_claim,
     owned_secrets,
     server_step,
+    vm_cost,
 )
 from agentspaces.reconcile.credentials import CredentialsProblem, resolve
 from agentspaces.reconcile.lifecycle import decide_intent, wants_force_stop
@@ -37,6 +38,12 @@ _FAILED_REASONS = {Reason.SERVER_NAME_TAKEN, Reason.INVALID_INPUT, Reason.SERVER
 
 
 async def reconcile(visit: Visit) -> Outcome:
+    outcome = await _reconcile(visit)
+    vm_cost.settle(visit.status, visit.now())  # whichever way the reconcile went
+    return outcome
+
+
+async def _reconcile(visit: Visit) -> Outcome:
     status = visit.status
     status.init_conditions()
     status.observed_generation = visit.ref.generation
@@ -155,8 +162,10 @@ def _secret_conflict(scope: Scope, conflict: SecretConflict) -> Outcome:
 
 
 # The running workspace, in order: the firewall before a server could exist
-# unprotected, the server, its DNS, then its agent (secrets, boot, polling).
-RUNNING_STEPS: tuple[Step, ...] = (firewall_step, server_step, dns_step, agent_step)
+# unprotected, the server (and its price), its DNS, then its agent (secrets, boot,
+# polling).
+RUNNING_STEPS: tuple[Step, ...] = (firewall_step, server_step, vm_cost, dns_step,
+                                   agent_step)
 # Stopping: the server goes first (after its backup), then its records.
 STOPPING_STEPS: tuple[Step, ...] = (server_step, dns_step)
 
