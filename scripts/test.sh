@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh checkout: installs what it needs, then runs lint,
-# unit, component, integration (real kube-apiserver + etcd) and e2e (sandbox) tiers,
-# after ruff, mypy and import-linter.
+# unit, component, integration (real kube-apiserver + etcd), e2e (sandbox) and real-VM
+# (QEMU guests; always last, the slowest) tiers, after ruff, mypy and import-linter.
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -k idle
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # cloud-init (schema), sudo (visudo, cvtsudoers) and systemd (systemd-analyze) check
 # the rendered user-data with the real tools; QEMU, debootstrap and the FAT tools build
-# and boot the real VMs (scripts/build-vm-image.sh, tests/component/test_vm_qemu.py).
-APT_PACKAGES="cloud-init sudo systemd qemu-system-x86 qemu-utils debootstrap dosfstools mtools"
+# and boot the real VMs (scripts/build-vm-image.sh, tests/component/test_vm_qemu.py);
+# ssh looks into the real-VM tier's guests (tests/realvm/).
+APT_PACKAGES="cloud-init sudo systemd qemu-system-x86 qemu-utils debootstrap dosfstools mtools
+  openssh-client"
 if ! command -v cloud-init >/dev/null 2>&1 || ! command -v cvtsudoers >/dev/null 2>&1 ||
   ! command -v systemd-analyze >/dev/null 2>&1 ||
   ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1 ||
   ! [ -x /usr/sbin/debootstrap ] || ! command -v mcopy >/dev/null 2>&1 ||
-  ! [ -x /usr/sbin/mkfs.vfat ]; then
+  ! [ -x /usr/sbin/mkfs.vfat ] || ! command -v ssh >/dev/null 2>&1; then
   echo "[test] installing $APT_PACKAGES (to check the user-data and boot real VMs)" >&2
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -33,6 +35,9 @@ export KUBEBUILDER_ASSETS="$assets"
 # tests/component/test_claude_real.py runs against a scripted Messages API.
 claude_bin=$(bash scripts/install-claude.sh | tail -n 1)
 export AGENTSPACES_CLAUDE_BIN="$claude_bin"
+# The real-VM tier's devcontainer image (tests/realvm/): a Debian 13 rootfs layer, built
+# once into the cache; the tier's registry serves it to the VM's Docker.
+bash scripts/build-container-image.sh >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff" >&2

@@ -44,6 +44,12 @@ class Kubectl:
         return json.loads(out) if code == 0 else None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-VM tier (marker `realvm`) boots QEMU guests for many minutes: it runs
+    after every other test, in whatever order the paths were given."""
+    items.sort(key=lambda item: item.get_closest_marker("realvm") is not None)
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = ControlPlane(workdir=tmp_path_factory.mktemp("controlplane"))
