@@ -47,7 +47,11 @@ from agentspaces_vm.contracts import (
     BackupPlan,
     BootStage,
     DevcontainerReport,
+    JobState,
     RestorePlan,
+    SaveJob,
+    SaveRequest,
+    SaveResult,
 )
 
 SERVER_WRITES = frozenset({"create", "delete", "create_firewall", "set_firewall_rules",
@@ -538,6 +542,11 @@ class FakeAgent:
     registry_config: str | None = None
     """The registry credentials the last put_secrets delivered."""
     closed: int = 0
+    save: SaveJob = field(default_factory=SaveJob)
+    """The pre-stop save job (GET /v1/save); `start_save` begins one, `finish_save` ends it."""
+    save_requests: list[SaveRequest] = field(default_factory=list)
+    save_refusal: Exception | None = None
+    """Raised by start_save (e.g. AgentError(404, ...) from an agent without saves)."""
 
     def _enter(self, method: str, *args: object) -> None:
         self.calls.log(method, *args)
@@ -597,6 +606,22 @@ class FakeAgent:
     async def backup_status(self) -> BackupJob:
         self._enter("backup_status")
         raise NotImplementedError("backups are not modelled by FakeAgent")
+
+    async def start_save(self, request: SaveRequest) -> str:
+        self._enter("start_save", request.mode.value)
+        if self.save_refusal is not None:
+            raise self.save_refusal
+        self.save_requests.append(request)
+        self.save = SaveJob(state=JobState.RUNNING, save_id=request.save_id)
+        return request.save_id
+
+    async def save_status(self) -> SaveJob:
+        self._enter("save_status")
+        return self.save
+
+    def finish_save(self, result: SaveResult) -> None:
+        self.save = SaveJob(state=JobState.SUCCEEDED, save_id=self.save.save_id,
+                            result=result)
 
     async def aclose(self) -> None:
         self.closed += 1

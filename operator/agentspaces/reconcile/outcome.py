@@ -48,6 +48,8 @@ class Wait:
     """A store or agent hiccup during a backup."""
     BACKUP_POLL = 2.0
     """A backup is running on the agent: how soon to ask how far it got."""
+    PRE_STOP_POLL = 1.0
+    """The pre-stop save is running (most take well under a second)."""
     HOST_TAKEN = 300.0
     HOST_CONTENDED = 5.0
     USER_DATA_TOO_LARGE_POLLS = 10

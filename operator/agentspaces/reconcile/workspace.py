@@ -20,6 +20,7 @@ from agentspaces.reconcile import (
     firewall_step,
     host_claim,
     owned_secrets,
+    prestop_step,
     server_step,
     vm_cost,
 )
@@ -212,6 +213,10 @@ async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool) -> 
         status.stopped_by = stopped_by
         if backup and not wants_force_stop(scope.annotations):
             scope.agent_credentials = await owned_secrets.ensure_agent_credentials(scope)
+            # Uncommitted work onto a WIP branch first, so the backup holds it too.
+            outcome = await prestop_step.before_stop(scope, stopped_by)
+            if outcome is not None:
+                return outcome
             outcome = await backup_step.before_stop(scope)
             if outcome is not None:
                 return outcome
