@@ -27,7 +27,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -37,6 +37,7 @@ from agentspaces.vmconfig.layout import HOOK_PATH, VM_LAYOUT
 from agentspaces.vmconfig.userdata import WrittenFile, read_write_files
 
 from .vm_backend import VmBackend
+from .vmsim_exec import ROOT_MOUNT_POINT, ContainerCommand, container_command
 from .vmsim_ips import LoopbackPool
 from .vmsim_layout import (
     AGENT_UNIT,
@@ -164,6 +165,17 @@ class VmSimulator(VmBackend[_Vm, VmInfo]):
         with self._lock:
             root = self._vms[server_id].root
         return vm_path(root, VM_LAYOUT.workspaces_dir)
+
+    def container_command(self, server_id: int, argv: Sequence[str], *, workdir: str = "",
+                          env: Mapping[str, str] | None = None) -> ContainerCommand:
+        """`argv` (e.g. `claude ...`) as the VM's devcontainer runs it, in `workdir`
+        under /workspaces: with this VM's /workspaces at /workspaces (vmsim_exec.py).
+        KeyError for an unknown server."""
+        with self._lock:
+            root = self._vms[server_id].root
+        return container_command(vm_path(root, VM_LAYOUT.workspaces_dir),
+                                 self.state_dir / ROOT_MOUNT_POINT, argv, workdir=workdir,
+                                 home=root / "home" / "container", env=env)
 
     # -- booting -------------------------------------------------------------------
 
