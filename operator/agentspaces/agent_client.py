@@ -272,15 +272,24 @@ class AgentClient:
     async def put_secrets(self, *, version: str, basic_auth_username: str,
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
                           repository_token: str | None = None,
-                          registry_config: str | None = None) -> dict[str, Any]:
+                          registry_config: str | None = None,
+                          claude_oauth_token: str | None = None,
+                          gateway: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Deliver the workspace's secrets (a full replacement); returns {"version", ...}.
-        `registry_config`: a Docker config.json (registry logins for the devcontainer)."""
+        `registry_config`: a Docker config.json (registry logins for the devcontainer).
+        Claude Code's credential is at most one of `anthropic_api_key`,
+        `claude_oauth_token` and `gateway` ({"baseUrl", "authToken", "headers"?,
+        "models"?})."""
         body: dict[str, Any] = {
             "version": version,
             "basicAuth": {"username": basic_auth_username, "scryptHash": basic_auth_scrypt_hash},
         }
         if anthropic_api_key is not None:
             body["anthropicApiKey"] = anthropic_api_key
+        if claude_oauth_token is not None:
+            body["claudeOauthToken"] = claude_oauth_token
+        if gateway is not None:
+            body["gateway"] = dict(gateway)
         if repository_token is not None:
             body["repositoryToken"] = repository_token
         if registry_config is not None:
@@ -356,7 +365,9 @@ class AgentPort(Protocol):
     async def put_secrets(self, *, version: str, basic_auth_username: str,
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
                           repository_token: str | None = None,
-                          registry_config: str | None = None) -> dict[str, Any]: ...
+                          registry_config: str | None = None,
+                          claude_oauth_token: str | None = None,
+                          gateway: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
 
     async def put_config(self, public_ports: Iterable[int],
                          ca_bundle: str | None = None) -> dict[str, Any]: ...

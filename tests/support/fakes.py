@@ -541,6 +541,8 @@ class FakeAgent:
     """The CA bundle the last put_config delivered."""
     registry_config: str | None = None
     """The registry credentials the last put_secrets delivered."""
+    claude_credential: dict[str, Any] = field(default_factory=dict)
+    """Claude Code's credential the last put_secrets delivered (by protocol field)."""
     closed: int = 0
     save: SaveJob = field(default_factory=SaveJob)
     """The pre-stop save job (GET /v1/save); `start_save` begins one, `finish_save` ends it."""
@@ -580,9 +582,14 @@ class FakeAgent:
     async def put_secrets(self, *, version: str, basic_auth_username: str,
                           basic_auth_scrypt_hash: str, anthropic_api_key: str | None = None,
                           repository_token: str | None = None,
-                          registry_config: str | None = None) -> dict[str, Any]:
+                          registry_config: str | None = None,
+                          claude_oauth_token: str | None = None,
+                          gateway: Mapping[str, Any] | None = None) -> dict[str, Any]:
         self._enter("put_secrets", version)
         self.registry_config = registry_config
+        self.claude_credential = {"anthropicApiKey": anthropic_api_key,
+                                  "claudeOauthToken": claude_oauth_token,
+                                  "gateway": None if gateway is None else dict(gateway)}
         self.state = replace(self.state, secrets_version=version)
         return {"version": version}
 

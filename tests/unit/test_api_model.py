@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from agentspaces.api.model import WorkspaceClassSpecModel, WorkspaceSpecModel
-from agentspaces.api.types import SecretKeyRef, WorkspaceClass, WorkspaceSpec, wants_running
+from agentspaces.api.types import (
+    AgentCredential,
+    SecretKeyRef,
+    WorkspaceClass,
+    WorkspaceSpec,
+    wants_running,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +70,8 @@ def test_storage_defaults_and_secret_key_defaults_per_secret() -> None:
     spec = WorkspaceSpec.from_spec({**MINIMAL_SPEC, "agent": {"apiKeySecretRef": {
         "name": "anthropic"}}, "repository": {"url": "https://github.com/a/b",
                                               "credentialsSecretRef": {"name": "gh"}}}, klass)
-    assert spec.api_key_ref == SecretKeyRef("anthropic", "apiKey", None)
+    assert spec.agent_credential == AgentCredential("api-key",
+                                                    SecretKeyRef("anthropic", "apiKey", None))
     assert spec.repository_credentials_ref == SecretKeyRef("gh", "token", None)
     assert spec.registry_credentials_ref is None
     assert klass.storage.vm_endpoint is None
@@ -101,7 +108,7 @@ def test_a_minimal_workspace_inherits_everything_from_its_class() -> None:
     assert (spec.ports, spec.refused_ports, spec.ssh_keys) == ((), (), ())
     assert spec.persistence_on_delete == "Retain" and spec.backup_interval is None
     assert spec.persistence_enabled is False  # the class has no storage
-    assert spec.repository_ref is None and spec.api_key_ref is None
+    assert spec.repository_ref is None and spec.agent_credential is None
 
 
 def test_workspace_fields_override_the_class() -> None:

@@ -219,6 +219,14 @@ class ApiKeyRef(SecretRefSpec):
     key: SecretKey = "apiKey"
 
 
+class OauthTokenRef(SecretRefSpec):
+    key: SecretKey = "oauthToken"
+
+
+class GatewayTokenRef(SecretRefSpec):
+    key: SecretKey = "authToken"
+
+
 class RegistryCredentialsRef(ApiModel):
     """A Secret of type kubernetes.io/dockerconfigjson (its key `.dockerconfigjson`), as
     `kubectl create secret docker-registry` makes it."""
@@ -236,6 +244,18 @@ class StorageCredentialsRef(NamespacedSecretRefSpec):
 
 class EncryptionKeyRef(NamespacedSecretRefSpec):
     key: SecretKey = "key"
+
+
+class ClassApiKeyRef(NamespacedSecretRefSpec):
+    key: SecretKey = "apiKey"
+
+
+class ClassOauthTokenRef(NamespacedSecretRefSpec):
+    key: SecretKey = "oauthToken"
+
+
+class ClassGatewayTokenRef(NamespacedSecretRefSpec):
+    key: SecretKey = "authToken"
 
 
 # -- Workspace spec ------------------------------------------------------------------
@@ -304,16 +324,135 @@ class McpServerSpec(ApiModel):
         description="Environment for stdio servers (not for secrets).")
 
 
+# -- Claude Code's credentials ---------------------------------------------------------
+# At most one way to reach a model: an Anthropic API key, a Claude subscription token or
+# an LLM gateway. The values are delivered to the VM after boot over the agent's channel
+# and can be rotated in place (docs/vm.md, "Claude Code's credentials").
+
+CREDENTIAL_FIELDS = ("apiKeySecretRef", "oauthTokenSecretRef", "gateway")
+# http:// only to the VM itself (a gateway running in the workspace): elsewhere the
+# token would cross the network in the clear.
+GATEWAY_URL_PATTERN = (r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+                       r"(/[A-Za-z0-9._~%/-]*)?$")
+LOOPBACK_URL_PREFIXES = ("http://localhost", "http://127.0.0.1", "http://[::1]")
+GATEWAY_URL_MESSAGE = ("gateway.baseUrl must use https (http only to the VM itself: "
+                       "localhost, 127.0.0.1 or [::1])")
+# Claude Code's own credential headers come from the token; the gateway gets no other.
+RESERVED_HEADERS = ("authorization", "x-api-key")
+# HTTP's token characters, less ' and ` (they would end a CEL string).
+_HEADER_PUNCTUATION = "!#$%&*+.^_|~-"
+HEADER_NAME_PATTERN = f"^[A-Za-z0-9{_HEADER_PUNCTUATION}]{{1,128}}$"
+
+
+def _one_of(fields: tuple[str, ...], at_least: int) -> Cel:
+    count = "[" + ", ".join(f"has(self.{f})" for f in fields) + "].filter(x, x).size()"
+    names = ", ".join(fields[:-1]) + " and " + fields[-1]
+    if at_least:
+        return Cel(f"{count} == 1", f"set exactly one of {names}")
+    return Cel(f"{count} <= 1", f"set at most one of {names}")
+
+
+GatewayUrl = Annotated[str, Field(pattern=GATEWAY_URL_PATTERN, max_length=2048), Cel(
+    "self.startsWith('https://') || " + str(list(LOOPBACK_URL_PREFIXES)).replace('"', "'")
+    + ".exists(p, self == p || self.startsWith(p + ':') || self.startsWith(p + '/'))",
+    GATEWAY_URL_MESSAGE)]
+ModelName = Annotated[str, Field(max_length=256, pattern=r"^[A-Za-z0-9._:@/()\[\]+-]+$")]
+HeaderValue = Annotated[str, Field(max_length=1024, pattern=r"^[\x20-\x7e]*$")]
+_HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                               "0123456789" + _HEADER_PUNCTUATION)
+GatewayHeaders = Annotated[
+    dict[str, HeaderValue],
+    Field(max_length=16, description="Extra request headers for the gateway, e.g. a "
+                                     "team or project id (not for secrets: they are "
+                                     "written to Claude Code's settings.json)."),
+    Cel(f"self.all(k, k.matches('{HEADER_NAME_PATTERN}'))",
+        "gateway.headers: names must be HTTP header names"),
+    Cel("self.all(k, !(k.lowerAscii() in " + str(list(RESERVED_HEADERS)).replace('"', "'")
+        + "))", "gateway.headers must not set Authorization or X-Api-Key: the token is "
+                "sent as Authorization")]
+
+
+class GatewayModelsSpec(ApiModel):
+    """Model names as the gateway knows them; Claude Code's own where unset."""
+
+    default: ModelName | None = Field(None, description="The model sessions start with "
+                                      "(ANTHROPIC_MODEL).")
+    opus: ModelName | None = Field(None, description="What Claude Code's opus alias "
+                                   "means (ANTHROPIC_DEFAULT_OPUS_MODEL).")
+    sonnet: ModelName | None = Field(None, description="What Claude Code's sonnet alias "
+                                     "means (ANTHROPIC_DEFAULT_SONNET_MODEL).")
+    haiku: ModelName | None = Field(None, description="What Claude Code's haiku alias "
+                                    "means, also used for its background tasks "
+                                    "(ANTHROPIC_DEFAULT_HAIKU_MODEL).")
+
+
+class GatewaySettingsSpec(ApiModel):
+    """An LLM gateway or proxy that speaks the Anthropic Messages API."""
+
+    base_url: GatewayUrl = Field(description="The gateway's address, without /v1/messages "
+                                             "(ANTHROPIC_BASE_URL); https.")
+    headers: GatewayHeaders = Field(default_factory=dict)
+    models: GatewayModelsSpec = Field(default_factory=GatewayModelsSpec)
+
+    @field_validator("base_url")
+    @classmethod
+    def _https_or_loopback(cls, url: str) -> str:
+        """The admission rules, also when the operator parses the spec."""
+        if not url.startswith("https://") and not any(
+                url == prefix or url.startswith((prefix + ":", prefix + "/"))
+                for prefix in LOOPBACK_URL_PREFIXES):
+            raise ValueError(GATEWAY_URL_MESSAGE)
+        return url
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if not name or len(name) > 128 or not set(name) <= _HEADER_NAME_CHARS:
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"must not set {name}: the token is sent as Authorization")
+        return headers
+
+
+class GatewaySpec(GatewaySettingsSpec):
+    auth_token_secret_ref: GatewayTokenRef = Field(
+        description="Secret in the workspace's namespace with the gateway's token, sent as "
+                    "Authorization: Bearer.")
+
+
+def _check_one_of(model: BaseModel, at_least: int) -> None:
+    """The admission rule `_one_of`, also when the operator parses the object."""
+    count = sum(getattr(model, name) is not None
+                for name in ("api_key_secret_ref", "oauth_token_secret_ref", "gateway"))
+    if count > 1 or count < at_least:
+        raise ValueError(_one_of(CREDENTIAL_FIELDS, at_least).message)
+
+
 class AgentSpec(ApiModel):
     """The AI coding agent."""
+
+    cel_rules = (_one_of(CREDENTIAL_FIELDS, 0),)
 
     kind: Literal["claude-code"] = Field("claude-code", description="Agent kind.")
     api_key_secret_ref: ApiKeyRef | None = Field(
         None, description="Secret in the workspace's namespace with the Anthropic API key.")
+    oauth_token_secret_ref: OauthTokenRef | None = Field(
+        None, description="Secret in the workspace's namespace with a Claude subscription "
+                          "token, made by `claude setup-token` (CLAUDE_CODE_OAUTH_TOKEN).")
+    gateway: GatewaySpec | None = Field(
+        None, description="Reach the model through an LLM gateway instead of Anthropic's "
+                          "API. Without any of apiKeySecretRef, oauthTokenSecretRef and "
+                          "gateway the class's agentCredentials apply, if it has any.")
     mcp_servers: dict[str, McpServerSpec] = Field(
         default_factory=dict, max_length=32, description="MCP servers written to .mcp.json.")
     instructions: str | None = Field(None, description="Extra text appended to the "
                                      "generated CLAUDE.md.", max_length=8192)
+
+    @model_validator(mode="after")
+    def _at_most_one_credential(self) -> Self:
+        _check_one_of(self, 0)
+        return self
 
 
 class IdleSpec(ApiModel):
@@ -603,6 +742,30 @@ class ClassAgentSpec(ApiModel):
                     "port is open to the internet.")
 
 
+class ClassGatewaySpec(GatewaySettingsSpec):
+    auth_token_secret_ref: ClassGatewayTokenRef = Field(
+        description="Secret with the gateway's token, sent as Authorization: Bearer.")
+
+
+class ClassAgentCredentialsSpec(ApiModel):
+    """How Claude Code reaches a model in the class's workspaces that name no credential
+    of their own (spec.agent). Delivered to each of their VMs, where their users can
+    read it."""
+
+    cel_rules = (_one_of(CREDENTIAL_FIELDS, 1),)
+
+    api_key_secret_ref: ClassApiKeyRef | None = Field(
+        None, description="Secret with an Anthropic API key.")
+    oauth_token_secret_ref: ClassOauthTokenRef | None = Field(
+        None, description="Secret with a Claude subscription token (`claude setup-token`).")
+    gateway: ClassGatewaySpec | None = Field(None, description="An LLM gateway.")
+
+    @model_validator(mode="after")
+    def _exactly_one_credential(self) -> Self:
+        _check_one_of(self, 1)
+        return self
+
+
 ClaudeCodeSource = Literal["feature", "npm"]
 
 
@@ -742,6 +905,7 @@ class WorkspaceClassSpecModel(ApiModel):
                                         description="Default hard limits.")
     lifecycle: ClassLifecycleSpec = Field(default_factory=ClassLifecycleSpec)
     agent: ClassAgentSpec = Field(default_factory=ClassAgentSpec)
+    agent_credentials: ClassAgentCredentialsSpec | None = None
     devcontainer: ClassDevcontainerSpec = Field(default_factory=ClassDevcontainerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     pricing: PricingSpec = Field(default_factory=PricingSpec)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from agentspaces.api import model as m
 from agentspaces.api.durations import parse_duration
@@ -75,6 +75,57 @@ class McpServer:
     args: tuple[str, ...] = ()
     url: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+
+
+CredentialKind = Literal["api-key", "oauth-token", "gateway"]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """An LLM gateway's settings (none secret; its token is the credential's Secret)."""
+
+    base_url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    models: Mapping[str, str] = field(default_factory=dict)
+    """Claude Code's model slots (default, opus, sonnet, haiku) that are set."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The agent protocol's `gateway` object, without the token."""
+        doc: dict[str, Any] = {"baseUrl": self.base_url}
+        if self.headers:
+            doc["headers"] = dict(self.headers)
+        if self.models:
+            doc["models"] = dict(self.models)
+        return doc
+
+
+@dataclass(frozen=True)
+class AgentCredential:
+    """How Claude Code reaches a model: one Secret, and a gateway's settings."""
+
+    kind: CredentialKind
+    secret_ref: SecretKeyRef
+    gateway: Gateway | None = None
+    from_class: bool = False
+    """Named by the class: the Secret is in its namespace (default: the operator's)."""
+
+    @classmethod
+    def of(cls, spec: m.AgentSpec | m.ClassAgentCredentialsSpec, *,
+           from_class: bool) -> AgentCredential | None:
+        """The one credential the spec names (admission allows at most one)."""
+        if spec.api_key_secret_ref is not None:
+            return cls("api-key", SecretKeyRef.of(spec.api_key_secret_ref),
+                       from_class=from_class)
+        if spec.oauth_token_secret_ref is not None:
+            return cls("oauth-token", SecretKeyRef.of(spec.oauth_token_secret_ref),
+                       from_class=from_class)
+        gateway = spec.gateway
+        if gateway is None:
+            return None
+        models = {slot: name for slot, name in gateway.models.model_dump().items() if name}
+        return cls("gateway", SecretKeyRef.of(gateway.auth_token_secret_ref),
+                   Gateway(base_url=gateway.base_url, headers=tuple(gateway.headers.items()),
+                           models=models), from_class=from_class)
 
 
 @dataclass(frozen=True)
@@ -160,6 +211,8 @@ class WorkspaceClass:
     trust_repository_devcontainer: bool = False
     # spec.devcontainer.claudeCode: the devcontainer feature, or the VM's npm install.
     claude_code: m.ClaudeCodeSource = "feature"
+    agent_credential: AgentCredential | None = None
+    """spec.agentCredentials: for workspaces that name no credential of their own."""
     image_os_profile: m.OsProfileName | None = None
     """spec.server.osProfile: the OS of the class's numeric image ids."""
     ca_bundle: str | None = None
@@ -222,6 +275,8 @@ class WorkspaceClass:
             limits=ClassLimits.of(spec.limits),
             trust_repository_devcontainer=spec.devcontainer.trust_repository,
             claude_code=spec.devcontainer.claude_code,
+            agent_credential=None if spec.agent_credentials is None
+            else AgentCredential.of(spec.agent_credentials, from_class=True),
             ca_bundle=spec.trust.ca_bundle,
             token_prices=tuple(_model_price(p) for p in spec.pricing.models),
         )
@@ -248,7 +303,8 @@ class WorkspaceSpec:
     devcontainer_image: str | None
     server: ServerSettings
     agent_kind: str
-    api_key_ref: SecretKeyRef | None
+    agent_credential: AgentCredential | None
+    """The workspace's own (spec.agent), else the class's (spec.agentCredentials)."""
     mcp_servers: tuple[McpServer, ...]
     instructions: str
     idle: IdleSettings
@@ -295,7 +351,8 @@ class WorkspaceSpec:
                 os_profile=os_profile_of(image, klass.image_os_profile),
             ),
             agent_kind=agent.kind,
-            api_key_ref=SecretKeyRef.optional(agent.api_key_secret_ref),
+            agent_credential=AgentCredential.of(agent, from_class=False)
+            or klass.agent_credential,
             mcp_servers=tuple(
                 McpServer(name=name, type=raw.type, command=raw.command, args=tuple(raw.args),
                           url=raw.url, env=dict(raw.env))

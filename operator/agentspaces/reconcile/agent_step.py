@@ -85,7 +85,9 @@ async def reconcile(scope: Scope) -> Outcome | None:
                     basic_auth_scrypt_hash=access.scrypt_hash,
                     anthropic_api_key=scope.creds.anthropic_api_key,
                     repository_token=scope.creds.repository_token,
-                    registry_config=scope.creds.registry_config)
+                    registry_config=scope.creds.registry_config,
+                    claude_oauth_token=scope.creds.claude_oauth_token,
+                    gateway=scope.creds.gateway_delivery())
                 status.secrets_version = version
                 scope.emit("Normal", "SecretsDelivered", "workspace secrets delivered to "
                            "the agent")

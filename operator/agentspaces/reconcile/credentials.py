@@ -11,12 +11,18 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agentspaces.api.enums import Reason
-from agentspaces.api.types import SecretKeyRef, WorkspaceClass, WorkspaceSpec
+from agentspaces.api.types import (
+    AgentCredential,
+    Gateway,
+    SecretKeyRef,
+    WorkspaceClass,
+    WorkspaceSpec,
+)
 from agentspaces.kube import KubeError, KubePort, SecretData
 from agentspaces.vmconfig.trust import ca_bundle_problem
 
@@ -35,15 +41,34 @@ class ResolvedCredentials:
     repository_token: str | None
     registry_config: str | None = None
     """The registry credentials Secret's Docker config, compact JSON."""
+    claude_oauth_token: str | None = None
+    """A Claude subscription token (agent.oauthTokenSecretRef)."""
+    gateway: Gateway | None = None
+    gateway_token: str | None = None
+    """The LLM gateway's settings and its token (agent.gateway)."""
 
     def workspace_secrets_fingerprint(self) -> str:
         """Changes whenever a secret delivered to the VM changes (never reversible)."""
         digest = hashlib.sha256()
         for value in (self.anthropic_api_key or "", self.repository_token or ""):
             digest.update(hashlib.sha256(value.encode()).digest())
-        if self.registry_config is not None:  # without one, fingerprints stay as they were
+        # Each only when present, so fingerprints without one stay as they were.
+        if self.registry_config is not None:
             digest.update(hashlib.sha256(self.registry_config.encode()).digest())
+        if self.claude_oauth_token is not None:
+            digest.update(hashlib.sha256(b"oauth-token\0" + self.claude_oauth_token.encode())
+                          .digest())
+        if self.gateway is not None:
+            settings = json.dumps(self.gateway.to_json(), sort_keys=True)
+            digest.update(hashlib.sha256(f"gateway\0{settings}\0{self.gateway_token}"
+                                         .encode()).digest())
         return digest.hexdigest()[:16]
+
+    def gateway_delivery(self) -> dict[str, Any] | None:
+        """The agent protocol's `gateway`: the settings and the token."""
+        if self.gateway is None or self.gateway_token is None:
+            return None
+        return {**self.gateway.to_json(), "authToken": self.gateway_token}
 
 
 @dataclass(frozen=True)
@@ -87,6 +112,25 @@ async def _secret_value(kube: _SecretReader, ref: SecretKeyRef, namespace: str
 
 
 DOCKER_CONFIG_LIMIT = 64 * 1024
+TOKEN_LIMIT = 8192
+# Anthropic's prefixes: an API key from the Console, a token from `claude setup-token`.
+API_KEY_PREFIX, OAUTH_TOKEN_PREFIX = "sk-ant-api", "sk-ant-oat"
+_FIELDS = {"api-key": "apiKeySecretRef", "oauth-token": "oauthTokenSecretRef",
+           "gateway": "gateway.authTokenSecretRef"}
+
+
+def credential_problem(credential: AgentCredential, value: str) -> str | None:
+    """Why `value` cannot be this credential (never quoting it), or None."""
+    if len(value) > TOKEN_LIMIT or not all("\x21" <= c <= "\x7e" for c in value):
+        return (f"is not a token: one line of at most {TOKEN_LIMIT} printable characters "
+                "without spaces")
+    if credential.kind == "api-key" and value.startswith(OAUTH_TOKEN_PREFIX):
+        return ("holds a Claude subscription token (from `claude setup-token`), not an API "
+                f"key: name it in {_FIELDS['oauth-token']}")
+    if credential.kind == "oauth-token" and value.startswith(API_KEY_PREFIX):
+        return f"holds an Anthropic API key, not a subscription token: name it in " \
+               f"{_FIELDS['api-key']}"
+    return None
 
 
 def docker_config(text: str) -> str | None:
@@ -179,12 +223,12 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
                 f"Secret {klass.encryption_key_ref.name} key {klass.encryption_key_ref.key!r} "
                 "must be 32 bytes, base64-encoded (e.g. `openssl rand -base64 32`)")
 
-    api_key = repo_token = None
-    if spec.api_key_ref is not None:
-        value = await _secret_value(secrets, spec.api_key_ref, workspace_namespace)
-        if isinstance(value, CredentialsProblem):
-            return value
-        api_key = value
+    agent_secret = await _agent_secret(secrets, spec.agent_credential, workspace_namespace,
+                                       class_ns)
+    if isinstance(agent_secret, CredentialsProblem):
+        return agent_secret
+    kind = spec.agent_credential.kind if spec.agent_credential else None
+    repo_token = None
     if spec.repository_credentials_ref is not None:
         value = await _secret_value(secrets, spec.repository_credentials_ref, workspace_namespace)
         if isinstance(value, CredentialsProblem):
@@ -208,4 +252,29 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
         klass=klass, spec=spec, hetzner_token=hetzner, dns_token=dns,
         storage_access_key=access_key, storage_secret_key=secret_key, class_key=class_key,
         class_key_previous=class_key_previous,
-        anthropic_api_key=api_key, repository_token=repo_token, registry_config=registry)
+        anthropic_api_key=agent_secret if kind == "api-key" else None,
+        claude_oauth_token=agent_secret if kind == "oauth-token" else None,
+        gateway=spec.agent_credential.gateway if spec.agent_credential else None,
+        gateway_token=agent_secret if kind == "gateway" else None,
+        repository_token=repo_token, registry_config=registry)
+
+
+async def _agent_secret(secrets: _SecretReader, credential: AgentCredential | None,
+                        workspace_namespace: str, class_ns: Callable[[SecretKeyRef], str]
+                        ) -> str | CredentialsProblem | None:
+    """The value of Claude Code's credential, checked: a class's Secret is in the class's
+    namespace (default: the operator's), a workspace's in its own."""
+    if credential is None:
+        return None
+    ref = credential.secret_ref
+    namespace = class_ns(ref) if credential.from_class else workspace_namespace
+    value = await _secret_value(secrets, ref, namespace)
+    if isinstance(value, CredentialsProblem):
+        return value
+    problem = credential_problem(credential, value)
+    if problem is not None:
+        where = "WorkspaceClass agentCredentials" if credential.from_class else "agent"
+        return CredentialsProblem(
+            Reason.CREDENTIALS_INVALID, f"Secret {namespace}/{ref.name} key {ref.key!r} "
+                                        f"({where}.{_FIELDS[credential.kind]}) {problem}")
+    return value
