@@ -1,11 +1,14 @@
 """Claude Code's credentials: an Anthropic API key, a Claude subscription token or an
 LLM gateway (Workspace spec.agent, or the class's spec.agentCredentials). At most one
 is admitted; the operator reads it, refuses what cannot work with a condition, delivers
-it with the other secrets and re-delivers a rotation."""
+it with the other secrets and re-delivers a rotation; the agent keeps each where
+Claude Code reads it and writes the gateway's settings into settings.json."""
 
 from __future__ import annotations
 
 import json
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +17,14 @@ from agentspaces.api import model as m
 from agentspaces.api.enums import ConditionStatus, Phase, Reason
 from agentspaces.api.enums import ConditionType as T
 from agentspaces.api.types import AgentCredential, Gateway, SecretKeyRef, WorkspaceSpec
+from agentspaces_vm.claude_settings import (
+    API_KEY_HELPER,
+    GATEWAY_HELPER,
+    ClaudeAuth,
+    merge_settings,
+)
+from agentspaces_vm.password_hash import hash_password
+from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
 from tests.support.scope_builder import OPERATOR_NAMESPACE, SETTINGS, ScopeBuilder
 from tests.unit.vmconfig_inputs import make_klass
 
@@ -24,6 +35,8 @@ GATEWAY = {"baseUrl": "https://llm.example.com/anthropic",
            "authTokenSecretRef": {"name": "llm"},
            "headers": {"X-Team": "platform"},
            "models": {"default": "team-large", "haiku": "team-small"}}
+HASH = hash_password("unit-password", log_n=10)
+URL = "http://127.0.0.1:9180/hooks"
 
 
 def _condition(b: ScopeBuilder, type_: str) -> dict[str, str]:
@@ -201,3 +214,83 @@ async def test_what_cannot_work_is_a_condition_and_nothing_is_created(
     assert available["message"].startswith(message), available["message"]
     for value in (secret or {}).values():
         assert value not in json.dumps(b.status) and value not in str(b.events)
+
+
+# -- the VM --------------------------------------------------------------------------------
+
+def _body(**extra: object) -> dict[str, object]:
+    return {"version": "v1", "basicAuth": {"username": "dev", "scryptHash": HASH}, **extra}
+
+
+DELIVERED_GATEWAY = {"baseUrl": "https://llm.example.com/anthropic", "authToken": GATEWAY_TOKEN,
+                     "headers": {"X-Team": "platform"},
+                     "models": {"default": "team-large", "haiku": "team-small"}}
+
+
+def test_the_agent_takes_at_most_one_and_never_echoes_a_value() -> None:
+    with pytest.raises(SecretsError, match="at most one"):
+        parse_delivery(_body(anthropicApiKey=API_KEY, claudeOauthToken=OAUTH_TOKEN))
+    for bad, field in (({**DELIVERED_GATEWAY, "baseUrl": "http://llm.example.com"},
+                        "gateway.baseUrl"),
+                       ({**DELIVERED_GATEWAY, "authToken": "a b"}, "gateway.authToken"),
+                       ({**DELIVERED_GATEWAY, "headers": {"Authorization": GATEWAY_TOKEN}},
+                        "gateway.headers"),
+                       ({**DELIVERED_GATEWAY, "models": {"fast": "x"}}, "gateway.models"),
+                       ({**DELIVERED_GATEWAY, "extra": 1}, "gateway")):
+        with pytest.raises(SecretsError) as err:
+            parse_delivery(_body(gateway=bad))
+        assert str(err.value).startswith(field) and GATEWAY_TOKEN not in str(err.value)
+    delivery = parse_delivery(_body(gateway=DELIVERED_GATEWAY))
+    assert delivery.gateway_token == GATEWAY_TOKEN and GATEWAY_TOKEN not in repr(delivery)
+
+
+def test_the_store_keeps_one_credential_and_switching_removes_the_other(
+        tmp_path: Path) -> None:
+    store = SecretStore(tmp_path / "secrets")
+    claude = tmp_path / "secrets" / "claude"
+    state = store.apply(parse_delivery(_body(claudeOauthToken=OAUTH_TOKEN)))
+    assert state.claude_credential == "oauth-token" and state.gateway is None
+    assert (claude / "claude-oauth-token").read_text() == OAUTH_TOKEN + "\n"
+    assert stat.S_IMODE((claude / "claude-oauth-token").stat().st_mode) == 0o600
+
+    state = store.apply(parse_delivery(_body(version="v2", gateway=DELIVERED_GATEWAY)))
+    assert state.claude_credential == "gateway"
+    assert sorted(p.name for p in claude.iterdir()) == ["gateway-token"]
+    assert (claude / "gateway-token").read_text() == GATEWAY_TOKEN + "\n"
+    settings = tmp_path / "secrets" / "gateway.json"
+    assert GATEWAY_TOKEN not in settings.read_text()  # settings only; root's, outside claude/
+    assert stat.S_IMODE(settings.stat().st_mode) == 0o600
+    assert state.gateway is not None and state.gateway.models["haiku"] == "team-small"
+
+    state = store.apply(parse_delivery(_body(version="v3", anthropicApiKey=API_KEY)))
+    assert state.claude_credential == "api-key" and not settings.exists()
+    assert sorted(p.name for p in claude.iterdir()) == ["anthropic-api-key"]
+    assert store.apply(parse_delivery(_body(version="v4"))).claude_credential is None
+    assert list(claude.iterdir()) == []
+
+
+def test_settings_follow_the_credential(tmp_path: Path) -> None:
+    store = SecretStore(tmp_path / "secrets")
+    user = {"env": {"FOO": "1", "ANTHROPIC_MODEL": "from-an-old-gateway"},
+            "apiKeyHelper": API_KEY_HELPER}
+    gateway = merge_settings(user, hook_url=URL, hook_token="t", auth=ClaudeAuth.of(
+        store.apply(parse_delivery(_body(gateway=DELIVERED_GATEWAY)))))
+    assert gateway["apiKeyHelper"] == GATEWAY_HELPER == \
+        "cat /run/agentspaces/gateway-token"
+    assert gateway["env"] == {
+        "FOO": "1", "ANTHROPIC_BASE_URL": "https://llm.example.com/anthropic",
+        "ANTHROPIC_CUSTOM_HEADERS": "X-Team: platform", "ANTHROPIC_MODEL": "team-large",
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": "team-small"}
+    assert GATEWAY_TOKEN not in json.dumps(gateway)
+
+    # A subscription token: no helper (it would outrank the token), no gateway left over.
+    oauth = merge_settings(gateway, hook_url=URL, hook_token="t", auth=ClaudeAuth.of(
+        store.apply(parse_delivery(_body(version="v2", claudeOauthToken=OAUTH_TOKEN)))))
+    assert "apiKeyHelper" not in oauth and oauth["env"] == {"FOO": "1"}
+    api_key = merge_settings(oauth, hook_url=URL, hook_token="t", auth=ClaudeAuth.of(
+        store.apply(parse_delivery(_body(version="v3", anthropicApiKey=API_KEY)))))
+    assert api_key["apiKeyHelper"] == API_KEY_HELPER and api_key["env"] == {"FOO": "1"}
+    # Nothing delivered: the user's own settings stay as they are.
+    none = merge_settings(user, hook_url=URL, hook_token="t", auth=ClaudeAuth.of(
+        store.apply(parse_delivery(_body(version="v4")))))
+    assert none["env"] == user["env"] and "apiKeyHelper" not in none

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from agentspaces_vm.claude_settings import (
+    API_KEY_AUTH,
     MARKER_HEADER,
+    NO_AUTH,
     install,
     merge_mcp,
     merge_settings,
@@ -121,7 +123,7 @@ URL = "http://127.0.0.1:9180/hooks"
 def test_merge_adds_hooks_and_key_helper_and_keeps_the_users_settings() -> None:
     user: dict[str, Any] = {"model": "opus", "hooks": {"PreToolUse": [
         {"matcher": "Bash", "hooks": [{"type": "command", "command": "lint.sh"}]}]}}
-    merged = merge_settings(user, hook_url=URL, hook_token="t1", api_key=True)
+    merged = merge_settings(user, hook_url=URL, hook_token="t1", auth=API_KEY_AUTH)
     assert merged["model"] == "opus" and merged["apiKeyHelper"].endswith("anthropic-api-key")
     pre = merged["hooks"]["PreToolUse"]
     assert pre[0] == user["hooks"]["PreToolUse"][0]
@@ -137,20 +139,20 @@ def test_merge_adds_hooks_and_key_helper_and_keeps_the_users_settings() -> None:
 
 def test_merge_replaces_its_own_earlier_hooks_and_drops_the_helper() -> None:
     first = merge_settings(None, hook_url="http://127.0.0.1:1/hooks", hook_token="old",
-                           api_key=True)
-    second = merge_settings(first, hook_url=URL, hook_token="new", api_key=False)
+                           auth=API_KEY_AUTH)
+    second = merge_settings(first, hook_url=URL, hook_token="new", auth=NO_AUTH)
     for groups in second["hooks"].values():
         urls = [h["url"] for g in groups for h in g["hooks"]]
         assert urls == [URL]
     assert "apiKeyHelper" not in second
     custom = merge_settings({"apiKeyHelper": "my-helper"}, hook_url=URL, hook_token="t",
-                            api_key=False)
+                            auth=NO_AUTH)
     assert custom["apiKeyHelper"] == "my-helper"
 
 
 def test_write_settings_survives_a_broken_file(tmp_path: Path) -> None:
     (tmp_path / "settings.json").write_text("{broken")
-    path = write_settings(tmp_path, hook_url=URL, hook_token="tok", api_key=False, owner=None)
+    path = write_settings(tmp_path, hook_url=URL, hook_token="tok", auth=NO_AUTH, owner=None)
     doc = json.loads(path.read_text())
     assert doc["hooks"]["Stop"][0]["hooks"][0]["headers"]["Authorization"] == "Bearer tok"
     assert _mode(path) == 0o600
@@ -171,14 +173,14 @@ def test_seed_keys_win_env_merges_and_seeded_hooks_are_replaced() -> None:
     user = {"model": "opus", "enabledMcpjsonServers": ["mine"],
             "env": {"FOO": "1", "DISABLE_AUTOUPDATER": "0"},
             "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "say done"}]}]}}
-    merged = merge_settings(user, hook_url=URL, hook_token="tok", api_key=True, seed=SEED)
+    merged = merge_settings(user, hook_url=URL, hook_token="tok", auth=API_KEY_AUTH, seed=SEED)
     assert merged["model"] == "opus" and merged["enabledMcpjsonServers"] == ["docs"]
     assert merged["env"] == {"FOO": "1", "DISABLE_AUTOUPDATER": "1",
                              "CLAUDE_CONFIG_DIR": "/workspaces/.claude"}
     stop = [h for group in merged["hooks"]["Stop"] for h in group["hooks"]]
     assert stop[0] == {"type": "command", "command": "say done"}
     assert [h["headers"]["Authorization"] for h in stop[1:]] == ["Bearer tok"]
-    without_key = merge_settings(user, hook_url=URL, hook_token="t", api_key=False, seed=SEED)
+    without_key = merge_settings(user, hook_url=URL, hook_token="t", auth=NO_AUTH, seed=SEED)
     assert "apiKeyHelper" not in without_key  # a helper without a key would break logins
 
 
@@ -194,7 +196,7 @@ def test_install_copies_memory_and_merges_mcp_servers(tmp_path: Path) -> None:
         "docs": {"type": "stdio", "command": "old"}, "local": {"type": "stdio",
                                                              "command": "x"}}}))
     install(seed_dir=seeds, config_dir=config_dir, repo=repo, hook_url=URL, hook_token="tok",
-            api_key=False, owner=None, is_tracked=lambda _repo, _name: False)
+            auth=NO_AUTH, owner=None, is_tracked=lambda _repo, _name: False)
     settings = json.loads((config_dir / "settings.json").read_text())
     assert settings["enabledMcpjsonServers"] == ["docs"]
     assert (config_dir / "CLAUDE.md").read_text() == "# Workspace demo\n"
@@ -204,19 +206,19 @@ def test_install_copies_memory_and_merges_mcp_servers(tmp_path: Path) -> None:
     exclude = repo / ".git" / "info" / "exclude"
     assert exclude.read_text().splitlines() == ["/.mcp.json"]
     install(seed_dir=seeds, config_dir=config_dir, repo=repo, hook_url=URL, hook_token="tok",
-            api_key=False, owner=None, is_tracked=lambda _repo, _name: False)
+            auth=NO_AUTH, owner=None, is_tracked=lambda _repo, _name: False)
     assert exclude.read_text().splitlines() == ["/.mcp.json"]  # not repeated
     tracked = tmp_path / "tracked"
     (tracked / ".git").mkdir(parents=True)
     install(seed_dir=seeds, config_dir=config_dir, repo=tracked, hook_url=URL,
-            hook_token="tok", api_key=False, owner=None, is_tracked=lambda _r, _n: True)
+            hook_token="tok", auth=NO_AUTH, owner=None, is_tracked=lambda _r, _n: True)
     assert not (tracked / ".git" / "info" / "exclude").exists()
     assert merge_mcp(None, {})["mcpServers"] == {}
 
 
 def test_install_without_seeds_still_installs_the_hooks(tmp_path: Path) -> None:
     install(seed_dir=tmp_path / "absent", config_dir=tmp_path / "c", repo=None, hook_url=URL,
-            hook_token="tok", api_key=True, owner=None)
+            hook_token="tok", auth=API_KEY_AUTH, owner=None)
     settings = json.loads((tmp_path / "c" / "settings.json").read_text())
     assert settings["apiKeyHelper"].endswith("anthropic-api-key")
     assert settings["hooks"]["SessionEnd"][0]["hooks"][0]["url"] == URL

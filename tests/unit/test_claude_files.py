@@ -23,7 +23,7 @@ from agentspaces.vmconfig.devcontainer import (
     image_devcontainer,
 )
 from agentspaces.vmconfig.layout import API_KEY_FILE, VM_LAYOUT, VmLayout
-from agentspaces_vm.claude_settings import MARKER_HEADER, merge_settings
+from agentspaces_vm.claude_settings import API_KEY_AUTH, MARKER_HEADER, merge_settings
 from agentspaces_vm.secrets import API_KEY_NAME, CONTAINER_SECRETS_DIR
 from tests.unit.vmconfig_inputs import FULL_SPEC, HOST, WS, make_klass, make_spec
 
@@ -146,7 +146,8 @@ def test_settings_preapprove_exactly_the_configured_mcp_servers() -> None:
 
 def test_the_agents_merge_replaces_the_seeded_hooks_instead_of_doubling_them() -> None:
     seed = settings()
-    merged = merge_settings(seed, hook_url=VM_LAYOUT.hook_url, hook_token="t0k3n", api_key=True)
+    merged = merge_settings(seed, hook_url=VM_LAYOUT.hook_url, hook_token="t0k3n",
+                            auth=API_KEY_AUTH)
     for event in HOOK_EVENTS:
         ours = [h for g in merged["hooks"][event] for h in g["hooks"]
                 if MARKER_HEADER in h.get("headers", {})]

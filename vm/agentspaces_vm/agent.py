@@ -220,8 +220,8 @@ class Agent:
             raise BadRequest(str(exc)) from None
         with self._lock:
             state = self.store.apply(delivery)
-        log.info("secrets version %s applied (api key: %s, repository token: %s, "
-                 "registry logins: %s)", state.version, "yes" if state.has_api_key else "no",
+        log.info("secrets version %s applied (claude credential: %s, repository token: %s, "
+                 "registry logins: %s)", state.version, state.claude_credential or "none",
                  "yes" if state.has_repository_token else "no",
                  "yes" if state.has_registry_config else "no")
         if self.bootstrap.workspace_writable:
@@ -303,7 +303,8 @@ class Agent:
         claude_settings.install(
             seed_dir=cfg.claude_seed_dir, config_dir=cfg.paths.workspaces / ".claude",
             repo=repo, hook_url=f"{cfg.local_url}/hooks", hook_token=self.hook_token,
-            api_key=self.store.load().has_api_key, owner=owner, is_tracked=self._git_tracks)
+            auth=claude_settings.ClaudeAuth.of(self.store.load()), owner=owner,
+            is_tracked=self._git_tracks)
 
     def _git_tracks(self, repo: Path, name: str) -> bool:
         """Whether git tracks `name`. The repository (its .git/config too) is the

@@ -6,7 +6,10 @@ Cloud-init writes seeds to the `claude/` directory next to agent.json (docs/vm.m
   then the seed's keys over it (`env` merged key by key, `hooks` event by event), then
   the agent's own `http` hooks to its local listener carrying the hook token. Hooks
   with the marker header (the seed's, or an earlier agent's from a restored backup) are
-  replaced, never doubled. The `apiKeyHelper` stays only while an API key is delivered.
+  replaced, never doubled. Claude Code's credential follows the delivered secrets: the
+  `apiKeyHelper` reads the API key or the gateway token while one is delivered, and
+  while any credential is delivered the agent owns the gateway's variables in `env`
+  (base URL, headers, models): set from the gateway, or removed.
 - `CLAUDE.md` is copied to CLAUDE_CONFIG_DIR/CLAUDE.md (Claude's user memory), so the
   repository stays clean.
 - `mcp.json` is merged into the repository's `.mcp.json` by server name (ours win); an
@@ -24,12 +27,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agentspaces_vm import safefs
-from agentspaces_vm.secrets import API_KEY_NAME, CONTAINER_SECRETS_DIR
+from agentspaces_vm.secrets import (
+    API_KEY_NAME,
+    CONTAINER_SECRETS_DIR,
+    GATEWAY_TOKEN_NAME,
+    GatewaySettings,
+    SecretsState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +49,50 @@ TOOL_EVENTS = ("PreToolUse", "PostToolUse")
 OTHER_EVENTS = ("SessionStart", "UserPromptSubmit", "Notification", "Stop", "SubagentStop",
                 "SessionEnd")
 API_KEY_HELPER = f"cat {CONTAINER_SECRETS_DIR}/{API_KEY_NAME}"
+GATEWAY_HELPER = f"cat {CONTAINER_SECRETS_DIR}/{GATEWAY_TOKEN_NAME}"
+# Claude Code's variables for a gateway (code.claude.com/docs env-vars, model-config).
+MODEL_ENV = {"default": "ANTHROPIC_MODEL", "opus": "ANTHROPIC_DEFAULT_OPUS_MODEL",
+             "sonnet": "ANTHROPIC_DEFAULT_SONNET_MODEL",
+             "haiku": "ANTHROPIC_DEFAULT_HAIKU_MODEL"}
+GATEWAY_ENV = ("ANTHROPIC_BASE_URL", "ANTHROPIC_CUSTOM_HEADERS", *MODEL_ENV.values())
 
 Owner = tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class ClaudeAuth:
+    """Claude Code's credential as settings.json carries it (never the secret itself)."""
+
+    helper: str | None = None
+    """The apiKeyHelper command: prints the delivered API key or gateway token."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """The gateway's variables."""
+    managed: bool = False
+    """A credential is delivered: the agent owns GATEWAY_ENV (set or removed)."""
+
+    @classmethod
+    def of(cls, state: SecretsState) -> ClaudeAuth:
+        if state.claude_credential == "api-key":
+            return cls(helper=API_KEY_HELPER, managed=True)
+        if state.claude_credential == "gateway" and state.gateway is not None:
+            return cls(helper=GATEWAY_HELPER, env=gateway_env(state.gateway), managed=True)
+        # A subscription token is exported by agentspaces-claude (an environment
+        # variable only), so settings.json has no helper that would outrank it.
+        return cls(managed=state.claude_credential is not None)
+
+
+NO_AUTH = ClaudeAuth()
+API_KEY_AUTH = ClaudeAuth(helper=API_KEY_HELPER, managed=True)
+
+
+def gateway_env(gateway: GatewaySettings) -> dict[str, str]:
+    env = {"ANTHROPIC_BASE_URL": gateway.base_url}
+    if gateway.headers:
+        env["ANTHROPIC_CUSTOM_HEADERS"] = "\n".join(f"{name}: {value}" for name, value
+                                                    in sorted(gateway.headers.items()))
+    for slot, name in gateway.models.items():
+        env[MODEL_ENV[slot]] = name
+    return env
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -66,7 +118,8 @@ def _foreign_groups(groups: object) -> list[Any]:
 
 
 def merge_settings(existing: dict[str, Any] | None, *, hook_url: str, hook_token: str,
-                   api_key: bool, seed: dict[str, Any] | None = None) -> dict[str, Any]:
+                   auth: ClaudeAuth = NO_AUTH, seed: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
     """The settings.json to write (pure; the inputs are not modified)."""
     settings: dict[str, Any] = json.loads(json.dumps(existing)) if existing else {}
     seed = json.loads(json.dumps(seed)) if seed else {}
@@ -89,10 +142,14 @@ def merge_settings(existing: dict[str, Any] | None, *, hook_url: str, hook_token
             entry = {"matcher": "*", **entry}
         hooks[event] = [*hooks.get(event, []), entry]
     settings["hooks"] = {event: groups for event, groups in hooks.items() if groups}
-    if api_key:
-        settings["apiKeyHelper"] = API_KEY_HELPER
-    elif settings.get("apiKeyHelper") == API_KEY_HELPER:
+    if auth.helper:
+        settings["apiKeyHelper"] = auth.helper
+    elif settings.get("apiKeyHelper") in (API_KEY_HELPER, GATEWAY_HELPER):
         del settings["apiKeyHelper"]
+    if auth.managed:
+        env = {k: v for k, v in _dict(settings.get("env")).items() if k not in GATEWAY_ENV}
+        env.update(auth.env)
+        settings["env"] = env
     return settings
 
 
@@ -131,7 +188,7 @@ def _read_container_json(root: Path, rel: str) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def write_settings(config_dir: Path, *, hook_url: str, hook_token: str, api_key: bool,
+def write_settings(config_dir: Path, *, hook_url: str, hook_token: str, auth: ClaudeAuth,
                    owner: Owner, seed: dict[str, Any] | None = None) -> Path:
     """Merge into `config_dir`/settings.json (created if needed); returns its path.
 
@@ -142,7 +199,7 @@ def write_settings(config_dir: Path, *, hook_url: str, hook_token: str, api_key:
     safefs.make_dir(root, name, mode=0o755, owner=owner)
     rel = f"{name}/settings.json"
     doc = merge_settings(_read_container_json(root, rel), hook_url=hook_url,
-                         hook_token=hook_token, api_key=api_key, seed=seed)
+                         hook_token=hook_token, auth=auth, seed=seed)
     # 0600: the file carries the hook token.
     safefs.write_file(root, rel, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600,
                       owner=owner)
@@ -184,7 +241,7 @@ def _install_mcp(repo: Path, mcp: dict[str, Any], owner: Owner,
 
 
 def install(*, seed_dir: Path | None, config_dir: Path, repo: Path | None, hook_url: str,
-            hook_token: str, api_key: bool, owner: Owner,
+            hook_token: str, auth: ClaudeAuth, owner: Owner,
             is_tracked: Callable[[Path, str], bool] | None = None) -> None:
     """Install settings, CLAUDE.md and .mcp.json from the seeds (see module doc).
 
@@ -194,7 +251,7 @@ def install(*, seed_dir: Path | None, config_dir: Path, repo: Path | None, hook_
     """
     seed = _read_json(seed_dir / "settings.json") if seed_dir else None
     _skip_unsafe("settings.json", lambda: write_settings(
-        config_dir, hook_url=hook_url, hook_token=hook_token, api_key=api_key, owner=owner,
+        config_dir, hook_url=hook_url, hook_token=hook_token, auth=auth, owner=owner,
         seed=seed))
     if seed_dir is None:
         return

@@ -6,14 +6,22 @@ Layout (directories 0700, files 0600, written atomically):
     secrets/basic-auth.json      {"username", "scryptHash"} -> checked by the agent for
                                  Caddy's forward-auth (webauth.py)
     secrets/repository-token     read by git through secrets/git-askpass (0700)
-    secrets/claude/anthropic-api-key
-                                 mounted read-only into the devcontainer at
+    secrets/claude/anthropic-api-key, secrets/claude/gateway-token
+                                 Claude Code's API key or LLM gateway token: the
+                                 directory is mounted read-only into the devcontainer at
                                  /run/agentspaces; Claude Code reads it via apiKeyHelper
+    secrets/claude/claude-oauth-token
+                                 a Claude subscription token: agentspaces-claude exports
+                                 it as CLAUDE_CODE_OAUTH_TOKEN in the container
+    secrets/gateway.json         the gateway's settings (base URL, headers, models; not
+                                 secret): the agent writes them into settings.json `env`
     secrets/docker/config.json   registry logins (the workspace's dockerconfigjson
                                  Secret): DOCKER_CONFIG for `devcontainer up` and the
                                  docker it runs, so images come from private registries
 
 A delivery replaces the previous one: an optional secret that is absent is removed.
+Claude Code's credential is at most one of the API key, the subscription token and the
+gateway.
 The claude/ directory belongs to the devcontainer's user (the helper runs as that
 user); everything else stays root's. No value is ever logged or echoed in an error.
 """
@@ -25,8 +33,9 @@ import json
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agentspaces_vm import safefs
 from agentspaces_vm.caddy import BasicAuth
@@ -34,13 +43,63 @@ from agentspaces_vm.password_hash import PasswordHashError, parse_scrypt_hash
 
 CONTAINER_SECRETS_DIR = "/run/agentspaces"
 API_KEY_NAME = "anthropic-api-key"
+OAUTH_TOKEN_NAME = "claude-oauth-token"
+GATEWAY_TOKEN_NAME = "gateway-token"
 _USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
 _TOKENISH = re.compile(r"^[\x21-\x7e]{1,8192}$")  # printable, no spaces or newlines
 REGISTRY_CONFIG_LIMIT = 64 * 1024
+CREDENTIAL_FIELDS = ("anthropicApiKey", "claudeOauthToken", "gateway")
+# The operator's admission rules again (api/model.py): the agent trusts no caller blindly.
+_GATEWAY_URL = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+                          r"(/[A-Za-z0-9._~%/-]*)?$")
+_LOOPBACK_URL = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])([:/].*)?$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&*+.^_|~-]{1,128}$")
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]{0,1024}$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9._:@/()\[\]+-]{1,256}$")
+MODEL_SLOTS = ("default", "opus", "sonnet", "haiku")
 
 
 class SecretsError(ValueError):
     """The body is not a valid secrets delivery; the message names the field only."""
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """An LLM gateway's settings, none of them secret."""
+
+    base_url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    """Claude Code's model slots that are set: default, opus, sonnet, haiku."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"baseUrl": self.base_url, "headers": self.headers, "models": self.models}
+
+    @classmethod
+    def from_json(cls, doc: object) -> GatewaySettings:
+        """Checked as the delivery is; SecretsError names the field, never a value."""
+        if not isinstance(doc, dict) or not set(doc) <= {"baseUrl", "headers", "models"}:
+            raise SecretsError("gateway: expected baseUrl, authToken and optionally headers "
+                               "and models")
+        url = doc.get("baseUrl")
+        if not isinstance(url, str) or len(url) > 2048 or not _GATEWAY_URL.match(url) or (
+                not url.startswith("https://") and not _LOOPBACK_URL.match(url)):
+            raise SecretsError("gateway.baseUrl: expected an https URL (http only to "
+                               "localhost, 127.0.0.1 or [::1])")
+        headers = doc.get("headers") or {}
+        if not isinstance(headers, dict) or len(headers) > 16 or not all(
+                isinstance(k, str) and _HEADER_NAME.match(k)
+                and k.lower() not in ("authorization", "x-api-key")
+                and isinstance(v, str) and _HEADER_VALUE.match(v)
+                for k, v in headers.items()):
+            raise SecretsError("gateway.headers: expected at most 16 header names with "
+                               "printable values (not Authorization or X-Api-Key)")
+        models = doc.get("models") or {}
+        if not isinstance(models, dict) or not set(models) <= set(MODEL_SLOTS) or not all(
+                isinstance(v, str) and _MODEL_NAME.match(v) for v in models.values()):
+            raise SecretsError(f"gateway.models: expected model names for "
+                               f"{', '.join(MODEL_SLOTS)}")
+        return cls(base_url=url, headers=dict(headers), models=dict(models))
 
 
 @dataclass(frozen=True)
@@ -51,6 +110,9 @@ class Delivery:
     repository_token: str | None
     registry_config: str | None = None
     """A Docker config.json: {"auths": {registry: {...}}}."""
+    claude_oauth_token: str | None = None
+    gateway: GatewaySettings | None = None
+    gateway_token: str | None = None
 
     def __repr__(self) -> str:  # keep values out of any accidental log line
         return f"Delivery(version={self.version!r}, secrets=<redacted>)"
@@ -63,13 +125,16 @@ class SecretsState:
     has_api_key: bool
     has_repository_token: bool
     has_registry_config: bool = False
+    claude_credential: str | None = None
+    """Claude Code's: "api-key", "oauth-token", "gateway" or None."""
+    gateway: GatewaySettings | None = None
 
 
 def parse_delivery(body: object) -> Delivery:
     if not isinstance(body, dict):
         raise SecretsError("expected a JSON object")
-    unknown = set(body) - {"version", "anthropicApiKey", "repositoryToken", "basicAuth",
-                           "registryConfig"}
+    unknown = set(body) - {"version", "repositoryToken", "basicAuth", "registryConfig",
+                           *CREDENTIAL_FIELDS}
     if unknown:
         raise SecretsError(f"unknown fields: {', '.join(sorted(unknown))}")
     version = body.get("version")
@@ -98,10 +163,28 @@ def parse_delivery(body: object) -> Delivery:
             raise SecretsError(f"{key}: expected a printable string without whitespace")
         return value
 
+    if sum(body.get(name) is not None for name in CREDENTIAL_FIELDS) > 1:
+        raise SecretsError(f"{', '.join(CREDENTIAL_FIELDS)}: at most one")
+    gateway, gateway_token = _gateway(body.get("gateway"))
     return Delivery(version=version, basic_auth=BasicAuth(username, hash_),
                     anthropic_api_key=optional("anthropicApiKey"),
                     repository_token=optional("repositoryToken"),
-                    registry_config=_registry_config(body.get("registryConfig")))
+                    registry_config=_registry_config(body.get("registryConfig")),
+                    claude_oauth_token=optional("claudeOauthToken"),
+                    gateway=gateway, gateway_token=gateway_token)
+
+
+def _gateway(value: object) -> tuple[GatewaySettings | None, str | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        raise SecretsError("gateway: expected an object")
+    token = value.get("authToken")
+    if not isinstance(token, str) or not _TOKENISH.match(token):
+        raise SecretsError("gateway.authToken: expected a printable string without "
+                           "whitespace")
+    settings = {k: v for k, v in value.items() if k != "authToken"}
+    return GatewaySettings.from_json(settings), token
 
 
 def _registry_config(value: object) -> str | None:
@@ -156,6 +239,18 @@ class SecretStore:
         return self.claude_dir / API_KEY_NAME
 
     @property
+    def oauth_token_file(self) -> Path:
+        return self.claude_dir / OAUTH_TOKEN_NAME
+
+    @property
+    def gateway_token_file(self) -> Path:
+        return self.claude_dir / GATEWAY_TOKEN_NAME
+
+    @property
+    def gateway_file(self) -> Path:
+        return self.root / "gateway.json"
+
+    @property
     def repository_token_file(self) -> Path:
         return self.root / "repository-token"
 
@@ -194,11 +289,18 @@ class SecretStore:
         auth = {"username": delivery.basic_auth.username,
                 "scryptHash": delivery.basic_auth.scrypt_hash}
         _write_private(self.root / "basic-auth.json", json.dumps(auth))
-        if delivery.anthropic_api_key is None:
-            _remove(self.api_key_file)
+        # Claude Code's credential: at most one of these files exists afterwards.
+        for path, value in ((self.api_key_file, delivery.anthropic_api_key),
+                            (self.oauth_token_file, delivery.claude_oauth_token),
+                            (self.gateway_token_file, delivery.gateway_token)):
+            if value is None:
+                _remove(path)
+            else:
+                _write_private(path, value + "\n", owner=self._owner)
+        if delivery.gateway is None:
+            _remove(self.gateway_file)
         else:
-            _write_private(self.api_key_file, delivery.anthropic_api_key + "\n",
-                           owner=self._owner)
+            _write_private(self.gateway_file, json.dumps(delivery.gateway.to_json()))
         if delivery.repository_token is None:
             _remove(self.repository_token_file)
         else:
@@ -223,7 +325,21 @@ class SecretStore:
             basic_auth = BasicAuth(raw["username"], raw["scryptHash"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
+        gateway = None
+        credential = None
+        if self.gateway_token_file.is_file():
+            try:
+                gateway = GatewaySettings.from_json(
+                    json.loads(self.gateway_file.read_text(encoding="utf-8")))
+                credential = "gateway"
+            except (OSError, ValueError):
+                gateway = None  # the settings went missing: no gateway rather than a half one
+        elif self.oauth_token_file.is_file():
+            credential = "oauth-token"
+        elif self.api_key_file.is_file():
+            credential = "api-key"
         return SecretsState(version=version, basic_auth=basic_auth,
                             has_api_key=self.api_key_file.is_file(),
                             has_repository_token=self.repository_token_file.is_file(),
-                            has_registry_config=self.registry_config_file.is_file())
+                            has_registry_config=self.registry_config_file.is_file(),
+                            claude_credential=credential, gateway=gateway)
