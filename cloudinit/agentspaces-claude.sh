@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs Claude Code inside the workspace's devcontainer. Installed as
 # /usr/local/bin/agentspaces-claude; CloudCLI (on the VM) uses it as its Claude CLI so
-# every session runs in the container with the repository's tools and the API key mount.
+# every session runs in the container with the repository's tools and its credentials.
 set -euo pipefail
 
 # CloudCLI runs unprivileged; Docker is root's. The sudo rule in
@@ -25,4 +25,8 @@ args=(exec --workspace-folder "$folder")
 if [[ -n $config && $config != "<no value>" ]]; then
   args+=(--config "$config")
 fi
-exec devcontainer "${args[@]}" claude "$@"
+# shellcheck disable=SC2016 # expands in the container: the token is in no argv
+launch='t=/run/agentspaces/claude-oauth-token
+[ -r $t ] && CLAUDE_CODE_OAUTH_TOKEN=$(cat $t) && export CLAUDE_CODE_OAUTH_TOKEN
+exec claude "$@"'
+exec devcontainer "${args[@]}" /bin/sh -c "$launch" claude "$@"
