@@ -11,8 +11,10 @@ get a short plain answer and do not use up the script. When the script is exhaus
 every further turn answers "done".
 
 Every request is recorded (method, path, headers, parsed body), so tests can assert on
-what Claude sent; any other endpoint gets a harmless empty JSON answer and is recorded
-too. Start and stop it as a context manager: the server thread ends on exit.
+what Claude sent (the credential headers, the model); any other endpoint gets a harmless
+empty JSON answer and is recorded too. With a `prefix` the API answers under that path,
+as an LLM gateway does (`ANTHROPIC_BASE_URL=api.url + prefix`). Start and stop it as a
+context manager: the server thread ends on exit.
 """
 
 from __future__ import annotations
@@ -94,10 +96,19 @@ class Request:
     headers: dict[str, str]  # names in lower case
     body: Any
     at: float = field(default_factory=time.monotonic)
+    prefix: str = ""
+    """The path the API lives under (a gateway's), "" for the API's own."""
 
     @property
     def is_messages(self) -> bool:
-        return self.method == "POST" and urlsplit(self.path).path == "/v1/messages"
+        return self.method == "POST" and \
+            urlsplit(self.path).path == f"{self.prefix}/v1/messages"
+
+    @property
+    def model(self) -> str | None:
+        """The model the request asked for."""
+        model = self.body.get("model") if isinstance(self.body, dict) else None
+        return model if isinstance(model, str) else None
 
     @property
     def is_turn(self) -> bool:
@@ -186,9 +197,13 @@ class MessagesAPI:
     """The scripted API on http://HOST:PORT (HOST must be a loopback address)."""
 
     def __init__(self, turns: list[Turn], *, host: str = "127.0.0.1", port: int = 0,
-                 model: str = MODEL, side_answer: str = "Scripted session") -> None:
+                 model: str = MODEL, side_answer: str = "Scripted session",
+                 prefix: str = "") -> None:
         if not host.startswith("127."):
             raise ValueError(f"the scripted API listens on loopback only, not {host}")
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError(f"prefix: expected /path without a trailing slash, not {prefix}")
+        self.prefix = prefix
         self._turns = list(turns)
         self._model = model
         self._side_answer = side_answer
@@ -211,7 +226,7 @@ class MessagesAPI:
             def _handle(self) -> None:
                 request = Request(self.command, self.path,
                                   {k.lower(): v for k, v in self.headers.items()},
-                                  self._read_body())
+                                  self._read_body(), prefix=api.prefix)
                 with api._lock:
                     api.requests.append(request)
                 if request.is_messages:
