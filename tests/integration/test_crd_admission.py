@@ -98,6 +98,38 @@ INVALID_WORKSPACES = [
      {"spec": {"devcontainer": {"registryCredentialsSecretRef": {"name": "pull",
                                                                  "key": "auth"}}}},
      'unknown field "spec.devcontainer.registryCredentialsSecretRef.key"'),
+    # Claude Code's credential: at most one; a gateway over https (http only to the VM
+    # itself) whose headers cannot carry a credential.
+    ("two-credentials", {"spec": {"agent": {"apiKeySecretRef": {"name": "a"},
+                                            "oauthTokenSecretRef": {"name": "b"}}}},
+     "set at most one of apiKeySecretRef, oauthTokenSecretRef and gateway"),
+    ("key-and-gateway", {"spec": {"agent": {"apiKeySecretRef": {"name": "a"}, "gateway": {
+        "baseUrl": "https://llm.example.com", "authTokenSecretRef": {"name": "g"}}}}},
+     "set at most one of apiKeySecretRef, oauthTokenSecretRef and gateway"),
+    ("gateway-over-http", {"spec": {"agent": {"gateway": {
+        "baseUrl": "http://llm.example.com", "authTokenSecretRef": {"name": "g"}}}}},
+     "gateway.baseUrl must use https"),
+    ("gateway-looks-like-loopback", {"spec": {"agent": {"gateway": {
+        "baseUrl": "http://127.0.0.1.example.com", "authTokenSecretRef": {"name": "g"}}}}},
+     "gateway.baseUrl must use https"),
+    ("gateway-url-with-credentials", {"spec": {"agent": {"gateway": {
+        "baseUrl": "https://user:pw@llm.example.com", "authTokenSecretRef": {"name": "g"}}}}},
+     "spec.agent.gateway.baseUrl"),
+    ("gateway-without-token", {"spec": {"agent": {"gateway": {
+        "baseUrl": "https://llm.example.com"}}}},
+     "spec.agent.gateway.authTokenSecretRef: Required value"),
+    ("gateway-authorization-header", {"spec": {"agent": {"gateway": {
+        "baseUrl": "https://llm.example.com", "authTokenSecretRef": {"name": "g"},
+        "headers": {"Authorization": "Bearer x"}}}}},
+     "gateway.headers must not set Authorization or X-Api-Key"),
+    ("gateway-bad-header-name", {"spec": {"agent": {"gateway": {
+        "baseUrl": "https://llm.example.com", "authTokenSecretRef": {"name": "g"},
+        "headers": {"X Team": "a"}}}}},
+     "gateway.headers: names must be HTTP header names"),
+    ("gateway-unknown-model-slot", {"spec": {"agent": {"gateway": {
+        "baseUrl": "https://llm.example.com", "authTokenSecretRef": {"name": "g"},
+        "models": {"fast": "m"}}}}},
+     'unknown field "spec.agent.gateway.models.fast"'),
     # Each field within its own cap, together more than the user-data can carry.
     ("user-text-over-budget", {"spec": {
         "agent": {"instructions": "x" * 8000,
@@ -189,6 +221,11 @@ INVALID_CLASSES = [
     ("ca-bundle-too-large",
      {"trust": {"caBundle": "-----BEGIN CERTIFICATE-----\n" + "A" * 65536}},
      "spec.trust.caBundle: Too long"),
+    ("empty-agent-credentials", {"agentCredentials": {}},
+     "set exactly one of apiKeySecretRef, oauthTokenSecretRef and gateway"),
+    ("two-agent-credentials", {"agentCredentials": {"apiKeySecretRef": {"name": "a"},
+                                                    "oauthTokenSecretRef": {"name": "b"}}},
+     "set exactly one of apiKeySecretRef, oauthTokenSecretRef and gateway"),
     ("vm-endpoint-not-http",
      {"storage": {"endpoint": "https://x.r2.cloudflarestorage.com", "bucket": "backups",
                   "vmEndpoint": "10.0.2.2:9000", "credentialsSecretRef": {"name": "r2"}},
@@ -267,6 +304,47 @@ def test_class_trust_storage_vm_endpoint_and_registry_secret_are_accepted(
         assert ws is not None and ws["spec"]["devcontainer"] == devcontainer
     finally:
         kubectl("delete", "workspaceclass", "private-network", "--ignore-not-found")
+
+
+def test_each_credential_and_a_class_gateway_are_accepted(kubectl: Kubectl,
+                                                         namespace: str) -> None:
+    gateway = {"baseUrl": "https://llm.example.com/anthropic",
+               "authTokenSecretRef": {"name": "llm"},
+               "headers": {"X-Team": "platform"},
+               "models": {"default": "team-large", "opus": "team-xl",
+                          "sonnet": "claude-sonnet-4-5[1m]", "haiku": "gpt-5(minimal)"}}
+    agents = {"cred-key": {"apiKeySecretRef": {"name": "anthropic"}},
+              "cred-oauth": {"oauthTokenSecretRef": {"name": "claude"}},
+              "cred-gateway": {"gateway": gateway},
+              "cred-local-gateway": {"gateway": {"baseUrl": "http://127.0.0.1:4000",
+                                                 "authTokenSecretRef": {"name": "l"}}},
+              "cred-none": {}}
+    for name, agent in agents.items():
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(
+            _with({"spec": {"agent": agent}}, name=name)))
+        stored = kubectl.get_json("workspace", name, "-n", namespace)
+        assert stored is not None
+    stored = kubectl.get_json("workspace", "cred-oauth", "-n", namespace)
+    assert stored is not None and stored["spec"]["agent"]["oauthTokenSecretRef"] == \
+        {"name": "claude", "key": "oauthToken"}
+    stored = kubectl.get_json("workspace", "cred-gateway", "-n", namespace)
+    assert stored is not None
+    assert stored["spec"]["agent"]["gateway"]["authTokenSecretRef"]["key"] == "authToken"
+    assert stored["spec"]["agent"]["gateway"]["models"] == gateway["models"]
+    spec = {"hetzner": {"tokenSecretRef": {"name": "hetzner"}},
+            "dns": {"zoneName": "example.com", "tokenSecretRef": {"name": "cf"}},
+            "agentCredentials": {"gateway": {**gateway, "authTokenSecretRef": {
+                "name": "llm", "namespace": "platform"}}}}
+    try:
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(
+            {"apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceClass",
+             "metadata": {"name": "company-gateway"}, "spec": spec}))
+        stored = kubectl.get_json("workspaceclass", "company-gateway")
+        assert stored is not None
+        assert stored["spec"]["agentCredentials"]["gateway"]["authTokenSecretRef"] == \
+            {"name": "llm", "namespace": "platform", "key": "authToken"}
+    finally:
+        kubectl("delete", "workspaceclass", "company-gateway", "--ignore-not-found")
 
 
 @pytest.mark.parametrize(("case", "patch", "expected"), INVALID_CLASSES,

@@ -30,6 +30,10 @@ API_KEY_2 = "sk-ant-api03-second-" + "B" * 24
 REPO_TOKEN = "ghp_repository_token_" + "C" * 20
 REGISTRY_PASSWORD_1 = "registry-password-first-" + "D" * 16
 REGISTRY_PASSWORD_2 = "registry-password-second-" + "E" * 16
+OAUTH_TOKEN_1 = "sk-ant-oat01-first-" + "F" * 24
+OAUTH_TOKEN_2 = "sk-ant-oat01-second-" + "G" * 24
+GATEWAY_TOKEN_1 = "gateway-token-first-" + "H" * 24
+GATEWAY_TOKEN_2 = "gateway-token-second-" + "I" * 24
 
 
 def _registry_secret(name: str, namespace: str, password: str) -> dict[str, object]:
@@ -152,4 +156,90 @@ def test_secrets_are_delivered_rotated_and_never_leak(
     kubectl("delete", "workspace", "vault", "-n", namespace, "--wait=false")
     wait_for(lambda: kubectl.get_json("workspace", "vault", "-n", namespace) is None, 60,
              "deleted")
+    assert clouds.hetzner.servers == {}
+
+
+def test_claude_credentials_are_delivered_rotated_switched_and_never_leak(
+        stack: VmStack, kubectl: Kubectl, namespace: str) -> None:
+    """A Claude subscription token, then an LLM gateway: each rotates in place, the
+    switch between them needs no new server, and neither value leaks."""
+    clouds, vms, op = stack.clouds, stack.vms, stack.operator
+    kubectl.apply(yaml.safe_dump_all([
+        secret("claude", namespace, {"oauthToken": OAUTH_TOKEN_1}),
+        secret("llm", namespace, {"authToken": GATEWAY_TOKEN_1}),
+    ]))
+    kubectl.apply(workspace("subscriber", namespace, CLASS,
+                            agent={"oauthTokenSecretRef": {"name": "claude"}}))
+    ws = wait_for(lambda: (w := kubectl.get_json("workspace", "subscriber", "-n", namespace))
+                  and condition(w, "Ready").get("status") == "True" and w, 60, "Ready")
+    server_id = int(ws["status"]["server"]["id"])
+    vm = vms.vm(server_id)
+    assert vm is not None
+    claude_dir = vm.root / "var" / "lib" / "agentspaces" / "secrets" / "claude"
+    token_file = claude_dir / "claude-oauth-token"
+    assert token_file.read_text().strip() == OAUTH_TOKEN_1
+    assert token_file.stat().st_mode & 0o077 == 0
+
+    kubectl.apply(yaml.safe_dump(secret("claude", namespace, {"oauthToken": OAUTH_TOKEN_2})))
+    wait_for(lambda: token_file.read_text().strip() == OAUTH_TOKEN_2, 15,
+             "rotated subscription token on the VM")
+
+    # Switch to a gateway: the same server, the token file gone, the gateway's settings
+    # in Claude's settings.json (its token only where the apiKeyHelper reads it).
+    kubectl("patch", "workspace", "subscriber", "-n", namespace, "--type", "json", "-p",
+            json.dumps([{"op": "remove", "path": "/spec/agent/oauthTokenSecretRef"},
+                        {"op": "add", "path": "/spec/agent/gateway", "value": {
+                            "baseUrl": "https://llm.example.test/anthropic",
+                            "authTokenSecretRef": {"name": "llm"},
+                            "models": {"default": "team-large"}}}]))
+    gateway_file = claude_dir / "gateway-token"
+    wait_for(lambda: gateway_file.exists() and not token_file.exists(), 15,
+             "the gateway delivered instead of the token")
+    assert gateway_file.read_text().strip() == GATEWAY_TOKEN_1
+    settings_file = vm.workspace_dir / ".claude" / "settings.json"
+    settings = wait_for(lambda: (doc := json.loads(settings_file.read_text()))
+                        .get("env", {}).get("ANTHROPIC_MODEL") == "team-large" and doc, 15,
+                        "the gateway's settings in settings.json")
+    assert settings["env"]["ANTHROPIC_BASE_URL"] == "https://llm.example.test/anthropic"
+    assert settings["apiKeyHelper"] == "cat /run/agentspaces/gateway-token"
+    kubectl.apply(yaml.safe_dump(secret("llm", namespace, {"authToken": GATEWAY_TOKEN_2})))
+    wait_for(lambda: gateway_file.read_text().strip() == GATEWAY_TOKEN_2, 15,
+             "rotated gateway token on the VM")
+    assert vms.vm(server_id) is not None and vms.vm(server_id).ip == vm.ip  # same VM
+    assert len(clouds.hetzner.servers) == 1
+
+    # A token in the wrong field is refused with a condition, before the VM sees it.
+    kubectl.apply(yaml.safe_dump(secret("llm", namespace, {"authToken": "two words"})))
+    bad = wait_for(lambda: (w := kubectl.get_json("workspace", "subscriber", "-n",
+                                                  namespace))
+                   and condition(w, "CredentialsAvailable").get("reason")
+                   == "CredentialsInvalid" and w, 30, "CredentialsInvalid")
+    assert "agent.gateway.authTokenSecretRef" in condition(bad, "CredentialsAvailable")[
+        "message"]
+    assert gateway_file.read_text().strip() == GATEWAY_TOKEN_2
+    # Put right again (the operator cleans up only with readable credentials).
+    kubectl.apply(yaml.safe_dump(secret("llm", namespace, {"authToken": GATEWAY_TOKEN_2})))
+    wait_for(lambda: condition(kubectl.get_json("workspace", "subscriber", "-n", namespace),
+                               "CredentialsAvailable").get("status") == "True", 30,
+             "credentials available again")
+
+    secrets = {"subscription token 1": OAUTH_TOKEN_1, "subscription token 2": OAUTH_TOKEN_2,
+               "gateway token 1": GATEWAY_TOKEN_1, "gateway token 2": GATEWAY_TOKEN_2}
+    places: dict[str, str] = {
+        "user-data": clouds.hetzner.servers[server_id]["user_data"],
+        "status": yaml.safe_dump(kubectl.get_json("workspace", "subscriber", "-n",
+                                                  namespace)),
+        "events": kubectl("get", "events", "-n", namespace, "-o", "yaml"),
+        "operator log": op.log(),
+        "settings.json": settings_file.read_text(),
+    }
+    for log in sorted(vm.root.rglob("*.log")):
+        places[f"VM log {log.name}"] = log.read_text(errors="replace")
+    for place, text in places.items():
+        for what, value in secrets.items():
+            assert value not in text, f"{what} found in {place}"
+
+    kubectl("delete", "workspace", "subscriber", "-n", namespace, "--wait=false")
+    wait_for(lambda: kubectl.get_json("workspace", "subscriber", "-n", namespace) is None,
+             60, "deleted")
     assert clouds.hetzner.servers == {}
