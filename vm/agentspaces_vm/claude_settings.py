@@ -46,8 +46,10 @@ log = logging.getLogger(__name__)
 MARKER_HEADER = "X-Agentspaces-Hook"
 HOOK_TIMEOUT_SECONDS = 5
 TOOL_EVENTS = ("PreToolUse", "PostToolUse")
-OTHER_EVENTS = ("SessionStart", "UserPromptSubmit", "Notification", "Stop", "SubagentStop",
-                "SessionEnd")
+# PermissionRequest: a permission dialog waits for the human. A terminal session also
+# sends Notification, a session driven through the SDK (CloudCLI) only this one.
+OTHER_EVENTS = ("SessionStart", "UserPromptSubmit", "Notification", "PermissionRequest",
+                "Stop", "SubagentStop", "SessionEnd")
 API_KEY_HELPER = f"cat {CONTAINER_SECRETS_DIR}/{API_KEY_NAME}"
 GATEWAY_HELPER = f"cat {CONTAINER_SECRETS_DIR}/{GATEWAY_TOKEN_NAME}"
 # Claude Code's variables for a gateway (code.claude.com/docs env-vars, model-config).
