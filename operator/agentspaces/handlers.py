@@ -141,7 +141,10 @@ def _has_agent(body: kopf.Body, **_: Any) -> bool:
     return bool(endpoint.get("url")) and not body.get("metadata", {}).get("deletionTimestamp")
 
 
-@kopf.daemon(*RESOURCE, when=_has_agent, cancellation_timeout=60.0)
+# On a stop the daemon ends by itself: at once from a held long-poll, after the reconcile
+# it is running otherwise. Kopf cancels it only after the backoff, so that a reconcile is
+# not cut off before it writes status.
+@kopf.daemon(*RESOURCE, when=_has_agent, cancellation_backoff=60.0, cancellation_timeout=30.0)
 async def workspace_agent_watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped,
                                 **_: Any) -> None:
     """One long-poll on the workspace's agent while status names one; stopped when the

@@ -1,7 +1,8 @@
 """Status follows the agent: with a 30 s poll interval, a Claude Code hook posted to a
 simulated VM shows in `kubectl get ws` (AGENT) within 2 s, while at steady state the
 operator makes at most one agent request per workspace per interval; after an operator
-restart or crash the watch resumes (nothing is left holding the agent's slots)."""
+restart or crash the watch resumes (nothing is left holding the agent's slots), and a
+stop ends it."""
 
 from __future__ import annotations
 
@@ -43,6 +44,15 @@ def _hooks_follow(stack: VmStack, kubectl: Kubectl, name: str, namespace: str,
             lags.append(column.first(state, posted, timeout=POLL) - posted)
             time.sleep(1.5)
     return lags
+
+
+def _watchers(stack: VmStack) -> tuple[int, int]:
+    """(started, ended) agent watch daemons of the current operator process, from its
+    log."""
+    text = stack.operator.log_path.read_text(errors="replace")
+    current = text[text.rindex("agentspaces operator starting"):]
+    return (current.count("Daemon 'workspace_agent_watch' is invoked"),
+            current.count("Daemon 'workspace_agent_watch' has exited on request"))
 
 
 def test_hooks_reach_status_within_two_seconds_at_one_poll_per_interval(
@@ -87,6 +97,13 @@ def test_hooks_reach_status_within_two_seconds_at_one_poll_per_interval(
         print(f"after {'a crash' if crash else 'a restart'}: "
               f"{', '.join(f'{lag:.2f}s' for lag in lags)}")
         assert max(lags) < LAG_LIMIT, lags
+
+    # A stop ends the watch: its daemon exits once the agent endpoint leaves status.
+    kubectl("patch", "workspace", "follow", "-n", namespace, "--type", "merge",
+            "-p", '{"spec":{"running":false}}')
+    wait_for(lambda: (w := kubectl.get_json("workspace", "follow", "-n", namespace))
+             and w["status"].get("phase") == "Stopped", 60, "follow Stopped")
+    wait_for(lambda: _watchers(stack) == (1, 1), 15, "the watcher ended")
 
     kubectl("delete", "workspace", "follow", "-n", namespace, "--wait=false")
     wait_for(lambda: kubectl.get_json("workspace", "follow", "-n", namespace) is None, 60,

@@ -256,7 +256,7 @@ async def test_a_failed_reconcile_does_not_end_the_watcher() -> None:
                                      coverage=coverage, bound=0.3, stopped=stopped))
     await asyncio.sleep(0.15)
     assert not coverage.covers("uid-1")
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(0.5)
     assert outcomes == [] and coverage.covers("uid-1")
     stopped.set()
     await asyncio.wait_for(task, 2)
