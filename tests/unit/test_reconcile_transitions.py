@@ -257,3 +257,43 @@ async def test_status_is_not_written_when_a_steady_reconcile_changes_nothing(
     visit = b.visit()
     await workspace.reconcile(visit)
     assert visit.status.patch() == {}
+
+
+
+async def _running_then_key_gone(b: ScopeBuilder) -> None:
+    b.kube.add_secret(b.namespace, "anthropic", {"apiKey": "sk-ant-api03-test"})
+    b.with_spec(agent={"apiKeySecretRef": {"name": "anthropic"}})
+    await running(b)
+    b.kube.secrets.pop((b.namespace, "anthropic"))
+    await _pass(b)  # still asked to run: the missing key is reported, the server kept
+    assert _conditions(b.status)[T.CREDENTIALS_AVAILABLE] == (FALSE, Reason.SECRET_NOT_FOUND)
+    assert len(b.servers.ids()) == 1
+
+
+async def test_a_workspace_secret_that_is_gone_never_blocks_a_stop(
+        scope_builder: ScopeBuilder) -> None:
+    """Stop and delete need only the class's Secrets: a missing Claude Code key blocks a
+    start, never the cleanup of a billed server."""
+    b = scope_builder
+    await _running_then_key_gone(b)
+    b.with_spec(running=False)
+    for _ in range(2):
+        await _pass(b)
+    assert b.status.get("phase") == Phase.STOPPED
+    assert b.servers.ids() == [] and b.dns.in_zone("example.com") == []
+
+
+async def test_a_workspace_secret_that_is_gone_never_blocks_a_delete(
+        scope_builder: ScopeBuilder) -> None:
+    b = scope_builder
+    await _running_then_key_gone(b)
+    outcome = None
+    for _ in range(3):
+        visit = b.visit()
+        outcome = await workspace.finalize(visit)
+        b.save(visit)
+        b.clock.advance(SETTINGS.boot_poll)
+        if outcome == Outcome.done():
+            break
+    assert outcome == Outcome.done()
+    assert b.servers.ids() == [] and b.dns.in_zone("example.com") == []

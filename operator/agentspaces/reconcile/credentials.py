@@ -157,7 +157,15 @@ def decode_class_key(text: str) -> bytes | None:
 
 
 async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespace: str,
-                  operator_namespace: str) -> ResolvedCredentials | CredentialsProblem:
+                  operator_namespace: str, *, for_cleanup: bool = False
+                  ) -> ResolvedCredentials | CredentialsProblem:
+    """The class and every Secret the workspace needs, or the first problem.
+
+    `for_cleanup` (a stop or a delete): only the class's Secrets are read. The secrets a
+    running VM is given (Claude Code's credential, the repository token, registry
+    logins) play no part in backing up and deleting, so a Secret of theirs that is gone
+    or broken never keeps a billed server alive.
+    """
     class_name = spec_raw.get("className", "")
     secrets = _SecretReader(kube)
     try:
@@ -223,6 +231,12 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
                 f"Secret {klass.encryption_key_ref.name} key {klass.encryption_key_ref.key!r} "
                 "must be 32 bytes, base64-encoded (e.g. `openssl rand -base64 32`)")
 
+    if for_cleanup:
+        return ResolvedCredentials(
+            klass=klass, spec=spec, hetzner_token=hetzner, dns_token=dns,
+            storage_access_key=access_key, storage_secret_key=secret_key,
+            class_key=class_key, class_key_previous=class_key_previous,
+            anthropic_api_key=None, repository_token=None)
     agent_secret = await _agent_secret(secrets, spec.agent_credential, workspace_namespace,
                                        class_ns)
     if isinstance(agent_secret, CredentialsProblem):
