@@ -20,6 +20,13 @@
 # debootstrap, e2fsprogs, dosfstools, mtools). debootstrap, chroot and mke2fs of a
 # root-owned tree need root: when not root, they run under sudo.
 #
+# The guest trusts the CAs this host added locally ($HOST_CAS): a host behind a
+# TLS-inspecting egress proxy (as these CI machines are) reaches HTTPS registries only
+# through it, and so do its guests. They go into the guest's system store, and Node
+# (whose own CA list ignores that store) gets it as NODE_EXTRA_CA_CERTS for every
+# service; a plain host adds none, and the image is the plain one. They are part of the
+# cache key.
+#
 # Environment: AGENTSPACES_CACHE (cache root, default ~/.cache/agentspaces),
 # AGENTSPACES_DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
@@ -34,7 +41,9 @@ IMAGE_SIZE=3G
 PACKAGES=(systemd-sysv udev iproute2 ifupdown isc-dhcp-client cloud-init ca-certificates
   sudo python3-minimal e2fsprogs openssh-server curl linux-image-cloud-amd64 initramfs-tools)
 CACHE_ROOT="${AGENTSPACES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentspaces}"
-KEY="debian-13-$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+HOST_CAS=/usr/local/share/ca-certificates
+host_cas() { find "$HOST_CAS" -type f -name '*.crt' -print0 2>/dev/null | sort -z; }
+KEY="debian-13-$({ cat "${BASH_SOURCE[0]}"; host_cas | xargs -0r cat; } | sha256sum | cut -c1-16)"
 OUT="$CACHE_ROOT/vm-image/$KEY"
 
 log() { printf '[vm-image %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -118,6 +127,18 @@ in_root() { $SUDO chroot "$root" env DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 in_root apt-get update >&2
 in_root apt-get install -y --no-install-recommends "${PACKAGES[@]}" >&2
 in_root apt-get clean >&2
+cas=$(host_cas | xargs -0r -n1 basename | tr '\n' ' ')
+if [ -n "$cas" ]; then
+  log "trusting this host's local CAs in the guest: $cas"
+  host_cas | $SUDO xargs -0r cp -t "$root/usr/local/share/ca-certificates/"
+  in_root update-ca-certificates >&2
+  $SUDO mkdir -p "$root/etc/systemd/system.conf.d"
+  $SUDO tee "$root/etc/systemd/system.conf.d/90-agentspaces-host-ca.conf" >/dev/null <<'EOF'
+# Set by agentspaces' scripts/build-vm-image.sh: Node trusts the system store too.
+[Manager]
+DefaultEnvironment=NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+EOF
+fi
 for m in dev/pts dev sys proc; do $SUDO umount "$root/$m"; done
 $SUDO rm -f "$root/usr/sbin/policy-rc.d"
 
@@ -153,6 +174,7 @@ $SUDO mke2fs -q -t ext4 -L agentspaces-root -d "$root" "$work/root.img" "$IMAGE_
   echo "mirror: $MIRROR"
   echo "kernel: $(basename "$kernel")"
   echo "packages: ${PACKAGES[*]}"
+  echo "host CAs: ${cas:-none}"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(($(date +%s) - start))s"
 } | $SUDO tee "$work/recipe" >/dev/null
 $SUDO rm -rf "$root"
