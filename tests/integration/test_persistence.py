@@ -249,7 +249,10 @@ def test_bucket_writer_cannot_forge_or_roll_back_backups(
     # 3. The user accepts the loss: the older backup is restored and becomes the baseline.
     kubectl("annotate", "workspace", "roller", "-n", namespace,
             f"agentspaces.dev/accept-rollback={newest_id}")
-    ws = _ready(kubectl, "roller", namespace)
+    # The refusal is retried, so the annotation may be seen at its next retry, up to a
+    # minute later (as for `younger` below).
+    ws = _until(kubectl, "roller", namespace, "roller Ready after the rollback was accepted",
+                lambda w: condition(w, "Ready").get("status") == "True", timeout=150)
     assert condition(ws, "BackupRestored")["reason"] == "Restored"
     assert (_files(vms, ws) / "project" / "main.py").read_text() == "generation 1\n"
     assert ws["status"]["backup"]["object"] == older
