@@ -9,14 +9,16 @@ cd "$(dirname "$0")/.."
 # cloud-init (schema), sudo (visudo, cvtsudoers) and systemd (systemd-analyze) check
 # the rendered user-data with the real tools; QEMU, debootstrap and the FAT tools build
 # and boot the real VMs (scripts/build-vm-image.sh, tests/component/test_vm_qemu.py);
-# ssh looks into the real-VM tier's guests (tests/realvm/).
+# ssh looks into the real-VM tier's guests (tests/realvm/); chromium is the browser the
+# dashboard's browser tier drives with Playwright (tests/browser/).
 APT_PACKAGES="cloud-init sudo systemd qemu-system-x86 qemu-utils debootstrap dosfstools mtools
-  openssh-client"
+  openssh-client chromium"
 if ! command -v cloud-init >/dev/null 2>&1 || ! command -v cvtsudoers >/dev/null 2>&1 ||
   ! command -v systemd-analyze >/dev/null 2>&1 ||
   ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1 ||
   ! [ -x /usr/sbin/debootstrap ] || ! command -v mcopy >/dev/null 2>&1 ||
-  ! [ -x /usr/sbin/mkfs.vfat ] || ! command -v ssh >/dev/null 2>&1; then
+  ! [ -x /usr/sbin/mkfs.vfat ] || ! command -v ssh >/dev/null 2>&1 ||
+  ! command -v chromium >/dev/null 2>&1; then
   echo "[test] installing $APT_PACKAGES (to check the user-data and boot real VMs)" >&2
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -38,6 +40,9 @@ export AGENTSPACES_CLAUDE_BIN="$claude_bin"
 # The real-VM tier's devcontainer image (tests/realvm/): a Debian 13 rootfs layer, built
 # once into the cache; the tier's registry serves it to the VM's Docker.
 bash scripts/build-container-image.sh >/dev/null
+# The dashboard's pinned htmx files (npm, integrity-checked, cached outside the repository).
+dashboard_assets=$(bash scripts/fetch-dashboard-assets.sh | tail -n 1)
+export AGENTSPACES_DASHBOARD_ASSETS="$dashboard_assets"
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff" >&2

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agentspaces.sandbox.cli import add_parser as add_sandbox
 
     add_sandbox(sub)
+    from agentspaces.dashboard.serve import add_parser as add_dashboard
+
+    add_dashboard(sub)
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)
     return parser

@@ -1,0 +1,173 @@
+"""The dashboard's pure parts: the view of a Workspace (through the typed models), the
+create form's manifest and its admission-error mapping, sessions, CSRF and origins,
+and escaping in the templates."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from agentspaces.api.model import WorkspaceSpecModel
+from agentspaces.dashboard import assets, forms, security
+from agentspaces.dashboard.app import templates
+from agentspaces.dashboard.views import ago, human_size, workspace_view
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _ws(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "demo", "namespace": "team-a",
+                     "creationTimestamp": "2026-12-01T10:00:00Z"},
+        "spec": {"className": "sandbox", "repository": {"url": "https://github.com/o/app"},
+                 "agent": {"instructions": "<script>alert(1)</script>"},
+                 "access": {"ports": [{"port": 3000}, {"port": 8080,
+                                                       "visibility": "public"}]}},
+        "status": {"phase": "Running",
+                   "urls": {"workspace": "https://demo.example.test",
+                            "ports": "https://{port}.demo.example.test", "state": "live"},
+                   "activity": {"idle": True, "idleSince": "2026-12-01T11:55:00Z",
+                                "agentState": "absent"},
+                   "usage": {"estimatedCost": "1.25", "currency": "USD"},
+                   "vmCost": {"summary": "0.02 EUR"},
+                   "backup": {"time": "2026-12-01T11:00:00Z", "size": 3 * 1024 * 1024},
+                   **status},
+    }
+
+
+def test_view_reads_status_and_spec_through_the_models() -> None:
+    view = workspace_view(_ws(), NOW)
+    assert (view.name, view.namespace, view.phase) == ("demo", "team-a", "Running")
+    assert view.url == "https://demo.example.test"
+    assert view.idle == "idle 5m" and view.agent == "gone" and view.age == "2h"
+    assert view.cost == "tokens 1.25 USD · VM 0.02 EUR"
+    assert [(p.port, p.visibility, p.url) for p in view.ports] == [
+        (3000, "private", "https://3000.demo.example.test"),
+        (8080, "public", "https://8080.demo.example.test")]
+    assert view.running and not view.stopped
+    assert isinstance(view.spec, WorkspaceSpecModel)
+
+
+def test_view_of_a_new_or_odd_workspace() -> None:
+    raw = _ws()
+    raw["status"] = {}
+    raw["spec"]["repository"]["url"] = "not a url"
+    view = workspace_view(raw, NOW)
+    assert view.phase == "Pending" and view.url == "" and view.agent == ""
+    assert view.spec is None and "repository.url" in view.spec_error
+
+
+def test_small_formatters() -> None:
+    assert ago(NOW - timedelta(seconds=59), NOW) == "59s"
+    assert ago(NOW - timedelta(days=3, hours=5), NOW) == "3d"
+    assert ago(None, NOW) == ""
+    assert human_size(512) == "512 B" and human_size(3 * 1024 * 1024) == "3.0 MiB"
+
+
+def test_form_becomes_a_workspace_the_model_accepts() -> None:
+    body, form = forms.manifest({
+        "namespace": "team-a", "name": "demo", "class_name": "sandbox",
+        "repository_url": "https://github.com/o/app", "ref": "main",
+        "ports": "3000, 8080:public", "idle_timeout": "45m",
+        "instructions": "Run npm test\n", "api_key_secret": "anthropic",
+        "mcp_servers": '{"docs": {"type": "http", "url": "https://mcp.example.com"}}'})
+    assert body is not None and not form.errors
+    assert body["metadata"] == {"name": "demo", "namespace": "team-a"}
+    spec = WorkspaceSpecModel.parse(body["spec"])
+    assert spec.repository.ref == "main" and spec.idle.timeout == "45m"
+    assert [(p.port, p.visibility) for p in spec.access.ports] == [(3000, "private"),
+                                                                   (8080, "public")]
+    assert spec.agent.instructions == "Run npm test\n"
+    assert spec.agent.api_key_secret_ref is not None
+    assert spec.agent.mcp_servers["docs"].url == "https://mcp.example.com"
+
+
+def test_form_errors_stay_with_their_fields() -> None:
+    body, form = forms.manifest({"namespace": "a", "name": "", "class_name": "c",
+                                 "repository_url": "https://x/y", "ports": "3000:open",
+                                 "mcp_servers": "[1]"})
+    assert body is None
+    assert set(form.errors) == {"name", "ports", "mcp_servers"}
+    body, _ = forms.manifest({"namespace": "a", "name": "n", "class_name": "c",
+                              "repository_url": "https://x/y"})
+    assert body is not None and "access" not in body["spec"] and "agent" not in body["spec"]
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("spec.repository.url", "repository_url"),
+    ("spec.repository.ref", "ref"),
+    ("spec.access.ports[0].port", "ports"),
+    ("spec.idle.timeout", "idle_timeout"),
+    ("metadata.name", "name"),
+    ("spec.agent.mcpServers[docs]", "mcp_servers"),
+    ("spec.server.type", None),
+])
+def test_admission_causes_map_to_form_fields(path: str, field: str | None) -> None:
+    assert forms.field_for(path) == field
+
+
+def test_admission_errors_are_placed() -> None:
+    form = forms.CreateForm({})
+    forms.add_api_errors(form, [{"field": "spec.repository.url", "message": "bad url"},
+                                {"field": "spec.server", "message": "other"}], "invalid")
+    assert form.errors == {"repository_url": ["bad url"]} and form.general == ["other"]
+    form = forms.CreateForm({})
+    forms.add_api_errors(form, [], "workspaces.agentspaces.dev \"x\" already exists")
+    assert form.general == ["workspaces.agentspaces.dev \"x\" already exists"]
+
+
+def test_sessions_expire_rotate_and_stay_bounded() -> None:
+    sessions = security.Sessions(idle_seconds=60, limit=3)
+    first = sessions.new()
+    assert sessions.get(first.id) is first and sessions.get("nope") is None
+    rotated = sessions.rotate(first)
+    assert sessions.get(first.id) is None and rotated.csrf != first.csrf
+    for _ in range(5):
+        sessions.new()
+    assert len(sessions) == 3
+    stale = sessions.new()
+    stale.last_seen -= 61
+    assert sessions.get(stale.id) is None
+
+
+def test_csrf_and_origin_checks() -> None:
+    session = security.Sessions().new()
+    assert security.csrf_ok(session, session.csrf)
+    assert not security.csrf_ok(session, None) and not security.csrf_ok(session, "x")
+    assert not security.csrf_ok(None, session.csrf)
+    own = "http://127.0.0.1:8090"
+    assert security.origin_ok(own, None, own)
+    assert not security.origin_ok("http://evil.test", own + "/", own)
+    assert security.origin_ok(None, own + "/workspaces", own)
+    assert not security.origin_ok(None, "http://127.0.0.1:80900/x", own)
+    assert not security.origin_ok(None, None, own)
+    assert security.is_loopback("127.0.0.1") and security.is_loopback("::1")
+    assert not security.is_loopback("0.0.0.0")
+    assert security.cookie_options(True) == {"httponly": True, "samesite": "Strict",
+                                             "secure": True, "path": "/"}
+
+
+def test_templates_escape_what_the_cluster_holds() -> None:
+    env = templates()
+    view = workspace_view(_ws(conditions=[{"type": "Ready", "status": "False",
+                                           "reason": "X", "message": "<img src=x onerror=1>"}]),
+                          NOW)
+    html = env.get_template("_live.html").render(ws=view)
+    assert "<img src=x" not in html and "&lt;img src=x onerror=1&gt;" in html
+    page = env.get_template("detail.html").render(ws=view, events=[{"message": "<b>e</b>"}],
+                                                  namespace="<ns>", csrf="t", user="",
+                                                  mode="kubeconfig")
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>e</b>" not in page and "<ns>" not in page
+
+
+def test_asset_pins_match_the_fetch_script() -> None:
+    pins = assets.pinned()
+    assert {a.package for a in pins} == {"htmx.org", "htmx-ext-sse"}
+    assert all(a.integrity.startswith("sha512-") and a.version[0].isdigit() for a in pins)
+    assert assets.assets_dir({"AGENTSPACES_CACHE": "/c"}).as_posix() == (
+        f"/c/dashboard-assets/{assets.cache_key()}")
+    assert assets.assets_dir({assets.ENV: "/x"}).as_posix() == "/x"
