@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 
 assets=$(bash scripts/bootstrap.sh | tail -n 1)
 export KUBEBUILDER_ASSETS="$assets"
+# The dashboard's pinned htmx files (npm, integrity-checked, cached outside the repository).
+dashboard_assets=$(bash scripts/fetch-dashboard-assets.sh | tail -n 1)
+export AGENTSPACES_DASHBOARD_ASSETS="$dashboard_assets"
 exec .venv/bin/agentspaces sandbox up --example "$@"

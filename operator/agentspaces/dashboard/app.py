@@ -28,6 +28,7 @@ from agentspaces.dashboard.views import (
     WAKE_ANNOTATION,
     human_size,
     sort_key,
+    when,
     workspace_view,
 )
 
@@ -62,6 +63,7 @@ def templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["size"] = human_size
+    env.filters["when"] = when
     return env
 
 
@@ -202,6 +204,17 @@ async def detail_page(request: web.Request) -> web.StreamResponse:
         events = []
     return render(request, "detail.html", ws=workspace_view(obj), events=events,
                   namespace=namespace)
+
+
+async def events_part(request: web.Request) -> web.StreamResponse:
+    """The detail page's events, polled (Events are not part of the Workspace watch)."""
+    api = user_api(request)
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    try:
+        events = await api.list_events(namespace, name)
+    except ApiError:
+        events = []
+    return render(request, "_events.html", events=events)
 
 
 async def new_page(request: web.Request) -> web.StreamResponse:
@@ -499,6 +512,7 @@ def create_app(settings: Settings, cluster: Cluster) -> web.Application:
     base = "/workspaces/{namespace}/{name}"
     r.add_get(base, detail_page, name="detail")
     r.add_get(base + "/stream", stream_detail, name="stream_detail")
+    r.add_get(base + "/events", events_part)
     r.add_post(base + "/stop", stop)
     r.add_post(base + "/start", start)
     r.add_post(base + "/wake", wake)

@@ -131,6 +131,15 @@ def workspace_view(obj: dict[str, Any], now: datetime | None = None) -> Workspac
         annotations=dict(meta.get("annotations") or {}))
 
 
+def when(value: datetime | str | None, now: datetime | None = None) -> str:
+    """A time as 2026-12-01 10:00:05 UTC (3m ago)."""
+    moment = _time(value) if isinstance(value, str) else value
+    if moment is None:
+        return ""
+    moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({ago(moment, now or datetime.now(UTC))} ago)"
+
+
 def sort_key(view: WorkspaceView) -> tuple[str, str]:
     return view.namespace, view.name
 

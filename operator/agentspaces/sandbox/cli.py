@@ -104,6 +104,8 @@ def _print_next_steps(info: SandboxInfo) -> None:
     print(f"""
 The sandbox is running; state, logs and the kubeconfig are in {info.state_dir}.
 
+  dashboard: {info.dashboard_url or "not started (see dashboard.log)"}
+
   export KUBECONFIG={info.kubeconfig}
   alias kubectl={info.kubectl}       # matches the sandbox's apiserver
   kubectl get ws -A

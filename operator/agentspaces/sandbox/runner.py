@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -76,6 +77,7 @@ class SandboxInfo:
     http_port: int = HTTP_PORT
     pids: list[int] = field(default_factory=list)
     vm: str = "simulator"
+    dashboard_url: str = ""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
@@ -105,6 +107,7 @@ class Sandbox:
         self.s3: Any = None
         self.vms: VmSimulator | QemuVms | None = None
         self.operator: subprocess.Popen[bytes] | None = None
+        self.dashboard: subprocess.Popen[bytes] | None = None
         self.info: SandboxInfo | None = None
 
     # lifecycle ------------------------------------------------------------------------
@@ -159,11 +162,15 @@ class Sandbox:
 
         step("starting the operator")
         self.operator = _start_operator(kubeconfig, self.state_dir / "operator.log")
+        step("starting the dashboard")
+        self.dashboard, dashboard_url = _start_dashboard(kubeconfig,
+                                                         self.state_dir / "dashboard.log")
         self.info = SandboxInfo(
             state_dir=str(self.state_dir), kubeconfig=str(kubeconfig),
             hetzner_url=self.hetzner.url, cloudflare_url=self.cloudflare.url, s3_url=s3_url,
             operator_pid=self.operator.pid, serve_pid=os.getpid(),
-            kubectl=str(self.plane.kubectl), pids=self.plane.pids, vm=self.vm_backend)
+            kubectl=str(self.plane.kubectl), pids=[*self.plane.pids, self.dashboard.pid],
+            vm=self.vm_backend, dashboard_url=dashboard_url)
         self.info.save(self.state_dir / "sandbox.json")
         return self.info
 
@@ -171,6 +178,8 @@ class Sandbox:
         """Stop everything this sandbox started; safe to call more than once."""
         if self.operator is not None and self.operator.poll() is None:
             _terminate(self.operator)
+        if self.dashboard is not None and self.dashboard.poll() is None:
+            _terminate(self.dashboard)
         if self.vms is not None:
             self.vms.stop_all()
         for emulator in (self.hetzner, self.cloudflare):
@@ -247,6 +256,30 @@ def _start_operator(kubeconfig: Path, log_path: Path) -> subprocess.Popen[bytes]
                                 stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 preexec_fn=die_with_parent)
+
+
+DASHBOARD_PORT = 8090
+
+
+def _start_dashboard(kubeconfig: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`agentspaces dashboard` on loopback with the sandbox's kubeconfig (port 8090 when
+    free). Without its front-end files (scripts/fetch-dashboard-assets.sh) it exits at
+    once and says so in dashboard.log; the sandbox runs on without it."""
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", DASHBOARD_PORT))
+        port = DASHBOARD_PORT
+    except OSError:
+        port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "agentspaces.cli", "dashboard",
+                                 "--port", str(port), "--kubeconfig", str(kubeconfig)],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
+    return proc, f"http://127.0.0.1:{port}/"
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
