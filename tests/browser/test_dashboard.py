@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import re
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +25,7 @@ from playwright.sync_api import expect
 
 from agentspaces.controlplane import free_port
 from tests.browser.conftest import CLASS, launch, screenshot
-from tests.conftest import Kubectl
+from tests.conftest import REPO, Kubectl
 from tests.support.dashboard import DashboardProcess
 from tests.support.stack import workspace
 from tests.support.waiting import wait_for
@@ -288,7 +290,37 @@ def test_user_bound_to_one_namespace_sees_and_acts_only_there(
         assert token not in dash.log()
     finally:
         dash.stop()
+
+    # Behind an authenticating proxy: the same user named in X-Forwarded-User, whom the
+    # dashboard impersonates with its own credentials, is held to the same namespace.
+    proxied = DashboardProcess(control_plane.admin_kubeconfig, tmp_path / "proxy.log",
+                               mode="proxy").start()
+    try:
+        user = {"X-Forwarded-User": f"system:serviceaccount:{mine}:alice"}
+        assert _fetch(f"{proxied.url}/workspaces?namespace={mine}", {})[0] == 401
+        code, body = _fetch(f"{proxied.url}/workspaces?namespace={mine}", user)
+        assert code == 200 and f'data-workspace="{mine}/mine"' in body
+        code, body = _fetch(f"{proxied.url}/workspaces?namespace={theirs}", user)
+        assert "forbidden" in body and "data-workspace=" not in body
+    finally:
+        proxied.stop()
     kubectl("delete", "workspace", "mine", "-n", mine, "--wait=false")
+
+
+def _fetch(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_in_cluster_manifest_applies(kubectl: Kubectl, stack: Any) -> None:
+    code, out, err = kubectl.run("apply", "--dry-run=server", "-f",
+                                 str(REPO / "manifests" / "dashboard.yaml"))
+    assert code == 0, err
+    assert "deployment.apps/agentspaces-dashboard" in out
 
 
 LABEL_CHECK = """() => Array.from(document.querySelectorAll(

@@ -50,6 +50,9 @@ class Settings:
     assets: Path
     secure_cookies: bool
     default_namespace: str = "default"
+    origin: str | None = None
+    """The origin browsers see (https://dash.example.com) behind a TLS-terminating
+    proxy; else the request's own scheme and Host."""
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
@@ -77,7 +80,7 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
 
 
 def _own_origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
+    return request.app[SETTINGS].origin or f"{request.scheme}://{request.host}"
 
 
 # -- middlewares -------------------------------------------------------------------------

@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--in-cluster", action="store_true",
                    help="find the apiserver through the pod's ServiceAccount")
+    p.add_argument("--public-url", help="the address users open, e.g. "
+                   "https://dashboard.example.com, when a proxy terminates TLS in front: "
+                   "POSTs must come from its origin, and cookies are Secure")
     p.add_argument("-n", "--namespace", help="namespace shown first (default: the "
                                              "context's, else default)")
     p.set_defaults(func=run)
@@ -68,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
         cluster = cluster.without_own_credentials()
     namespace = args.namespace or (None if args.in_cluster else _context_namespace(
         args.kubeconfig, args.context)) or "default"
-    settings = Settings(mode=args.auth, assets=static, secure_cookies=not loopback,
-                        default_namespace=namespace)
+    origin = args.public_url.rstrip("/") if args.public_url else None
+    settings = Settings(mode=args.auth, assets=static,
+                        secure_cookies=not loopback or bool(origin and origin.startswith(
+                            "https://")), default_namespace=namespace, origin=origin)
     app = create_app(settings, cluster)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"dashboard: http://{host}:{args.port}/ ({args.auth} mode)", flush=True)
