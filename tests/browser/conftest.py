@@ -80,5 +80,5 @@ def screenshot(page: Any, name: str) -> Path:
     """A full-page screenshot for the docs; a revealed password is masked."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"dashboard-{name}.png"
-    page.screenshot(path=str(path), full_page=True, mask=[page.locator("#password-value")])
+    page.locator("body").screenshot(path=str(path), mask=[page.locator("#password-value")])
     return path

@@ -383,3 +383,6 @@ def test_wake_after_an_idle_stop(dashboard: DashboardProcess, page: Any, kubectl
     ws = _get(kubectl, ns, name)
     assert ws is not None and ws["metadata"]["annotations"]["agentspaces.dev/wake"]
     assert ws["spec"]["running"] is True
+    page.goto(f"{dashboard.url}/workspaces?namespace=")  # every namespace: the README's
+    expect(page.locator(f'tr[data-workspace="{ns}/{name}"] .phase')).to_have_text("Running")
+    screenshot(page, "list-all")

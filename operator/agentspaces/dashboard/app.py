@@ -92,7 +92,10 @@ async def headers_middleware(request: web.Request, handler: Handler) -> web.Stre
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "same-origin")
-    if not request.path.startswith("/static/"):
+    if request.path.startswith("/static/vendor/"):
+        # A new pin is a new cache directory, but the same URL: an hour, not forever.
+        response.headers.setdefault("Cache-Control", "public, max-age=3600")
+    elif not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
     return response
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,7 +280,16 @@ def _start_dashboard(kubeconfig: Path, log_path: Path) -> tuple[subprocess.Popen
                                 stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 preexec_fn=die_with_parent)
-    return proc, f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    log.warning("the dashboard did not start; see %s", log_path)
+    return proc, ""
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
