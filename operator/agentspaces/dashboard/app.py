@@ -129,7 +129,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         response = exc
     current: security.Session | None = request.get(SESSION)
-    if current is not None and (fresh or current.id != session.id):
+    if current is not None and (fresh or current.id != session.id) and not response.prepared:
         response.set_cookie(security.COOKIE, current.id,
                             **security.cookie_options(request.app[SETTINGS].secure_cookies))  # type: ignore[arg-type]
     if isinstance(response, web.HTTPException) and response.status >= 300:
