@@ -36,6 +36,13 @@ class FakeApiserver:
         body = await request.json() if request.can_read_body else None
         self.calls.append((request.method, request.path, dict(request.headers), body))
         path = request.path
+        token = request.headers.get("Authorization", "")
+        if path.endswith("/selfsubjectreviews"):
+            if token not in ("Bearer good", "Bearer expired"):
+                return web.json_response({"message": "Unauthorized"}, status=401)
+            return web.json_response({"status": {"userInfo": {"username": "jane"}}})
+        if token == "Bearer expired":
+            return web.json_response({"message": "Unauthorized"}, status=401)
         if path.endswith("/secrets/x-access"):
             return web.json_response({"data": {"password": "c2VjcmV0LXB3"}})
         if path.endswith("/workspaceclasses"):
@@ -55,8 +62,9 @@ class FakeApiserver:
         return web.json_response({"message": "not found"}, status=404)
 
 
-@pytest.fixture
-async def app_client(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], FakeApiserver]]:
+@pytest.fixture(params=["kubeconfig"])
+async def app_client(tmp_path: Path, request: pytest.FixtureRequest
+                     ) -> AsyncIterator[tuple[TestClient[Any, Any], FakeApiserver]]:
     fake = FakeApiserver()
     api_app = web.Application()
     api_app.router.add_route("*", "/{tail:.*}", fake.handle)
@@ -69,7 +77,9 @@ async def app_client(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any]
     cluster = Cluster(url=str(api.make_url("")).rstrip("/"),
                       ssl_context=ssl.create_default_context(),
                       own=lambda: Credentials({"Authorization": "Bearer kubeconfig-user"}))
-    app = create_app(Settings(mode="kubeconfig", assets=static, secure_cookies=False), cluster)
+    if request.param == "token":
+        cluster = Cluster(url=cluster.url, ssl_context=cluster.ssl_context)
+    app = create_app(Settings(mode=request.param, assets=static, secure_cookies=False), cluster)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
@@ -158,3 +168,30 @@ async def test_admission_error_shown_next_to_its_field(app_client: Any) -> None:
     assert 'aria-describedby="repository_url-error"' in page
     sent = next(b for m, p, _, b in fake.calls if m == "POST" and p.endswith("/workspaces"))
     assert json.loads(json.dumps(sent))["spec"]["repository"]["url"] == "ftp://nope"
+
+
+@pytest.mark.parametrize("app_client", ["token"], indirect=True)
+async def test_token_login_rotates_the_session_and_keeps_the_token_server_side(
+        app_client: Any) -> None:
+    client, fake = app_client
+    resp = await client.get("/workspaces", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/login"
+    page = await (await client.get("/login")).text()
+    before = client.session.cookie_jar.filter_cookies(client.make_url("/"))["agentspaces_session"]
+    origin = {"Origin": str(client.make_url("")).rstrip("/")}
+    refused = await client.post("/login", data={"csrf_token": _csrf(page), "token": "bad"},
+                                headers=origin)
+    assert refused.status == 401
+    page = await refused.text()
+    resp = await client.post("/login", data={"csrf_token": _csrf(page), "token": "good",
+                                             "namespace": "default"}, headers=origin)
+    assert resp.status == 200 and "jane" in await resp.text()
+    after = client.session.cookie_jar.filter_cookies(client.make_url("/"))["agentspaces_session"]
+    assert after.value != before.value and "good" not in after.value
+    assert fake.calls[-1][2]["Authorization"] == "Bearer good"
+    # An expired token sends the user back to the sign-in page.
+    page = await (await client.get("/login")).text()
+    await client.post("/login", data={"csrf_token": _csrf(page), "token": "expired"},
+                      headers=origin)
+    resp = await client.get("/workspaces", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/login"

@@ -171,3 +171,54 @@ def test_asset_pins_match_the_fetch_script() -> None:
     assert assets.assets_dir({"AGENTSPACES_CACHE": "/c"}).as_posix() == (
         f"/c/dashboard-assets/{assets.cache_key()}")
     assert assets.assets_dir({assets.ENV: "/x"}).as_posix() == "/x"
+
+
+class _ScriptedApi:
+    """Lists and watches as the apiserver answers them, one script per watch."""
+
+    def __init__(self, watches: list[list[dict[str, Any]]]) -> None:
+        self.watches = watches
+        self.lists = 0
+
+    async def list_workspaces(self, namespace: str | None, name: str | None = None
+                              ) -> tuple[list[dict[str, Any]], str]:
+        self.lists += 1
+        return [_obj("a")], str(self.lists)
+
+    async def watch_workspaces(self, namespace: str | None, rv: str,
+                               name: str | None = None) -> Any:
+        for event in self.watches.pop(0) if self.watches else []:
+            yield event
+
+
+def _obj(name: str, phase: str = "Running") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "n"}, "status": {"phase": phase}}
+
+
+async def test_watched_state_follows_events_and_lists_again_after_expiry() -> None:
+    from agentspaces.dashboard.app import _watched
+
+    api = _ScriptedApi([
+        [{"type": "ADDED", "object": _obj("b")}, {"type": "BOOKMARK", "object": {}},
+         {"type": "MODIFIED", "object": _obj("a", "Stopped")},
+         {"type": "DELETED", "object": _obj("b")},
+         {"type": "ERROR", "object": {"code": 410}}],
+    ])
+    states = []
+    async for state in _watched(api, "n", None):  # type: ignore[arg-type]
+        states.append({k: v["status"]["phase"] for k, v in state.items()})  # type: ignore[union-attr]
+        if len(states) == 5:
+            break
+    # The bookmark yields nothing; the expired watch (410) makes a fresh list.
+    assert states == [{"n/a": "Running"}, {"n/a": "Running", "n/b": "Running"},
+                      {"n/a": "Stopped", "n/b": "Running"}, {"n/a": "Stopped"},
+                      {"n/a": "Running"}]
+    assert api.lists == 2
+
+
+def test_server_sent_event_framing() -> None:
+    from agentspaces.dashboard.app import _sse
+
+    assert _sse("table", "<p>a</p>\n<p>b</p>") == (
+        b"event: table\ndata: <p>a</p>\ndata: <p>b</p>\n\n")
+    assert _sse("live", "") == b"event: live\ndata: \n\n"

@@ -156,6 +156,13 @@ def user_api(request: web.Request) -> UserApi:
     return UserApi(cluster, cluster.own().impersonating(user, groups))
 
 
+def _signed_out(request: web.Request, err: ApiError) -> None:
+    """A token the apiserver no longer accepts (expired, revoked): sign in again."""
+    if err.status == 401 and request.app[SETTINGS].mode == "token":
+        request[SESSION].token = None
+        raise web.HTTPSeeOther("/login")
+
+
 def _namespace(request: web.Request) -> str | None:
     """The namespace filter: absent -> the default one; "" -> all namespaces."""
     if "namespace" not in request.query:
@@ -190,6 +197,7 @@ async def list_page(request: web.Request) -> web.StreamResponse:
     try:
         items, _ = await api.list_workspaces(namespace)
     except ApiError as err:
+        _signed_out(request, err)
         error = err.message
     return render(request, "list.html", namespace=namespace, rows=_rows(items), error=error,
                   stream=request.app.router["stream_list"].url_for().with_query(
@@ -202,6 +210,7 @@ async def detail_page(request: web.Request) -> web.StreamResponse:
     try:
         obj = await api.get_workspace(namespace, name)
     except ApiError as err:
+        _signed_out(request, err)
         return render(request, "error.html", status=err.status, message=err.message,
                       namespace=namespace)
     try:
