@@ -5,6 +5,7 @@ launched by path."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,20 @@ import pytest
 from tests.conftest import REPO, Kubectl
 from tests.support.dashboard import DashboardProcess, chromium_path
 from tests.support.stack import VmStack, vm_stack
+from tests.support.waiting import wait_for
 
 CLASS = "dash"
 SCREENSHOTS = REPO / "docs" / "img"
+NAMESPACES: list[str] = []
+"""The tests' namespaces: their workspaces are deleted before the operator stops, so no
+later module's operator on the shared apiserver inherits them."""
+
+
+def new_namespace(kubectl: Kubectl) -> str:
+    name = f"b-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    NAMESPACES.append(name)
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +39,15 @@ def stack(control_plane: Any, kubectl: Kubectl,
         # An idle stop 1m after the last activity, with no grace: the wake test's wait.
         kubectl("patch", "workspaceclass", CLASS, "--type", "merge", "-p",
                 '{"spec":{"idle":{"timeout":"1m","grace":"0s"}}}')
-        yield s
+        try:
+            yield s
+        finally:
+            for ns in NAMESPACES:
+                kubectl("delete", "workspaces", "--all", "-n", ns, "--wait=false",
+                        check=False)
+            wait_for(lambda: all(not (kubectl.get_json("workspaces", "-n", ns) or {}).get(
+                "items") for ns in NAMESPACES), 90, "the browser tests' workspaces deleted")
+            NAMESPACES.clear()
 
 
 @pytest.fixture(scope="module")

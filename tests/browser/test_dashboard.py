@@ -12,7 +12,6 @@ import re
 import threading
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 from playwright.sync_api import expect
 
 from agentspaces.controlplane import free_port
-from tests.browser.conftest import CLASS, launch, screenshot
+from tests.browser.conftest import CLASS, launch, new_namespace, screenshot
 from tests.conftest import REPO, Kubectl
 from tests.support.dashboard import DashboardProcess
 from tests.support.stack import workspace
@@ -36,9 +35,7 @@ RUNNING_TIMEOUT = 90_000
 
 
 def _ns(kubectl: Kubectl) -> str:
-    name = f"b-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    return name
+    return new_namespace(kubectl)
 
 
 def _get(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any] | None:
