@@ -222,3 +222,32 @@ def test_server_sent_event_framing() -> None:
     assert _sse("table", "<p>a</p>\n<p>b</p>") == (
         b"event: table\ndata: <p>a</p>\ndata: <p>b</p>\n\n")
     assert _sse("live", "") == b"event: live\ndata: \n\n"
+
+
+def test_cluster_from_a_token_kubeconfig_and_token_mode_drops_it(tmp_path: Any) -> None:
+    import base64 as b64
+
+    import yaml
+
+    from agentspaces.controlplane import CertificateAuthority
+    from agentspaces.dashboard.kubeapi import Cluster, Credentials
+
+    ca = CertificateAuthority.create("test-ca")
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {
+            "server": "https://127.0.0.1:6443",
+            "certificate-authority-data": b64.b64encode(ca.cert_pem).decode()}}],
+        "users": [{"name": "u", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u",
+                                               "namespace": "team-a"}}]}))
+    cluster = Cluster.from_kubeconfig(str(path))
+    assert cluster.url == "https://127.0.0.1:6443"
+    assert cluster.own().headers == {"Authorization": "Bearer t0ken"}
+    bare = cluster.without_own_credentials()
+    assert bare.own().headers == {} and bare.url == cluster.url
+    assert len(bare.ssl_context.get_ca_certs()) == 1
+    assert Credentials.bearer("x").impersonating("jane", ["dev", "ops"]).headers == {
+        "Authorization": "Bearer x", "Impersonate-User": "jane",
+        "Impersonate-Group": "dev,ops"}

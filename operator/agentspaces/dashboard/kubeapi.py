@@ -117,8 +117,11 @@ class Cluster:
         """The same apiserver, trusted the same way, with no identity of the process's
         own (token mode: only the user's token is ever sent). A client certificate in
         the context would still be one, so the context is made anew without it."""
-        ctx = ssl.create_default_context()
-        ctx.load_verify_locations(cadata=_ca_pem(self.ssl_context))
+        pem = _ca_pem(self.ssl_context)
+        ctx = ssl.create_default_context(cadata=pem) if pem else ssl.create_default_context()
+        if self.ssl_context.verify_mode == ssl.CERT_NONE:  # insecure-skip-tls-verify
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
         return Cluster(url=self.url, ssl_context=ctx)
 
 
