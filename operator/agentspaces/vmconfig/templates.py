@@ -16,6 +16,8 @@ from typing import Any
 
 _PACKAGE = "agentspaces_cloudinit"
 _PLACEHOLDER = re.compile(r"\{\{([a-z][a-z0-9_]*)\}\}")
+# A whole-line shell comment; not the shebang, not a `# shellcheck` directive.
+_SHELL_COMMENT = re.compile(r"^[ \t]*#(?!!)(?! shellcheck ).*$", re.MULTILINE)
 
 
 class TemplateError(ValueError):
@@ -27,6 +29,18 @@ def read_template(name: str) -> str:
         return importlib.resources.files(_PACKAGE).joinpath(name).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TemplateError(f"template {name!r} not found in {_PACKAGE}") from None
+
+
+def read_shell_script(name: str) -> str:
+    """Shell template `name` with its whole-line comments emptied (line numbers kept, so
+    bash's error lines still point at the repository's file): the VM runs the script, the
+    repository keeps it readable, and the 32 KiB of user-data is better spent. The
+    scripts hold no here-documents, where a `#` line would be data."""
+    text = read_template(name)
+    if "<<" in text:
+        raise TemplateError(f"template {name}: a here-document; its comment lines may be "
+                            "data, so it cannot be stripped")
+    return _SHELL_COMMENT.sub("", text)
 
 
 def placeholders(text: str) -> set[str]:

@@ -121,11 +121,11 @@ def _units(layout: VmLayout) -> list[dict[str, Any]]:
 
 def _scripts(layout: VmLayout, profile: OsProfile) -> list[dict[str, Any]]:
     scripts = [_file(f"{layout.install_dir}/bootstrap.sh",
-                     templates.read_template(profile.bootstrap), "0755")]
-    scripts += [_file(f"{layout.install_dir}/{name}", templates.read_template(name), "0755")
-                for name in ("cloudcli-register.sh", "firewall.sh")]
+                     templates.read_shell_script(profile.bootstrap), "0755")]
+    scripts += [_file(f"{layout.install_dir}/{name}", templates.read_shell_script(name),
+                      "0755") for name in ("cloudcli-register.sh", "firewall.sh")]
     scripts.append(_file("/usr/local/bin/agentspaces-claude",
-                         templates.read_template("agentspaces-claude.sh"), "0755"))
+                         templates.read_shell_script("agentspaces-claude.sh"), "0755"))
     # Its one way to root (Docker), for CloudCLI's unprivileged user.
     scripts.append(_file(SUDOERS_FILE, templates.fill_text("sudoers-agentspaces-claude",
                                                            {"ui_user": UI_USER}), "0440"))
