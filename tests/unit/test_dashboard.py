@@ -4,6 +4,7 @@ and escaping in the templates."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -158,6 +159,7 @@ def test_templates_escape_what_the_cluster_holds() -> None:
     assert "<img src=x" not in html and "&lt;img src=x onerror=1&gt;" in html
     page = env.get_template("detail.html").render(ws=view, events=[{"message": "<b>e</b>"}],
                                                   namespace="<ns>", csrf="t", user="",
+                                                  static={"css": "/c", "script": "/s"},
                                                   mode="kubeconfig")
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -251,3 +253,17 @@ def test_cluster_from_a_token_kubeconfig_and_token_mode_drops_it(tmp_path: Any) 
     assert Credentials.bearer("x").impersonating("jane", ["dev", "ops"]).headers == {
         "Authorization": "Bearer x", "Impersonate-User": "jane",
         "Impersonate-Group": "dev,ops"}
+
+
+def test_one_script_of_the_pinned_files_under_a_content_hashed_url(tmp_path: Any) -> None:
+    from agentspaces.dashboard.app import static_files
+
+    for n, asset in enumerate(assets.pinned()):
+        (tmp_path / asset.file).write_text(f"/* vendor {n} */")
+    files = static_files(tmp_path)
+    url, body, kind = files["script"]
+    assert kind == "text/javascript" and re.fullmatch(r"/static/script-[0-9a-f]{16}\.js", url)
+    assert body.index(b"vendor 0") < body.index(b"vendor 1") < body.index(b"data-copy")
+    (tmp_path / assets.pinned()[0].file).write_text("/* vendor 0, a new version */")
+    assert static_files(tmp_path)["script"][0] != url
+    assert files["css"][0].endswith(".css") and b"focus-visible" in files["css"][1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from agentspaces.dashboard import forms, security
+from agentspaces.dashboard import assets, forms, security
 from agentspaces.dashboard.kubeapi import ApiError, Cluster, Credentials, UserApi
 from agentspaces.dashboard.views import (
     WAKE_ANNOTATION,
@@ -59,7 +60,24 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 CLUSTER: web.AppKey[Cluster] = web.AppKey("cluster", Cluster)
 SESSIONS: web.AppKey[security.Sessions] = web.AppKey("sessions", security.Sessions)
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
+STATIC: web.AppKey[dict[str, str]] = web.AppKey("static", dict)
 SESSION: web.RequestKey[security.Session] = web.RequestKey("session", security.Session)
+
+
+def static_files(vendor: Path) -> dict[str, tuple[str, bytes, str]]:
+    """The page's two files, read once and served from memory under a content-hashed
+    URL: the stylesheet, and one script that is the pinned htmx, its SSE extension (as
+    fetched, unchanged, in the lock's order) and our own few lines, one after the other.
+    One request for all of it instead of three keeps the first load short."""
+    script = b"\n;\n".join([*((vendor / a.file).read_bytes() for a in assets.pinned()),
+                             (HERE / "static" / "app.js").read_bytes()])
+    css = (HERE / "static" / "app.css").read_bytes()
+    out = {}
+    for name, body, kind, ext in (("script", script, "text/javascript", "js"),
+                                  ("css", css, "text/css", "css")):
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        out[name] = (f"/static/{name}-{digest}.{ext}", body, kind)
+    return out
 
 
 def templates() -> jinja2.Environment:
@@ -74,6 +92,7 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
     env = request.app[TEMPLATES]
     session: security.Session | None = request.get(SESSION)
     body = env.get_template(name).render(
+        static=request.app[STATIC],
         csrf=session.csrf if session else "", user=session.user if session else "",
         mode=request.app[SETTINGS].mode, **context)
     return web.Response(text=body, status=status, content_type="text/html")
@@ -92,10 +111,10 @@ async def headers_middleware(request: web.Request, handler: Handler) -> web.Stre
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "same-origin")
-    if request.path.startswith("/static/vendor/"):
-        # A new pin is a new cache directory, but the same URL: an hour, not forever.
-        response.headers.setdefault("Cache-Control", "public, max-age=3600")
-    elif not request.path.startswith("/static/"):
+    if request.path.startswith("/static/"):
+        # Named by their content's hash (static_files): a new version is a new URL.
+        response.headers.setdefault("Cache-Control", "public, max-age=31536000, immutable")
+    else:
         response.headers.setdefault("Cache-Control", "no-store")
     return response
 
@@ -534,8 +553,16 @@ def create_app(settings: Settings, cluster: Cluster) -> web.Application:
     r.add_post(base + "/delete", delete)
     r.add_post(base + "/password", reveal_password)
     r.add_post(base + r"/ports/{port:\d{1,5}}", set_port)
-    r.add_static("/static/vendor", settings.assets, append_version=False)
-    r.add_static("/static", HERE / "static")
+    files = static_files(settings.assets)
+    app[STATIC] = {name: url for name, (url, _, _) in files.items()}
+
+    def serve(body: bytes, content_type: str) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return web.Response(body=body, content_type=content_type)
+        return handler
+
+    for url, body, content_type in files.values():
+        r.add_get(url, serve(body, content_type))
 
     async def close(_: web.Application) -> None:
         await cluster.aclose()
