@@ -59,6 +59,8 @@ def test_create_live_running_open_stop_start_delete(
         dashboard: DashboardProcess, page: Any, playwright: Any, kubectl: Kubectl,
         sleepy: tuple[str, str]) -> None:
     ns = _ns(kubectl)
+    errors: list[str] = []  # console errors, e.g. what the CSP refused
+    page.context.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(f"{dashboard.url}/workspaces?namespace={ns}")
     expect(page.locator("caption")).to_contain_text("0 workspaces")
 
@@ -120,6 +122,7 @@ def test_create_live_running_open_stop_start_delete(
     detail.get_by_role("button", name="Start").click()
     expect(detail.locator("#phase")).to_have_text("Running", timeout=RUNNING_TIMEOUT)
 
+    assert not errors, errors
     detail.once("dialog", lambda dialog: dialog.accept())  # hx-confirm
     detail.get_by_role("button", name="Delete").click()
     detail.wait_for_url(re.compile(r"/workspaces\?namespace="))
