@@ -27,13 +27,35 @@
 # service; a plain host adds none, and the image is the plain one. They are part of the
 # cache key.
 #
+# Two flavors. `base` (the default) is the stock image, like Hetzner's debian-13.
+# `workspace` (argument --workspace) also holds the workspace software, installed at
+# build time at the host's speed: the packages of the debian-13 cloud-config, the
+# bootstrap's install steps (`bootstrap-debian-13.sh --bake`: Node, Caddy, the npm
+# globals) and the pinned Claude Code build (agentspaces_vm.claude_install). A VM booted
+# from it runs the same user-data and bootstrap, whose steps find each piece at its
+# pinned version and skip it; what a pin changed is installed at boot as on the stock
+# image. Those three files are part of its cache key. Under TCG this turns a boot from
+# over 25 minutes (npm compiles CloudCLI's native modules when GitHub, where their
+# prebuilt binaries live, is out of reach) into minutes (docs/vm.md).
+#
 # Environment: AGENTSPACES_CACHE (cache root, default ~/.cache/agentspaces),
 # AGENTSPACES_DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 
 RELEASE=trixie
 MIRROR="${AGENTSPACES_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FLAVOR=base
+case "${1:-}" in
+  "") ;;
+  --workspace) FLAVOR=workspace ;;
+  *) echo "usage: $0 [--workspace]" >&2; exit 2 ;;
+esac
 IMAGE_SIZE=3G
+# The workspace flavor's recipe, beyond this script.
+BAKED=(cloudinit/cloud-config-debian-13.yaml cloudinit/bootstrap-debian-13.sh
+  vm/agentspaces_vm/claude_install.py)
+[ "$FLAVOR" = base ] || IMAGE_SIZE=8G
 # Installed with apt inside the rootfs after debootstrap (apt resolves the dependencies).
 # e2fsprogs: cloud-init grows the root filesystem (resize2fs) to the VM's disk size;
 # openssh-server and curl: on Hetzner's own debian-13 image too (cloud-init makes the
@@ -43,7 +65,12 @@ PACKAGES=(systemd-sysv udev iproute2 ifupdown isc-dhcp-client cloud-init ca-cert
 CACHE_ROOT="${AGENTSPACES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentspaces}"
 HOST_CAS=/usr/local/share/ca-certificates
 host_cas() { find "$HOST_CAS" -type f -name '*.crt' -print0 2>/dev/null | sort -z; }
-KEY="debian-13-$({ cat "${BASH_SOURCE[0]}"; host_cas | xargs -0r cat; } | sha256sum | cut -c1-16)"
+recipe_files() {
+  cat "${BASH_SOURCE[0]}"
+  host_cas | xargs -0r cat
+  [ "$FLAVOR" = base ] || (cd "$REPO" && cat "${BAKED[@]}")
+}
+KEY="debian-13-$FLAVOR-$(recipe_files | sha256sum | cut -c1-16)"
 OUT="$CACHE_ROOT/vm-image/$KEY"
 
 log() { printf '[vm-image %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -139,6 +166,31 @@ if [ -n "$cas" ]; then
 DefaultEnvironment=NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 EOF
 fi
+if [ "$FLAVOR" = workspace ]; then
+  bake_start=$(date +%s)
+  # The cloud-config's package list: the lines "  - name" under "packages:".
+  mapfile -t baked_packages < <(awk '/^packages:/ {p = 1; next} /^[^ #]/ {p = 0}
+    p && /^  - / {print $2}' "$REPO/cloudinit/cloud-config-debian-13.yaml")
+  [ "${#baked_packages[@]}" -gt 0 ] || die "no packages in cloud-config-debian-13.yaml"
+  log "workspace flavor: apt ${baked_packages[*]}"
+  # With their Recommends, as cloud-init's `packages` installs them.
+  in_root apt-get install -y "${baked_packages[@]}" >&2
+  in_root apt-get clean >&2
+  log "workspace flavor: the bootstrap's install steps (Node, Caddy, npm globals)"
+  $SUDO install -d "$root/tmp/bake"
+  $SUDO cp "$REPO/cloudinit/bootstrap-debian-13.sh" "$root/tmp/bake/bootstrap.sh"
+  $SUDO cp -r "$REPO/vm/agentspaces_vm" "$root/tmp/bake/agentspaces_vm"
+  in_root bash /tmp/bake/bootstrap.sh --bake >&2 || die "bootstrap-debian-13.sh --bake failed"
+  log "workspace flavor: Claude Code (the pinned build, from npm)"
+  in_root env PYTHONPATH=/tmp/bake PATH=/usr/local/bin:/usr/bin:/bin \
+    python3 -m agentspaces_vm.claude_install /var/lib/agentspaces/claude-code >&2 \
+    || die "installing Claude Code failed"
+  $SUDO rm -rf "$root/tmp/bake" "$root/root/.npm" "$root/root/.cache"
+  # Docker stays off until the bootstrap has the network guards up: at boot, systemd
+  # loads units before cloud-init writes Docker's drop-in that requires them.
+  in_root systemctl disable docker.service docker.socket >&2
+  log "workspace flavor: baked in $(($(date +%s) - bake_start))s"
+fi
 for m in dev/pts dev sys proc; do $SUDO umount "$root/$m"; done
 $SUDO rm -f "$root/usr/sbin/policy-rc.d"
 
@@ -146,6 +198,12 @@ log "configuring cloud-init (NoCloud only), networking and the console"
 $SUDO tee "$root/etc/cloud/cloud.cfg.d/90-agentspaces.cfg" >/dev/null <<'EOF'
 # Set by agentspaces' scripts/build-vm-image.sh: the seed is a drive labelled "cidata".
 datasource_list: [NoCloud, None]
+# Hetzner's images have no account at uid 1000 (their default user is root), and the
+# workspace bootstrap gives that uid to CloudCLI's user. Debian's default user stays,
+# for logging in, but off that uid.
+system_info:
+  default_user:
+    uid: 1001
 EOF
 $SUDO tee "$root/etc/fstab" >/dev/null <<'EOF'
 /dev/vda / ext4 defaults,errors=remount-ro 0 1
@@ -171,6 +229,7 @@ $SUDO mke2fs -q -t ext4 -L agentspaces-root -d "$root" "$work/root.img" "$IMAGE_
   || die "mke2fs -d failed"
 {
   echo "release: $RELEASE"
+  echo "flavor: $FLAVOR"
   echo "mirror: $MIRROR"
   echo "kernel: $(basename "$kernel")"
   echo "packages: ${PACKAGES[*]}"
@@ -186,5 +245,9 @@ check_qemu "$work"
 rm -rf "$OUT"
 mv "$work" "$OUT"
 trap - EXIT
+# Earlier recipes of this flavor (gigabytes each); a VM still running from one keeps
+# its open file.
+find "$CACHE_ROOT/vm-image" -mindepth 1 -maxdepth 1 -type d -name "debian-13-$FLAVOR-*" \
+  ! -name "$KEY" -exec rm -rf {} + 2>/dev/null || true
 log "built $OUT in $(($(date +%s) - start))s"
 echo "$OUT"

@@ -231,3 +231,29 @@ def check_version(binary: Path, version: str, *, runner: Runner,
         raise InstallError(f"{binary.name} --version did not report {version} "
                            f"(exit {result.returncode}): {detail}")
 
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python3 -m agentspaces_vm.claude_install ROOT`: this VM's pinned build under ROOT,
+    as the agent installs it (scripts/build-vm-image.sh bakes it into an image this way,
+    and the agent then finds it installed)."""
+    import sys
+
+    from agentspaces_vm.bootstrap import run_command
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python3 -m agentspaces_vm.claude_install ROOT", file=sys.stderr)
+        return 2
+    try:
+        done = install(Path(args[0]), npm=shutil.which("npm") or "npm", runner=run_command,
+                       env=npm_env(os.environ))
+    except InstallError as exc:
+        print(f"claude_install: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'installed' if done.installed_now else 'already installed'}: {done.binary}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -107,11 +107,15 @@ class BaseImage:
         return self
 
 
-def build_image(progress: Progress | None = None, *, timeout: float = 30 * 60) -> BaseImage:
+def build_image(progress: Progress | None = None, *, workspace: bool = False,
+                timeout: float = 45 * 60) -> BaseImage:
     """Run scripts/build-vm-image.sh (a no-op but for a QEMU check when cached) and return
-    the image; its progress lines go to `progress` (default: this process's stderr)."""
+    the image; its progress lines go to `progress` (default: this process's stderr).
+    `workspace`: the flavor with the workspace software installed at build time (boots
+    in minutes under TCG) instead of the stock one (the bootstrap installs everything)."""
     emit = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    proc = subprocess.Popen(["bash", str(IMAGE_SCRIPT)], stdout=subprocess.PIPE,
+    argv = ["bash", str(IMAGE_SCRIPT), *(["--workspace"] if workspace else [])]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     err_lines: list[str] = []
 
@@ -348,8 +352,12 @@ class QemuVms(VmBackend[_Vm, QemuVmInfo]):
                  ssh_port: int | None = None, metadata: tuple[str, int] | None = None,
                  memory_mib: int = 2048, cpus: int = 2, disk_size: str = "10G",
                  qemu: str = "qemu-system-x86_64", qemu_img: str = "qemu-img",
-                 term_seconds: float = 10.0, kill_seconds: float = 5.0) -> None:
+                 term_seconds: float = 10.0, kill_seconds: float = 5.0,
+                 edit_user_data: Callable[[str, str], str] | None = None) -> None:
+        """`edit_user_data(server name, user-data)`: what that guest's seed holds instead
+        of the user-data the operator sent (a test breaking a step on purpose)."""
         super().__init__(state_dir, ip_pool, term_seconds, kill_seconds)
+        self.edit_user_data = edit_user_data
         self.image = image.check()
         self.ports = tuple(dict.fromkeys(int(p) for p in ports))
         self.ssh_port = ssh_port
@@ -377,6 +385,8 @@ class QemuVms(VmBackend[_Vm, QemuVmInfo]):
             return
         # Hetzner boots a server without user-data too; cloud-init then has nothing to do.
         text = user_data if isinstance(user_data, str) else ""
+        if self.edit_user_data is not None:
+            text = self.edit_user_data(vm.name, text)
         ports, refused = bindable_ports(self.ports)
         if refused:
             vm.note(f"not forwarding ports {', '.join(map(str, refused))}: binding them "
