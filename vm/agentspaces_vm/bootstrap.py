@@ -454,6 +454,10 @@ class Bootstrap:
                                     state="refused")
             return
         if not outcome.success or result.returncode != 0:
+            # The CLI's log says which command failed and what it printed; the
+            # condition gets only the outcome's message.
+            log.error("devcontainer up exited %s; its log ends:\n%s", result.returncode,
+                      redact("\n".join(result.stderr.splitlines()[-40:]), 6000))
             detail = outcome.message if outcome.message else result.stderr
             self._fail_devcontainer(f"devcontainer up failed: {detail or result.stderr}")
             return

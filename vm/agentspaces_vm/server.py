@@ -22,6 +22,7 @@ import select
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -411,6 +412,10 @@ class AgentHTTPServer(ThreadingHTTPServer):
                 conn.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            # The client hung up (Caddy closes its on-demand TLS `ask` connections).
+            log.debug("connection from %s closed by the client", client_address[0])
+            return
         log.exception("connection from %s failed", client_address[0])
 
     def server_close(self) -> None:

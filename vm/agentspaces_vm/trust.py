@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 SYSTEM_CERT_DIR = Path("/usr/local/share/ca-certificates")
 CERT_PREFIX = "agentspaces-class-"
 BUNDLE_NAME = "ca-bundle.pem"
-TOOL_TIMEOUT = 120.0
+# update-ca-certificates and a Docker restart take seconds on a VM, but minutes under
+# emulation while the bootstrap runs beside them (over 120 s measured under QEMU's TCG).
+TOOL_TIMEOUT = 600.0
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 RunFn = Callable[[Sequence[str], Mapping[str, str], "Path | None", float], Any]
