@@ -40,6 +40,9 @@ export AGENTSPACES_CLAUDE_BIN="$claude_bin"
 # The real-VM tier's devcontainer image (tests/realvm/): a Debian 13 rootfs layer, built
 # once into the cache; the tier's registry serves it to the VM's Docker.
 bash scripts/build-container-image.sh >/dev/null
+# Its VMs boot the workspace image: Debian 13 with the bootstrap's software installed at
+# build time (the first build: about 10 minutes, then cached).
+bash scripts/build-vm-image.sh --workspace >/dev/null
 # The dashboard's pinned htmx files (npm, integrity-checked, cached outside the repository).
 dashboard_assets=$(bash scripts/fetch-dashboard-assets.sh | tail -n 1)
 export AGENTSPACES_DASHBOARD_ASSETS="$dashboard_assets"
