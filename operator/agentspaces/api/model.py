@@ -512,8 +512,9 @@ class PortSpec(ApiModel):
     """Visibility of one port served at https://{port}.{host}."""
 
     port: Annotated[Port, Cel(f"!(self in {list(RESERVED_PORTS)})", RESERVED_PORTS_MESSAGE)]
-    visibility: Literal["private", "public"] = Field(
-        "private", description="private ports need the workspace password; public ones do not.")
+    visibility: Literal["private", "link", "public"] = Field(
+        "private", description="private: the workspace password only; link: the password or "
+        "a share link made for this port; public: open to anyone.")
 
 
 class AccessSpec(ApiModel):
@@ -523,6 +524,15 @@ class AccessSpec(ApiModel):
                                    "URLs.")
     ports: list[PortSpec] = Field(default_factory=list, max_length=64,
                                   json_schema_extra=list_map("port"))
+
+
+class WakeSpec(ApiModel):
+    """What wakes a stopped workspace besides kubectl."""
+
+    on_request: bool = Field(
+        True, description="Opening the workspace's URL in a browser, signed in (or with a "
+        "share link that allows it), wakes it through the class's wake gateway. Needs the "
+        "class's wakeGateway; without one a stopped workspace's names are removed.")
 
 
 class PersistenceSpec(ApiModel):
@@ -580,6 +590,7 @@ class WorkspaceSpecModel(RunIntent):
     lifetime: LifetimeSpec = Field(default_factory=LifetimeSpec, description="Hard limits.")
     lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec)
     access: AccessSpec = Field(default_factory=AccessSpec)
+    wake: WakeSpec = Field(default_factory=WakeSpec)
     persistence: PersistenceSpec = Field(default_factory=PersistenceSpec)
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=32,
                                    description="OpenSSH public keys allowed to log in to "
@@ -648,6 +659,20 @@ class TlsSpec(ApiModel):
                             "own CA (sandbox); none: plain HTTP (sandbox only).")
     http_port: Port = 80
     https_port: Port = 443
+
+
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+IPV4_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}$"
+IPV6_PATTERN = r"^[0-9A-Fa-f:.]{2,45}$"
+
+
+class WakeGatewaySpec(ApiModel):
+    """The always-on wake gateway (manifests/gateway.yaml) that a stopped workspace's
+    names point at, so its URL can wake it."""
+
+    ipv4: str = Field(description="The gateway's public IPv4 address.", pattern=IPV4_PATTERN)
+    ipv6: str | None = Field(None, description="Its public IPv6 address, if it has one.",
+                             pattern=IPV6_PATTERN)
 
 
 class StorageSpec(ApiModel):
@@ -897,6 +922,9 @@ class WorkspaceClassSpecModel(ApiModel):
     server: ClassServerSpec = Field(default_factory=ClassServerSpec)
     dns: DnsSpec
     tls: TlsSpec = Field(default_factory=TlsSpec)
+    wake_gateway: WakeGatewaySpec | None = Field(
+        None, description="Where stopped workspaces' names point (see Workspace "
+        "spec.wake.onRequest); without it they are removed on stop.")
     storage: StorageSpec | None = None
     encryption: EncryptionSpec | None = None
     trust: TrustSpec = Field(default_factory=TrustSpec)
