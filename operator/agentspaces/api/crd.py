@@ -233,6 +233,7 @@ def workspace_crd() -> Schema:
         [
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "URL", "type": "string", "jsonPath": ".status.urls.workspace"},
+            {"name": "URL-State", "type": "string", "jsonPath": ".status.urls.state"},
             {"name": "Idle", "type": "boolean", "jsonPath": ".status.activity.idle"},
             {"name": "Agent", "type": "string", "jsonPath": ".status.activity.agentState"},
             {"name": "Reason", "type": "string", "priority": 1,

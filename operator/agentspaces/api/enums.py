@@ -52,6 +52,14 @@ class PreStopOutcome(StrEnum):
 class UrlState(StrEnum):
     LIVE = "live"
     STOPPED = "stopped"
+    GATEWAY = "gateway"  # stopped; its names point at the wake gateway, opening it wakes it
+
+
+class DnsTarget(StrEnum):
+    """Where a workspace's address records point (status.dns.target)."""
+
+    SERVER = "Server"
+    GATEWAY = "Gateway"
 
 
 class ConditionStatus(StrEnum):
@@ -126,6 +134,7 @@ class Reason(StrEnum):
     DNS_ZONE_NOT_FOUND = "ZoneNotFound"
     DNS_WAITING_FOR_SERVER = "WaitingForServer"
     DNS_RECORDS_REMOVED = "RecordsRemoved"
+    DNS_AT_GATEWAY = "PointsAtGateway"  # stopped: the names lead to the wake gateway
 
     # FirewallReady
     FIREWALL_APPLIED = "Applied"

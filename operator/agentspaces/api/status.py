@@ -17,6 +17,7 @@ from pydantic.json_schema import JsonDict
 from agentspaces.api.enums import (
     AgentState,
     ConditionStatus,
+    DnsTarget,
     Phase,
     PreStopOutcome,
     StoppedBy,
@@ -78,8 +79,9 @@ class UrlsStatus(StatusModel):
     ui: str | None = None
     ports: str | None = Field(None,
                               description="Pattern for port URLs; {port} is the port number.")
-    state: UrlState | None = Field(None,
-                                   description="live while running, stopped while stopped.")
+    state: UrlState | None = Field(
+        None, description="live while running; gateway while stopped with its names at the "
+        "wake gateway (opening the URL wakes it); stopped otherwise.")
 
 
 class DnsRecordStatus(StatusModel):
@@ -96,6 +98,11 @@ class DnsStatus(StatusModel):
 
     zone_id: str | None = Field(None, alias="zoneId")
     records: list[DnsRecordStatus] = Field(default_factory=list)
+    target: DnsTarget | None = Field(None, description="What the address records point at: "
+                                     "the Server, or the class's wake Gateway while stopped.")
+    changed_at: Timestamp | None = Field(
+        None, alias="changedAt", description="When the records last switched target; "
+        "resolvers may use the old target for up to the class's dns.ttl after it.")
 
 
 class ActivityStatus(StatusModel):
