@@ -69,7 +69,8 @@ async def _reconcile(visit: Visit) -> Outcome:
     status.hostname = scope.label
     status.wake_handled = intent.wake_handled
     if intent.woke:
-        scope.emit("Normal", "Waking", "woken by the agentspaces.dev/wake annotation")
+        scope.emit("Normal", "Woken", "woken by the agentspaces.dev/wake annotation"
+                   + (f" ({intent.woken_by})" if intent.woken_by else ""))
         status.stopped_by = None
     if not _class_allows(scope, intent.running):
         # No cloud call was made: check again at the poll, e.g. for a relaxed class.
