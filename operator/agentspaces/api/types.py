@@ -148,6 +148,14 @@ class DnsSettings:
 
 
 @dataclass(frozen=True)
+class WakeGateway:
+    """spec.wakeGateway: where a stopped workspace's names point, so its URL wakes it."""
+
+    ipv4: str
+    ipv6: str | None = None
+
+
+@dataclass(frozen=True)
 class StorageSettings:
     endpoint: str
     bucket: str
@@ -219,6 +227,7 @@ class WorkspaceClass:
     """spec.trust.caBundle: PEM CA certificates the VMs trust besides the system's."""
     token_prices: tuple[ModelPrice, ...] = ()
     """spec.pricing.models: looked up before the default token prices."""
+    wake_gateway: WakeGateway | None = None
 
     @property
     def reserved_ports(self) -> frozenset[int]:
@@ -279,6 +288,8 @@ class WorkspaceClass:
             else AgentCredential.of(spec.agent_credentials, from_class=True),
             ca_bundle=spec.trust.ca_bundle,
             token_prices=tuple(_model_price(p) for p in spec.pricing.models),
+            wake_gateway=None if spec.wake_gateway is None
+            else WakeGateway(spec.wake_gateway.ipv4, spec.wake_gateway.ipv6),
         )
 
 
@@ -322,6 +333,8 @@ class WorkspaceSpec:
     pre_stop_timeout: timedelta = DEFAULT_PRE_STOP_TIMEOUT
     registry_credentials_ref: SecretKeyRef | None = None
     """devcontainer.registryCredentialsSecretRef: its `.dockerconfigjson` key."""
+    wake_on_request: bool = True
+    """wake.onRequest: a stopped workspace's URL wakes it (with the class's wakeGateway)."""
 
     @property
     def public_ports(self) -> tuple[int, ...]:
@@ -376,6 +389,7 @@ class WorkspaceSpec:
             ssh_keys=tuple(ws.ssh_keys),
             registry_credentials_ref=_registry_ref(
                 ws.devcontainer.registry_credentials_secret_ref),
+            wake_on_request=ws.wake.on_request,
         )
 
 

@@ -6,6 +6,11 @@ with `agentspaces:<workspace uid>`; anything else at our names is someone else's
 never changed or deleted, only reported as a conflict. With `txtRegistry` on, every
 address record also gets an external-dns style TXT twin (see docs/dns.md).
 
+While a workspace is stopped by an idle or lifetime stop that a request may end, its
+address records point at the class's wake gateway instead (`stopped_target`): the same
+records, updated in place, so a stop and a wake each cost one write per address record
+(docs/dns.md, "Names while stopped").
+
 `plan` is pure. `ensure_records`/`remove_records` run a plan through a `DnsProvider`,
 listing only the names the workspace uses and writing nothing when nothing differs.
 """
@@ -17,13 +22,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from agentspaces.api.enums import StoppedBy
 from agentspaces.api.status import DnsRecordStatus, DnsStatus
+from agentspaces.api.types import WakeGateway
 from agentspaces.clouds.cloudflare import (
     IDENTICAL_RECORD,
     DnsProvider,
     DnsRecord,
 )
 from agentspaces.clouds.errors import CloudError, ErrorKind
+from agentspaces.reconcile.lifecycle import AUTOMATIC_STOPS
 
 OWNER_PREFIX = "agentspaces:"
 MAX_COMMENT = 100  # Cloudflare Free plan limit
@@ -117,6 +125,17 @@ def desired_records(host: str, *, ipv4: str, ipv6: str | None = None, ttl: int =
                               comment=comment)
                     for r in list(records)]
     return records
+
+
+def stopped_target(gateway: WakeGateway | None, wake_on_request: bool,
+                   stopped_by: StoppedBy | None) -> WakeGateway | None:
+    """Where a stopped workspace's names point: the class's wake gateway when opening the
+    URL may wake it, else nowhere (None: the records are removed). Only idle and lifetime
+    stops end with a wake; a stop by the user (spec.running false) does not, so its names
+    are removed as without a gateway."""
+    if gateway is None or not wake_on_request or stopped_by not in AUTOMATIC_STOPS:
+        return None
+    return gateway
 
 
 # --- the plan ----------------------------------------------------------------------------

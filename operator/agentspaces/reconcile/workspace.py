@@ -3,8 +3,8 @@
 Every trigger (create, spec or annotation change, restart, the poll timer) runs the
 same `reconcile`: resolve credentials, decide whether the workspace should run, then
 walk the steps (server -> DNS -> agent) or the stop sequence (backup -> server ->
-DNS). Each step records its condition and either finishes or asks to be called again
-later; nothing here waits in a loop.
+DNS, pointed at the wake gateway or removed). Each step records its condition and
+either finishes or asks to be called again later; nothing here waits in a loop.
 """
 
 from __future__ import annotations
@@ -25,11 +25,16 @@ from agentspaces.reconcile import (
     vm_cost,
 )
 from agentspaces.reconcile.credentials import CredentialsProblem, resolve
-from agentspaces.reconcile.lifecycle import decide_intent, wants_force_stop
+from agentspaces.reconcile.lifecycle import (
+    AUTOMATIC_STOPS,
+    Intent,
+    decide_intent,
+    wakes_on_request,
+    wants_force_stop,
+)
 from agentspaces.reconcile.outcome import Outcome, Wait
 from agentspaces.reconcile.scope import Scope, Visit
 from agentspaces.reconcile.secret_ownership import SecretConflict
-from agentspaces.reconcile.status import StatusDraft
 from agentspaces.reconcile.step import Step
 
 # ServerReady reasons a retry cannot fix: the user has to change something.
@@ -47,13 +52,14 @@ async def reconcile(visit: Visit) -> Outcome:
 async def _reconcile(visit: Visit) -> Outcome:
     status = visit.status
     status.init_conditions()
+    seen_generation = status.observed_generation
     status.observed_generation = visit.ref.generation
     claimed = await host_claim.ensure(visit)  # before any cloud call, stopped or not
     if claimed is not None:
         return claimed
 
     intent = decide_intent(wants_running(visit.spec_raw), status, visit.annotations)
-    if _settled_stop(status, intent.running):
+    if _settled_stop(visit, intent, seen_generation):
         # Stopped with nothing left in any cloud: the poll costs no API call at all.
         status.stopped_by = intent.stopped_by
         status.wake_handled = intent.wake_handled
@@ -109,7 +115,7 @@ async def finalize(visit: Visit) -> Outcome:
     retain = resolved.spec.persistence_on_delete == "Retain"
     try:
         outcome = await _ensure_stopped(scope, status.stopped_by or StoppedBy.USER,
-                                        backup=retain)
+                                        backup=retain, deleting=True)
     except SecretConflict as conflict:
         return _secret_conflict(scope, conflict)
     if outcome.requeue is not None:
@@ -122,9 +128,23 @@ async def finalize(visit: Visit) -> Outcome:
     return Outcome.done()
 
 
-def _settled_stop(status: StatusDraft, running: bool) -> bool:
-    return (not running and status.phase == Phase.STOPPED and not status.has_server
-            and status.dns is None and status.is_true(T.CREDENTIALS_AVAILABLE))
+def _settled_stop(visit: Visit, intent: Intent, seen_generation: int | None) -> bool:
+    """Stopped, no server, no records, and nothing that could want records at the wake
+    gateway: a stop that no request may end, or one whose last full look (same spec)
+    found no gateway to point at. Records at the gateway take the full path: it compares
+    them with the class's gateway, reading only Kubernetes."""
+    status = visit.status
+    if (intent.running or status.phase != Phase.STOPPED or status.has_server
+            or status.dns is not None or not status.is_true(T.CREDENTIALS_AVAILABLE)):
+        return False
+    if intent.stopped_by not in AUTOMATIC_STOPS or not wakes_on_request(visit.spec_raw):
+        return True
+    return (seen_generation == visit.ref.generation
+            and status.reason(T.DNS_READY) in _SETTLED_DNS_REASONS)
+
+
+# DNSReady reasons of a stop that left no records: removed, or not ours to point.
+_SETTLED_DNS_REASONS = (Reason.DNS_RECORDS_REMOVED, Reason.DNS_NAME_TAKEN)
 
 
 def _class_allows(scope: Scope, running: bool) -> bool:
@@ -168,14 +188,11 @@ def _secret_conflict(scope: Scope, conflict: SecretConflict) -> Outcome:
 # polling).
 RUNNING_STEPS: tuple[Step, ...] = (firewall_step, server_step, vm_cost, dns_step,
                                    agent_step)
-# Stopping: the server goes first (after its backup), then its records.
-STOPPING_STEPS: tuple[Step, ...] = (server_step, dns_step)
 
 
-async def _walk(scope: Scope, steps: tuple[Step, ...], stopping: bool = False
-                ) -> Outcome | None:
+async def _walk(scope: Scope, steps: tuple[Step, ...]) -> Outcome | None:
     for step in steps:
-        outcome = await (step.delete(scope) if stopping else step.reconcile(scope))
+        outcome = await step.reconcile(scope)
         if outcome is not None:
             return outcome
     return None
@@ -202,11 +219,15 @@ async def _ensure_running(scope: Scope) -> Outcome:
     return await backup_step.reconcile(scope) or Outcome.done()
 
 
-async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool) -> Outcome:
-    """Back up, delete the server, remove DNS; idempotent when already stopped."""
+async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool, *,
+                          deleting: bool = False) -> Outcome:
+    """Back up, delete the server, then point the names at the wake gateway or remove
+    them (always on delete); idempotent when already stopped."""
     status = scope.status
     had_server = status.has_server
-    if status.phase == Phase.STOPPED and not had_server and status.dns is None:
+    names_settled = (status.dns is None if deleting
+                     else dns_step.stopped_settled(scope, stopped_by))
+    if status.phase == Phase.STOPPED and not had_server and names_settled:
         status.stopped_by = stopped_by  # e.g. an idle stop the user now confirms
         return Outcome.done()  # already stopped: no cloud calls at all
     if had_server:
@@ -223,7 +244,11 @@ async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool) -> 
                 return outcome
         else:
             backup_step.stopping_started(scope)
-    outcome = await _walk(scope, STOPPING_STEPS, stopping=True)
+    # The server goes first (after its backup), then its records.
+    outcome = await server_step.delete(scope)
+    if outcome is None:
+        outcome = await (dns_step.delete(scope) if deleting
+                         else dns_step.stop(scope, stopped_by))
     if outcome is not None:
         return outcome
 
@@ -238,7 +263,8 @@ async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool) -> 
     status.started_at = None
     status.stopping_since = None
     if status.urls is not None:
-        status.urls.state = UrlState.STOPPED
+        status.urls.state = (UrlState.GATEWAY if dns_step.at_gateway(status)
+                             else UrlState.STOPPED)
     status.condition(T.SERVER_READY, False, Reason.STOPPED, "no server while stopped")
     status.condition(T.AGENT_READY, False, Reason.STOPPED, "no agent while stopped")
     if status.activity is not None:
