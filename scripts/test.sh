@@ -37,6 +37,10 @@ export KUBEBUILDER_ASSETS="$assets"
 # tests/component/test_claude_real.py runs against a scripted Messages API.
 claude_bin=$(bash scripts/install-claude.sh | tail -n 1)
 export AGENTSPACES_CLAUDE_BIN="$claude_bin"
+# The pinned helm, built once from Go modules like the Kubernetes binaries; the chart
+# tests (tests/integration/test_helm_chart.py) lint and render charts/agentspaces with it.
+helm_bin=$(bash scripts/build-helm.sh | tail -n 1)
+export AGENTSPACES_HELM="$helm_bin"
 # The real-VM tier's devcontainer image (tests/realvm/): a Debian 13 rootfs layer, built
 # once into the cache; the tier's registry serves it to the VM's Docker.
 bash scripts/build-container-image.sh >/dev/null
