@@ -13,5 +13,7 @@ test:
 lint:
 	.venv/bin/ruff check operator vm tests benchmarks scripts
 
+# The Helm chart carries its own copy (Helm installs CRDs only from the chart's crds/).
 crds:
 	.venv/bin/agentspaces crds > crds/agentspaces.dev.yaml
+	cp crds/agentspaces.dev.yaml charts/agentspaces/crds/agentspaces.dev.yaml
