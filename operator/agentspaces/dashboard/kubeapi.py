@@ -180,14 +180,28 @@ class UserApi:
                                name: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """The watch events after `resource_version` until the apiserver ends the watch
         (WATCH_SECONDS); an ERROR event (410 Gone) tells the caller to list again."""
-        params = {"watch": "1", "resourceVersion": resource_version,
-                  "timeoutSeconds": str(WATCH_SECONDS), "allowWatchBookmarks": "true"}
-        if name:
-            params["fieldSelector"] = f"metadata.name={name}"
+        params = {"fieldSelector": f"metadata.name={name}"} if name else {}
+        async for event in self.watch_objects(self._workspaces(namespace), resource_version,
+                                              params):
+            yield event
+
+    async def list_objects(self, path: str) -> tuple[list[dict[str, Any]], str]:
+        """Any collection (e.g. WorkspaceClasses) and the resourceVersion to watch from."""
+        listing = await self._call("GET", path)
+        return list(listing.get("items") or []), str(
+            (listing.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def watch_objects(self, path: str, resource_version: str,
+                            params: Mapping[str, str] | None = None
+                            ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events of any collection, as watch_workspaces describes them."""
+        query = {"watch": "1", "resourceVersion": resource_version,
+                 "timeoutSeconds": str(WATCH_SECONDS), "allowWatchBookmarks": "true",
+                 **(params or {})}
         timeout = aiohttp.ClientTimeout(total=WATCH_SECONDS + 30, connect=10,
                                         sock_read=None)
         async with self.cluster.session().get(
-                self.cluster.url + self._workspaces(namespace), params=params,
+                self.cluster.url + path, params=query,
                 headers={**self.credentials.headers, "Accept": "application/json"},
                 timeout=timeout) as resp:
             if resp.status >= 400:
@@ -216,13 +230,17 @@ class UserApi:
         return list(listing.get("items") or [])
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        return (await self.read_secret_data(namespace, name)).get(key)
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """Every key of a Secret, decoded."""
         import base64
 
         secret = await self._call(
             "GET", f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/"
                    f"{quote(name, safe='')}")
-        value = (secret.get("data") or {}).get(key)
-        return base64.b64decode(value).decode(errors="replace") if value else None
+        return {key: base64.b64decode(value).decode(errors="replace")
+                for key, value in (secret.get("data") or {}).items() if value}
 
     async def list_events(self, namespace: str, name: str, limit: int = 20
                           ) -> list[dict[str, Any]]:
