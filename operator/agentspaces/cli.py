@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agentspaces.dashboard.serve import add_parser as add_dashboard
 
     add_dashboard(sub)
+    from agentspaces.gateway.serve import add_parser as add_gateway
+
+    add_gateway(sub)
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)
     return parser
