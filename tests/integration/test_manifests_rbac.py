@@ -5,7 +5,10 @@ confined to namespaces with RoleBindings instead of the cluster-wide binding."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ import yaml
 from tests.conftest import REPO, Kubectl
 from tests.support.stack import (
     OPERATOR_NAMESPACE,
+    ZONE,
     Clouds,
     condition,
     install_class,
@@ -168,3 +172,147 @@ def test_secret_rights_can_be_confined_to_workspace_namespaces(
         installed("delete", "rolebinding", SECRETS_ROLE, "-n", OPERATOR_NAMESPACE,
                   "--ignore-not-found")
         installed.apply(yaml.safe_dump(binding))
+
+
+# -- the wake gateway's RBAC (manifests/gateway.yaml) ------------------------------------
+
+GATEWAY_SA = "agentspaces-gateway"
+GATEWAY_DOCS = list(yaml.safe_load_all((REPO / "manifests" / "gateway.yaml").read_text()))
+GATEWAY_ROLES: list[dict[str, Any]] = [d for d in GATEWAY_DOCS if d["kind"] == "ClusterRole"]
+GATEWAY_RULES = [(r, i) for r, role in enumerate(GATEWAY_ROLES)
+                 for i in range(len(role["rules"]))]
+GATEWAY_CLASS = "rbac-gateway"
+
+
+def _gateway_can(kubectl: Kubectl, *args: str) -> bool:
+    _, out, _ = kubectl.run("auth", "can-i", *args,
+                            f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{GATEWAY_SA}")
+    return out.strip() == "yes"
+
+
+def test_gateway_rights_are_only_what_it_uses(installed: Kubectl, namespace: str) -> None:
+    ws = "workspaces.agentspaces.dev"
+    for verb in ("list", "watch", "patch"):
+        assert _gateway_can(installed, verb, ws, "--all-namespaces"), verb
+    assert _gateway_can(installed, "list", "workspaceclasses.agentspaces.dev")
+    assert _gateway_can(installed, "get", "secrets", "-n", namespace)
+    for args in (("delete", ws, "-n", namespace), ("create", ws, "-n", namespace),
+                 ("update", ws, "-n", namespace),
+                 ("patch", ws, "--subresource=status", "-n", namespace),
+                 ("patch", "workspaceclasses.agentspaces.dev"),
+                 ("list", "secrets", "-n", namespace), ("watch", "secrets", "-n", namespace),
+                 ("create", "secrets", "-n", namespace), ("patch", "secrets", "-n", namespace),
+                 ("create", "events", "-n", namespace), ("list", "pods", "-n", namespace)):
+        assert not _gateway_can(installed, *args), args
+
+
+def _stopped_for_the_gateway(kubectl: Kubectl, namespace: str, name: str) -> str:
+    """A workspace of the gateway's class, stopped by inactivity with its records at the
+    gateway (status written as the operator would), and its access Secret; its host."""
+    from agentspaces.api.hostnames import workspace_label
+    from agentspaces_vm import share_links
+    from agentspaces_vm.password_hash import hash_password
+
+    kubectl.apply(workspace(name, namespace, GATEWAY_CLASS))
+    label = workspace_label(name, namespace)
+    stamp = "2025-01-01T00:00:00Z"
+    status = {"status": {
+        "phase": "Stopped", "hostname": label, "stoppedBy": "inactivity",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "Stopped",
+                        "message": "stopped", "lastTransitionTime": stamp}],
+        "dns": {"target": "Gateway", "changedAt": stamp}}}
+    kubectl("patch", "workspace", name, "-n", namespace, "--subresource=status",
+            "--type=merge", "-p", json.dumps(status))
+    kubectl("create", "secret", "generic", f"{name}-access", "-n", namespace,
+            "--from-literal=username=agent", "--from-literal=password=gw-password",
+            f"--from-literal=scryptHash={hash_password('gw-password', log_n=10)}",
+            f"--from-literal=sessionKey={share_links.new_key()}",
+            f"--from-literal=shareLinkKey={share_links.new_key()}")
+    return f"{label}.{ZONE}"
+
+
+async def _gateway_wakes(kubeconfig: Path, kubectl: Kubectl, namespace: str, name: str,
+                         host: str, seconds: float) -> bool:
+    """Run the gateway as its ServiceAccount; ask its app (as Caddy would) for a
+    signed-in navigation; True when that showed the waking page and woke the workspace."""
+    import httpx
+
+    from agentspaces.gateway.caddy_config import FRONT_KEY_HEADER
+    from agentspaces.gateway.service import GatewaySettings, start_gateway
+
+    app_port, admin_port = _free_port(), _free_port()
+    gateway = await start_gateway(GatewaySettings(
+        caddy_admin=f"127.0.0.1:{admin_port}", listen=f"127.0.0.1:{app_port}"),
+        kubeconfig=str(kubeconfig))
+    try:
+        deadline = asyncio.get_running_loop().time() + seconds
+        async with httpx.AsyncClient(timeout=10) as client:
+            while asyncio.get_running_loop().time() < deadline:
+                resp = await client.get(f"http://127.0.0.1:{app_port}/", auth=("agent",
+                                                                                "gw-password"),
+                                        headers={"Host": host, FRONT_KEY_HEADER:
+                                                 gateway.front_key,
+                                                 "User-Agent": "Mozilla/5.0 Firefox/133.0",
+                                                 "Accept": "text/html",
+                                                 "Sec-Fetch-Mode": "navigate"})
+                if resp.status_code == 200 and "Waking" in resp.text:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                return False
+        for _ in range(20):
+            ws = kubectl.get_json("workspace", name, "-n", namespace) or {}
+            annotations = ws.get("metadata", {}).get("annotations") or {}
+            if annotations.get("agentspaces.dev/wake", "").startswith("gateway-"):
+                return annotations["agentspaces.dev/woken-by"].startswith("gateway: agent ")
+            await asyncio.sleep(0.25)
+        return False
+    finally:
+        await gateway.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _gateway_kubeconfig(control_plane, kubectl: Kubectl, tmp: Path) -> Path:  # type: ignore[no-untyped-def]
+    token = kubectl("create", "token", GATEWAY_SA, "-n", OPERATOR_NAMESPACE,
+                    "--duration=1h").strip()
+    return control_plane.write_kubeconfig(f"gw-{tmp.name}",
+                                          control_plane.kubeconfig_for_token(token))
+
+
+@pytest.fixture(scope="module")
+def gateway_class(installed: Kubectl, clouds: Clouds) -> str:
+    install_class(installed, clouds, GATEWAY_CLASS,
+                  extra={"wakeGateway": {"ipv4": "203.0.113.10"}})
+    return GATEWAY_CLASS
+
+
+async def test_gateway_with_shipped_rbac_wakes_a_workspace(
+        control_plane, installed: Kubectl, gateway_class: str, namespace: str,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
+    host = _stopped_for_the_gateway(installed, namespace, "woken")
+    kubeconfig = _gateway_kubeconfig(control_plane, installed, tmp_path)
+    assert await _gateway_wakes(kubeconfig, installed, namespace, "woken", host, 30)
+
+
+@pytest.mark.parametrize("role_rule", GATEWAY_RULES, ids=[
+    f"{GATEWAY_ROLES[r]['metadata']['name']}-{'/'.join(GATEWAY_ROLES[r]['rules'][i]['resources'])}"
+    for r, i in GATEWAY_RULES])
+async def test_gateway_fails_when_any_rule_is_removed(
+        control_plane, installed: Kubectl, gateway_class: str, namespace: str,  # type: ignore[no-untyped-def]
+        tmp_path: Path, role_rule: tuple[int, int]) -> None:
+    role_index, rule_index = role_rule
+    reduced = copy.deepcopy(GATEWAY_ROLES[role_index])
+    del reduced["rules"][rule_index]
+    host = _stopped_for_the_gateway(installed, namespace, "kept")
+    installed.apply(yaml.safe_dump(reduced))
+    try:
+        kubeconfig = _gateway_kubeconfig(control_plane, installed, tmp_path)
+        assert not await _gateway_wakes(kubeconfig, installed, namespace, "kept", host, 8), \
+            f"removing rule {reduced} did not stop the gateway"
+    finally:
+        installed.apply(yaml.safe_dump(GATEWAY_ROLES[role_index]))

@@ -156,7 +156,11 @@ class GatewayApp:
         if visibility == "public":
             return pages.stopped_public(), None
         req = self._web_request(request)
-        access = await self.access.get(ws.namespace, ws.name)
+        try:
+            access = await self.access.get(ws.namespace, ws.name)
+        except Exception as err:  # the apiserver unreachable, or a Secret not ours to read
+            log.warning("reading %s's access Secret failed: %s", ws.key, err)
+            return pages.unavailable(), None
         if request.path == LOGIN_PATH:
             body = await request.content.read(MAX_LOGIN_BODY + 1)
             return await self._run(self._webauth(ws, access).login, req, body[:MAX_LOGIN_BODY],

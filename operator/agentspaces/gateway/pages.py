@@ -134,6 +134,10 @@ def stopped_public() -> Answer:
     return _text(503, "stopped", ("Retry-After", str(RETRY_AFTER_SECONDS)))
 
 
+def unavailable() -> Answer:
+    return _text(503, "try again shortly", ("Retry-After", "10"))
+
+
 def forbidden() -> Answer:
     return _text(403, "forbidden")
 
