@@ -274,12 +274,15 @@ class AgentClient:
                           repository_token: str | None = None,
                           registry_config: str | None = None,
                           claude_oauth_token: str | None = None,
-                          gateway: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                          gateway: Mapping[str, Any] | None = None,
+                          share_link_key: str | None = None,
+                          session_key: str | None = None) -> dict[str, Any]:
         """Deliver the workspace's secrets (a full replacement); returns {"version", ...}.
         `registry_config`: a Docker config.json (registry logins for the devcontainer).
         Claude Code's credential is at most one of `anthropic_api_key`,
         `claude_oauth_token` and `gateway` ({"baseUrl", "authToken", "headers"?,
-        "models"?})."""
+        "models"?}). `share_link_key` and `session_key`: the workspace's keys for share
+        links and browser sessions (the access Secret's)."""
         body: dict[str, Any] = {
             "version": version,
             "basicAuth": {"username": basic_auth_username, "scryptHash": basic_auth_scrypt_hash},
@@ -294,14 +297,23 @@ class AgentClient:
             body["repositoryToken"] = repository_token
         if registry_config is not None:
             body["registryConfig"] = registry_config
+        if share_link_key is not None:
+            body["shareLinkKey"] = share_link_key
+        if session_key is not None:
+            body["sessionKey"] = session_key
         doc: dict[str, Any] = await self._call("PUT", "/v1/secrets", body)
         return doc
 
     async def put_config(self, public_ports: Iterable[int],
-                         ca_bundle: str | None = None) -> dict[str, Any]:
+                         ca_bundle: str | None = None,
+                         link_ports: Iterable[int] = ()) -> dict[str, Any]:
         """The agent's settings that may change after boot (a full replacement): the
-        public ports, and the class's CA certificates (installed before the clone)."""
+        public ports, the ports share links open, and the class's CA certificates
+        (installed before the clone)."""
         body: dict[str, Any] = {"publicPorts": sorted(set(public_ports))}
+        links = sorted(set(link_ports))
+        if links:  # only then: an agent from before share links knows no such field
+            body["linkPorts"] = links
         if ca_bundle is not None:
             body["caBundle"] = ca_bundle
         doc: dict[str, Any] = await self._call("PUT", "/v1/config", body)
@@ -367,10 +379,13 @@ class AgentPort(Protocol):
                           repository_token: str | None = None,
                           registry_config: str | None = None,
                           claude_oauth_token: str | None = None,
-                          gateway: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
+                          gateway: Mapping[str, Any] | None = None,
+                          share_link_key: str | None = None,
+                          session_key: str | None = None) -> dict[str, Any]: ...
 
     async def put_config(self, public_ports: Iterable[int],
-                         ca_bundle: str | None = None) -> dict[str, Any]: ...
+                         ca_bundle: str | None = None,
+                         link_ports: Iterable[int] = ()) -> dict[str, Any]: ...
 
     async def start(self, restore_plan: RestorePlan | None) -> dict[str, Any]: ...
 

@@ -27,6 +27,7 @@ from agentspaces_vm.config import parse_config
 from agentspaces_vm.contracts import BackupPlan, BootStage, JobState, RestorePlan
 from agentspaces_vm.password_hash import hash_password
 from agentspaces_vm.server import build_servers
+from agentspaces_vm.share_links import new_key
 from agentspaces_vm.templates import load_template
 from tests.component.agent_harness import HOST, make_agent
 
@@ -116,15 +117,17 @@ async def test_round_trip_of_every_call(served: Served) -> None:
     async with served.client() as c:
         assert (await c.status())["bootStage"] == "waiting-for-start"
         applied = await c.put_secrets(version="7", basic_auth_username="dev",
-                                      basic_auth_scrypt_hash=HASH, anthropic_api_key="sk-1")
+                                      basic_auth_scrypt_hash=HASH, anthropic_api_key="sk-1",
+                                      share_link_key=new_key(), session_key=new_key())
         assert applied["version"] == "7"
-        assert (await c.put_config([8080, 3000]))["publicPorts"] == [3000, 8080]
+        config = await c.put_config([8080, 3000], link_ports=[5173])
+        assert config["publicPorts"] == [3000, 8080] and config["linkPorts"] == [5173]
         plan = RESTORE_PLAN
         assert (await c.start(plan))["bootStage"] in ("waiting-for-start", "restoring",
                                                       "starting-devcontainer", "ready")
         doc = await wait_status(c, lambda d: d["bootStage"] == "ready")
         assert doc["restore"] == {"state": "succeeded", "error": None, "reason": None}
-        assert doc["secrets"] == {"version": "7"}
+        assert doc["secrets"] == {"version": "7", "shareLinks": True}
         assert served.calls.restores == [(plan.to_json(),
                                           served.agent.config.paths.workspaces)]
         # A second start is a no-op: the restore is not repeated.

@@ -169,7 +169,7 @@ def test_status_document_has_the_documented_shape(agent: AgentProcess) -> None:
     assert doc["devcontainer"] == {"state": "absent", "message": "", "policy": None,
                                    "removed": []}
     assert doc["ports"] == []
-    assert doc["secrets"] == {"version": None}
+    assert doc["secrets"] == {"version": None, "shareLinks": True}
     assert doc["restore"] == {"state": "none", "error": None, "reason": None}
     assert doc["backup"] == {"state": "idle", "id": None}
     activity = doc["activity"]
@@ -210,7 +210,7 @@ def test_secrets_are_written_privately_and_caddy_gets_the_hash(
             "version": "v2", "basicAuth": {"username": "dev", "scryptHash": PASSWORD_HASH}})
         assert resp.status_code == 200
         assert not key_file.exists() and not token_file.exists()
-        assert c.get("/v1/status").json()["secrets"] == {"version": "v2"}
+        assert c.get("/v1/status").json()["secrets"] == {"version": "v2", "shareLinks": True}
 
 
 def test_bad_bodies_get_json_errors_and_the_agent_survives(agent: AgentProcess) -> None:

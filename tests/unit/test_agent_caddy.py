@@ -172,6 +172,10 @@ def test_reserved_ports_get_no_route_even_when_public_or_discovered() -> None:
     ("a=1;agentspaces-session=x", "a=1;"),
     ("agentspaces-session=x; __Host-agentspaces-session=y", ";"),
     ("my-agentspaces-session=keep; xagentspaces-session=keep", None),
+    # A share link's cookie, too (the token is a credential for the port).
+    ("a=1; agentspaces-share=v1.3000.9.-.sig; b=2", "a=1;; b=2"),
+    ("__Host-agentspaces-share=v1.3000.9.-.sig", ""),
+    ("agentspaces-sharedthing=keep", None),
 ])
 def test_the_session_cookie_is_cut_from_what_programs_see(cookie: str, left: str | None) -> None:
     # Caddy uses Go's RE2 with ${1}; this pattern means the same in Python's re.

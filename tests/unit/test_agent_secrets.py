@@ -22,6 +22,7 @@ from agentspaces_vm.claude_settings import (
 from agentspaces_vm.password_hash import hash_password
 from agentspaces_vm.redact import redact
 from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
+from agentspaces_vm.share_links import decode_key, new_key
 
 HASH = hash_password("unit-password", log_n=10)
 BCRYPT = "$2b$04$" + "N" * 53
@@ -113,6 +114,34 @@ def test_empty_store_loads_as_nothing(tmp_path: Path) -> None:
     state = SecretStore(tmp_path / "nothing").load()
     assert state.version is None and state.basic_auth is None
     assert not state.has_api_key and not state.has_repository_token
+
+
+def test_share_link_and_session_keys_are_stored_privately_and_replaced(
+        tmp_path: Path) -> None:
+    link_key, session_key = new_key(), new_key()
+    store = SecretStore(tmp_path / "secrets")
+    state = store.apply(parse_delivery(body(shareLinkKey=link_key, sessionKey=session_key)))
+    assert state.share_link_key == decode_key(link_key)
+    assert state.session_key == decode_key(session_key)
+    assert link_key not in repr(state) and str(state.share_link_key) not in repr(state)
+    for path in (store.share_link_key_file, store.session_key_file):
+        assert _mode(path) == 0o600, path
+    rotated = new_key()
+    state = store.apply(parse_delivery(body(version="v2", shareLinkKey=rotated,
+                                            sessionKey=session_key)))
+    assert state.share_link_key == decode_key(rotated)
+    # A delivery without them (an operator from before) leaves no key behind.
+    state = store.apply(parse_delivery(body(version="v3")))
+    assert state.share_link_key is None and state.session_key is None
+    assert not store.share_link_key_file.exists() and not store.session_key_file.exists()
+
+
+@pytest.mark.parametrize("value", ["short", new_key() + "AA", 7, "hunter2 plaintext key"])
+def test_malformed_keys_are_refused_by_name(value: object) -> None:
+    for name in ("shareLinkKey", "sessionKey"):
+        with pytest.raises(SecretsError) as err:
+            parse_delivery(body(**{name: value}))
+        assert name in str(err.value) and str(value) not in str(err.value)
 
 
 # -- Claude settings ----------------------------------------------------------------------

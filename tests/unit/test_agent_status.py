@@ -30,7 +30,7 @@ def test_status_document_shape() -> None:
         "devcontainer": {"state": "absent", "message": "", "policy": None, "removed": []},
         "ports": [3000, 8080],
         "activity": ACTIVITY_DOC,
-        "secrets": {"version": "v3"},
+        "secrets": {"version": "v3", "shareLinks": True},
         "restore": {"state": "failed", "error": "chunk 2 failed authentication",
                     "reason": "Corrupt"},
         "backup": {"state": "running", "id": "b-1"},
@@ -46,5 +46,5 @@ def test_fresh_agent_status() -> None:
                                    "removed": []}
     assert doc["restore"] == {"state": "none", "error": None, "reason": None}
     assert doc["backup"] == {"state": "idle", "id": None}
-    assert doc["activity"] is None and doc["secrets"] == {"version": None}
+    assert doc["activity"] is None and doc["secrets"] == {"version": None, "shareLinks": True}
     assert doc["simulated"] is True and doc["ports"] == []

@@ -39,7 +39,7 @@ from agentspaces_vm.save_job import SaveRunner
 from agentspaces_vm.secrets import SecretsError, SecretStore, parse_delivery
 from agentspaces_vm.status import build_status
 from agentspaces_vm.usage import UsageScanner
-from agentspaces_vm.webauth import Account, Answer, WebAuth, WebRequest
+from agentspaces_vm.webauth import Account, Answer, LinkPort, WebAuth, WebRequest
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class Agent:
         self._lock = threading.RLock()
         self._public_ports_file = state / "public-ports.json"
         self.public_ports: tuple[int, ...] = self._load_public_ports()
+        self._link_ports_file = state / "link-ports.json"
+        self.link_ports: tuple[int, ...] = self._load_link_ports()
         self.ports: dict[int, str] = {}
         poller_kwargs = {"files": tuple(proc_net_files)} if proc_net_files else {}
         self._poller = PortPoller(config.port_discovery.addresses, config.internal_ports,
@@ -123,6 +125,15 @@ class Agent:
         except (OSError, ValueError):
             return self.config.public_ports
         return self.config.routable_public_ports(ports, "public-ports.json")
+
+    def _load_link_ports(self) -> tuple[int, ...]:
+        """Ports that share links open (PUT /v1/config), kept across agent restarts."""
+        try:
+            raw = json.loads(self._link_ports_file.read_text(encoding="utf-8"))
+            ports = validate_ports(raw, "link-ports.json")
+        except (OSError, ValueError):
+            return ()
+        return self.config.routable_public_ports(ports, "link-ports.json")
 
     # -- authentication -----------------------------------------------------------
 
@@ -156,12 +167,26 @@ class Agent:
                                    self._web_auth().front_key.encode())
 
     def _web_account(self) -> Account | None:
-        auth = self.store.load().basic_auth
-        return None if auth is None else Account(auth.username, auth.scrypt_hash)
+        state = self.store.load()
+        auth = state.basic_auth
+        return None if auth is None else Account(auth.username, auth.scrypt_hash,
+                                                 session_key=state.session_key,
+                                                 share_key=state.share_link_key)
+
+    def _link_port(self, host: str) -> LinkPort | None:
+        """The port a `{port}.{host}[:p]` Host names, when share links may open it."""
+        name = host.strip().lower().partition(":")[0]  # a workspace host has no ":"
+        label, _, rest = name.partition(".")
+        if rest != self.config.host or not label.isdigit() or len(label) > 5:
+            return None
+        with self._lock:
+            shared = int(label) in self.link_ports and int(label) not in self.public_ports
+        return LinkPort(self.config.host, int(label)) if shared else None
 
     def web_check(self, request: WebRequest) -> Answer:
         """Caddy's forward-auth question for a private route (webauth.py)."""
-        return self._web_auth().check(request, self._web_account())
+        return self._web_auth().check(request, self._web_account(),
+                                      self._link_port(request.host))
 
     def web_login(self, request: WebRequest, body: bytes) -> Answer:
         return self._web_auth().login(request, body, self._web_account())
@@ -221,34 +246,42 @@ class Agent:
         with self._lock:
             state = self.store.apply(delivery)
         log.info("secrets version %s applied (claude credential: %s, repository token: %s, "
-                 "registry logins: %s)", state.version, state.claude_credential or "none",
+                 "registry logins: %s, share-link key: %s)", state.version,
+                 state.claude_credential or "none",
                  "yes" if state.has_repository_token else "no",
-                 "yes" if state.has_registry_config else "no")
+                 "yes" if state.has_registry_config else "no",
+                 "yes" if state.share_link_key else "no")
         if self.bootstrap.workspace_writable:
             self.configure_claude()
         loaded = self.sync_caddy()
         return {"version": state.version, "caddyLoaded": loaded}
 
     def apply_config(self, body: object) -> dict[str, Any]:
-        """PUT /v1/config, a full replacement: the public ports (routed at once) and the
-        class's CA certificates (installed by the start sequence, before the clone)."""
+        """PUT /v1/config, a full replacement: the public ports (routed at once), the
+        ports share links open, and the class's CA certificates (installed by the start
+        sequence, before the clone)."""
         if not isinstance(body, dict) or "publicPorts" not in body or \
-                not set(body) <= {"publicPorts", "caBundle"}:
+                not set(body) <= {"publicPorts", "linkPorts", "caBundle"}:
             raise BadRequest("expected {\"publicPorts\": [ports]} and optionally "
-                             "\"caBundle\": PEM certificates")
+                             "\"linkPorts\": [ports], \"caBundle\": PEM certificates")
         try:
             asked = validate_ports(body["publicPorts"], "publicPorts")
+            linked = validate_ports(body.get("linkPorts", []), "linkPorts")
             certificates = validate_ca_bundle(body.get("caBundle"), "caBundle")
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
         ports = self.config.routable_public_ports(asked, "PUT /v1/config")
+        link_ports = self.config.routable_public_ports(linked, "PUT /v1/config")
         with self._lock:
             self.public_ports = ports
             write_private_json(self._public_ports_file, list(ports))
+            self.link_ports = link_ports
+            write_private_json(self._link_ports_file, list(link_ports))
             if self.bootstrap.trust.save(certificates):
                 log.info("CA bundle of the class: %d certificate(s)", len(certificates))
         loaded = self.sync_caddy()
-        return {"publicPorts": list(ports), "ignoredPorts": sorted(set(asked) - set(ports)),
+        return {"publicPorts": list(ports), "linkPorts": list(link_ports),
+                "ignoredPorts": sorted((set(asked) - set(ports)) | (set(linked) - set(link_ports))),
                 "caCertificates": len(certificates), "caddyLoaded": loaded}
 
     def request_start(self, body: object) -> tuple[int, dict[str, Any]]:

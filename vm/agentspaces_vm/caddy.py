@@ -17,8 +17,10 @@ values of the form "{{name}}" are the places this module fills. Routes:
   delivered those routes answer 503 "workspace is starting" (never unauthenticated);
 - any other host gets 404.
 
-The user's credentials (Authorization and the session cookie) are stripped before a
-request reaches a workspace program, so dev servers never see (or log) them.
+The user's credentials (Authorization, the session cookie and a share link's cookie) are
+stripped before a request reaches a workspace program, so dev servers never see (or log)
+them; a request carrying a share link's token in its query is answered by the agent
+(a redirect without it, or 403) and never reaches the program either.
 
 `CaddySync` writes the rendered config under the state directory (so Caddy can be
 (re)started from it) and POSTs it to `/load` whenever it changes, retrying until the
@@ -47,9 +49,9 @@ AUTH_URI = "/web/auth"
 LOGIN_URI = "/web/login"
 FRONT_KEY_HEADER = "X-Agentspaces-Front-Key"
 IDE_FRAMING = "frame-ancestors 'self'"
-# Drops every copy of our session cookie (either name) from the Cookie header and keeps
-# the others (an empty `;;` may remain; cookie parsers skip it).
-SESSION_COOKIE_RE = r"(^|;)\s*(__Host-)?agentspaces-session=[^;]*"
+# Drops every copy of our session and share-link cookies (either name) from the Cookie
+# header and keeps the others (an empty `;;` may remain; cookie parsers skip it).
+SESSION_COOKIE_RE = r"(^|;)\s*(__Host-)?agentspaces-(session|share)=[^;]*"
 _OMIT = object()
 
 

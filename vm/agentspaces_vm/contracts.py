@@ -780,6 +780,9 @@ class AgentStatus:
     backup_id: str | None = None
     # None: an agent that does not read Claude Code's transcripts (older, or the loader).
     usage: UsageReport | None = None
+    # The agent takes shareLinkKey and sessionKey in PUT /v1/secrets and linkPorts in
+    # PUT /v1/config (older agents refuse fields they do not know).
+    share_links: bool = False
 
     def to_json(self) -> dict[str, Any]:
         doc = {
@@ -788,7 +791,8 @@ class AgentStatus:
             "devcontainer": self.devcontainer.to_json(),
             "ports": sorted(set(self.ports)),
             "activity": self.activity.to_json() if self.activity is not None else None,
-            "secrets": {"version": self.secrets_version},
+            "secrets": {"version": self.secrets_version,
+                        **({"shareLinks": True} if self.share_links else {})},
             "restore": self.restore.to_json(),
             "backup": {"state": self.backup_state.value, "id": self.backup_id},
         }
@@ -817,4 +821,6 @@ class AgentStatus:
                    restore=RestoreReport.from_json(d.get("restore") or {}),
                    backup_state=_enum(backup, "state", JobState, JobState.IDLE),
                    backup_id=_field(backup, "id", str, optional=True),
-                   usage=UsageReport.from_json(usage) if usage is not None else None)
+                   usage=UsageReport.from_json(usage) if usage is not None else None,
+                   share_links=_field(secrets, "shareLinks", bool, optional=True,
+                                      default=False))

@@ -18,6 +18,10 @@ Layout (directories 0700, files 0600, written atomically):
     secrets/docker/config.json   registry logins (the workspace's dockerconfigjson
                                  Secret): DOCKER_CONFIG for `devcontainer up` and the
                                  docker it runs, so images come from private registries
+    secrets/share-link-key       the workspace's share-link key (verifies share links
+                                 for ports with visibility link; a new one revokes them)
+    secrets/session-key          signs browser session cookies, so the wake gateway
+                                 (which has the same key) can sign users in for the VM
 
 A delivery replaces the previous one: an optional secret that is absent is removed.
 Claude Code's credential is at most one of the API key, the subscription token and the
@@ -40,6 +44,7 @@ from typing import Any
 from agentspaces_vm import safefs
 from agentspaces_vm.caddy import BasicAuth
 from agentspaces_vm.password_hash import PasswordHashError, parse_scrypt_hash
+from agentspaces_vm.share_links import decode_key
 
 CONTAINER_SECRETS_DIR = "/run/agentspaces"
 API_KEY_NAME = "anthropic-api-key"
@@ -49,6 +54,7 @@ _USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
 _TOKENISH = re.compile(r"^[\x21-\x7e]{1,8192}$")  # printable, no spaces or newlines
 REGISTRY_CONFIG_LIMIT = 64 * 1024
 CREDENTIAL_FIELDS = ("anthropicApiKey", "claudeOauthToken", "gateway")
+KEY_FIELDS = ("shareLinkKey", "sessionKey")  # base64url, 32 bytes (share_links.new_key)
 # The operator's admission rules again (api/model.py): the agent trusts no caller blindly.
 _GATEWAY_URL = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
                           r"(/[A-Za-z0-9._~%/-]*)?$")
@@ -113,6 +119,8 @@ class Delivery:
     claude_oauth_token: str | None = None
     gateway: GatewaySettings | None = None
     gateway_token: str | None = None
+    share_link_key: str | None = None
+    session_key: str | None = None
 
     def __repr__(self) -> str:  # keep values out of any accidental log line
         return f"Delivery(version={self.version!r}, secrets=<redacted>)"
@@ -128,13 +136,15 @@ class SecretsState:
     claude_credential: str | None = None
     """Claude Code's: "api-key", "oauth-token", "gateway" or None."""
     gateway: GatewaySettings | None = None
+    share_link_key: bytes | None = field(default=None, repr=False)
+    session_key: bytes | None = field(default=None, repr=False)
 
 
 def parse_delivery(body: object) -> Delivery:
     if not isinstance(body, dict):
         raise SecretsError("expected a JSON object")
     unknown = set(body) - {"version", "repositoryToken", "basicAuth", "registryConfig",
-                           *CREDENTIAL_FIELDS}
+                           *CREDENTIAL_FIELDS, *KEY_FIELDS}
     if unknown:
         raise SecretsError(f"unknown fields: {', '.join(sorted(unknown))}")
     version = body.get("version")
@@ -171,7 +181,18 @@ def parse_delivery(body: object) -> Delivery:
                     repository_token=optional("repositoryToken"),
                     registry_config=_registry_config(body.get("registryConfig")),
                     claude_oauth_token=optional("claudeOauthToken"),
-                    gateway=gateway, gateway_token=gateway_token)
+                    gateway=gateway, gateway_token=gateway_token,
+                    share_link_key=_key(body, "shareLinkKey"),
+                    session_key=_key(body, "sessionKey"))
+
+
+def _key(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or decode_key(value) is None:
+        raise SecretsError(f"{name}: expected a base64url key of 32 bytes")
+    return value
 
 
 def _gateway(value: object) -> tuple[GatewaySettings | None, str | None]:
@@ -255,6 +276,14 @@ class SecretStore:
         return self.root / "repository-token"
 
     @property
+    def share_link_key_file(self) -> Path:
+        return self.root / "share-link-key"
+
+    @property
+    def session_key_file(self) -> Path:
+        return self.root / "session-key"
+
+    @property
     def askpass(self) -> Path:
         return self.root / "git-askpass"
 
@@ -309,6 +338,12 @@ class SecretStore:
             _remove(self.registry_config_file)
         else:
             _write_private(self.registry_config_file, delivery.registry_config + "\n")
+        for path, value in ((self.share_link_key_file, delivery.share_link_key),
+                            (self.session_key_file, delivery.session_key)):
+            if value is None:
+                _remove(path)
+            else:
+                _write_private(path, value + "\n")
         # The version goes last: it is what the operator reads back as "applied".
         _write_private(self.root / "version", delivery.version)
         return self.load()
@@ -342,4 +377,13 @@ class SecretStore:
                             has_api_key=self.api_key_file.is_file(),
                             has_repository_token=self.repository_token_file.is_file(),
                             has_registry_config=self.registry_config_file.is_file(),
-                            claude_credential=credential, gateway=gateway)
+                            claude_credential=credential, gateway=gateway,
+                            share_link_key=_read_key(self.share_link_key_file),
+                            session_key=_read_key(self.session_key_file))
+
+
+def _read_key(path: Path) -> bytes | None:
+    try:
+        return decode_key(path.read_text(encoding="utf-8").strip())
+    except OSError:
+        return None

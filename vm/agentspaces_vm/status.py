@@ -28,7 +28,7 @@ from agentspaces_vm.contracts import (
 def build_status(*, version: str, simulated: bool, boot: BootState, ports: Iterable[int],
                  activity: Activity | None, secrets_version: str | None,
                  backup: BackupJob,
-                 usage: UsageReport | None = None) -> AgentStatus:
+                 usage: UsageReport | None = None, share_links: bool = True) -> AgentStatus:
     """Assemble the document from the agent's parts (pure).
 
     `activity` is the tracker's report; None means the tracker has not produced one
@@ -45,7 +45,7 @@ def build_status(*, version: str, simulated: bool, boot: BootState, ports: Itera
         restore=RestoreReport(state=RestoreState(boot.restore_state), error=boot.restore_error,
                               reason=boot.restore_reason),
         backup_state=backup.state, backup_id=backup.backup_id,
-        usage=usage)
+        usage=usage, share_links=share_links)
 
 
 # --- long-polls ---------------------------------------------------------------------------

@@ -12,6 +12,15 @@ Browsers and scripts share every private host (the IDE and each private port), s
   and to the password hash, so it dies on expiry and on password rotation. Browsers
   that navigate without credentials get the login page, never a basic-auth challenge
   (which the browser would replay as an ambient credential).
+  The key is the workspace's delivered session key when there is one (the wake gateway
+  holds the same key, so a user it signed in stays signed in here), else the agent's own.
+- Share links, on ports with visibility link only (share_links.py). A GET with
+  `?agentspaces-share=<token>` that verifies for this workspace host and this port is
+  redirected (303) to the same URL without the token, with a host-only `HttpOnly;
+  SameSite=Lax` cookie holding it until it expires; later requests with a cookie that
+  still verifies pass. A token anywhere else (another port, the IDE, a bad, expired or
+  revoked one) gets a bare 403, and the token never reaches the program. The password
+  works on those ports as well.
 - Basic auth for scripts (`curl -u`), checked against the delivered scrypt hash.
   Verified headers are cached under an HMAC of the header (never the raw value), an
   unknown username fails without hashing, and password checks are limited per client
@@ -36,15 +45,18 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import parse_qs
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote_plus
 
+from agentspaces_vm import share_links
 from agentspaces_vm.password_hash import PasswordHashError, ScryptHash, parse_scrypt_hash
 
 LOGIN_PATH = "/.agentspaces/login"
 COOKIE = "agentspaces-session"
 SECURE_COOKIE = "__Host-" + COOKIE
 SESSION_SECONDS = 12 * 3600
+SHARE_COOKIE = share_links.COOKIE
+SECURE_SHARE_COOKIE = "__Host-" + SHARE_COOKIE
 REALM = "agentspaces"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SAME_ORIGIN_FETCH_SITES = frozenset({"same-origin", "none"})
@@ -82,6 +94,42 @@ class Answer:
 class Account:
     username: str
     password_hash: str  # the delivered `$scrypt$...` string
+    session_key: bytes | None = field(default=None, repr=False)
+    """The workspace's session key (delivered); None: the agent's own signs sessions."""
+    share_key: bytes | None = field(default=None, repr=False)
+    """The workspace's share-link key (delivered); None: no link is accepted."""
+
+
+@dataclass(frozen=True)
+class LinkPort:
+    """The request is for a port with visibility link: links signed for this workspace
+    host (not the port host) and this port open it."""
+
+    workspace_host: str
+    port: int
+
+
+def share_token(uri: str) -> str | None:
+    """The share-link token in the request's query; None when there is none, "" when it
+    is there more than once (never valid)."""
+    found = [unquote_plus(value) for name, _, value in
+             (part.partition("=") for part in uri.partition("?")[2].split("&"))
+             if unquote_plus(name) == share_links.QUERY_PARAM]
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else ""
+
+
+def without_share_token(uri: str) -> str:
+    """`uri` without the share-link parameter (the other parameters kept as sent); "/"
+    for anything but a local path, so the redirect can never leave the host."""
+    path, _, query = uri.partition("?")
+    kept = [part for part in query.split("&") if part and
+            unquote_plus(part.partition("=")[0]) != share_links.QUERY_PARAM]
+    if (not path.startswith("/") or path.startswith(("//", "/\\")) or not uri.isprintable()
+            or len(uri) > 8192):
+        return "/"
+    return path + ("?" + "&".join(kept) if kept else "")
 
 
 def origin_allowed(req: WebRequest) -> bool:
@@ -307,10 +355,44 @@ class WebAuth:
     def cookie_name(req: WebRequest) -> str:
         return SECURE_COOKIE if req.scheme == "https" else COOKIE
 
+    @staticmethod
+    def share_cookie_name(req: WebRequest) -> str:
+        return SECURE_SHARE_COOKIE if req.scheme == "https" else SHARE_COOKIE
+
+    def _signer(self, account: Account) -> SessionSigner:
+        return (SessionSigner(account.session_key) if account.session_key
+                else self._sessions)
+
     def _has_session(self, req: WebRequest, account: Account) -> bool:
         now = self._wall()
-        return any(self._sessions.valid(token, req.host, account.password_hash, now)
+        signer = self._signer(account)
+        return any(signer.valid(token, req.host, account.password_hash, now)
                    for token in session_cookies(req.cookie, self.cookie_name(req))[:4])
+
+    def _has_share(self, req: WebRequest, account: Account, link: LinkPort | None) -> bool:
+        if link is None or account.share_key is None:
+            return False
+        now = self._wall()
+        return any(share_links.verify(account.share_key, token, link.workspace_host,
+                                      link.port, now) is not None
+                   for token in session_cookies(req.cookie, self.share_cookie_name(req))[:4])
+
+    def _redeem(self, req: WebRequest, account: Account, link: LinkPort | None,
+                token: str) -> Answer:
+        """A share link followed: the cookie and the same URL without the token, or a
+        403 that does not say why."""
+        grant = None
+        if link is not None and account.share_key is not None and req.method.upper() == "GET":
+            grant = share_links.verify(account.share_key, token, link.workspace_host,
+                                       link.port, self._wall())
+        if grant is None:
+            return _text(403, "forbidden")
+        secure = "; Secure" if req.scheme == "https" else ""
+        max_age = max(1, grant.expires - int(self._wall()))
+        cookie = (f"{self.share_cookie_name(req)}={token}; Path=/; Max-Age={max_age}; "
+                  f"HttpOnly; SameSite=Lax{secure}")
+        return Answer(303, (("Location", without_share_token(req.uri)),
+                            ("Set-Cookie", cookie), ("Referrer-Policy", "no-referrer")))
 
     def _check_password(self, client: str, account: Account, username: str,
                         password: str) -> tuple[bool, int | None]:
@@ -345,13 +427,18 @@ class WebAuth:
         return _text(401, "unauthorized",
                      ("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'))
 
-    def check(self, req: WebRequest, account: Account | None) -> Answer:
-        """204 to let the request through; anything else goes back to the client."""
+    def check(self, req: WebRequest, account: Account | None,
+              link: LinkPort | None = None) -> Answer:
+        """204 to let the request through; anything else goes back to the client.
+        `link` is set when the request is for a port with visibility link."""
         if not origin_allowed(req):
             return _text(403, "cross-origin request refused")
         if account is None:
             return _text(503, "workspace is starting", ("Retry-After", "10"))
-        if self._has_session(req, account):
+        token = share_token(req.uri)
+        if token is not None:  # answered here whatever else the request carries
+            return self._redeem(req, account, link, token)
+        if self._has_session(req, account) or self._has_share(req, account, link):
             return Answer(204)
         if req.authorization is None:
             return self._unauthorized(req)
@@ -387,7 +474,7 @@ class WebAuth:
                               429, ("Retry-After", str(retry)))
         if not ok:
             return login_page(req.host, target, "Wrong password.", 401)
-        token = self._sessions.issue(req.host, account.password_hash, self._wall())
+        token = self._signer(account).issue(req.host, account.password_hash, self._wall())
         secure = "; Secure" if req.scheme == "https" else ""
         cookie = (f"{self.cookie_name(req)}={token}; Path=/; Max-Age={SESSION_SECONDS}; "
                   f"HttpOnly; SameSite=Strict{secure}")
