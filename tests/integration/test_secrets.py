@@ -124,6 +124,12 @@ def test_secrets_are_delivered_rotated_and_never_leak(
              15, "new password accepted")
     assert _get(vm.ip, host, ("agent", password)) == 401
 
+    # The share-link and session keys go only over the agent channel, too.
+    link_key = _secret_value(kubectl, "vault-access", namespace, "shareLinkKey")
+    session_key = _secret_value(kubectl, "vault-access", namespace, "sessionKey")
+    assert (state / "share-link-key").read_text().strip() == link_key
+    assert (state / "session-key").stat().st_mode & 0o077 == 0
+
     # Nothing secret in user-data, status, events or any log.
     token = _secret_value(kubectl, "vault-agent", namespace, "token")
     secrets = {
@@ -134,6 +140,7 @@ def test_secrets_are_delivered_rotated_and_never_leak(
         "registry auth 2": base64.b64encode(f"puller:{REGISTRY_PASSWORD_2}".encode()).decode(),
         "cloudflare token": clouds.cloudflare_token, "workspace password": password,
         "new password": "a-new-password-chosen-by-the-user", "agent bearer token": token,
+        "share-link key": link_key, "session key": session_key,
     }
     places: dict[str, str] = {
         "user-data": clouds.hetzner.servers[server_id]["user_data"],

@@ -532,7 +532,7 @@ class FakeAgent:
     """
 
     state: AgentStatus = field(default_factory=lambda: AgentStatus(
-        version="test", boot_stage=BootStage.WAITING_FOR_START))
+        version="test", boot_stage=BootStage.WAITING_FOR_START, share_links=True))
     reachable: bool = True
     calls: CallLog = field(default_factory=CallLog)
     connections: list[str] = field(default_factory=list)
@@ -543,6 +543,10 @@ class FakeAgent:
     """The registry credentials the last put_secrets delivered."""
     claude_credential: dict[str, Any] = field(default_factory=dict)
     """Claude Code's credential the last put_secrets delivered (by protocol field)."""
+    web_keys: dict[str, str | None] = field(default_factory=dict)
+    """shareLinkKey and sessionKey as the last put_secrets delivered them."""
+    link_ports: tuple[int, ...] = ()
+    """The link ports the last put_config delivered."""
     closed: int = 0
     save: SaveJob = field(default_factory=SaveJob)
     """The pre-stop save job (GET /v1/save); `start_save` begins one, `finish_save` ends it."""
@@ -584,8 +588,11 @@ class FakeAgent:
                           repository_token: str | None = None,
                           registry_config: str | None = None,
                           claude_oauth_token: str | None = None,
-                          gateway: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                          gateway: Mapping[str, Any] | None = None,
+                          share_link_key: str | None = None,
+                          session_key: str | None = None) -> dict[str, Any]:
         self._enter("put_secrets", version)
+        self.web_keys = {"shareLinkKey": share_link_key, "sessionKey": session_key}
         self.registry_config = registry_config
         self.claude_credential = {"anthropicApiKey": anthropic_api_key,
                                   "claudeOauthToken": claude_oauth_token,
@@ -594,10 +601,12 @@ class FakeAgent:
         return {"version": version}
 
     async def put_config(self, public_ports: Iterable[int],
-                         ca_bundle: str | None = None) -> dict[str, Any]:
+                         ca_bundle: str | None = None,
+                         link_ports: Iterable[int] = ()) -> dict[str, Any]:
         ports = tuple(sorted(public_ports))
         self._enter("put_config", ports)
         self.ca_bundle = ca_bundle
+        self.link_ports = tuple(sorted(link_ports))
         self.state = replace(self.state, ports=ports)
         return {"ports": list(ports)}
 

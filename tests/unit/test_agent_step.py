@@ -63,7 +63,8 @@ def test_a_new_agent_gets_its_secrets_then_the_start() -> None:
     assert outcome is not None and outcome.requeue == SETTINGS.boot_poll
     assert world.agent.calls.methods() == ["agent_status", "put_config", "put_secrets", "start"]
     status = scope.status
-    assert status.secrets_version == agent_step.secrets_version(scope, scope.access)  # type: ignore[arg-type]
+    assert status.secrets_version == agent_step.secrets_version(
+        scope, scope.access, share_links=True)  # type: ignore[arg-type]
     assert status.agent_endpoint is not None
     assert status.agent_endpoint.url == f"https://192.0.2.7:{scope.klass.agent_port}"
     assert status.agent_endpoint.certificate_sha256 == "ab" * 32

@@ -225,6 +225,18 @@ class AgentEndpointStatus(StatusModel):
                                            description="Pinned agent certificate fingerprint.")
 
 
+class ShareLinksStatus(StatusModel):
+    """Which share-link annotations the operator has acted on (no link or key here)."""
+
+    revoke_handled: str | None = Field(
+        None, alias="revokeHandled", max_length=80,
+        description="Last agentspaces.dev/revoke-share-links value acted on (longer "
+        "values as a sha256 prefix).")
+    create_handled: dict[str, str] = Field(
+        default_factory=dict, alias="createHandled", max_length=64,
+        description="Per port, the last agentspaces.dev/share-link.<port> value acted on.")
+
+
 class WorkspaceStatus(StatusModel):
     """Observed state, written only by the operator."""
 
@@ -259,6 +271,7 @@ class WorkspaceStatus(StatusModel):
     failed_agent_polls: int | None = Field(None, alias="failedAgentPolls")
     usage: TokenUsageStatus | None = None
     vm_cost: VmCostStatus | None = Field(None, alias="vmCost")
+    share_links: ShareLinksStatus | None = Field(None, alias="shareLinks")
 
     def dump(self) -> dict[str, Any]:
         """The API's JSON form (camelCase, unset fields left out)."""

@@ -65,6 +65,8 @@ class IdleSettings:
 class PortAccess:
     port: int
     public: bool
+    link: bool = False
+    """visibility link: the password or a share link made for this port."""
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,11 @@ class WorkspaceSpec:
     def public_ports(self) -> tuple[int, ...]:
         return tuple(sorted(p.port for p in self.ports if p.public))
 
+    @property
+    def link_ports(self) -> tuple[int, ...]:
+        """Ports that share links open (visibility link)."""
+        return tuple(sorted(p.port for p in self.ports if p.link))
+
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], klass: WorkspaceClass) -> WorkspaceSpec:
         """The workspace's spec over its class's defaults; ValueError names what is
@@ -347,8 +354,8 @@ class WorkspaceSpec:
         ws = m.WorkspaceSpecModel.parse(spec)
         image = ws.server.image or klass.server.image
         repo, agent, idle, persistence = ws.repository, ws.agent, ws.idle, ws.persistence
-        ports = [PortAccess(port=p.port, public=p.visibility == "public")
-                 for p in ws.access.ports]
+        ports = [PortAccess(port=p.port, public=p.visibility == "public",
+                            link=p.visibility == "link") for p in ws.access.ports]
         return cls(
             class_name=ws.class_name,
             running=ws.running,

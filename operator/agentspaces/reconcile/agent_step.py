@@ -41,12 +41,16 @@ ACTIVITY_RESOLUTION = timedelta(minutes=1)
 is noise, and would be a status write on every poll."""
 
 
-def secrets_version(scope: Scope, access: Access) -> str:
-    """A digest of everything delivered to the agent (salted, not reversible)."""
+def secrets_version(scope: Scope, access: Access, *, share_links: bool = False) -> str:
+    """A digest of everything delivered to the agent (salted, not reversible).
+    `share_links`: the agent takes the share-link and session keys and link ports."""
     digest = hashlib.sha256(scope.ref.uid.encode())
     digest.update(access.scrypt_hash.encode())
     digest.update(scope.creds.workspace_secrets_fingerprint().encode())
     digest.update(",".join(map(str, scope.spec.public_ports)).encode())
+    if share_links:  # a new link key (revoking every link) goes out at once
+        digest.update(f"\nkeys:{access.share_link_key}:{access.session_key}".encode())
+        digest.update(("\nlink:" + ",".join(map(str, scope.spec.link_ports))).encode())
     bundle = ca_bundle_digest(scope.klass.ca_bundle)
     if bundle:  # only then: versions of classes without one stay as they were
         digest.update(bundle.encode())
@@ -75,11 +79,14 @@ async def reconcile(scope: Scope) -> Outcome | None:
                 status.condition(T.AGENT_READY, False, Reason.AGENT_BOOTING,
                                  "agent delivered to the VM")
                 return Outcome.after(scope.runtime.settings.boot_poll, "agent delivered")
-            version = secrets_version(scope, access)
+            # An agent from before share links refuses their fields: it gets none.
+            keys = doc.share_links
+            version = secrets_version(scope, access, share_links=keys)
             if doc.secrets_version != version:
                 # The config first: the secrets' version, written last, says "applied".
                 await client.put_config(scope.spec.public_ports,
-                                        ca_bundle=vm_ca_bundle(scope.klass.ca_bundle))
+                                        ca_bundle=vm_ca_bundle(scope.klass.ca_bundle),
+                                        link_ports=scope.spec.link_ports if keys else ())
                 await client.put_secrets(
                     version=version, basic_auth_username=access.username,
                     basic_auth_scrypt_hash=access.scrypt_hash,
@@ -87,7 +94,9 @@ async def reconcile(scope: Scope) -> Outcome | None:
                     repository_token=scope.creds.repository_token,
                     registry_config=scope.creds.registry_config,
                     claude_oauth_token=scope.creds.claude_oauth_token,
-                    gateway=scope.creds.gateway_delivery())
+                    gateway=scope.creds.gateway_delivery(),
+                    share_link_key=access.share_link_key if keys else None,
+                    session_key=access.session_key if keys else None)
                 status.secrets_version = version
                 scope.emit("Normal", "SecretsDelivered", "workspace secrets delivered to "
                            "the agent")

@@ -1,8 +1,10 @@
-"""Secrets a Workspace owns: its access password and its agent credentials.
+"""Secrets a Workspace owns: its access password and keys, and its agent credentials.
 
-Both are generated once, stored in Secrets owned by the Workspace (garbage-collected
+They are generated once, stored in Secrets owned by the Workspace (garbage-collected
 with it) and read back on every reconcile, so an operator restart never regenerates
-them. `<name>-access` is for the user (`kubectl get secret <name>-access`);
+them. `<name>-access` is for the user (`kubectl get secret <name>-access`): the
+password, the share-link key (share_link_step rotates it to revoke every link) and
+the session key that signs browser sessions on the VM and the wake gateway.
 `<name>-agent` holds the agent's TLS key, pinned certificate and bearer token and is
 only for the operator.
 """
@@ -12,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets as pysecrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from agentspaces.api.share_links import KEY_FIELD, SESSION_KEY_FIELD
 from agentspaces.kube import SecretData
 from agentspaces.pki import AgentCredentials, generate
 from agentspaces.reconcile.scope import Scope
 from agentspaces.reconcile.secret_ownership import ours_or_none, workspace_labels
+from agentspaces.reconcile.share_link_step import reconcile as act_on_share_links
 from agentspaces_vm.password_hash import hash_password
+from agentspaces_vm.share_links import decode_key, new_key
 
 ACCESS_SUFFIX = "access"
 AGENT_SUFFIX = "agent"
@@ -30,14 +35,25 @@ class Access:
     username: str
     password: str
     scrypt_hash: str  # what the VM checks passwords against (agentspaces_vm.password_hash)
+    share_link_key: str = field(default="", repr=False)
+    session_key: str = field(default="", repr=False)
 
 
 async def ensure(scope: Scope) -> None:
     """Both Secrets, read back or created, on the scope for the steps after
-    (`scope.access`, `scope.agent_credentials`). Raises SecretConflict when a Secret at
-    one of the names is someone else's."""
-    scope.access = await ensure_access(scope)
+    (`scope.access`, `scope.agent_credentials`), after the share-link annotations are
+    acted on (a new link key goes out with this reconcile's delivery). Raises
+    SecretConflict when a Secret at one of the names is someone else's."""
+    await ensure_access_and_share_links(scope)
     scope.agent_credentials = await ensure_agent_credentials(scope)
+
+
+async def ensure_access_and_share_links(scope: Scope) -> Access:
+    """The access Secret (on `scope.access`) once the share-link annotations are acted
+    on; also for a stopped workspace, whose links the wake gateway checks against it."""
+    access = await ensure_access(scope)
+    scope.access = await act_on_share_links(scope, access, scope.secret_name(ACCESS_SUFFIX))
+    return scope.access
 
 
 async def ensure_access(scope: Scope) -> Access:
@@ -49,9 +65,10 @@ async def ensure_access(scope: Scope) -> Access:
         secret = await kube.create_secret(
             scope.ref.namespace, name,
             {"username": ACCESS_USERNAME, "password": password,
-             **await _hash_fields(password)},
+             **await _hash_fields(password), **_new_keys({})},
             scope.owner, workspace_labels(scope, "access"))
     data = dict(secret.data)
+    missing_keys = _new_keys(data)
     # A user may rotate the password by editing the Secret: rehash when the cheap
     # fingerprint no longer matches (scrypt itself is too slow to check every poll).
     # (A Secret from before scrypt gets its scryptHash here; its old bcryptHash stays,
@@ -59,9 +76,20 @@ async def ensure_access(scope: Scope) -> Access:
     if data.get("passwordSha256") != _fingerprint(data["password"]) or not data.get(
             "scryptHash"):
         data.update(await _hash_fields(data["password"]))
+        data.update(missing_keys)
+        await kube.replace_secret_data(scope.ref.namespace, name, data)
+    elif missing_keys:  # a Secret from before share links, or a key a user emptied
+        data.update(missing_keys)
         await kube.replace_secret_data(scope.ref.namespace, name, data)
     return Access(username=data.get("username") or ACCESS_USERNAME,
-                  password=data["password"], scrypt_hash=data["scryptHash"])
+                  password=data["password"], scrypt_hash=data["scryptHash"],
+                  share_link_key=data[KEY_FIELD], session_key=data[SESSION_KEY_FIELD])
+
+
+def _new_keys(data: dict[str, str]) -> dict[str, str]:
+    """Fresh keys for those of the two that `data` lacks (or holds unusable)."""
+    return {name: new_key() for name in (KEY_FIELD, SESSION_KEY_FIELD)
+            if decode_key(data.get(name) or "") is None}
 
 
 async def _ours_or_none(scope: Scope, name: str) -> SecretData | None:
