@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agentspaces.gateway.serve import add_parser as add_gateway
 
     add_gateway(sub)
+    from agentspaces.share_link_cli import add_parser as add_share_link
+
+    add_share_link(sub)
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)
     return parser
