@@ -311,7 +311,9 @@ _PAGE_HEADERS = (
      "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
      "frame-ancestors 'none'; base-uri 'none'"),
     ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"),
+    # Not no-referrer: under it browsers send `Origin: null` with the form's POST, which
+    # origin_allowed refuses; same-origin still sends nothing to other sites.
+    ("Referrer-Policy", "same-origin"),
 )
 
 
