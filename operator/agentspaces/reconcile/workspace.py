@@ -88,6 +88,9 @@ async def _reconcile(visit: Visit) -> Outcome:
             outcome = await _ensure_running(scope)
         else:
             assert intent.stopped_by is not None
+            # The wake gateway checks share links against the access Secret while the
+            # workspace is stopped: a revoke must take effect now, not at the next start.
+            await owned_secrets.ensure_access_and_share_links(scope)
             outcome = await _ensure_stopped(scope, intent.stopped_by, backup=True)
     except SecretConflict as conflict:
         return _secret_conflict(scope, conflict)
