@@ -1,8 +1,9 @@
 """The Helm chart (charts/agentspaces) with the real helm (scripts/build-helm.sh): it
-lints, it renders what manifests/ installs object for object, its operator RBAC is the
-manifests' least-privilege RBAC under any values, values it cannot honour fail the
-render, and the real apiserver accepts what it renders (a server-side dry run against
-the CRDs), refusing a class its schema forbids."""
+lints, it renders what manifests/ installs object for object (the wake gateway
+included), its operator and gateway RBAC is the manifests' least-privilege RBAC under
+any values, values it cannot honour fail the render, and the real apiserver accepts what
+it renders (a server-side dry run against the CRDs), refusing a class its schema
+forbids."""
 
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ pytestmark = pytest.mark.integration
 CHART = REPO / "charts" / "agentspaces"
 MANIFESTS = REPO / "manifests"
 SYSTEM = "agentspaces-system"
-# In manifests/kustomization.yaml but not packaged yet (gateway.enabled fails the render).
-NOT_IN_CHART_YET = {"gateway.yaml"}
 ROLE_KINDS = ("Role", "ClusterRole")
 BINDING_KINDS = ("RoleBinding", "ClusterRoleBinding")
 Doc = dict[str, Any]
@@ -76,8 +75,7 @@ def _manifest_docs() -> list[Doc]:
     """What `kubectl apply -k manifests/` and then manifests/dashboard.yaml install, CRDs
     aside (the chart's crds/ holds the same file, tests/unit/test_packaging.py)."""
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    files = [r for r in kustomization["resources"]
-             if not r.startswith("../") and r not in NOT_IN_CHART_YET]
+    files = [r for r in kustomization["resources"] if not r.startswith("../")]
     files.append("dashboard.yaml")
     return [d for f in files for d in yaml.safe_load_all((MANIFESTS / f).read_text()) if d]
 
@@ -140,6 +138,11 @@ def test_default_render_is_what_the_manifests_install(helm: Helm, tmp_path: Path
     default = {_key(d) for d in helm.docs()}
     assert default == {_key(m) for m in manifests
                        if m["kind"] != "Namespace" and "dashboard" not in m["metadata"]["name"]}
+    # gateway.enabled: false leaves out exactly manifests/gateway.yaml's objects.
+    gateway = {_key(d) for d in yaml.safe_load_all((MANIFESTS / "gateway.yaml").read_text())}
+    assert {_key(d) for d in helm.docs({"gateway": {"enabled": False}}, tmp_path)} == \
+        default - gateway
+    assert gateway < default
     # Proxy mode adds exactly the impersonation RBAC the manifest documents.
     proxy = helm.docs({"dashboard": {"enabled": True, "auth": "proxy"}}, tmp_path)
     impersonation = [d for d in proxy if "impersonate" in d["metadata"]["name"]]
@@ -151,17 +154,22 @@ def _rbac(docs: list[Doc]) -> list[Doc]:
     return [d for d in docs if d["kind"] in (*ROLE_KINDS, *BINDING_KINDS, "ServiceAccount")]
 
 
-def test_operator_rbac_is_exactly_the_manifests_rbac(helm: Helm, tmp_path: Path) -> None:
+def test_rbac_is_exactly_the_manifests_rbac(helm: Helm, tmp_path: Path) -> None:
     """The least-privilege RBAC tests/integration/test_manifests_rbac.py proves rule by
-    rule is what the chart grants: equal by default, never a role or rule more with any
-    values (confined Secret rights bind the same ClusterRole with RoleBindings)."""
-    shipped = list(yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()))
+    rule, the operator's and the wake gateway's, is what the chart grants: equal by
+    default, never a role or rule more with any values (confined Secret rights bind the
+    same ClusterRoles with RoleBindings)."""
+    gateway = [d for d in yaml.safe_load_all((MANIFESTS / "gateway.yaml").read_text())
+               if d["kind"] in (*ROLE_KINDS, *BINDING_KINDS, "ServiceAccount")]
+    assert len(gateway) == 5
+    shipped = [*yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()), *gateway]
     _compare(_rbac(helm.docs()), shipped)
 
     allowed_roles = {_key(r): r for r in [*shipped, *_commented_proxy_rbac()]
                      if r["kind"] in ROLE_KINDS}
     for values in ({}, _busy_values("rbac"),
-                   {"rbac": {"secrets": {"clusterWide": False, "namespaces": ["a", "b"]}}}):
+                   {"rbac": {"secrets": {"clusterWide": False, "namespaces": ["a", "b"]}}},
+                   {"gateway": {"enabled": False}}):
         docs = helm.docs(values, tmp_path, namespace=SYSTEM)
         for role in (d for d in docs if d["kind"] in ROLE_KINDS):
             key = (role["kind"], role["metadata"].get("namespace", ""), role["metadata"]["name"])
@@ -176,9 +184,14 @@ def test_operator_rbac_is_exactly_the_manifests_rbac(helm: Helm, tmp_path: Path)
 
     confined = helm.docs({"rbac": {"secrets": {"clusterWide": False,
                                                "namespaces": ["team-a", SYSTEM]}}}, tmp_path)
-    secret_bindings = {(d["kind"], d["metadata"].get("namespace", "")) for d in confined
-                       if d.get("roleRef", {}).get("name") == "agentspaces-operator-secrets"}
-    assert secret_bindings == {("RoleBinding", SYSTEM), ("RoleBinding", "team-a")}
+    for secrets_role in ("agentspaces-operator-secrets", "agentspaces-gateway-secrets"):
+        secret_bindings = {(d["kind"], d["metadata"].get("namespace", "")) for d in confined
+                           if d.get("roleRef", {}).get("name") == secrets_role}
+        assert secret_bindings == {("RoleBinding", SYSTEM), ("RoleBinding", "team-a")}, \
+            secrets_role
+    # Without the gateway, none of its RBAC.
+    assert not [d for d in helm.docs({"gateway": {"enabled": False}}, tmp_path)
+                if "gateway" in d["metadata"]["name"]]
 
 
 def _busy_values(tag: str, namespace: str = "platform-ws") -> Doc:
@@ -198,6 +211,15 @@ def _busy_values(tag: str, namespace: str = "platform-ws") -> Doc:
         "rbac": {"secrets": {"clusterWide": False, "namespaces": [namespace]}},
         "dashboard": {"enabled": True, "auth": "proxy", "publicUrl": "https://ws.example.com",
                       "service": {"port": 8080}},
+        "gateway": {
+            "caddy": {"image": {"repository": "registry.example.com/mirror/caddy",
+                                "tag": "2.11.8", "pullPolicy": "Always"},
+                      "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                                    "limits": {"memory": "384Mi"}}},
+            "resources": {"requests": {"cpu": "30m", "memory": "80Mi"},
+                          "limits": {"memory": "320Mi"}},
+            "service": {"annotations": {"load-balancer.hetzner.cloud/location": "fsn1"},
+                        "loadBalancerIP": "203.0.113.10"}},
         "secrets": {
             "hetzner": {"token": "hz-token"},
             "r2": {"name": "r2-creds", "accessKeyId": "AKID", "secretAccessKey": "s3cr3t"},
@@ -252,6 +274,20 @@ def test_non_default_values_render_where_they_belong(helm: Helm, tmp_path: Path)
     assert dashboard["containers"][0]["image"] == container["image"]
     assert _one(docs, "Service", "agentspaces-dashboard")["spec"]["ports"][0]["port"] == 8080
 
+    gateway = _one(docs, "Deployment", "agentspaces-gateway")["spec"]["template"]["spec"]
+    assert gateway["imagePullSecrets"] == [{"name": "regcred"}]
+    caddy, app = gateway["containers"]
+    assert (caddy["image"], caddy["imagePullPolicy"]) == (
+        "registry.example.com/mirror/caddy:2.11.8", "Always")
+    assert caddy["resources"]["limits"] == {"memory": "384Mi"}
+    assert (app["image"], app["imagePullPolicy"]) == (container["image"], "Always")
+    assert app["resources"]["limits"] == {"memory": "320Mi"}
+    service = _one(docs, "Service", "agentspaces-gateway")
+    assert service["metadata"]["annotations"] == {"load-balancer.hetzner.cloud/location": "fsn1"}
+    assert service["spec"]["loadBalancerIP"] == "203.0.113.10"
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["externalTrafficPolicy"] == "Local"
+
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     assert sorted(secrets) == ["backup-encryption", "hetzner", "r2-creds"]  # no cloudflare
     assert secrets["r2-creds"]["stringData"] == {"accessKeyId": "AKID",
@@ -271,13 +307,27 @@ def test_non_default_values_render_where_they_belong(helm: Helm, tmp_path: Path)
     assert "storage" not in nbg1 and "encryption" not in nbg1
 
 
+@pytest.mark.parametrize(("kind", "policy"), [("NodePort", "Local"), ("ClusterIP", None)])
+def test_gateway_service_types(helm: Helm, tmp_path: Path, kind: str,
+                               policy: str | None) -> None:
+    """externalTrafficPolicy only where the apiserver allows it (and the client address
+    can be kept): NodePort and LoadBalancer."""
+    docs = helm.docs({"gateway": {"service": {"type": kind}}}, tmp_path)
+    spec = _one(docs, "Service", "agentspaces-gateway")["spec"]
+    assert spec["type"] == kind and spec.get("externalTrafficPolicy") == policy
+    assert "loadBalancerIP" not in spec
+
+
 @pytest.mark.parametrize(("values", "message"), [
     ({"replicas": 2}, "Kopf peering"),
-    ({"gateway": {"enabled": True}}, "wake gateway is not packaged"),
+    ({"gateway": {"service": {"type": "ExternalName"}}}, "gateway.service.type"),
+    ({"gateway": {"service": {"type": "ClusterIP", "loadBalancerIP": "203.0.113.10"}}},
+     "gateway.service.loadBalancerIP"),
     ({"dashboard": {"enabled": True, "auth": "basic"}}, "dashboard.auth"),
     ({"env": {"AGENTSPACES_NAMESPACE": "x"}}, "namespace.name"),
     ({"workspaceClasses": [{"spec": {}}]}, "needs a name"),
-], ids=["replicas", "gateway", "dashboard-auth", "namespace-env", "class-name"])
+], ids=["replicas", "gateway-service-type", "gateway-lb-ip", "dashboard-auth",
+        "namespace-env", "class-name"])
 def test_values_it_cannot_honour_fail_the_render(helm: Helm, tmp_path: Path,
                                                  values: Doc, message: str) -> None:
     path = tmp_path / "values.yaml"
@@ -303,12 +353,24 @@ def test_real_apiserver_accepts_the_render(helm: Helm, kubectl: Kubectl, namespa
     code, out = _dry_run(kubectl, helm.template(namespace=namespace))
     assert code == 0, out
     assert "deployment.apps/agentspaces-operator" in out and "(server dry run)" in out
+    for name in ("deployment.apps/agentspaces-gateway", "service/agentspaces-gateway",
+                 "configmap/agentspaces-gateway-caddy", "serviceaccount/agentspaces-gateway"):
+        assert f"{name} created (server dry run)" in out, out
+    for name in ("agentspaces-gateway", "agentspaces-gateway-secrets"):
+        assert f"clusterrole.rbac.authorization.k8s.io/{name} " in out, out
+
+    # The gateway behind a ClusterIP Service (no externalTrafficPolicy: the apiserver
+    # refuses it there).
+    cluster_ip = {"gateway": {"service": {"type": "ClusterIP"}}}
+    code, out = _dry_run(kubectl, helm.template(cluster_ip, namespace=namespace, tmp=tmp_path))
+    assert code == 0 and "service/agentspaces-gateway created (server dry run)" in out, out
 
     tag = namespace
     busy = helm.template(_busy_values(tag, namespace), namespace=namespace, tmp=tmp_path)
     code, out = _dry_run(kubectl, busy)
     assert code == 0, out
-    for name in ("agentspaces-dashboard", f"{tag}-fsn1", f"{tag}-nbg1", "r2-creds"):
+    for name in ("agentspaces-dashboard", "agentspaces-gateway", f"{tag}-fsn1", f"{tag}-nbg1",
+                 "r2-creds"):
         assert f"/{name} created (server dry run)" in out, out
 
     # The dry run does validate: a class the CRD's schema refuses is refused.

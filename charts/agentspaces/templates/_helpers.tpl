@@ -31,3 +31,12 @@ app.kubernetes.io/name: agentspaces-dashboard
 {{ include "agentspaces.labels" . }}
 {{- end -}}
 
+{{- define "agentspaces.gatewayLabels" -}}
+app.kubernetes.io/name: agentspaces-gateway
+{{ include "agentspaces.labels" . }}
+{{- end -}}
+
+{{/* The namespaces the Secret rights are bound in when rbac.secrets.clusterWide is false. */}}
+{{- define "agentspaces.secretNamespaces" -}}
+{{- prepend .Values.rbac.secrets.namespaces (include "agentspaces.namespace" .) | uniq | toJson -}}
+{{- end -}}
