@@ -96,9 +96,10 @@ def test_a_stopped_workspace_points_at_the_gateway_and_wakes_back(
     assert status["dns"]["target"] == "Gateway" and status["dns"]["changedAt"]
     dns_ready = condition(stopped, "DNSReady")
     assert dns_ready["reason"] == "PointsAtGateway" and GATEWAY["ipv4"] in dns_ready["message"]
-    listing = kubectl("get", "ws", "napper", "-n", namespace)
-    assert listing.splitlines()[0].split()[:4] == ["NAME", "PHASE", "URL", "URL-STATE"]
-    assert listing.splitlines()[1].split()[3] == "gateway"
+    listing = kubectl("get", "ws", "napper", "-n", namespace, "-o", "wide")
+    header, row = listing.splitlines()[0].split(), listing.splitlines()[1].split()
+    assert header[:6] == ["NAME", "PHASE", "URL", "IDLE", "AGENT", "URL-STATE"], header
+    assert row[header.index("URL-STATE")] == "gateway", listing
 
     # Polls while stopped (every second here) cost no Cloudflare request.
     cf.reset_counts()

@@ -233,9 +233,11 @@ def workspace_crd() -> Schema:
         [
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "URL", "type": "string", "jsonPath": ".status.urls.workspace"},
-            {"name": "URL-State", "type": "string", "jsonPath": ".status.urls.state"},
             {"name": "Idle", "type": "boolean", "jsonPath": ".status.activity.idle"},
             {"name": "Agent", "type": "string", "jsonPath": ".status.activity.agentState"},
+            # live, stopped, or gateway (stopped; opening the URL wakes it): -o wide.
+            {"name": "URL-State", "type": "string", "priority": 1,
+             "jsonPath": ".status.urls.state"},
             {"name": "Reason", "type": "string", "priority": 1,
              "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
             {"name": "Server", "type": "string", "priority": 1, "jsonPath": ".status.server.ipv4"},
