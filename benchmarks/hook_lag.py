@@ -30,18 +30,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support: the same stack the integration tests use
 
-from tests.conftest import CRDS, Kubectl  # noqa: E402
 from tests.support.hook_lag import (  # noqa: E402
     agent_column,
     api_requests,
     percentile,
     post_hook,
 )
-from tests.support.stack import condition, vm_stack, workspace  # noqa: E402
+from tests.support.stack import benchmark_cluster, condition, vm_stack, workspace  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
 from agentspaces.api.durations import parse_duration  # noqa: E402
-from agentspaces.controlplane import running_control_plane  # noqa: E402
 
 CLASS = "bench"
 NAMESPACE = "bench"
@@ -61,13 +59,7 @@ def main() -> int:
     names = [f"w{n}" for n in range(args.workspaces)]
 
     with tempfile.TemporaryDirectory(prefix="hook-lag-") as tmp, \
-            running_control_plane(Path(tmp) / "plane") as plane:
-        plane.kubectl_run("apply", "--server-side", "-f", str(CRDS))
-        plane.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/workspaces.agentspaces.dev",
-                          "crd/workspaceclasses.agentspaces.dev")
-        kubectl = Kubectl(plane)
-        kubectl("create", "namespace", NAMESPACE)
+            benchmark_cluster(Path(tmp) / "plane", NAMESPACE) as (plane, kubectl):
         env = {"AGENTSPACES_POLL_INTERVAL": args.poll, "AGENTSPACES_INVENTORY_INTERVAL": "10m"}
         (Path(tmp) / "vms").mkdir()
         with vm_stack(plane, kubectl, Path(tmp) / "vms", CLASS, 41, 18091, env=env) as stack:

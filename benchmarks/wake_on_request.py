@@ -41,12 +41,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support: the same stack the integration tests use
 
-from tests.conftest import CRDS, Kubectl  # noqa: E402
+from tests.conftest import Kubectl  # noqa: E402
 from tests.support.live_gateway import LiveGateway, running_gateway  # noqa: E402
-from tests.support.stack import ZONE, condition, vm_stack, workspace  # noqa: E402
+from tests.support.stack import (  # noqa: E402
+    ZONE,
+    benchmark_cluster,
+    condition,
+    vm_stack,
+    workspace,
+)
 from tests.support.waiting import wait_for  # noqa: E402
 
-from agentspaces.controlplane import running_control_plane  # noqa: E402
 from agentspaces.sandbox.cloudflare import CloudflareEmulator  # noqa: E402
 
 CLASS = "wakebench"
@@ -123,13 +128,7 @@ def main() -> int:
     names = [f"w{n}" for n in range(args.workspaces)]
 
     with tempfile.TemporaryDirectory(prefix="wake-bench-") as tmp, \
-            running_control_plane(Path(tmp) / "plane") as plane:
-        plane.kubectl_run("apply", "--server-side", "-f", str(CRDS))
-        plane.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/workspaces.agentspaces.dev",
-                          "crd/workspaceclasses.agentspaces.dev")
-        kubectl = Kubectl(plane)
-        kubectl("create", "namespace", NAMESPACE)
+            benchmark_cluster(Path(tmp) / "plane", NAMESPACE) as (plane, kubectl):
         (Path(tmp) / "vms").mkdir()
         with vm_stack(plane, kubectl, Path(tmp) / "vms", CLASS, IP_BLOCK, HTTP_PORT,
                       storage=True) as stack, \

