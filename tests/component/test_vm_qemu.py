@@ -32,6 +32,7 @@ from agentspaces.sandbox.vmqemu import (
     BaseImage,
     QemuVms,
     build_image,
+    kernel_crashes,
     mac_address,
     make_seed,
     network_config,
@@ -58,9 +59,14 @@ def image() -> BaseImage:
 
 
 def user_data(token: str) -> str:
-    """Writes a file of ours, records what meta-data said, and serves both on the
-    agent's port with the guest's own Python (cloud-init's interpreter)."""
+    """Crashes the guest's kernel once early in the first boot (the guest must come back
+    by itself, as after TCG's rare boot-time oops), then writes a file of ours, records
+    what meta-data said, and serves both on the agent's port with the guest's own Python
+    (cloud-init's interpreter)."""
     return f"""#cloud-config
+bootcmd:
+  - [sh, -c, "[ -e /var/lib/crashed-once ] || {{ touch /var/lib/crashed-once; sync;
+     echo c > /proc/sysrq-trigger; }}"]
 write_files:
   - path: /srv/probe/token
     content: "{token}"
@@ -125,7 +131,7 @@ def cloud(tmp_path: Path, image: BaseImage, metadata: MetadataService
         emulator.stop()
 
 
-def test_a_server_boots_our_user_data_and_leaves_nothing_when_deleted(
+def test_a_server_boots_our_user_data_survives_a_kernel_crash_and_leaves_nothing(
         cloud: tuple[hcloud.Client, QemuVms], metadata: MetadataService) -> None:
     client, vms = cloud
     token = secrets.token_hex(12)
@@ -163,6 +169,9 @@ def test_a_server_boots_our_user_data_and_leaves_nothing_when_deleted(
     console = wait_for(lambda: (lambda t: t if "finished at" in t else None)(serial_text(info)),
                        60, "cloud-init's final message on the serial console")
     assert "Cloud-init v." in console and "Datasource DataSourceNoCloud" in console
+    # The crash on the first boot, then a second boot that got through.
+    assert kernel_crashes(console) == 1, console[-4000:]
+    assert console.count("Linux version") == 2
     # Written when the final stage ends: every stage ran without an error.
     result = json.loads(wait_for(lambda: fetch(f"http://{ip}:{PROBE_PORT}/result.json"), 30,
                                  "cloud-init's result.json"))

@@ -48,7 +48,14 @@ from hcloud import Client as HcloudClient
 
 from agentspaces.controlplane import ControlPlane
 from agentspaces.lifeline import process_alive
-from agentspaces.sandbox.vmqemu import BaseImage, QemuError, QemuVms, build_image
+from agentspaces.sandbox.vmqemu import (
+    BaseImage,
+    QemuError,
+    QemuVms,
+    build_image,
+    kernel_crashes,
+    serial_text,
+)
 from agentspaces.sandbox.vmsim_ips import LoopbackPool
 from agentspaces.vmconfig.userdata import dump_yaml, read_write_files
 from tests.conftest import Kubectl
@@ -88,6 +95,7 @@ IP_FIRST, IP_LAST = "127.0.7.10", "127.0.7.40"  # no other tier uses 127.0.7.x
 HTTP_PORT, HTTPS_PORT, AGENT_PORT, SSH_PORT = 18080, 18443, 9443, 2222
 DEV_PORT, DEAD_PORT = 8000, 8999
 READY_TIMEOUT = 25 * 60   # apply (or wake) -> AgentReady=True, TCG
+MAX_KERNEL_CRASHES = 3     # per server, each followed by a reboot
 STOP_TIMEOUT = 6 * 60     # idle timeout 1m -> backup -> server deleted
 DELETE_TIMEOUT = 5 * 60
 REPO_TOKEN = "ghp_realvm" + secrets.token_hex(12)
@@ -265,8 +273,9 @@ def _wait_ready(rig: Rig, timeline: Timeline, what: str) -> dict[str, Any]:
         ws = rig.ws()
         timeline.observe(ws)
         status = (ws or {}).get("status") or {}
-        if status.get("server", {}).get("id"):
+        if server_id := status.get("server", {}).get("id"):
             timeline.mark(f"{what}: server created")
+            _check_guest_kernel(rig, int(server_id), timeline, what)
         ready = condition(ws, "AgentReady")
         message = ready.get("message") or ""
         if ready.get("reason") == "Booting":
@@ -285,6 +294,19 @@ def _wait_ready(rig: Rig, timeline: Timeline, what: str) -> dict[str, Any]:
         time.sleep(2)
     raise AssertionError(f"{what}: no AgentReady=True in {READY_TIMEOUT}s: "
                          f"{condition(rig.ws(), 'AgentReady')}\n{_post_mortem(rig)}")
+
+
+def _check_guest_kernel(rig: Rig, server_id: int, timeline: Timeline, what: str) -> None:
+    """A guest whose kernel crashed reboots by itself (vmqemu's CRASH_REBOOTS); once is
+    TCG's rare boot-time oops, again and again is a broken guest: fail now, not at the
+    ready timeout."""
+    info = rig.vms.vm(server_id)
+    crashes = kernel_crashes(serial_text(info)) if info else 0
+    if crashes:
+        timeline.mark(f"{what}: guest kernel crashed and rebooted")
+    if crashes >= MAX_KERNEL_CRASHES:
+        raise AssertionError(f"{what}: the guest's kernel crashed {crashes} times\n"
+                             f"{_post_mortem(rig)}")
 
 
 def _post_mortem(rig: Rig) -> str:
