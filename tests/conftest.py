@@ -15,6 +15,10 @@ import pytest
 
 from agentspaces.controlplane import ControlPlane
 
+# Operators the tests start (in-process or as children, which inherit this) serve
+# /metrics on a free port, never on the default 9090 another process may hold.
+os.environ.setdefault("AGENTSPACES_METRICS_PORT", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 CRDS = REPO / "crds" / "agentspaces.dev.yaml"
 

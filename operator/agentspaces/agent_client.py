@@ -22,6 +22,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from agentspaces import metrics
 from agentspaces_vm.contracts import (
     AgentStatus,
     BackupJob,
@@ -171,16 +172,25 @@ class AgentClient:
         return self._answer(await self._send(method, path, **kwargs), expect)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request; the response checked against the pin."""
+        """One request; the response checked against the pin. Each is timed for the
+        metrics (a long-poll, which waits by design, apart from the others)."""
+        started, code = time.monotonic(), "error"
         try:
             response = await self._client.request(method, path, **kwargs)
+            code = str(response.status_code)
         except httpx.TransportError as exc:
             if _is_cert_failure(exc):
+                code = "certificate"
                 raise AgentCertificateMismatch(
                     f"agent at {self._base_url} presented a certificate other than the "
                     "pinned one") from None
+            code = "unreachable"
             raise AgentUnreachable(
                 f"agent at {self._base_url} unreachable: {type(exc).__name__}") from None
+        finally:
+            if code != "error":  # not cancelled (a closed client ends its long-polls)
+                metrics.agent_request(method, path, code, time.monotonic() - started,
+                                      long_poll="Prefer" in kwargs.get("headers", {}))
         self._check_pin(response)
         self.last_answer = self._monotonic()
         return response

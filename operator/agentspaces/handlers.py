@@ -12,11 +12,12 @@ read fresh and written (only what changed) inside that lock.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
 
-from agentspaces import agent_watch
+from agentspaces import agent_watch, metrics
 from agentspaces.api.model import GROUP, VERSION
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import KubernetesApi
@@ -60,6 +61,13 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo,
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30)
     memo.runtime = Runtime(SETTINGS, KubernetesApi())
+    if SETTINGS.metrics_port is not None:
+        where = f"{SETTINGS.metrics_host}:{SETTINGS.metrics_port}"
+        try:
+            memo.metrics = await metrics.serve(SETTINGS.metrics_host, SETTINGS.metrics_port)
+        except OSError as err:  # taken or not ours: stop, rather than run unobserved
+            raise kopf.PermanentError(f"metrics: cannot listen on {where}: {err}") from None
+        logger.info("metrics at %s", memo.metrics.url)
     logger.info("agentspaces operator starting (namespace %s, poll every %ss)",
                 SETTINGS.namespace, SETTINGS.poll_interval)
 
@@ -72,6 +80,9 @@ async def close_clients(*, memo: kopf.Memo, **_: Any) -> None:
     if isinstance(found, Runtime):  # absent when startup never ran
         await found.aclose()
         await found.kube.aclose()
+    server = getattr(memo, "metrics", None)
+    if isinstance(server, metrics.MetricsServer):
+        await server.close()
 
 
 def _emitter(body: kopf.Body) -> Any:
@@ -102,18 +113,25 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any) -> Outcome | None:
     async with rt.lock(ref.uid):
         fresh = await rt.kube.get_workspace(ref.namespace, ref.name)
         if fresh is None or (fresh.get("metadata") or {}).get("uid") != ref.uid:
+            metrics.PHASES.forget(ref.uid)
             return None  # deleted (or replaced by a namesake) meanwhile
+        started = time.monotonic()
         ref = WorkspaceRef.from_body(fresh)
         draft = StatusDraft.begin(fresh.get("status"), rt.clock(), ref.generation)
         visit = Visit(ref=ref, body=fresh, status=draft, runtime=rt, emit=_emitter(body))
+        result = "error"
         try:
             outcome: Outcome = await step(visit)
+            result = "done" if outcome.requeue is None else "requeue"
         finally:
             # Even when a step fails, what happened before it (e.g. a created server's
             # id) must reach status.
             changes = draft.patch()
             if changes:
                 await rt.kube.patch_workspace_status(ref.namespace, ref.name, changes)
+            metrics.PHASES.set(ref.uid, draft.phase)
+            metrics.RECONCILE_SECONDS.labels(getattr(step, "__name__", metrics.OTHER),
+                                             result).observe(time.monotonic() - started)
     await rt.close_stale_clients()
     return outcome
 
@@ -165,3 +183,4 @@ async def workspace_agent_watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.
 async def workspace_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _run(body, memo, workspace.finalize)
     runtime_of(memo).forget(WorkspaceRef.from_body(body).uid)
+    metrics.PHASES.forget(WorkspaceRef.from_body(body).uid)

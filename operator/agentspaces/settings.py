@@ -17,6 +17,17 @@ def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, str(default)))
 
 
+def _metrics_port() -> int | None:
+    """AGENTSPACES_METRICS_PORT: a port, 0 for a free one, or "off"."""
+    value = os.environ.get("AGENTSPACES_METRICS_PORT", "9090").strip().lower()
+    if value in ("off", "false", "no", ""):
+        return None
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"AGENTSPACES_METRICS_PORT {value} is not a port")
+    return port
+
+
 def _operator_namespace() -> str:
     explicit = os.environ.get("AGENTSPACES_NAMESPACE")
     if explicit:
@@ -42,6 +53,10 @@ class OperatorSettings:
     backup_part_mib: int
     backup_url_ttl: float
     agent_timeout: float
+    metrics_host: str = "127.0.0.1"
+    """Where /metrics listens (the Deployment sets 0.0.0.0, as it does for /healthz)."""
+    metrics_port: int | None = None
+    """Its port (0: a free one); None: no metrics server."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -55,4 +70,6 @@ class OperatorSettings:
             backup_part_mib=_int("AGENTSPACES_BACKUP_PART_MIB", 16),
             backup_url_ttl=_seconds("AGENTSPACES_BACKUP_URL_TTL", "1h"),
             agent_timeout=_seconds("AGENTSPACES_AGENT_TIMEOUT", "10s"),
+            metrics_host=os.environ.get("AGENTSPACES_METRICS_HOST", "127.0.0.1"),
+            metrics_port=_metrics_port(),
         )

@@ -208,6 +208,7 @@ def _busy_values(tag: str, namespace: str = "platform-ws") -> Doc:
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "ops", "operator": "Exists", "effect": "NoSchedule"}],
         "podAnnotations": {"example.com/team": "platform"},
+        "metrics": {"enabled": False},
         "rbac": {"secrets": {"clusterWide": False, "namespaces": [namespace]}},
         "dashboard": {"enabled": True, "auth": "proxy", "publicUrl": "https://ws.example.com",
                       "service": {"port": 8080}},
@@ -265,7 +266,9 @@ def test_non_default_values_render_where_they_belong(helm: Helm, tmp_path: Path)
     assert container["resources"]["limits"] == {"memory": "1Gi"}
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env == {"AGENTSPACES_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                   "AGENTSPACES_METRICS_PORT": "off",
                    "AGENTSPACES_POLL_INTERVAL": "15s", "AGENTSPACES_AGENT_CONCURRENCY": "40"}
+    assert [p["name"] for p in container["ports"]] == ["health"]
 
     dashboard = _one(docs, "Deployment", "agentspaces-dashboard")["spec"]["template"]["spec"]
     args = dashboard["containers"][0]["args"]
@@ -307,6 +310,23 @@ def test_non_default_values_render_where_they_belong(helm: Helm, tmp_path: Path)
     assert "storage" not in nbg1 and "encryption" not in nbg1
 
 
+def test_metrics_port_moves_the_server_the_port_and_the_annotations(
+        helm: Helm, tmp_path: Path) -> None:
+    docs = helm.docs({"metrics": {"port": 9191},
+                      "podAnnotations": {"example.com/team": "platform",
+                                         "prometheus.io/path": "/mine"}}, tmp_path)
+    pod = _one(docs, "Deployment", "agentspaces-operator")["spec"]["template"]
+    # The chart's annotations join the pod's own, which win.
+    assert pod["metadata"]["annotations"] == {
+        "example.com/team": "platform", "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9191", "prometheus.io/path": "/mine"}
+    container = pod["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9191} in container["ports"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["AGENTSPACES_METRICS_HOST"], env["AGENTSPACES_METRICS_PORT"]) == (
+        "0.0.0.0", "9191")
+
+
 @pytest.mark.parametrize(("kind", "policy"), [("NodePort", "Local"), ("ClusterIP", None)])
 def test_gateway_service_types(helm: Helm, tmp_path: Path, kind: str,
                                policy: str | None) -> None:
@@ -325,9 +345,10 @@ def test_gateway_service_types(helm: Helm, tmp_path: Path, kind: str,
      "gateway.service.loadBalancerIP"),
     ({"dashboard": {"enabled": True, "auth": "basic"}}, "dashboard.auth"),
     ({"env": {"AGENTSPACES_NAMESPACE": "x"}}, "namespace.name"),
+    ({"env": {"AGENTSPACES_METRICS_PORT": "1"}}, "metrics.port"),
     ({"workspaceClasses": [{"spec": {}}]}, "needs a name"),
 ], ids=["replicas", "gateway-service-type", "gateway-lb-ip", "dashboard-auth",
-        "namespace-env", "class-name"])
+        "namespace-env", "metrics-env", "class-name"])
 def test_values_it_cannot_honour_fail_the_render(helm: Helm, tmp_path: Path,
                                                  values: Doc, message: str) -> None:
     path = tmp_path / "values.yaml"

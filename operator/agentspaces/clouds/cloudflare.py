@@ -12,11 +12,13 @@ contains the token.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from agentspaces import metrics
 from agentspaces.clouds.errors import CloudError, ErrorKind
 
 DEFAULT_ENDPOINT = "https://api.cloudflare.com/client/v4"
@@ -157,14 +159,19 @@ class CloudflareDns:
     async def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                        json: dict[str, Any] | None = None) -> dict[str, Any]:
         what = f"Cloudflare {method} {path}"
+        started, answered = time.monotonic(), None
         try:
             response = await self._http().request(method, path, params=params, json=json)
+            answered = response.status_code
         except httpx.TimeoutException:
             raise CloudError(ErrorKind.TRANSIENT, PROVIDER, "timeout",
                              f"{what}: timed out after {self.timeout}s") from None
         except httpx.TransportError as err:
             raise CloudError(ErrorKind.TRANSIENT, PROVIDER, "unreachable",
                              self._scrub(f"{what}: {type(err).__name__}: {err}")) from None
+        finally:  # the one place every Cloudflare request goes through
+            metrics.cloud_request(PROVIDER, method, path, answered,
+                                  time.monotonic() - started)
         status = response.status_code
         body: Any
         try:

@@ -13,10 +13,12 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from hcloud import APIException, Client
 from hcloud.firewalls import (
@@ -29,9 +31,11 @@ from hcloud.images import Image
 from hcloud.locations import Location
 from hcloud.server_types import ServerType
 from hcloud.servers import BoundServer
+from requests import Response
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout as RequestsTimeout
 
+from agentspaces import metrics
 from agentspaces.clouds.errors import CloudError, ErrorKind
 from agentspaces.clouds.hetzner_pricing import PriceList, parse_pricing
 
@@ -233,6 +237,24 @@ def _selector(selector: str) -> FirewallResource:
                             label_selector=FirewallResourceLabelSelector(selector))
 
 
+def counted(request: Callable[..., Response], base_path: str) -> Callable[..., Response]:
+    """`request` (a requests Session's) counting every call in the metrics: every
+    request hcloud makes goes through it, so this is the one place to count them."""
+
+    def send(method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+        started = time.monotonic()
+        code: int | None = None
+        try:
+            response = request(method, url, *args, **kwargs)
+            code = response.status_code
+            return response
+        finally:
+            metrics.cloud_request(PROVIDER, method, url, code, time.monotonic() - started,
+                                  base_path)
+
+    return send
+
+
 class HcloudServers:
     """`ServerProvider` over hcloud-python, one instance per (endpoint, token)."""
 
@@ -242,6 +264,9 @@ class HcloudServers:
         base = getattr(self._client, "_client", None)
         if base is not None and hasattr(base, "_retry_max_retries"):
             base._retry_max_retries = 0
+        session = getattr(base, "_session", None)
+        if session is not None:
+            session.request = counted(session.request, urlsplit(endpoint).path)
 
     async def aclose(self) -> None:
         """Close the HTTP sessions hcloud-python keeps (it has no public close)."""

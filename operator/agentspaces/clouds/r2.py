@@ -24,6 +24,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from agentspaces import metrics
 from agentspaces.api.types import StorageSettings
 from agentspaces.clouds.errors import CloudError, ErrorKind
 
@@ -129,9 +130,20 @@ def make_client(endpoint: str, access_key_id: str, secret_access_key: str,
         connect_timeout=10,
         read_timeout=60,
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3", endpoint_url=endpoint, aws_access_key_id=access_key_id,
         aws_secret_access_key=secret_access_key, config=config)
+    # Emitted after every HTTP attempt (retries included), with its response or error.
+    client.meta.events.register("needs-retry.s3", _count_attempt)
+    return client
+
+
+def _count_attempt(response: Any = None, operation: Any = None, **_: Any) -> None:
+    """One S3 request for the metrics, named by its operation ("PutObject")."""
+    code = None
+    if isinstance(response, tuple) and response:
+        code = getattr(response[0], "status_code", None)
+    metrics.cloud_operation(PROVIDER, str(getattr(operation, "name", "") or "other"), code)
 
 
 def _error_code(exc: ClientError) -> str:

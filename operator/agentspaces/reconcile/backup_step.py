@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 
+from agentspaces import metrics
 from agentspaces.agent_client import AgentError, AgentUnreachable
 from agentspaces.api.enums import ConditionType, Phase, Reason
 from agentspaces.api.status import BackupStatus, RestoreStatus
@@ -417,6 +419,7 @@ async def _poll(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
         message = f"backup {pending.backup_id} failed: {job.error or 'unknown error'}"
         status.condition(T.BACKUP_SUCCEEDED, False, Reason.BACKUP_FAILED, message)
         scope.emit("Warning", Reason.BACKUP_FAILED, message)
+        metrics.BACKUPS.labels("failed").inc()
         return Outcome.after(Wait.BACKUP_FAILED, "backup failed")
     try:
         record = await asyncio.to_thread(backups.commit_backup, the_store, pending,
@@ -425,9 +428,11 @@ async def _poll(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
         await asyncio.to_thread(backups.abort_backup, the_store, pending)
         status.pending_backup = None
         status.condition(T.BACKUP_SUCCEEDED, False, Reason.BACKUP_FAILED, str(err))
+        metrics.BACKUPS.labels("failed").inc()
         return Outcome.after(Wait.BACKUP_FAILED, "commit failed")
     status.pending_backup = None
     status.backup = record.status()
+    _count_backup(record.size, (record.completed or scope.now()) - pending.started)
     status.condition(T.BACKUP_SUCCEEDED, True, Reason.BACKUP_DONE,
                      f"backup {record.backup_id} ({record.size} bytes) committed")
     scope.emit("Normal", Reason.BACKUP_DONE, f"backup {record.backup_id} committed")
@@ -435,6 +440,14 @@ async def _poll(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
     await asyncio.to_thread(backups.prune, the_store, location(scope),
                             scope.klass.storage.keep)
     return None
+
+
+def _count_backup(size: int, took: timedelta) -> None:
+    """A committed backup in the metrics: its size as the agent reported it, and the
+    time from its start (recorded in status) to its commit."""
+    metrics.BACKUPS.labels("succeeded").inc()
+    metrics.BACKUP_BYTES.inc(max(0, size))
+    metrics.BACKUP_SECONDS.observe(max(0.0, took.total_seconds()))
 
 
 def _agent_ever_ready(scope: Scope) -> bool:

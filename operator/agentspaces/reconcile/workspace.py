@@ -9,6 +9,7 @@ either finishes or asks to be called again later; nothing here waits in a loop.
 
 from __future__ import annotations
 
+from agentspaces import metrics
 from agentspaces.api.enums import AgentState, Phase, Reason, StoppedBy, UrlState
 from agentspaces.api.enums import ConditionType as T
 from agentspaces.api.types import wants_running
@@ -216,6 +217,7 @@ async def _ensure_running(scope: Scope) -> Outcome:
         return outcome
     stop = agent_step.idle_stop(scope)
     if stop is not None:
+        metrics.IDLE_STOPS.labels(str(stop)).inc()
         status.stopped_by = stop
         scope.emit("Normal", "Stopping", f"stopping: {status.reason(T.IDLE)}")
         return await _ensure_stopped(scope, stop, backup=True)

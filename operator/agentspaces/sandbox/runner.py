@@ -60,6 +60,8 @@ OPERATOR_ENV = {
     "AGENTSPACES_INVENTORY_INTERVAL": "30s",
     "AGENTSPACES_AGENT_TIMEOUT": "5s",
     "AGENTSPACES_BACKUP_PART_MIB": "5",
+    # /metrics on a free port (its log names it): 9090 may be a local Prometheus's own.
+    "AGENTSPACES_METRICS_PORT": "0",
 }
 
 Progress = Callable[[str], None]
