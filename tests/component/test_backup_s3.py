@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -66,13 +67,16 @@ def store(moto_endpoint: str) -> S3ObjectStore:
 
 
 class FaultProxy:
-    """Forwards requests to the S3 server; can fail chosen part PUTs or cut a GET short.
-    Records (method, partNumber, body length, status) of every request."""
+    """Forwards requests to the S3 server; can fail or delay chosen part PUTs or cut a
+    GET short. Records (method, partNumber, body length, status) of every request, in
+    the order they finished, and the most PUTs seen in flight at once."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream).netloc
         self.put_failures: dict[int, list[int]] = {}
         self.cut_next_get = False
+        self.put_delays: dict[int, float] = {}
+        self.puts_in_flight = self.max_puts_in_flight = 0
         self.requests: list[tuple[str, int | None, int, int]] = []
         self.lock = threading.Lock()
         proxy = self
@@ -98,6 +102,19 @@ class FaultProxy:
         return url.replace(self.upstream, self.netloc, 1)
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
+        if req.command != "PUT":
+            self._forward(req)
+            return
+        with self.lock:
+            self.puts_in_flight += 1
+            self.max_puts_in_flight = max(self.max_puts_in_flight, self.puts_in_flight)
+        try:
+            self._forward(req)
+        finally:
+            with self.lock:
+                self.puts_in_flight -= 1
+
+    def _forward(self, req: BaseHTTPRequestHandler) -> None:
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length) if length else b""
         query = parse_qs(urlsplit(req.path).query)
@@ -108,6 +125,8 @@ class FaultProxy:
             cut = req.command == "GET" and self.cut_next_get
             if cut:
                 self.cut_next_get = False
+            delay = self.put_delays.get(part or 0, 0.0) if req.command == "PUT" else 0.0
+        time.sleep(delay)
         if fail is not None:
             req.send_response(fail)
             req.send_header("Content-Length", "0")
@@ -270,7 +289,8 @@ def test_round_trip_is_byte_identical(store: S3ObjectStore, proxy: FaultProxy,
                                         exclude=("node_modules",))
 
     assert record.object_key == "agentspaces/default/demo-1a2b3c4d/20261127T041900Z.tar.zst.enc"
-    puts = [r for r in proxy.requests if r[0] == "PUT"]
+    # Parts go up several at a time, so they may finish in any order: each exactly once.
+    puts = sorted((r for r in proxy.requests if r[0] == "PUT"), key=lambda r: r[1] or 0)
     assert [r[1] for r in puts] == list(range(1, len(puts) + 1)) and len(puts) >= 3
     assert all(length == PART for _, _, length, _ in puts[:-1])  # R2: equal parts
     assert 0 < puts[-1][2] <= PART
@@ -378,6 +398,77 @@ def test_failed_upload_commits_nothing(store: S3ObjectStore, proxy: FaultProxy,
     target = tmp_path / "target"
     restore(store, bk.latest_backup(store, ws) or previous, data_key, target)
     assert snapshot(target) == snapshot(first)
+
+
+def test_parts_uploaded_in_parallel_are_assembled_in_order(
+        store: S3ObjectStore, proxy: FaultProxy, data_key: keys.DataKey, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    make_tree(source)
+    proxy.put_delays[1] = 2.0  # part 1 finishes after the parts uploaded next to it
+    record, result, _ = run_backup(store, workspace(), data_key, source, T0, proxy)
+
+    finished = [r[1] for r in proxy.requests if r[0] == "PUT"]
+    assert len(finished) >= 3 and finished[0] != 1 and proxy.max_puts_in_flight >= 2
+    assert sorted(finished) == list(range(1, len(finished) + 1))
+    assert [part["partNumber"] for part in result["parts"]] == sorted(finished)
+    stored = store.get_object(record.object_key)
+    assert hashlib.sha256(stored).hexdigest() == record.sha256 == result["sha256"]
+    target = tmp_path / "target"
+    restore(store, record, data_key, target)
+    assert snapshot(target) == snapshot(source)
+
+
+def test_a_failed_part_stops_the_backup_and_its_upload_is_aborted(
+        store: S3ObjectStore, proxy: FaultProxy, data_key: keys.DataKey, tmp_path: Path) -> None:
+    ws = workspace()
+    source = tmp_path / "source"
+    make_tree(source, big=40 * MIB)  # 8 parts and more
+    plan, pending = bk.begin_backup(store, ws, data_key, T0, PART, 20, 600)
+    plan = replace(plan, part_urls=tuple(map(proxy.route, plan.part_urls)))
+    proxy.put_delays[1] = 1.0  # still in flight when part 2 fails
+    proxy.put_failures[2] = [403]
+    with pytest.raises(agent.BackupError) as info:
+        agent.backup(plan, source, lambda _: None)
+    assert info.value.reason == "UploadFailed" and "part 2" in str(info.value)
+
+    puts = [r for r in proxy.requests if r[0] == "PUT"]
+    # Parts already in flight may finish; none starts after the failure was seen.
+    assert [r[3] for r in puts if r[1] == 2] == [403]
+    assert len(puts) <= 1 + agent.upload_slots(PART) + 1 < 8
+    assert store.head_object(pending.object_key) is None
+    assert store.head_object(pending.manifest_key) is None
+    bk.abort_backup(store, pending)  # what the operator does with a failed backup
+    assert store.list_multipart_uploads(ws.prefix) == []
+    assert store.list_objects(ws.prefix) == []
+
+
+AGENT_PEAK_RSS = """
+import json, sys
+from pathlib import Path
+from agentspaces_vm.backup import backup
+
+backup(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), lambda _: None)
+status = Path("/proc/self/status").read_text().splitlines()
+print([int(line.split()[1]) for line in status if line.startswith("VmHWM:")][0])
+"""
+
+
+def test_backup_memory_is_bounded_by_the_part_buffers(
+        store: S3ObjectStore, data_key: keys.DataKey, tmp_path: Path) -> None:
+    """16 MiB parts (the default) and a tree of 160 MiB that does not compress: the
+    agent holds at most PART_MEMORY of parts plus its interpreter, never the archive."""
+    source = tmp_path / "source"
+    make_tree(source, big=160 * MIB)
+    part = 16 * MIB
+    plan, pending = bk.begin_backup(store, workspace(), data_key, T0, part, 20, 600)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan.to_json()))
+    out = subprocess.run([sys.executable, "-c", AGENT_PEAK_RSS, str(plan_file), str(source)],
+                         capture_output=True, text=True, timeout=300, check=True)
+    peak_mib = int(out.stdout.strip()) / 1024
+    assert (agent.upload_slots(part) + 1) * part <= agent.PART_MEMORY
+    assert peak_mib <= 128, f"agent peak RSS {peak_mib:.0f} MiB"
+    bk.abort_backup(store, pending)
 
 
 AGENT_KILLED_MIDWAY = """

@@ -1,14 +1,16 @@
 """Back up and restore the workspace tree (agent side; stdlib + cryptography only).
 
-backup:  tar (GNU, pax) of the root | zstd | chunked AES-256-GCM | presigned multipart PUTs
+backup:  tar (GNU, pax) of the root | zstd -T0 | chunked AES-256-GCM | presigned multipart
+         PUTs, several parts at once
 restore: presigned GET (resumable) | verify + decrypt | zstd -d | tar into a staging dir,
          then swap the staged tree in; on any failure the root is left untouched.
 
 The operator builds both plans (docs/backup-format.md); the VM never holds storage
-credentials, only URLs that expire. Memory is bounded by about two upload parts plus
-one chunk, whatever the size of the tree. Every failure raises BackupError (or a
-subclass) whose `reason` is one CamelCase word for the Workspace conditions; messages
-never contain the key or a URL (presigned URLs are bearer credentials).
+credentials, only URLs that expire. Memory is bounded by the part buffers (at most
+PART_MEMORY, or two parts when one is bigger) plus one read, whatever the size of the
+tree. Every failure raises BackupError (or a subclass) whose `reason` is one CamelCase
+word for the Workspace conditions; messages never contain the key or a URL (presigned
+URLs are bearer credentials).
 """
 
 from __future__ import annotations
@@ -57,12 +59,18 @@ P = TypeVar("P", BackupPlan, RestorePlan)
 # read buffer instead of being copied into the format's carry-over buffer first.
 READ_SIZE = 4 * 1024 * 1024
 ZSTD_LEVEL = 3
+# zstd's own worker threads (0: one per core). Compression, not the agent, was what a
+# backup waited for; zstd writes the same bytes whatever the thread count.
+ZSTD_THREADS = 0
+# Parts PUT at once, and the memory all part buffers (those uploading plus the one
+# filling) may take: 16 MiB parts give 3 PUTs in flight and 64 MiB of buffers.
+PARALLEL_UPLOADS = 3
+PART_MEMORY = 64 * 1024 * 1024
 PUT_ATTEMPTS = 5
 GET_FAILURES = 6
 HTTP_TIMEOUT = 120.0
 BACKOFF_CAP = 8.0
 PROCESS_EXIT_TIMEOUT = 120.0
-PARTS_IN_MEMORY = 2
 PIPE_SIZE = 1024 * 1024
 FEED_QUEUE = 4  # plaintext pieces (about a chunk each) waiting for zstd
 PREFETCH = 2  # downloaded pieces (READ_SIZE each) waiting for decryption
@@ -160,26 +168,52 @@ def _retryable_status(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
-class _Uploader(threading.Thread):
-    """PUTs parts in order on its own thread so archiving continues while one uploads.
-    Part buffers come from a pool of PARTS_IN_MEMORY, reused (allocating a fresh
-    part-sized buffer each time fragments the heap and lets RSS creep up)."""
+def upload_slots(part_size: int) -> int:
+    """How many parts are PUT at once: as many as PART_MEMORY holds next to the buffer
+    being filled, at most PARALLEL_UPLOADS, at least one."""
+    return max(1, min(PARALLEL_UPLOADS, PART_MEMORY // part_size - 1))
 
-    def __init__(self, urls: tuple[str, ...], part_size: int) -> None:
-        super().__init__(name="backup-upload", daemon=True)
+
+class _Uploader:
+    """PUTs parts on `workers` threads so archiving continues while parts upload and
+    one slow PUT does not hold up the others. Parts may finish in any order; the result
+    lists them by number, which is the order CompleteMultipartUpload assembles them in.
+    Part buffers come from a pool of workers + 1, reused (allocating a fresh part-sized
+    buffer each time fragments the heap and lets RSS creep up). The first failure stops
+    the other workers' retries and is raised in the archiving thread."""
+
+    def __init__(self, urls: tuple[str, ...], part_size: int, workers: int | None = None
+                 ) -> None:
         self._urls = urls
         self._part_size = part_size
+        self.workers = workers or upload_slots(part_size)
+        self._buffers = self.workers + 1
         self._queue: queue.Queue[tuple[int, bytearray, int] | None] = queue.Queue()
         self._free: queue.Queue[bytearray] = queue.Queue()
         self._allocated = 0
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"backup-upload-{i}",
+                                          daemon=True) for i in range(self.workers)]
         self.events: queue.Queue[tuple[int, int]] = queue.Queue()
         self.etags: dict[int, str] = {}
         self.error: BaseException | None = None
         self.cancelled = threading.Event()
 
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def is_alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
     def take_buffer(self) -> bytearray:
-        """A free part buffer; waits while both are in flight."""
-        if self._free.empty() and self._allocated < PARTS_IN_MEMORY:
+        """A free part buffer; waits while all of them are in flight."""
+        if self._free.empty() and self._allocated < self._buffers:
             self._allocated += 1
             return bytearray(self._part_size)
         while True:
@@ -201,13 +235,14 @@ class _Uploader(threading.Thread):
             raise self.error
 
     def close(self) -> None:
-        self._queue.put(None)
+        for _ in self._threads:
+            self._queue.put(None)
 
     def cancel(self) -> None:
         self.cancelled.set()
-        self._queue.put(None)
+        self.close()
 
-    def run(self) -> None:
+    def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             number, buffer, length = item
             try:
@@ -216,7 +251,10 @@ class _Uploader(threading.Thread):
                         self.etags[number] = self._put(number, view[:length])
                     self.events.put((number, length))
             except BaseException as exc:
-                self.error = exc
+                with self._lock:
+                    if self.error is None:
+                        self.error = exc
+                self.cancelled.set()  # the backup has failed: other parts stop retrying
             finally:
                 self._free.put(buffer)
                 del buffer, item
@@ -323,9 +361,9 @@ def backup(plan: Mapping[str, Any] | BackupPlan, root: Path, progress: Progress
                                    stdout=subprocess.PIPE, stderr=tar_err,
                                    pipesize=_pipe_size())
             procs.append(tar)
-            zstd = subprocess.Popen(["zstd", f"-{ZSTD_LEVEL}", "-q", "-c", "-"], stdin=tar.stdout,
-                                    stdout=subprocess.PIPE, stderr=zstd_err,
-                                    pipesize=_pipe_size())
+            zstd = subprocess.Popen(["zstd", f"-{ZSTD_LEVEL}", f"-T{ZSTD_THREADS}", "-q", "-c",
+                                     "-"], stdin=tar.stdout, stdout=subprocess.PIPE,
+                                    stderr=zstd_err, pipesize=_pipe_size())
             procs.append(zstd)
             assert tar.stdout is not None and zstd.stdout is not None
             tar.stdout.close()  # zstd owns it now; tar sees EPIPE if zstd dies
