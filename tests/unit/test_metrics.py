@@ -126,15 +126,24 @@ def test_s3_attempts_are_counted_by_operation() -> None:
 
 
 def test_agent_requests_split_long_polls_from_polls() -> None:
+    # The registry is process-wide and other tests poll agents too: compare deltas.
+    poll = {"endpoint": "GET /v1/status", "code": "200"}
+    long_poll = {"endpoint": "GET /v1/status (long-poll)", "code": "200"}
+    failed = {"endpoint": "PUT /v1/secrets", "code": "unreachable"}
+    count = "agentspaces_agent_request_duration_seconds_count"
+    bucket = "agentspaces_agent_request_duration_seconds_bucket"
+    before = {
+        "poll": _value(count, **poll), "long": _value(count, **long_poll),
+        "long_fast": _value(bucket, **long_poll, le="10.0"),
+        "poll_fast": _value(bucket, **poll, le="0.025"), "failed": _value(count, **failed)}
     metrics.agent_request("GET", "/v1/status", 200, 0.02)
     metrics.agent_request("GET", "/v1/status", 200, 25.0, long_poll=True)
     metrics.agent_request("PUT", "/v1/secrets", "unreachable", 3.0)
-    assert _value("agentspaces_agent_request_duration_seconds_count",
-                  endpoint="GET /v1/status", code="200") >= 1
-    assert _value("agentspaces_agent_request_duration_seconds_bucket",
-                  endpoint="GET /v1/status (long-poll)", code="200", le="10.0") == 0
-    assert _value("agentspaces_agent_request_duration_seconds_count",
-                  endpoint="PUT /v1/secrets", code="unreachable") >= 1
+    assert _value(count, **poll) == before["poll"] + 1
+    assert _value(bucket, **poll, le="0.025") == before["poll_fast"] + 1
+    assert _value(count, **long_poll) == before["long"] + 1
+    assert _value(bucket, **long_poll, le="10.0") == before["long_fast"]  # 25 s is slower
+    assert _value(count, **failed) == before["failed"] + 1
 
 
 def test_phase_book_counts_every_phase() -> None:
