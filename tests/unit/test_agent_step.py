@@ -108,6 +108,20 @@ def test_activity_is_written_when_it_changes_not_on_every_poll() -> None:
     assert patch == {"activity": {"lastActivityTime": format_time(T0 + 52 * M)}}
 
 
+def test_ready_is_announced_once_as_an_event() -> None:
+    agent = FakeAgent(state=AgentStatus(version="test", boot_stage=BootStage.CLONING,
+                                        secrets_version=None))
+    world = World(agent)
+    world.poll()
+    assert "Ready" not in world.builder.reasons()
+    agent.state = ready(T0)
+    world.wait(M)
+    world.poll()
+    world.wait(M)
+    world.poll()
+    assert world.builder.reasons().count("Ready") == 1
+
+
 def test_a_missed_poll_decides_on_the_recorded_report() -> None:
     agent = FakeAgent(state=ready(T0 + 2 * 60 * M))
     world = World(agent)

@@ -199,6 +199,7 @@ def _observe(scope: Scope, doc: AgentStatus) -> Outcome | None:
             status.reason(T.BACKUP_RESTORED) != Reason.RESTORED:
         restored = (status.restore.object if status.restore else None) or "the last backup"
         status.condition(T.BACKUP_RESTORED, True, Reason.RESTORED, f"restored {restored}")
+        scope.emit("Normal", Reason.RESTORED, f"restored {restored}")
     _devcontainer_trust(scope, doc.devcontainer)
     if doc.boot_stage is BootStage.FAILED and doc.devcontainer.state == "refused":
         status.condition(T.AGENT_READY, False, Reason.DEVCONTAINER_REFUSED,
@@ -219,6 +220,8 @@ def _observe(scope: Scope, doc: AgentStatus) -> Outcome | None:
         status.condition(T.AGENT_READY, False, Reason.AGENT_BOOTING,
                          f"boot stage: {doc.boot_stage}")
         return Outcome.after(scope.runtime.settings.boot_poll, "agent booting")
+    if not status.is_true(T.AGENT_READY):
+        scope.emit("Normal", "Ready", f"agent ready at boot stage {doc.boot_stage}")
     if doc.simulated:
         status.condition(T.AGENT_READY, True, Reason.AGENT_SIMULATED,
                          "agent ready (simulated VM: no devcontainer)")

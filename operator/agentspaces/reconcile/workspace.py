@@ -219,7 +219,6 @@ async def _ensure_running(scope: Scope) -> Outcome:
     if stop is not None:
         metrics.IDLE_STOPS.labels(str(stop)).inc()
         status.stopped_by = stop
-        scope.emit("Normal", "Stopping", f"stopping: {status.reason(T.IDLE)}")
         return await _ensure_stopped(scope, stop, backup=True)
     return await backup_step.reconcile(scope) or Outcome.done()
 
@@ -236,6 +235,10 @@ async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool, *,
         status.stopped_by = stopped_by  # e.g. an idle stop the user now confirms
         return Outcome.done()  # already stopped: no cloud calls at all
     if had_server:
+        if status.phase != Phase.STOPPING and not deleting:
+            why = (status.reason(T.IDLE) if stopped_by is not StoppedBy.USER
+                   else "spec.running is false")
+            scope.emit("Normal", "Stopping", f"stopping ({stopped_by}): {why}")
         status.phase = Phase.STOPPING
         status.stopped_by = stopped_by
         if backup and not wants_force_stop(scope.annotations):
