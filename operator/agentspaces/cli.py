@@ -16,8 +16,8 @@ def _cmd_crds(args: argparse.Namespace) -> int:
         def ignore_aliases(self, data: object) -> bool:
             return True
 
-    sys.stdout.write("# Generated from operator/agentspaces/api/model.py and api/status.py by"
-                     " `agentspaces crds`; do not edit.\n")
+    sys.stdout.write("# Generated from operator/agentspaces/api/model.py and api/status.py (and"
+                     " api/crd.py: Kopf's peering) by `agentspaces crds`; do not edit.\n")
     sys.stdout.write(yaml.dump_all(all_crds(), Dumper=NoAliases, sort_keys=False, width=100))
     return 0
 
@@ -46,6 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   "hcloud", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(kopf.operator(
+        # Unless AGENTSPACES_PEERING is set: then the startup handler joins that peering.
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),

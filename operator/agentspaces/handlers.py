@@ -7,6 +7,9 @@ holds a long-poll on the agent and runs that reconcile whenever the agent's stat
 changes or the poll interval passes (agent_watch.py); the timer skips a workspace its
 daemon keeps reconciled. A per-workspace lock keeps them from overlapping; status is
 read fresh and written (only what changed) inside that lock.
+
+With AGENTSPACES_PEERING set, replicas of the operator peer through Kopf: one acts,
+the others run none of these handlers until it is gone (peering.py).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import time
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
-from agentspaces import agent_watch, metrics
+from agentspaces import agent_watch, metrics, peering
 from agentspaces.api.model import GROUP, VERSION
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import KubernetesApi
@@ -60,6 +64,8 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo,
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30)
+    if SETTINGS.peering is not None:  # first: a retry of this handler repeats it alone
+        await _join_peering(settings, SETTINGS.peering, SETTINGS.peering_lifetime, logger)
     memo.runtime = Runtime(SETTINGS, KubernetesApi())
     if SETTINGS.metrics_port is not None:
         where = f"{SETTINGS.metrics_host}:{SETTINGS.metrics_port}"
@@ -70,6 +76,22 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo,
         logger.info("metrics at %s", memo.metrics.url)
     logger.info("agentspaces operator starting (namespace %s, poll every %ss)",
                 SETTINGS.namespace, SETTINGS.poll_interval)
+
+
+async def _join_peering(settings: kopf.OperatorSettings, name: str, lifetime: int,
+                        logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """One replica acts, the others stand by (agentspaces.peering says what pauses)."""
+    priority = peering.configure(settings, name, lifetime)
+    try:
+        created = await peering.ensure_object(name)
+    except ApiException as exc:
+        if exc.status == 404:  # retrying cannot help: the CRD is not installed
+            raise kopf.PermanentError(
+                "peering: the ClusterKopfPeering CRD is missing (install crds/)") from None
+        raise
+    logger.info("peering %r%s: priority %d, lifetime %ds; acting only while no older "
+                "replica is alive, standing by otherwise", name,
+                " (created)" if created else "", priority, lifetime)
 
 
 @kopf.on.cleanup()

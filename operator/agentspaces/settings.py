@@ -57,6 +57,12 @@ class OperatorSettings:
     """Where /metrics listens (the Deployment sets 0.0.0.0, as it does for /healthz)."""
     metrics_port: int | None = None
     """Its port (0: a free one); None: no metrics server."""
+    peering: str | None = None
+    """The ClusterKopfPeering replicas share (one acts, the others stand by); None:
+    standalone, as `agentspaces run` is out of cluster (the Deployment sets one)."""
+    peering_lifetime: int = 30
+    """Seconds a replica's keep-alive stays valid: how long a crashed active replica
+    holds the others back at most."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -72,4 +78,6 @@ class OperatorSettings:
             agent_timeout=_seconds("AGENTSPACES_AGENT_TIMEOUT", "10s"),
             metrics_host=os.environ.get("AGENTSPACES_METRICS_HOST", "127.0.0.1"),
             metrics_port=_metrics_port(),
+            peering=os.environ.get("AGENTSPACES_PEERING", "").strip() or None,
+            peering_lifetime=max(3, round(_seconds("AGENTSPACES_PEERING_LIFETIME", "30s"))),
         )

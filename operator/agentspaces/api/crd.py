@@ -267,5 +267,36 @@ def workspace_class_crd() -> Schema:
     )
 
 
+PEERING_GROUP = "kopf.dev"
+
+
+def peering_crd() -> Schema:
+    """Kopf's ClusterKopfPeering: where operator replicas publish keep-alives and
+    priorities so that one acts and the others stand by (docs/design-decisions.md).
+    Kopf writes free-form `status` (one entry per replica) on the object itself: no
+    status subresource, so its merge patch of `status` is stored as sent."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"clusterkopfpeerings.{PEERING_GROUP}"},
+        "spec": {
+            "group": PEERING_GROUP,
+            "scope": "Cluster",
+            "names": {"kind": "ClusterKopfPeering", "listKind": "ClusterKopfPeeringList",
+                      "plural": "clusterkopfpeerings", "singular": "clusterkopfpeering"},
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "object",
+                                   "x-kubernetes-preserve-unknown-fields": True},
+                    },
+                }},
+            }],
+        },
+    }
+
+
 def all_crds() -> list[Schema]:
-    return [workspace_crd(), workspace_class_crd()]
+    return [workspace_crd(), workspace_class_crd(), peering_crd()]
