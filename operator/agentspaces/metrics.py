@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -230,6 +232,73 @@ class PhaseBook(Collector):
 
 PHASES = PhaseBook()
 REGISTRY.register(PHASES)
+
+
+class TrackedBudget(Protocol):
+    """A cloud credential's request budget (clouds/budget.py)."""
+
+    provider: str
+    limit: int
+
+    def remaining(self) -> int: ...
+
+
+class BudgetBook(Collector):
+    """Every live request budget, exported per provider (never per token): the
+    remainder and limit of the provider's budget with the least left, the one closest
+    to making calls wait."""
+
+    def __init__(self) -> None:
+        self._budgets: weakref.WeakSet[TrackedBudget] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def track(self, budget: TrackedBudget) -> None:
+        with self._lock:
+            self._budgets.add(budget)
+
+    def budgets(self) -> list[TrackedBudget]:
+        with self._lock:
+            return list(self._budgets)
+
+    def lowest(self) -> dict[str, tuple[int, int]]:
+        """provider -> (remaining, limit) of its budget with the least left."""
+        budgets = self.budgets()
+        lowest: dict[str, tuple[int, int]] = {}
+        for budget in budgets:
+            reading = (budget.remaining(), budget.limit)
+            if budget.provider not in lowest or reading[0] < lowest[budget.provider][0]:
+                lowest[budget.provider] = reading
+        return lowest
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily(
+                    "agentspaces_cloud_budget_remaining",
+                    "Requests left in a cloud API's budget as the operator reckons it from "
+                    "the provider's rate-limit headers, by provider (the lowest of its "
+                    "credentials).", labels=["provider"]),
+                GaugeMetricFamily(
+                    "agentspaces_cloud_budget_limit",
+                    "The size of that budget, as the provider last announced it.",
+                    labels=["provider"]))
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        remaining, limit = self._families()
+        for provider, (left, size) in sorted(self.lowest().items()):
+            remaining.add_metric([provider], left)
+            limit.add_metric([provider], size)
+        yield remaining
+        yield limit
+
+
+BUDGETS = BudgetBook()
+REGISTRY.register(BUDGETS)
+
+
+def track_budget(budget: TrackedBudget) -> None:
+    BUDGETS.track(budget)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from agentspaces.agent_client import AgentClient, AgentPort, StatusWatchPort
 from agentspaces.agent_watch import WatchCoverage
+from agentspaces.clouds.budget import BudgetExhausted
 from agentspaces.clouds.cloudflare import CloudflareDns, DnsProvider
 from agentspaces.clouds.hetzner import HcloudServers, ServerInfo, ServerProvider
 from agentspaces.clouds.hetzner_pricing import CachedPrices
@@ -110,7 +111,13 @@ class ServerInventory:
     async def snapshot(self) -> tuple[datetime | None, dict[int, ServerInfo]]:
         async with self._lock:
             if self.fetched_at is None or self.monotonic() - self.fetched_at >= self.interval:
-                listed = await self.provider.list_managed()
+                try:
+                    listed = await self.provider.list_managed()
+                except BudgetExhausted:
+                    if self.fetched_at is None:
+                        raise
+                    # Creates and deletes come first: the last listing serves until then.
+                    return self.fetched_wall, self.servers
                 self.servers = {s.id: s for s in listed}
                 self.fetched_at = self.monotonic()
                 self.fetched_wall = self.clock()

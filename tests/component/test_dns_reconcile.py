@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from agentspaces.api.hostnames import workspace_host, workspace_label
+from agentspaces.clouds.budget import Budget, BudgetExhausted
 from agentspaces.clouds.cloudflare import ZONE_NOT_FOUND, CloudflareDns, DnsProvider, DnsRecord
 from agentspaces.clouds.errors import CloudError, ErrorKind
 from agentspaces.reconcile import dns
@@ -34,8 +35,11 @@ def emulator(clock: FakeClock) -> Iterator[CloudflareEmulator]:
 
 
 @pytest.fixture
-async def provider(emulator: CloudflareEmulator) -> AsyncIterator[CloudflareDns]:
-    async with CloudflareDns(emulator.url, TOKEN, timeout=5) as adapter:
+async def provider(emulator: CloudflareEmulator, clock: FakeClock
+                   ) -> AsyncIterator[CloudflareDns]:
+    # The request budget runs on the emulator's clock, so a test's wait is the same to both.
+    async with CloudflareDns(emulator.url, TOKEN, timeout=5,
+                             budget=Budget.cloudflare(clock)) as adapter:
         yield adapter
 
 
@@ -346,11 +350,17 @@ async def test_identical_record_race_is_resolved_by_relisting(
 
 async def test_real_rate_limit_budget(emulator: CloudflareEmulator, clock: FakeClock) -> None:
     emulator.rate_limit = 5
-    async with CloudflareDns(emulator.url, TOKEN) as adapter:
+    # No reserve: every call may spend the budget to its last request.
+    budget = Budget("cloudflare", limit=1200, period=300.0, continuous=False,
+                    reserve_fraction=0.0, reserve_floor=0, clock=clock)
+    async with CloudflareDns(emulator.url, TOKEN, budget=budget) as adapter:
         await dns.ensure_records(adapter, ZONE, desired(), UID)  # 1 + 2 + 2 calls
         with pytest.raises(CloudError) as caught:
             await dns.ensure_records(adapter, ZONE, desired(), UID)
+        # The headers said the window was spent: the budget held the call back.
+        assert isinstance(caught.value, BudgetExhausted)
         assert caught.value.kind is ErrorKind.RATE_LIMITED
         assert caught.value.retry_after == 300
+        assert 429 not in [r.status for r in emulator.requests]
         clock.now += caught.value.retry_after
         assert (await dns.ensure_records(adapter, ZONE, desired(), UID)).writes == 0

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from agentspaces import handlers
+from agentspaces.clouds.budget import BudgetExhausted, Priority
 from agentspaces.clouds.hetzner import HcloudServers, ServerInfo
 from agentspaces.pki import generate
 from agentspaces.runtime import Runtime, ServerInventory
@@ -69,6 +70,27 @@ class Clock:
     def advance(self, seconds: float) -> None:
         self.wall += timedelta(seconds=seconds)
         self.mono += seconds
+
+
+async def test_inventory_serves_its_last_listing_while_the_budget_holds_listings_back(
+) -> None:
+    clock, provider = Clock(), ListingProvider()
+    inventory = ServerInventory(provider, interval=600,  # type: ignore[arg-type]
+                                clock=clock.now, monotonic=clock.monotonic)
+    await inventory.snapshot()
+    refused = BudgetExhausted("hetzner", "hetzner.list_managed", Priority.LOW, 3.0, 4, 60, 6)
+
+    async def spent() -> list[ServerInfo]:
+        raise refused
+
+    provider.list_managed = spent  # type: ignore[method-assign]
+    clock.advance(601)
+    fetched, servers = await inventory.snapshot()
+    assert (fetched, list(servers)) == (NOW, [1])  # the old listing, dated as it was
+    fresh = ServerInventory(provider, interval=600,  # type: ignore[arg-type]
+                            clock=clock.now, monotonic=clock.monotonic)
+    with pytest.raises(BudgetExhausted):  # nothing to fall back on
+        await fresh.snapshot()
 
 
 async def test_inventory_lists_on_first_use_then_once_per_interval_on_the_injected_clocks(

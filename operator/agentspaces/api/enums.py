@@ -121,6 +121,7 @@ class Reason(StrEnum):
     RESOURCE_LIMIT_EXCEEDED = "ResourceLimitExceeded"
     USER_DATA_TOO_LARGE = "UserDataTooLarge"
     RATE_LIMITED = "RateLimited"
+    WAITING_FOR_CLOUD_BUDGET = "WaitingForCloudBudget"  # clouds/budget.py refused a call
     CLOUD_API_ERROR = "CloudAPIError"
     SERVER_DELETED = "ServerDeleted"
     SERVER_DELETING = "Deleting"

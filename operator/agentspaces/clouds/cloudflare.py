@@ -7,7 +7,8 @@ reconciler requeues, so nothing here sleeps or retries. 429 is `RATE_LIMITED` wi
 `TRANSIENT`, a zone the token cannot see `NOT_FOUND` (code `zone_not_found`), any other
 refusal `PERMANENT` with Cloudflare's first error code. A create whose reply was lost
 may still have happened: the caller lists again before creating. No error message
-contains the token.
+contains the token. Every request first asks the token's request budget
+(clouds/budget.py), which learns from the `Ratelimit` headers of every response.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from agentspaces import metrics
+from agentspaces.clouds.budget import Budget, cloudflare_reading
 from agentspaces.clouds.errors import CloudError, ErrorKind
 
 DEFAULT_ENDPOINT = "https://api.cloudflare.com/client/v4"
@@ -66,7 +68,8 @@ class CloudflareDns:
 
     def __init__(self, endpoint: str, token: str, timeout: float = 10.0, *,
                  per_page: int = 100, max_pages: int = 100,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 budget: Budget | None = None) -> None:
         if not token:
             raise ValueError("Cloudflare API token is empty")
         self.endpoint = endpoint.rstrip("/")
@@ -77,6 +80,7 @@ class CloudflareDns:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._zones: dict[str, str] = {}
+        self.budget = budget or Budget.cloudflare()
 
     def __repr__(self) -> str:
         return f"CloudflareDns(endpoint={self.endpoint!r})"
@@ -97,7 +101,7 @@ class CloudflareDns:
         zone_name = zone_name.lower().rstrip(".")
         if zone_name in self._zones:
             return self._zones[zone_name]
-        body = await self._request("GET", "/zones", params={"name": zone_name})
+        body = await self._request("zone_id", "GET", "/zones", params={"name": zone_name})
         zones = [z for z in body.get("result") or [] if z.get("name") == zone_name]
         if not zones:
             raise CloudError(ErrorKind.NOT_FOUND, PROVIDER, ZONE_NOT_FOUND,
@@ -113,7 +117,7 @@ class CloudflareDns:
         page = 1
         while True:
             body = await self._request(
-                "GET", f"/zones/{zone_id}/dns_records",
+                "list_records", "GET", f"/zones/{zone_id}/dns_records",
                 params={"name.exact": name, "page": page, "per_page": self.per_page})
             records.extend(_record(item) for item in body.get("result") or [])
             info = body.get("result_info") or {}
@@ -126,20 +130,22 @@ class CloudflareDns:
             page += 1
 
     async def create_record(self, zone_id: str, record: DnsRecord) -> DnsRecord:
-        body = await self._request("POST", f"/zones/{zone_id}/dns_records",
+        body = await self._request("create_record", "POST", f"/zones/{zone_id}/dns_records",
                                    json=_payload(record))
         return _record(body["result"])
 
     async def update_record(self, zone_id: str, record_id: str,
                             record: DnsRecord) -> DnsRecord:
         # PATCH, not PUT: PUT would drop a comment the payload leaves out.
-        body = await self._request("PATCH", f"/zones/{zone_id}/dns_records/{record_id}",
+        body = await self._request("update_record", "PATCH",
+                                   f"/zones/{zone_id}/dns_records/{record_id}",
                                    json=_payload(record))
         return _record(body["result"])
 
     async def delete_record(self, zone_id: str, record_id: str) -> None:
         try:
-            await self._request("DELETE", f"/zones/{zone_id}/dns_records/{record_id}")
+            await self._request("delete_record", "DELETE",
+                                f"/zones/{zone_id}/dns_records/{record_id}")
         except CloudError as err:
             # 81044: already gone. A 404 with another code (no such route) is a real error.
             if err.status == 404 and err.code in (str(RECORD_NOT_FOUND), "http_404"):
@@ -156,13 +162,26 @@ class CloudflareDns:
                          "User-Agent": "agentspaces-operator"})
         return self._client
 
-    async def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+    async def _request(self, operation: str, method: str, path: str, *,
+                       params: dict[str, Any] | None = None,
                        json: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One request, once the budget admits `operation` (its priority in
+        budget.PRIORITIES)."""
+        with self.budget.call(f"{PROVIDER}.{operation}"):
+            response = await self._send(method, path, params, json)
+            self.budget.observe(cloudflare_reading(response.headers), response.status_code,
+                                _retry_after(response) if response.status_code == 429
+                                else None)
+        return self._answer(method, path, response)
+
+    async def _send(self, method: str, path: str, params: dict[str, Any] | None,
+                    json: dict[str, Any] | None) -> httpx.Response:
         what = f"Cloudflare {method} {path}"
         started, answered = time.monotonic(), None
         try:
             response = await self._http().request(method, path, params=params, json=json)
             answered = response.status_code
+            return response
         except httpx.TimeoutException:
             raise CloudError(ErrorKind.TRANSIENT, PROVIDER, "timeout",
                              f"{what}: timed out after {self.timeout}s") from None
@@ -172,6 +191,9 @@ class CloudflareDns:
         finally:  # the one place every Cloudflare request goes through
             metrics.cloud_request(PROVIDER, method, path, answered,
                                   time.monotonic() - started)
+
+    def _answer(self, method: str, path: str, response: httpx.Response) -> dict[str, Any]:
+        what = f"Cloudflare {method} {path}"
         status = response.status_code
         body: Any
         try:

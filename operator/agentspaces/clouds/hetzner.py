@@ -4,7 +4,9 @@ The adapter is thin: it maps hcloud objects to `ServerInfo` and hcloud errors to
 `CloudError` kinds (clouds/errors.py). hcloud is synchronous, so every call runs in a
 worker thread; its own retry loop (which sleeps and also retries POSTs) is turned off
 because the reconciler requeues through Kopf with backoff and treats
-`uniqueness_error` after a lost response as "adopt ours".
+`uniqueness_error` after a lost response as "adopt ours". Every call first asks the
+project's request budget (clouds/budget.py), which learns from the RateLimit headers of
+every response the session receives.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout as RequestsTimeout
 
 from agentspaces import metrics
+from agentspaces.clouds.budget import Budget, hetzner_reading
 from agentspaces.clouds.errors import CloudError, ErrorKind
 from agentspaces.clouds.hetzner_pricing import PriceList, parse_pricing
 
@@ -154,9 +157,9 @@ _TRANSIENT_CODES = frozenset({"server_error", "service_error", "unavailable", "t
 _UNAUTHORIZED_CODES = frozenset({"unauthorized", "forbidden", "token_readonly"})
 
 
-def _classify(exc: Exception) -> CloudError:
-    """hcloud's exception as a CloudError. hcloud does not expose the response headers,
-    so a rate limit carries no retry-after (the reconciler's default wait applies)."""
+def _classify(exc: Exception, budget: Budget | None = None) -> CloudError:
+    """hcloud's exception as a CloudError. hcloud does not expose the response headers;
+    the budget, which saw them, says how long a rate limit lasts."""
     if isinstance(exc, APIException):
         code, message = str(exc.code), str(exc.message)
         # hcloud puts the HTTP status in `code` when the body has no error object.
@@ -171,7 +174,10 @@ def _classify(exc: Exception) -> CloudError:
             kind = ErrorKind.TRANSIENT
         else:
             kind = ErrorKind.PERMANENT
-        return CloudError(kind, PROVIDER, code, message, status=status)
+        retry_after = (budget.retry_after()
+                       if budget is not None and kind is ErrorKind.RATE_LIMITED else None)
+        return CloudError(kind, PROVIDER, code, message, status=status,
+                          retry_after=retry_after)
     if isinstance(exc, RequestsTimeout | RequestsConnectionError):
         return CloudError(ErrorKind.TRANSIENT, PROVIDER, "unreachable", type(exc).__name__)
     return CloudError(ErrorKind.TRANSIENT, PROVIDER, "error", type(exc).__name__)
@@ -237,9 +243,11 @@ def _selector(selector: str) -> FirewallResource:
                             label_selector=FirewallResourceLabelSelector(selector))
 
 
-def counted(request: Callable[..., Response], base_path: str) -> Callable[..., Response]:
-    """`request` (a requests Session's) counting every call in the metrics: every
-    request hcloud makes goes through it, so this is the one place to count them."""
+def counted(request: Callable[..., Response], base_path: str,
+            budget: Budget | None = None) -> Callable[..., Response]:
+    """`request` (a requests Session's) counting every call in the metrics and telling
+    `budget` what each response said about it: every request hcloud makes goes through
+    it, so this is the one place to count them."""
 
     def send(method: str, url: str, *args: Any, **kwargs: Any) -> Response:
         started = time.monotonic()
@@ -247,6 +255,8 @@ def counted(request: Callable[..., Response], base_path: str) -> Callable[..., R
         try:
             response = request(method, url, *args, **kwargs)
             code = response.status_code
+            if budget is not None:
+                budget.observe(hetzner_reading(response.headers, time.time()), code)
             return response
         finally:
             metrics.cloud_request(PROVIDER, method, url, code, time.monotonic() - started,
@@ -258,7 +268,9 @@ def counted(request: Callable[..., Response], base_path: str) -> Callable[..., R
 class HcloudServers:
     """`ServerProvider` over hcloud-python, one instance per (endpoint, token)."""
 
-    def __init__(self, token: str, endpoint: str, timeout: float = 15.0) -> None:
+    def __init__(self, token: str, endpoint: str, timeout: float = 15.0, *,
+                 budget: Budget | None = None) -> None:
+        self.budget = budget or Budget.hetzner()
         self._client = Client(token=token, api_endpoint=endpoint, timeout=timeout,
                               application_name="agentspaces")
         base = getattr(self._client, "_client", None)
@@ -266,7 +278,7 @@ class HcloudServers:
             base._retry_max_retries = 0
         session = getattr(base, "_session", None)
         if session is not None:
-            session.request = counted(session.request, urlsplit(endpoint).path)
+            session.request = counted(session.request, urlsplit(endpoint).path, self.budget)
 
     async def aclose(self) -> None:
         """Close the HTTP sessions hcloud-python keeps (it has no public close)."""
@@ -276,15 +288,18 @@ class HcloudServers:
             if session is not None:
                 session.close()
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except Exception as exc:  # mapped, never re-raised raw: messages carry no token
-            raise _classify(exc) from None
+    async def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn` in a worker thread, once the budget admits `operation` (a method name,
+        its priority in budget.PRIORITIES)."""
+        with self.budget.call(f"{PROVIDER}.{operation}"):
+            try:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            except Exception as exc:  # mapped, never re-raised raw: no token in messages
+                raise _classify(exc, self.budget) from None
 
     async def get(self, server_id: int) -> ServerInfo | None:
         try:
-            server = await self._call(self._client.servers.get_by_id, server_id)
+            server = await self._call("get", self._client.servers.get_by_id, server_id)
         except CloudError as err:
             if err.kind is ErrorKind.NOT_FOUND:
                 return None
@@ -292,17 +307,17 @@ class HcloudServers:
         return _info(server)
 
     async def find_by_uid(self, uid: str) -> list[ServerInfo]:
-        servers = await self._call(self._client.servers.get_all,
+        servers = await self._call("find_by_uid", self._client.servers.get_all,
                                    label_selector=f"{LABEL_WORKSPACE_UID}={uid}")
         return [_info(s) for s in servers]
 
     async def find_by_name(self, name: str) -> ServerInfo | None:
-        server = await self._call(self._client.servers.get_by_name, name)
+        server = await self._call("find_by_name", self._client.servers.get_by_name, name)
         return _info(server) if server else None
 
     async def create(self, request: ServerRequest) -> ServerInfo:
         response = await self._call(
-            self._client.servers.create,
+            "create", self._client.servers.create,
             name=request.name,
             server_type=ServerType(name=request.server_type),
             image=Image(name=request.image),
@@ -315,7 +330,7 @@ class HcloudServers:
 
     async def delete(self, server_id: int) -> None:
         try:
-            await self._call(self._client.servers.delete,
+            await self._call("delete", self._client.servers.delete,
                              BoundServer(self._client.servers, {"id": server_id},
                                          complete=False))
         except CloudError as err:
@@ -323,7 +338,7 @@ class HcloudServers:
                 raise
 
     async def list_managed(self) -> list[ServerInfo]:
-        servers = await self._call(self._client.servers.get_all,
+        servers = await self._call("list_managed", self._client.servers.get_all,
                                    label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
         return [_info(s) for s in servers]
 
@@ -332,26 +347,28 @@ class HcloudServers:
         return BoundFirewall(self._client.firewalls, {"id": firewall_id}, complete=False)
 
     async def list_firewalls(self, label_selector: str) -> list[FirewallInfo]:
-        found = await self._call(self._client.firewalls.get_all, label_selector=label_selector)
+        found = await self._call("list_firewalls", self._client.firewalls.get_all,
+                                 label_selector=label_selector)
         return [_firewall_info(f) for f in found]
 
     async def find_firewall_by_name(self, name: str) -> FirewallInfo | None:
-        found = await self._call(self._client.firewalls.get_by_name, name)
+        found = await self._call("find_firewall_by_name",
+                                 self._client.firewalls.get_by_name, name)
         return _firewall_info(found) if found else None
 
     async def create_firewall(self, name: str, labels: Mapping[str, str],
                               rules: tuple[InboundRule, ...], selector: str) -> FirewallInfo:
-        response = await self._call(self._client.firewalls.create, name=name,
-                                    rules=_hcloud_rules(rules), labels=dict(labels),
-                                    resources=[_selector(selector)])
+        response = await self._call("create_firewall", self._client.firewalls.create,
+                                    name=name, rules=_hcloud_rules(rules),
+                                    labels=dict(labels), resources=[_selector(selector)])
         return _firewall_info(response.firewall)
 
     async def set_firewall_rules(self, firewall_id: int, rules: tuple[InboundRule, ...]) -> None:
-        await self._call(self._client.firewalls.set_rules, self._firewall_ref(firewall_id),
-                         _hcloud_rules(rules))
+        await self._call("set_firewall_rules", self._client.firewalls.set_rules,
+                         self._firewall_ref(firewall_id), _hcloud_rules(rules))
 
     async def apply_firewall(self, firewall_id: int, selector: str) -> None:
-        await self._call(self._client.firewalls.apply_to_resources,
+        await self._call("apply_firewall", self._client.firewalls.apply_to_resources,
                          self._firewall_ref(firewall_id), [_selector(selector)])
 
     async def detach_firewall(self, firewall: FirewallInfo) -> None:
@@ -362,12 +379,13 @@ class HcloudServers:
                                                 complete=False))
             for sid in firewall.servers]
         if resources:
-            await self._call(self._client.firewalls.remove_from_resources,
+            await self._call("detach_firewall", self._client.firewalls.remove_from_resources,
                              self._firewall_ref(firewall.id), resources)
 
     async def delete_firewall(self, firewall_id: int) -> None:
         try:
-            await self._call(self._client.firewalls.delete, self._firewall_ref(firewall_id))
+            await self._call("delete_firewall", self._client.firewalls.delete,
+                             self._firewall_ref(firewall_id))
         except CloudError as err:
             if err.kind is not ErrorKind.NOT_FOUND:
                 raise
@@ -375,7 +393,7 @@ class HcloudServers:
     # -- prices ----------------------------------------------------------------------
     async def pricing(self) -> PriceList:
         """GET /pricing (hcloud has no client for it): prices in the project's currency."""
-        doc = await self._call(self._client.request, "GET", "/pricing")
+        doc = await self._call("pricing", self._client.request, "GET", "/pricing")
         try:
             return parse_pricing(doc.get("pricing") if isinstance(doc, dict) else None)
         except ValueError as err:

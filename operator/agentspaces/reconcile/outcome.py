@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agentspaces.api.enums import ConditionType, Reason
+from agentspaces.clouds.budget import BudgetExhausted
 from agentspaces.clouds.errors import CloudError, ErrorKind
 
 if TYPE_CHECKING:  # the scope builds on this module
@@ -74,6 +75,12 @@ def cloud_failure(scope: Scope, condition: ConditionType, err: CloudError,
     provider's wait for a rate limit, a short one for a passing failure, a long one
     (with a Warning event) when a person has to change something."""
     status = scope.status
+    if isinstance(err, BudgetExhausted):
+        # The operator held the call back itself; the message stays the same while it
+        # waits (no status write per retry), the requeue is the budget's staggered slot.
+        status.condition(condition, False, Reason.WAITING_FOR_CLOUD_BUDGET,
+                         f"{what}: {err.message}")
+        return Outcome.after(err.retry_after or Wait.RATE_LIMITED, "waiting for budget")
     if err.kind is ErrorKind.RATE_LIMITED:
         status.condition(condition, False, Reason.RATE_LIMITED,
                          f"{what}: provider rate limit reached, retrying")

@@ -13,6 +13,7 @@ from agentspaces import metrics
 from agentspaces.api.enums import AgentState, Phase, Reason, StoppedBy, UrlState
 from agentspaces.api.enums import ConditionType as T
 from agentspaces.api.types import wants_running
+from agentspaces.clouds import budget
 from agentspaces.reconcile import (
     agent_step,
     backup_step,
@@ -252,11 +253,13 @@ async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool, *,
                 return outcome
         else:
             backup_step.stopping_started(scope)
-    # The server goes first (after its backup), then its records.
-    outcome = await server_step.delete(scope)
-    if outcome is None:
-        outcome = await (dns_step.delete(scope) if deleting
-                         else dns_step.stop(scope, stopped_by))
+    # The server goes first (after its backup), then its records; their cloud calls
+    # go ahead of creates in the request budget.
+    with budget.teardown():
+        outcome = await server_step.delete(scope)
+        if outcome is None:
+            outcome = await (dns_step.delete(scope) if deleting
+                             else dns_step.stop(scope, stopped_by))
     if outcome is not None:
         return outcome
 
