@@ -266,6 +266,8 @@ def test_non_default_values_render_where_they_belong(helm: Helm, tmp_path: Path)
     assert container["resources"]["limits"] == {"memory": "1Gi"}
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env == {"AGENTSPACES_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                   "AGENTSPACES_PEERING": "agentspaces",
+                   "POD_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
                    "AGENTSPACES_METRICS_PORT": "off",
                    "AGENTSPACES_POLL_INTERVAL": "15s", "AGENTSPACES_AGENT_CONCURRENCY": "40"}
     assert [p["name"] for p in container["ports"]] == ["health"]
@@ -339,16 +341,16 @@ def test_gateway_service_types(helm: Helm, tmp_path: Path, kind: str,
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"replicas": 2}, "Kopf peering"),
     ({"gateway": {"service": {"type": "ExternalName"}}}, "gateway.service.type"),
     ({"gateway": {"service": {"type": "ClusterIP", "loadBalancerIP": "203.0.113.10"}}},
      "gateway.service.loadBalancerIP"),
     ({"dashboard": {"enabled": True, "auth": "basic"}}, "dashboard.auth"),
     ({"env": {"AGENTSPACES_NAMESPACE": "x"}}, "namespace.name"),
     ({"env": {"AGENTSPACES_METRICS_PORT": "1"}}, "metrics.port"),
+    ({"env": {"AGENTSPACES_PEERING": "other"}}, "set by the chart"),
     ({"workspaceClasses": [{"spec": {}}]}, "needs a name"),
-], ids=["replicas", "gateway-service-type", "gateway-lb-ip", "dashboard-auth",
-        "namespace-env", "metrics-env", "class-name"])
+], ids=["gateway-service-type", "gateway-lb-ip", "dashboard-auth",
+        "namespace-env", "metrics-env", "peering-env", "class-name"])
 def test_values_it_cannot_honour_fail_the_render(helm: Helm, tmp_path: Path,
                                                  values: Doc, message: str) -> None:
     path = tmp_path / "values.yaml"

@@ -37,6 +37,12 @@ RBAC = list(yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text()))
 ROLES: list[dict[str, Any]] = [d for d in RBAC if d["kind"] in ("ClusterRole", "Role")]
 RULES = [(r, i) for r, role in enumerate(ROLES) for i in range(len(role["rules"]))]
 SECRETS_ROLE = "agentspaces-operator-secrets"
+_DEPLOYMENT = next(d for d in yaml.safe_load_all((REPO / "manifests" / "deployment.yaml")
+                                                 .read_text()) if d["kind"] == "Deployment")
+# Peering as the Deployment runs it, so its RBAC rule is exercised too.
+AS_DEPLOYED = {e["name"]: e["value"] for e in
+               _DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]["env"]
+               if e["name"] == "AGENTSPACES_PEERING"}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +95,7 @@ def test_operator_with_shipped_rbac_completes_create_and_delete(
                      f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{SA}",
                      check=False).strip() == "no"
     kubeconfig = _service_account_kubeconfig(control_plane, installed, tmp_path)
-    op = start_operator(kubeconfig, tmp_path)
+    op = start_operator(kubeconfig, tmp_path, extra_env=AS_DEPLOYED)
     try:
         assert _create_and_delete(installed, namespace, "allowed", 60), op.log()[-3000:]
         assert not _forbidden(op.log()), [line for line in op.log().splitlines()
@@ -108,7 +114,7 @@ def test_operator_fails_when_any_rule_is_removed(
     del reduced["rules"][rule_index]
     installed.apply(yaml.safe_dump(reduced))
     kubeconfig = _service_account_kubeconfig(control_plane, installed, tmp_path)
-    op = start_operator(kubeconfig, tmp_path)
+    op = start_operator(kubeconfig, tmp_path, extra_env=AS_DEPLOYED)
     try:
         completed = _create_and_delete(installed, namespace, f"denied-{rule_index}", 20)
         assert not completed or _forbidden(op.log()), \
@@ -153,7 +159,7 @@ def test_secret_rights_can_be_confined_to_workspace_namespaces(
         assert installed("auth", "can-i", "get", "secrets", "-n", unbound,
                          f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{SA}",
                          check=False).strip() == "no"
-        op = start_operator(kubeconfig, tmp_path)
+        op = start_operator(kubeconfig, tmp_path, extra_env=AS_DEPLOYED)
         assert _create_and_delete(installed, namespace, "confined", 60), op.log()[-3000:]
 
         installed.apply(workspace("outside", unbound, CLASS))
