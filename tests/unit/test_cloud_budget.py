@@ -12,6 +12,7 @@ from agentspaces.clouds.budget import (
     BudgetExhausted,
     Priority,
     Reading,
+    caller,
     cloudflare_reading,
     hetzner_reading,
     priority_of,
@@ -132,6 +133,26 @@ def test_refused_callers_are_staggered_one_refill_apart() -> None:
     spend(budget, "hetzner.create", 1)
 
 
+def test_a_caller_back_before_its_time_keeps_its_place() -> None:
+    clock = Clock()
+    budget = hetzner(clock)
+    spend(budget, "hetzner.create", 54)
+
+    def refused_after(key: str) -> float | None:
+        with caller(key), pytest.raises(BudgetExhausted) as refused:
+            budget.admit("hetzner.create")
+        return refused.value.retry_after
+
+    assert [refused_after(k) for k in ("a", "b", "c")] == [1.0, 2.0, 3.0]
+    clock.now += 0.5  # "c" is back early (a timer): same slot, the queue does not grow
+    assert refused_after("c") == 2.5
+    assert refused_after("d") == 3.5
+    clock.now += 0.5
+    with caller("a"):
+        spend(budget, "hetzner.create", 1)  # its turn: admitted and out of the queue
+    assert refused_after("e") == 4.0  # behind b, c, d; after its refill
+
+
 def test_a_429_blocks_every_priority_until_the_provider_says() -> None:
     clock = Clock()
     budget = Budget.cloudflare(clock)
@@ -143,6 +164,19 @@ def test_a_429_blocks_every_priority_until_the_provider_says() -> None:
     clock.now += 90.0
     assert budget.remaining() == 1200  # the window ended: whole again
     spend(budget, "cloudflare.create_record", 1)
+
+
+def test_a_429_whose_headers_show_budget_left_blocks_but_does_not_empty_it() -> None:
+    clock = Clock()
+    budget = hetzner(clock)
+    budget.observe(Reading(remaining=60, limit=60, reset_after=0.0), 429)
+    with pytest.raises(BudgetExhausted) as refused:
+        budget.admit("hetzner.create")
+    assert refused.value.retry_after == 1.0  # a second, not a refill of the reserve
+    clock.now += 1.0
+    spend(budget, "hetzner.create", 1)
+    budget.observe(None, 429)  # no headers: taken as spent
+    assert budget.remaining() == 0
 
 
 def test_a_window_comes_back_whole_at_its_end() -> None:

@@ -67,6 +67,19 @@ PRIORITIES: Mapping[str, Priority] = {
 
 _teardown: contextvars.ContextVar[bool] = contextvars.ContextVar("budget_teardown",
                                                                  default=False)
+_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("budget_caller",
+                                                                    default=None)
+
+
+@contextmanager
+def caller(key: str) -> Iterator[None]:
+    """Name who makes the calls inside (a workspace's uid), so a caller that comes back
+    before its time (a timer, a watch event) keeps its place instead of queueing again."""
+    token = _caller.set(key)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
 
 
 @contextmanager
@@ -176,7 +189,7 @@ class Budget:
         self._blocked_until = 0.0
         self._learned = False
         self._in_flight = 0
-        self._queues: dict[Priority, list[float]] = {}
+        self._queues: dict[Priority, dict[object, float]] = {}
         """When each refused caller was told to come back (a past one has come back)."""
         metrics.track_budget(self)
 
@@ -242,9 +255,11 @@ class Budget:
                 keep = self.keep(priority)
                 allowed = level >= keep + 1 and now >= self._blocked_until
                 need = keep + 1 - level
+            who: object = _caller.get() or object()  # anonymous: always a new place
             if allowed:
                 self._tokens, self._at = level - 1, now
                 self._in_flight += 1
+                self._queues.get(priority, {}).pop(who, None)
                 if self._window_end is not None and now >= self._window_end:
                     self._window_end = None  # a new window; the next reading dates it
                 return
@@ -252,9 +267,11 @@ class Budget:
             if not self._learned:  # the first answer is a moment away: no queue yet
                 slot = now + max(wait, self.LEARN_WAIT)
             else:  # one refill apart, so a burst does not come back all at once
-                queue = [t for t in self._queues.get(priority, []) if t > now]
-                slot = min(now + wait + len(queue) / self.rate, now + self.MAX_WAIT)
-                self._queues[priority] = [*queue, slot]
+                queue = {k: t for k, t in self._queues.get(priority, {}).items() if t > now}
+                slot = queue.get(who) or min(now + wait + len(queue) / self.rate,
+                                             now + self.MAX_WAIT)
+                queue[who] = slot
+                self._queues[priority] = queue
             retry = math.ceil((slot - now) * 10) / 10
         raise BudgetExhausted(self.provider, operation, priority, retry,
                               max(0, math.floor(level)), self.limit, self.keep(priority),
@@ -268,7 +285,11 @@ class Budget:
             if reading is not None:
                 self._learn(reading, now)
             if status == 429:
-                self._tokens, self._at = 0.0, now
+                # A reading on the 429 says what is left (0 when the budget is spent; more
+                # when something else refused, e.g. a per-address limit): only without
+                # one is the budget taken as empty. Either way every call waits.
+                if reading is None:
+                    self._tokens, self._at = 0.0, now
                 wait = retry_after
                 if wait is None:
                     wait = self._wait(now, 1.0)

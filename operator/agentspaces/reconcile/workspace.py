@@ -46,7 +46,8 @@ _FAILED_REASONS = {Reason.SERVER_NAME_TAKEN, Reason.INVALID_INPUT, Reason.SERVER
 
 
 async def reconcile(visit: Visit) -> Outcome:
-    outcome = await _reconcile(visit)
+    with budget.caller(visit.ref.uid):  # one place in the cloud budgets' queues
+        outcome = await _reconcile(visit)
     vm_cost.settle(visit.status, visit.now())  # whichever way the reconcile went
     return outcome
 
