@@ -192,7 +192,9 @@ def wait_ready(w: Watcher, names: list[str], timeout: float) -> None:
 
 def delete_all(kubectl: Kubectl, w: Watcher, fleet: FleetSimulator, names: list[str]) -> None:
     kubectl("delete", "workspaces", "-n", NAMESPACE, "--all", "--wait=false")
-    wait_for(lambda: all(w.phase.get(n) == "Deleted" for n in names) and not fleet.vms,
+    # Listed, not watched: a watch restarted meanwhile never sees the DELETED event.
+    wait_for(lambda: not fleet.vms and not kubectl("get", "workspaces", "-n", NAMESPACE,
+                                                   "-o", "name").strip(),
              600, "every workspace and its VM gone", interval=1)
     w.forget(names)
 
