@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -98,27 +99,49 @@ def zero_latency_clouds() -> Iterator[Clouds]:
         cloudflare.stop()
 
 
+# The operator under pyinstrument: SIGUSR1 writes the report (Kopf's own shutdown,
+# which waits for every daemon, may outlast the bench's patience).
+PROFILED = """
+import signal, sys
+from pyinstrument import Profiler
+profiler = Profiler(interval=0.005)
+profiler.start()
+def report(*_):
+    profiler.stop()
+    with open(sys.argv[1], "w") as out:
+        out.write(profiler.output_text(unicode=False, color=False))
+signal.signal(signal.SIGUSR1, report)
+from agentspaces.cli import main
+sys.exit(main(["run"]))
+"""
+
+
 @contextmanager
 def operator(kubeconfig: Path, log: Path, profile: Path | None, source: Path | None
              ) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as the Deployment runs it: default settings, no --verbose; with
-    `profile`, under pyinstrument (its text report written there on exit); with
-    `source`, imported from that copy of operator/ and vm/."""
+    `profile`, under pyinstrument (its text report written there before it stops);
+    with `source`, imported from that copy of operator/ and vm/."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig),
            "AGENTSPACES_NAMESPACE": OPERATOR_NAMESPACE, "AGENTSPACES_METRICS_PORT": "0"}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     if source is not None:
         env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'vm'}"
+    if profile is not None:
+        profile.unlink(missing_ok=True)
+    argv = ([sys.executable, "-c", PROFILED, str(profile)] if profile
+            else [sys.executable, "-m", "agentspaces.cli", "run"])
     with open(log, "ab") as out:
-        profiler = ([sys.executable, "-m", "pyinstrument", "-r", "text", "--show-all",
-                     "-o", str(profile)] if profile else [sys.executable])
-        proc = subprocess.Popen([*profiler, "-m", "agentspaces.cli", "run"],
-                                stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 preexec_fn=die_with_parent)
     try:
         yield proc
     finally:
+        if profile is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+            wait_for(lambda: profile.exists() and profile.stat().st_size, 60,
+                     "the operator's profile", interval=0.5)
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -303,7 +326,8 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=120.0,
                         help="seconds of steady state measured at each count")
     parser.add_argument("--profile", type=Path,
-                        help="run the operator under pyinstrument, its report to this file")
+                        help="run the operator under pyinstrument (pip install pyinstrument), "
+                             "its report to this file")
     parser.add_argument("--operator-source", type=Path,
                         help="run the operator from this copy of the tree (e.g. "
                              "`git archive HEAD operator vm | tar -x -C DIR`), not the checkout")
