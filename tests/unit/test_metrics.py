@@ -261,7 +261,8 @@ def test_the_docs_describe_every_metric() -> None:
 def test_the_scrape_config_keeps_the_operator_pod_as_the_manifests_annotate_it() -> None:
     job = yaml.safe_load((ROOT / "docs/monitoring/prometheus-scrape.yaml").read_text()
                          )["scrape_configs"][0]
-    deployment = yaml.safe_load((ROOT / "manifests/deployment.yaml").read_text())
+    deployment = next(d for d in yaml.safe_load_all(
+        (ROOT / "manifests/deployment.yaml").read_text()) if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["metadata"]
     keep, address = job["relabel_configs"][0], job["relabel_configs"][1]
     joined = ";".join([pod["labels"]["app.kubernetes.io/name"],
