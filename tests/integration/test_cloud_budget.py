@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 CLASS = "budget"
 COUNT = 10
 LIMIT = 24
-REFILL = 2.0
+REFILL = 4.0
 
 
 def _workspaces(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def test_workspaces_wait_for_the_budget_then_become_ready(  # type: ignore[no-un
                                        for i in range(COUNT)))
             waited: dict[str, str] = {}
             ready: set[str] = set()
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 180
             while len(ready) < COUNT and time.monotonic() < deadline:
                 for ws in _workspaces(kubectl, namespace):
                     name = ws["metadata"]["name"]
