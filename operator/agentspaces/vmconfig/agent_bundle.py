@@ -19,7 +19,7 @@ import tokenize
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib.resources.abc import Traversable
 
 AGENT_PACKAGE = "agentspaces_vm"
@@ -52,8 +52,11 @@ def _docstring_ranges(tree: ast.Module) -> list[tuple[ast.Expr, bool]]:
     return found
 
 
+@lru_cache(maxsize=64)
 def strip_source(source: str, filename: str) -> str:
-    """`source` without comments and docstrings, same number of lines, same code."""
+    """`source` without comments and docstrings, same number of lines, same code.
+    Cached: every server's user-data strips the same loader (tokenize and ast took a
+    quarter of the operator's CPU in a burst of creates, benchmarks/scale_bench.py)."""
     try:
         tree = ast.parse(source, filename)
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
