@@ -116,8 +116,9 @@ class ServerInventory:
                 except BudgetExhausted:
                     if self.fetched_at is None:
                         raise
-                    # Creates and deletes come first: the last listing serves until then.
-                    return self.fetched_wall, self.servers
+                    # Creates and deletes come first: the last listing serves, undated,
+                    # since a server missing from it proves nothing (no GET to confirm).
+                    return None, self.servers
                 self.servers = {s.id: s for s in listed}
                 self.fetched_at = self.monotonic()
                 self.fetched_wall = self.clock()
