@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 CLASS = "budget"
 COUNT = 10
 LIMIT = 24
-REFILL = 4.0
+REFILL = 2.0
 
 
 def _workspaces(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:

@@ -232,3 +232,46 @@ async def test_a_create_held_back_by_the_budget_says_so_and_comes_back_at_its_sl
                               "low-priority calls keep 6 of its 60 requests")
     assert outcome is not None and outcome.requeue == 7.5
     assert not b.reasons()  # waiting is not worth a Warning event
+
+
+def test_a_low_caller_back_at_its_turn_is_not_starved_by_busier_reads() -> None:
+    """Reads of running workspaces (NORMAL) spend each refill as it comes; a create
+    (LOW) back at its slot competes with them as NORMAL instead of waiting for good."""
+    clock = Clock()
+    budget = hetzner(clock)
+    spend(budget, "hetzner.get", 54)  # the level sits at the LOW reserve (6)
+
+    def create(key: str) -> float | None:
+        with caller(key):
+            try:
+                budget.admit("hetzner.create")
+            except BudgetExhausted as refused:
+                return refused.retry_after
+        return None
+
+    assert create("w1") == 1.0
+    for _ in range(3):
+        clock.now += 1.0
+        spend(budget, "hetzner.get", 1)  # the refill goes to a read first
+        retry = create("w1")
+        if retry is None:
+            break
+    assert retry is None  # admitted at its turn with the level above NORMAL's keep (3)
+    assert create("w2") is not None  # a newcomer still keeps the LOW reserve
+
+
+def test_a_caller_late_for_its_turn_goes_first_not_last() -> None:
+    clock = Clock()
+    budget = hetzner(clock)
+    spend(budget, "hetzner.create", 54)
+    spend(budget, "hetzner.get", 3)  # level 3: at NORMAL's keep, nothing admitted
+
+    def refused_after(key: str) -> float:
+        with caller(key), pytest.raises(BudgetExhausted) as refused:
+            budget.admit("hetzner.create")
+        return refused.value.retry_after
+
+    assert [refused_after(k) for k in ("a", "b", "c")] == [4.0, 5.0, 6.0]
+    clock.now += 4.5
+    spend(budget, "hetzner.get", 4)  # the refill went to reads while "a" was late
+    assert refused_after("a") == 1.0  # the next refill, ahead of "b" and "c"

@@ -167,6 +167,8 @@ class Budget:
     `clock` is monotonic seconds."""
 
     MAX_WAIT = 600.0
+    LATE_GRACE = 120.0
+    """How late after its slot a refused caller still counts as due (requeues run late)."""
     LEARN_WAIT = 1.0
     """How soon a call refused before the first response comes back."""
 
@@ -251,11 +253,17 @@ class Budget:
             if not self._learned:  # a few probes until a response tells the truth
                 allowed = self._in_flight < self.probe and now >= self._blocked_until
                 need = 1.0
-            else:
-                keep = self.keep(priority)
+            who: object = _caller.get() or object()  # anonymous: always a new place
+            slot_was = self._queues.get(priority, {}).get(who)
+            # A caller back at its turn waits no longer behind a stream of busier
+            # priorities: it is admitted as NORMAL (else steady reads of other
+            # workspaces would keep a LOW create out for good).
+            due = slot_was is not None and slot_was <= now
+            effective = min(priority, Priority.NORMAL) if due else priority
+            if self._learned:
+                keep = self.keep(effective)
                 allowed = level >= keep + 1 and now >= self._blocked_until
                 need = keep + 1 - level
-            who: object = _caller.get() or object()  # anonymous: always a new place
             if allowed:
                 self._tokens, self._at = level - 1, now
                 self._in_flight += 1
@@ -267,9 +275,16 @@ class Budget:
             if not self._learned:  # the first answer is a moment away: no queue yet
                 slot = now + max(wait, self.LEARN_WAIT)
             else:  # one refill apart, so a burst does not come back all at once
-                queue = {k: t for k, t in self._queues.get(priority, {}).items() if t > now}
-                slot = queue.get(who) or min(now + wait + len(queue) / self.rate,
-                                             now + self.MAX_WAIT)
+                # Past slots are kept a while, so a late caller is still known as due.
+                queue = {k: t for k, t in self._queues.get(priority, {}).items()
+                         if t > now - self.LATE_GRACE}
+                ahead = sum(1 for t in queue.values() if t > now)
+                if due:  # its turn came and went: first in line for the next refill
+                    slot = now + max(wait, 1.0 / self.rate)
+                elif slot_was is not None and slot_was > now:
+                    slot = slot_was
+                else:
+                    slot = min(now + wait + ahead / self.rate, now + self.MAX_WAIT)
                 queue[who] = slot
                 self._queues[priority] = queue
             retry = math.ceil((slot - now) * 10) / 10
