@@ -195,7 +195,12 @@ def render_user_data(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceClas
     return text
 
 
-class _Dumper(yaml.SafeDumper):
+# libyaml's emitter when PyYAML has it: the same text, several times faster (the dump
+# was a tenth of the operator's CPU in a burst of 200 creates).
+_SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_SafeDumper):  # type: ignore[valid-type,misc]
     """Block literals for multi-line text, double quotes for anything with a colon,
     no anchors: readable, unambiguous and stable."""
 
