@@ -242,6 +242,43 @@ async def test_a_stop_backs_up_then_lets_the_server_go() -> None:
     assert outcome is None and len(world.agent.calls) == calls  # fresh: not again
 
 
+async def test_a_stop_in_the_second_of_the_last_backup_waits_then_backs_up_again(
+        ) -> None:
+    """Stop, start and stop again inside one second: the earlier stop's backup must
+    not pass for this stop's (status times have second resolution)."""
+    world = World()
+    world.builder.clock.now = world.now().replace(microsecond=100_000)
+    await world.step(backup_step.before_stop)
+    world.finish_backup()
+    outcome, _ = await world.step(backup_step.before_stop)
+    assert outcome is None
+    first = world.builder.status["backup"]["object"]
+    world.builder.with_status({k: v for k, v in world.builder.status.items()
+                               if k != "stoppingSince"})  # stopped, started, ready
+    world.builder.clock.advance(0.5)
+
+    outcome, _ = await world.step(backup_step.before_stop)
+    assert outcome is not None and outcome.requeue == Wait.NEXT_SECOND
+    assert len(world.agent.plans) == 1 and "stoppingSince" not in world.builder.status
+
+    world.builder.clock.advance(0.5)
+    outcome, _ = await world.step(backup_step.before_stop)
+    assert outcome is not None and outcome.message == "backup running"
+    assert len(world.agent.plans) == 2
+    world.finish_backup()
+    outcome, _ = await world.step(backup_step.before_stop)
+    assert outcome is None and world.builder.status["backup"]["object"] != first
+
+
+async def test_a_backup_whose_id_is_taken_waits_for_the_next_second() -> None:
+    world = World()
+    where = backup_step.location(world.scope())
+    world.store.objects[backups.manifest_key(where, backups.backup_id(world.now()))] = b"{}"
+    outcome, _ = await world.step(backup_step.before_stop)
+    assert outcome is not None and outcome.requeue == Wait.NEXT_SECOND
+    assert world.agent.plans == [] and world.store.uploads == {}
+
+
 async def test_a_failed_backup_keeps_the_server_and_frees_the_upload() -> None:
     world = World()
     await world.step(backup_step.before_stop)

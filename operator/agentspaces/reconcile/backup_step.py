@@ -121,7 +121,8 @@ async def reconcile(scope: Scope) -> Outcome | None:
 
 async def before_stop(scope: Scope) -> Outcome | None:
     """Back up before the server goes; None when it may be deleted."""
-    stopping_started(scope)
+    if (outcome := stopping_started(scope)) is not None:
+        return outcome
     if not enabled(scope):
         return None
     if not _agent_ever_ready(scope):
@@ -174,10 +175,26 @@ async def delete(scope: Scope) -> Outcome | None:
     return None
 
 
-def stopping_started(scope: Scope) -> None:
-    """Remember when the stop began (a backup committed after it is fresh enough)."""
-    if scope.status.stopping_since is None:
-        scope.status.stopping_since = scope.now().replace(microsecond=0)
+def stopping_started(scope: Scope) -> Outcome | None:
+    """Remember when the stop began (a backup or pre-stop save begun since is this
+    stop's own); None once it is recorded.
+
+    Status times have second resolution, so a stop never begins in the second of an
+    earlier backup or save: one that came before the stop would pass for its own, and
+    the stop would skip a backup of what changed since (a stop, start and stop again
+    inside one second).
+    """
+    status = scope.status
+    if status.stopping_since is not None:
+        return None
+    now = scope.now().replace(microsecond=0)
+    earlier = [t for t in (status.backup.time if status.backup is not None else None,
+                           status.pre_stop.started_at if status.pre_stop is not None
+                           else None) if t is not None]
+    if earlier and max(earlier) >= now:
+        return Outcome.after(Wait.NEXT_SECOND, "waiting out the second of the last backup")
+    status.stopping_since = now
+    return None
 
 
 # --- the data key ------------------------------------------------------------------------
@@ -370,6 +387,8 @@ async def run_backup(scope: Scope, data_key: keys.DataKey) -> Outcome | None:
         scope.status.condition(T.BACKUP_SUCCEEDED, False, Reason.AGENT_UNREACHABLE,
                                f"cannot back up: {err}")
         return Outcome.after(Wait.BACKUP_RETRY, "agent unreachable")
+    except backups.BackupConflict:
+        return Outcome.after(Wait.NEXT_SECOND, "a backup already has this second's id")
     except ObjectStoreError as err:
         return cloud_failure(scope, T.BACKUP_SUCCEEDED, err, "backup")
     except AgentError as err:

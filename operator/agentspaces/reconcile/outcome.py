@@ -51,6 +51,9 @@ class Wait:
     """A backup is running on the agent: how soon to ask how far it got."""
     PRE_STOP_POLL = 1.0
     """The pre-stop save is running (most take well under a second)."""
+    NEXT_SECOND = 1.0
+    """A stop waits out the second of the last backup or save (times have second
+    resolution, so what began in that second could pass for the stop's own)."""
     HOST_TAKEN = 300.0
     HOST_CONTENDED = 5.0
     USER_DATA_TOO_LARGE_POLLS = 10

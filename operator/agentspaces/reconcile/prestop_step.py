@@ -28,7 +28,8 @@ _AGENT_TROUBLE = (AgentUnreachable, AgentError, AgentCertificateMismatch)
 
 async def before_stop(scope: Scope, stopped_by: StoppedBy) -> Outcome | None:
     """None once the save of this stop has ended (or was never to happen)."""
-    backup_step.stopping_started(scope)
+    if (outcome := backup_step.stopping_started(scope)) is not None:
+        return outcome
     record = _this_stops(scope)
     if record is not None:
         if record.outcome is PreStopOutcome.RUNNING:

@@ -252,8 +252,6 @@ async def _ensure_stopped(scope: Scope, stopped_by: StoppedBy, backup: bool, *,
             outcome = await backup_step.before_stop(scope)
             if outcome is not None:
                 return outcome
-        else:
-            backup_step.stopping_started(scope)
     # The server goes first (after its backup), then its records; their cloud calls
     # go ahead of creates in the request budget.
     with budget.teardown():
