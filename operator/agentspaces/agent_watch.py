@@ -122,8 +122,9 @@ async def _until_stopped(awaitable: Awaitable[T], stopped: Stopping) -> T:
 
 async def _sleep(stopped: Stopping, seconds: float) -> None:
     if seconds > 0 and not stopped.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopped.wait(), seconds)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+            async with asyncio.timeout(seconds):
+                await stopped.wait()
 
 
 async def _sleep_unless(stopped: Stopping, seconds: float, wake: Callable[[], bool],

@@ -444,7 +444,8 @@ async def _stream(request: web.Request, event: str, namespace: str | None, name:
     try:
         while True:
             try:
-                html = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+                async with asyncio.timeout(HEARTBEAT_SECONDS):  # wait_for can lose a cancel
+                    html = await queue.get()
             except TimeoutError:
                 if producer.done():
                     break

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 IDLE_SYNC_SECONDS = 5.0  # at the latest, the routes are rebuilt this often
 RETRY_SECONDS = 1.0  # while Caddy's admin API does not answer yet
+CLOSE_SECONDS = 5.0  # how long a close waits for the watches and the sync loop to end
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,17 @@ class Gateway:
     async def aclose(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded, and the caller's own cancel still reaches it (asyncio.wait
+            # neither raises the tasks' errors nor hides a cancel of the caller).
+            done, pending = await asyncio.wait(self._tasks, timeout=CLOSE_SECONDS)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("gateway task %s failed", task.get_name(),
+                              exc_info=task.exception())
+            if pending:
+                log.error("gateway tasks still running after %.0f s: %s", CLOSE_SECONDS,
+                          ", ".join(t.get_name() for t in pending))
         self._tasks.clear()
         for runner in reversed(self._runners):
             await runner.cleanup()
@@ -171,8 +180,11 @@ class Gateway:
             except Exception:  # a bug must not end the gateway; logged, retried
                 log.exception("gateway sync failed")
                 ok = False
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+            # lands as the event is set, and aclose would wait on this loop for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._next_wait(ok))
+                async with asyncio.timeout(self._next_wait(ok)):
+                    await self._changed.wait()
 
 
 async def start_gateway(settings: GatewaySettings, *, source: Source | None = None,

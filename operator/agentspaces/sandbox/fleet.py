@@ -269,7 +269,8 @@ class FleetSimulator(VmBackend[_FleetVm, FleetVmInfo]):
         if wait is not None and asked == vm.etag and vm.changed is not None:
             waited = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(vm.changed.wait(), min(wait, MAX_WAIT_SECONDS))
+                async with asyncio.timeout(min(wait, MAX_WAIT_SECONDS)):
+                    await vm.changed.wait()
         headers = {"ETag": f'"{vm.etag}"'}
         if waited:
             headers["Preference-Applied"] = f"wait={wait:g}"
