@@ -123,7 +123,8 @@ def operator(kubeconfig: Path, log: Path, profile: Path | None, source: Path | N
     `profile`, under pyinstrument (its text report written there before it stops);
     with `source`, imported from that copy of operator/ and vm/."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-           "AGENTSPACES_NAMESPACE": OPERATOR_NAMESPACE, "AGENTSPACES_METRICS_PORT": "0"}
+           "AGENTSPACES_NAMESPACE": OPERATOR_NAMESPACE, "AGENTSPACES_METRICS_PORT": "0",
+           "MALLOC_ARENA_MAX": "2"}  # as the image sets it
     env.pop("KUBERNETES_SERVICE_HOST", None)
     if source is not None:
         env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'vm'}"
