@@ -52,8 +52,8 @@ class Wait:
     PRE_STOP_POLL = 1.0
     """The pre-stop save is running (most take well under a second)."""
     NEXT_SECOND = 1.0
-    """A stop waits out the second of the last backup or save (times have second
-    resolution, so what began in that second could pass for the stop's own)."""
+    """Wait out this second: backup ids and status times have second resolution, so a
+    stop or a backup cannot be told apart from one begun earlier in the same second."""
     HOST_TAKEN = 300.0
     HOST_CONTENDED = 5.0
     USER_DATA_TOO_LARGE_POLLS = 10
