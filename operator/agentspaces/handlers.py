@@ -113,14 +113,15 @@ def _emitter(body: kopf.Body) -> Any:
     return emit
 
 
-async def _run(body: kopf.Body, memo: kopf.Memo, step: Any) -> None:
+async def _run(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: bool) -> None:
     """`_visit`, with a requeue handed to Kopf as a TemporaryError."""
-    outcome = await _visit(body, memo, step)
+    outcome = await _visit(body, memo, step, fresh_inputs=fresh_inputs)
     if outcome is not None and outcome.requeue is not None:
         raise kopf.TemporaryError(outcome.message or "waiting", delay=outcome.requeue)
 
 
-async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any) -> Outcome | None:
+async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: bool
+                 ) -> Outcome | None:
     """Run one domain step for a Workspace with its status read fresh and written
     before the per-workspace lock is released; its outcome (None when the Workspace
     is gone).
@@ -129,6 +130,9 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any) -> Outcome | None:
     gone; the next trigger (timer or change) would then start from a stale status and
     overwrite what this one wrote. Reading and writing status inside the lock keeps
     every reconcile working on the latest status.
+
+    `fresh_inputs`: the class and its Secrets are read from the apiserver, as after a
+    change to the Workspace; polls and retries reuse what was read moments ago.
     """
     rt = runtime_of(memo)
     ref = WorkspaceRef.from_body(body)
@@ -140,7 +144,8 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any) -> Outcome | None:
         started = time.monotonic()
         ref = WorkspaceRef.from_body(fresh)
         draft = StatusDraft.begin(fresh.get("status"), rt.clock(), ref.generation)
-        visit = Visit(ref=ref, body=fresh, status=draft, runtime=rt, emit=_emitter(body))
+        visit = Visit(ref=ref, body=fresh, status=draft, runtime=rt, emit=_emitter(body),
+                      fresh_inputs=fresh_inputs)
         result = "error"
         try:
             outcome: Outcome = await step(visit)
@@ -162,8 +167,8 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any) -> Outcome | None:
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 @kopf.on.update(*RESOURCE, field="metadata.annotations")
-async def workspace_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _run(body, memo, workspace.reconcile)
+async def workspace_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    await _run(body, memo, workspace.reconcile, fresh_inputs=retry == 0)
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.poll_interval,
@@ -173,7 +178,7 @@ async def workspace_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         return
     if runtime_of(memo).watch_coverage.covers(WorkspaceRef.from_body(body).uid):
         return  # its agent watcher reconciled it within the poll interval
-    await _run(body, memo, workspace.reconcile)
+    await _run(body, memo, workspace.reconcile, fresh_inputs=False)
 
 
 def _has_agent(body: kopf.Body, **_: Any) -> bool:
@@ -193,7 +198,7 @@ async def workspace_agent_watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.
     uid = WorkspaceRef.from_body(body).uid
 
     async def reconcile() -> float | None:
-        outcome = await _visit(body, memo, workspace.reconcile)
+        outcome = await _visit(body, memo, workspace.reconcile, fresh_inputs=False)
         return outcome.requeue if outcome is not None else None
 
     await agent_watch.watch(uid, agent=lambda: rt.watchable_agent(uid), reconcile=reconcile,
@@ -202,7 +207,7 @@ async def workspace_agent_watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.
 
 
 @kopf.on.delete(*RESOURCE)
-async def workspace_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _run(body, memo, workspace.finalize)
+async def workspace_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    await _run(body, memo, workspace.finalize, fresh_inputs=retry == 0)
     runtime_of(memo).forget(WorkspaceRef.from_body(body).uid)
     metrics.PHASES.forget(WorkspaceRef.from_body(body).uid)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from agentspaces.agent_client import AgentClient, AgentPort, StatusWatchPort
 from agentspaces.agent_watch import WatchCoverage
+from agentspaces.class_inputs import ClassInputs
 from agentspaces.clouds.budget import BudgetExhausted
 from agentspaces.clouds.cloudflare import CloudflareDns, DnsProvider
 from agentspaces.clouds.hetzner import HcloudServers, ServerInfo, ServerProvider
@@ -135,6 +136,7 @@ class Runtime:
                  agent_factory: AgentFactory = _agent) -> None:
         self.settings = settings
         self.kube = kube
+        self.class_inputs = ClassInputs(kube, settings.class_cache, monotonic)
         self.clock = clock
         self.monotonic = monotonic
         self._server_factory = server_factory

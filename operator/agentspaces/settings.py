@@ -63,6 +63,9 @@ class OperatorSettings:
     peering_lifetime: int = 30
     """Seconds a replica's keep-alive stays valid: how long a crashed active replica
     holds the others back at most."""
+    class_cache: float = 10.0
+    """Seconds a WorkspaceClass and the Secrets it names are reused by polls (0: read
+    them on every reconcile): how long a rotated class credential may take to apply."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -80,4 +83,5 @@ class OperatorSettings:
             metrics_port=_metrics_port(),
             peering=os.environ.get("AGENTSPACES_PEERING", "").strip() or None,
             peering_lifetime=max(3, round(_seconds("AGENTSPACES_PEERING_LIFETIME", "30s"))),
+            class_cache=_seconds("AGENTSPACES_CLASS_CACHE", "10s"),
         )

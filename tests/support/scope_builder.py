@@ -149,11 +149,11 @@ class ScopeBuilder:
     def reasons(self) -> list[str]:
         return [e.reason for e in self.events]
 
-    def visit(self) -> Visit:
+    def visit(self, *, fresh_inputs: bool = True) -> Visit:
         ref = self.ref
         draft = StatusDraft.begin(self.body.get("status"), self.clock(), ref.generation)
         return Visit(ref=ref, body=copy.deepcopy(self.body), status=draft,
-                     runtime=self.runtime, emit=self.emit)
+                     runtime=self.runtime, emit=self.emit, fresh_inputs=fresh_inputs)
 
     def scope(self) -> Scope:
         """A visit with credentials resolved as `credentials.resolve` would."""
@@ -171,9 +171,10 @@ class ScopeBuilder:
         if patch:
             self.body["status"] = apply_merge_patch(self.body.get("status"), patch)
 
-    async def reconcile(self) -> Outcome:
-        """One `workspace.reconcile`, its status stored."""
-        visit = self.visit()
+    async def reconcile(self, *, fresh_inputs: bool = True) -> Outcome:
+        """One `workspace.reconcile`, its status stored (`fresh_inputs=False`: as a poll,
+        which may reuse the class and its Secrets)."""
+        visit = self.visit(fresh_inputs=fresh_inputs)
         try:
             return await workspace.reconcile(visit)
         finally:

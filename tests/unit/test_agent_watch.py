@@ -347,7 +347,8 @@ async def test_the_timer_skips_a_workspace_its_watcher_keeps_reconciled(
         monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[Any] = []
 
-    async def fake_run(body: Any, memo: Any, step: Any) -> None:
+    async def fake_run(body: Any, memo: Any, step: Any, *, fresh_inputs: bool) -> None:
+        assert not fresh_inputs  # a poll reuses the class and its Secrets
         ran.append(body["metadata"]["uid"])
 
     monkeypatch.setattr(handlers, "_run", fake_run)

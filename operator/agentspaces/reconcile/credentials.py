@@ -23,6 +23,7 @@ from agentspaces.api.types import (
     WorkspaceClass,
     WorkspaceSpec,
 )
+from agentspaces.class_inputs import ClassInputs
 from agentspaces.kube import KubeError, KubePort, SecretData
 from agentspaces.vmconfig.trust import ca_bundle_problem
 
@@ -78,16 +79,25 @@ class CredentialsProblem:
 
 
 class _SecretReader:
-    """Reads each Secret once per resolve (several keys often live in one Secret)."""
+    """Reads each Secret once per resolve (several keys often live in one Secret); the
+    class's own Secrets through the shared `ClassInputs`."""
 
-    def __init__(self, kube: KubePort) -> None:
+    def __init__(self, kube: KubePort, shared: ClassInputs | None, fresh: bool) -> None:
         self._kube = kube
+        self._shared = shared
+        self._fresh = fresh
         self._seen: dict[tuple[str, str], SecretData | None] = {}
+        self.class_namespaced: set[tuple[str, str]] = set()
 
     async def read(self, namespace: str, name: str) -> SecretData | None:
-        if (namespace, name) not in self._seen:
-            self._seen[(namespace, name)] = await self._kube.read_secret(namespace, name)
-        return self._seen[(namespace, name)]
+        key = (namespace, name)
+        if key not in self._seen:
+            if self._shared is not None and key in self.class_namespaced:
+                self._seen[key] = await self._shared.secret(namespace, name,
+                                                            fresh=self._fresh)
+            else:
+                self._seen[key] = await self._kube.read_secret(namespace, name)
+        return self._seen[key]
 
 
 async def _secret_value(kube: _SecretReader, ref: SecretKeyRef, namespace: str
@@ -157,7 +167,8 @@ def decode_class_key(text: str) -> bytes | None:
 
 
 async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespace: str,
-                  operator_namespace: str, *, for_cleanup: bool = False
+                  operator_namespace: str, *, for_cleanup: bool = False,
+                  shared: ClassInputs | None = None, fresh: bool = True
                   ) -> ResolvedCredentials | CredentialsProblem:
     """The class and every Secret the workspace needs, or the first problem.
 
@@ -165,11 +176,14 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
     running VM is given (Claude Code's credential, the repository token, registry
     logins) play no part in backing up and deleting, so a Secret of theirs that is gone
     or broken never keeps a billed server alive.
+
+    `shared`: the class and its Secrets come from there, read afresh only when `fresh`.
     """
     class_name = spec_raw.get("className", "")
-    secrets = _SecretReader(kube)
+    secrets = _SecretReader(kube, shared, fresh)
     try:
-        body = await kube.get_workspace_class(class_name)
+        body = (await shared.workspace_class(class_name, fresh=fresh) if shared is not None
+                else await kube.get_workspace_class(class_name))
     except KubeError as err:
         return CredentialsProblem(Reason.CLASS_NOT_FOUND,
                                   f"cannot read WorkspaceClass {class_name}: {err.status}")
@@ -188,7 +202,9 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
                                   f"WorkspaceClass {class_name} trust.caBundle: {bad_bundle}")
 
     def class_ns(ref: SecretKeyRef) -> str:
-        return ref.namespace or operator_namespace
+        namespace = ref.namespace or operator_namespace
+        secrets.class_namespaced.add((namespace, ref.name))
+        return namespace
 
     hetzner = await _secret_value(secrets, klass.hetzner_token_ref,
                                   class_ns(klass.hetzner_token_ref))

@@ -10,7 +10,7 @@ steps after them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,9 @@ class Visit:
     status: StatusDraft
     runtime: Runtime
     emit: EventSink
+    fresh_inputs: bool = True
+    """Read the class and its Secrets from the apiserver, not from what other workspaces'
+    reconciles read moments ago (class_inputs.py)."""
 
     def now(self) -> datetime:
         return self.runtime.clock()
@@ -75,7 +78,7 @@ class Visit:
 class Scope(Visit):
     """A visit with its class, spec and Secrets resolved."""
 
-    creds: ResolvedCredentials
+    creds: ResolvedCredentials = field(kw_only=True)
     server: ServerInfo | None = None
     """The running server (set by the server step)."""
     access: Access | None = None

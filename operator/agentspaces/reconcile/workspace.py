@@ -69,7 +69,8 @@ async def _reconcile(visit: Visit) -> Outcome:
         return Outcome.done()
 
     resolved = await resolve(visit.runtime.kube, visit.spec_raw, visit.ref.namespace,
-                             visit.runtime.settings.namespace, for_cleanup=not intent.running)
+                             visit.runtime.settings.namespace, for_cleanup=not intent.running,
+                             shared=visit.runtime.class_inputs, fresh=visit.fresh_inputs)
     if isinstance(resolved, CredentialsProblem):
         return _credentials_missing(visit, resolved)
     scope = Scope.resolved(visit, resolved)
@@ -105,7 +106,8 @@ async def finalize(visit: Visit) -> Outcome:
     """Tear everything down; the finalizer is released when this returns done."""
     status = visit.status
     resolved = await resolve(visit.runtime.kube, visit.spec_raw, visit.ref.namespace,
-                             visit.runtime.settings.namespace, for_cleanup=True)
+                             visit.runtime.settings.namespace, for_cleanup=True,
+                             shared=visit.runtime.class_inputs, fresh=visit.fresh_inputs)
     if isinstance(resolved, CredentialsProblem):
         if not status.has_server and not (status.dns and status.dns.records):
             await host_claim.release(visit)
