@@ -1,9 +1,9 @@
 """The few Kubernetes reads and writes the domain needs, behind a small port.
 
-Kopf owns watching and status patching; this module reads WorkspaceClasses and
-Secrets, manages the Secrets a Workspace owns, and keeps the Leases that claim
-hostnames (reconcile/host_claim.py). The official client is synchronous,
-so calls run in worker threads and never block the event loop.
+Kopf owns watching and status patching; this module reads WorkspaceClasses, Secrets
+and Namespaces' labels, manages the Secrets a Workspace owns, and keeps the Leases that
+claim hostnames (reconcile/host_claim.py). The official client is synchronous, so
+calls run in worker threads and never block the event loop.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class KubePort(Protocol):
                                      patch: Mapping[str, Any]) -> None: ...
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None: ...
     async def read_secret(self, namespace: str, name: str) -> SecretData | None: ...
+    async def namespace_labels(self, name: str) -> Mapping[str, str] | None: ...
     async def create_secret(self, namespace: str, name: str, data: Mapping[str, str],
                             owner: Owner | None, labels: Mapping[str, str],
                             annotations: Mapping[str, str] | None = None) -> SecretData: ...
@@ -195,6 +196,16 @@ class KubernetesApi:
             if err.status == 404:
                 return None
             raise
+
+    async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        """A Namespace's labels (a class's allowedNamespaces selector); None if absent."""
+        try:
+            found = await self._run(self._core.read_namespace, name)
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(found.metadata.labels or {})
 
     async def read_secret(self, namespace: str, name: str) -> SecretData | None:
         try:

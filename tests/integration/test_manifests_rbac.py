@@ -58,7 +58,10 @@ def installed(kubectl: Kubectl, clouds: Clouds) -> Kubectl:
     assert code == 0, err
     assert "clusterrole.rbac.authorization.k8s.io/agentspaces-operator" in out
     kubectl("apply", "-k", str(REPO / "manifests"))
-    install_class(kubectl, clouds, CLASS)
+    # A selector class: the operator reads each Workspace's Namespace before its server.
+    install_class(kubectl, clouds, CLASS, extra={"allowedNamespaces": {
+        "from": "Selector", "selector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "Exists"}]}}})
     return kubectl
 
 

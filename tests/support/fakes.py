@@ -393,6 +393,8 @@ class FakeKube:
         self.classes: dict[str, dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], SecretData] = {}
         self.leases: dict[tuple[str, str], LeaseData] = {}
+        self.namespaces: dict[str, dict[str, str]] = {}
+        """Namespace name -> its labels; one not here does not exist."""
         self.calls = CallLog()
         self._versions = itertools.count(1)
 
@@ -428,6 +430,10 @@ class FakeKube:
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None:
         self.calls.log("get_workspace_class", name)
         return self.classes.get(name)
+
+    async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        self.calls.log("namespace_labels", name)
+        return self.namespaces.get(name)
 
     async def read_secret(self, namespace: str, name: str) -> SecretData | None:
         self.calls.log("read_secret", namespace, name)

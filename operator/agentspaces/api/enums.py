@@ -102,10 +102,12 @@ class Reason(StrEnum):
     SECRET_CONFLICT = "SecretConflict"  # a Secret at one of the workspace's names is not ours
     INVALID_CA_BUNDLE = "InvalidCaBundle"  # the class's trust.caBundle does not parse
 
-    # Accepted: NotAllowedByClass keeps a server from being created; ReservedPort only
-    # leaves the port unpublished.
+    # Accepted: NotAllowedByClass and ClassNotAllowed (the namespace may not use the
+    # class) keep a server from being created; ReservedPort only leaves the port
+    # unpublished.
     SPEC_ACCEPTED = "Accepted"
     NOT_ALLOWED_BY_CLASS = "NotAllowedByClass"
+    CLASS_NOT_ALLOWED = "ClassNotAllowed"
     RESERVED_PORT = "ReservedPort"
 
     # ServerReady

@@ -15,6 +15,7 @@ Schema metadata pydantic has no word for travels as Annotated markers (`Cel`,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -863,6 +864,96 @@ class PricingSpec(ApiModel):
                     "(docs/usage.md); prices are USD.")
 
 
+# -- which namespaces may use a class (spec.allowedNamespaces) ----------------------
+# Kubernetes' own label syntax: a key is an optional DNS subdomain prefix and '/', then
+# a name of at most 63 characters; a value is such a name or empty.
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY_PATTERN = ("^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                     + LABEL_NAME + "$")
+LABEL_VALUE_PATTERN = f"^({LABEL_NAME})?$"
+LabelKey = Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+NamespaceFrom = Literal["All", "List", "Selector"]
+MATCH_LABELS_KEYS_MESSAGE = "matchLabels keys must be label keys, e.g. team or example.com/team"
+
+
+class LabelRequirementSpec(ApiModel):
+    """One requirement on a namespace's labels, as in a Kubernetes label selector."""
+
+    cel_rules = (
+        Cel("(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+            "In and NotIn need values; Exists and DoesNotExist take none"),
+    )
+
+    key: LabelKey = Field(description="The label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="In: the label is one of values; NotIn: it is absent or none of them; "
+                    "Exists / DoesNotExist: the label is set / is not.")
+    values: list[LabelValue] = Field(default_factory=list, max_length=64,
+                                     json_schema_extra=LIST_SET)
+
+    @model_validator(mode="after")
+    def _values_fit_the_operator(self) -> Self:
+        """The admission rule, also when the operator parses the class."""
+        if (self.operator in ("In", "NotIn")) != bool(self.values):
+            raise ValueError(self.cel_rules[0].message)
+        return self
+
+
+class NamespaceSelectorSpec(ApiModel):
+    """A label selector over Namespaces: every matchLabels entry and every
+    matchExpressions requirement must hold; an empty selector selects every namespace."""
+
+    match_labels: Annotated[dict[str, LabelValue], Cel(
+        f"self.all(k, k.matches('{LABEL_KEY_PATTERN}') && size(k) <= 317)",
+        MATCH_LABELS_KEYS_MESSAGE)] = Field(default_factory=dict, max_length=32)
+    match_expressions: list[LabelRequirementSpec] = Field(default_factory=list,
+                                                          max_length=16)
+
+    @field_validator("match_labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        if any(len(k) > 317 or not re.match(LABEL_KEY_PATTERN, k) for k in labels):
+            raise ValueError(MATCH_LABELS_KEYS_MESSAGE)
+        return labels
+
+
+ALLOWED_NAMESPACES_RULES = (
+    Cel("self.from == 'List' ? has(self.names) : !has(self.names)",
+        "allowedNamespaces.names is required with from: List and allowed only with it"),
+    Cel("self.from == 'Selector' ? has(self.selector) : !has(self.selector)",
+        "allowedNamespaces.selector is required with from: Selector and allowed only with "
+        "it"),
+)
+
+
+class AllowedNamespacesSpec(ApiModel):
+    """Which namespaces' Workspaces may use this class. Checked at admission (the
+    shipped ValidatingAdmissionPolicy) and by the operator before any server is
+    created; revoking it stops new starts, never a running server."""
+
+    cel_rules = ALLOWED_NAMESPACES_RULES
+
+    from_: NamespaceFrom = Field(
+        "All", alias="from",
+        description="All: every namespace; List: the namespaces in names; Selector: the "
+                    "namespaces whose labels match selector.")
+    names: list[Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]] | None = \
+        Field(None, min_length=1, max_length=256, json_schema_extra=LIST_SET,
+              description="Namespace names (from: List).")
+    selector: NamespaceSelectorSpec | None = Field(
+        None, description="Namespace labels (from: Selector).")
+
+    @model_validator(mode="after")
+    def _fields_fit_from(self) -> Self:
+        """ALLOWED_NAMESPACES_RULES, also when the operator parses the class."""
+        if (self.from_ == "List") != (self.names is not None):
+            raise ValueError(ALLOWED_NAMESPACES_RULES[0].message)
+        if (self.from_ == "Selector") != (self.selector is not None):
+            raise ValueError(ALLOWED_NAMESPACES_RULES[1].message)
+        return self
+
+
 def _own_or_default(section: str, field: str, default: str) -> str:
     """CEL for the class's own setting, or the default the operator applies."""
     return (f"(has(self.{section}) && has(self.{section}.{field}) ? "
@@ -937,6 +1028,9 @@ class WorkspaceClassSpecModel(ApiModel):
     devcontainer: ClassDevcontainerSpec = Field(default_factory=ClassDevcontainerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     pricing: PricingSpec = Field(default_factory=PricingSpec)
+    allowed_namespaces: AllowedNamespacesSpec | None = Field(
+        None, description="Which namespaces' Workspaces may use this class; every namespace "
+                          "when unset (set List or Selector on a shared cluster).")
 
     @model_validator(mode="after")
     def _numeric_images_need_a_profile(self) -> Self:

@@ -196,6 +196,38 @@ class ClassLimits:
                    lifetime=duration(limits.lifetime))
 
 
+@dataclass(frozen=True)
+class LabelRequirement:
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class NamespaceSelector:
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[LabelRequirement, ...] = ()
+
+
+@dataclass(frozen=True)
+class AllowedNamespaces:
+    """spec.allowedNamespaces; unset is `All`."""
+
+    source: m.NamespaceFrom = "All"
+    names: frozenset[str] = frozenset()
+    selector: NamespaceSelector | None = None
+
+    @classmethod
+    def of(cls, spec: m.AllowedNamespacesSpec | None) -> AllowedNamespaces:
+        if spec is None:
+            return cls()
+        selector = None if spec.selector is None else NamespaceSelector(
+            match_labels=tuple(sorted(spec.selector.match_labels.items())),
+            match_expressions=tuple(LabelRequirement(e.key, e.operator, frozenset(e.values))
+                                    for e in spec.selector.match_expressions))
+        return cls(source=spec.from_, names=frozenset(spec.names or ()), selector=selector)
+
+
 DEFAULT_PRE_STOP_TIMEOUT = parse_duration(m.DEFAULT_PRE_STOP_TIMEOUT)
 
 
@@ -230,6 +262,7 @@ class WorkspaceClass:
     token_prices: tuple[ModelPrice, ...] = ()
     """spec.pricing.models: looked up before the default token prices."""
     wake_gateway: WakeGateway | None = None
+    allowed_namespaces: AllowedNamespaces = field(default_factory=AllowedNamespaces)
 
     @property
     def reserved_ports(self) -> frozenset[int]:
@@ -292,6 +325,7 @@ class WorkspaceClass:
             token_prices=tuple(_model_price(p) for p in spec.pricing.models),
             wake_gateway=None if spec.wake_gateway is None
             else WakeGateway(spec.wake_gateway.ipv4, spec.wake_gateway.ipv6),
+            allowed_namespaces=AllowedNamespaces.of(spec.allowed_namespaces),
         )
 
 

@@ -17,6 +17,7 @@ from agentspaces.clouds import budget
 from agentspaces.reconcile import (
     agent_step,
     backup_step,
+    class_access_step,
     class_policy,
     dns_step,
     firewall_step,
@@ -82,6 +83,10 @@ async def _reconcile(visit: Visit) -> Outcome:
         scope.emit("Normal", "Woken", "woken by the agentspaces.dev/wake annotation"
                    + (f" ({intent.woken_by})" if intent.woken_by else ""))
         status.stopped_by = None
+    if intent.running and not status.has_server:  # a server is about to be created
+        refused = await class_access_step.refused(scope)
+        if refused is not None:
+            return refused
     if not _class_allows(scope, intent.running):
         # No cloud call was made: check again at the poll, e.g. for a relaxed class.
         return Outcome.after(scope.runtime.settings.poll_interval,
