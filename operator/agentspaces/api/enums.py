@@ -124,6 +124,9 @@ class Reason(StrEnum):
     USER_DATA_TOO_LARGE = "UserDataTooLarge"
     RATE_LIMITED = "RateLimited"
     WAITING_FOR_CLOUD_BUDGET = "WaitingForCloudBudget"  # clouds/budget.py refused a call
+    # A namespace's WorkspaceQuota holds a start back (reconcile/quota.py).
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    BUDGET_EXCEEDED = "BudgetExceeded"
     CLOUD_API_ERROR = "CloudAPIError"
     SERVER_DELETED = "ServerDeleted"
     SERVER_DELETING = "Deleting"

@@ -215,6 +215,12 @@ class VmCostStatus(StatusModel):
                                          description="When accrued last changed.")
     summary: str | None = Field(None, description="accrued.net and the currency, for "
                                 "kubectl.")
+    month: str | None = Field(None, description="The month of monthPrevious (UTC), "
+                                                "YYYY-MM.")
+    month_previous: MoneyStatus | None = Field(
+        None, alias="monthPrevious",
+        description="Servers deleted in that month: their cost within it (a namespace's "
+                    "WorkspaceQuota budget counts it).")
 
 
 class AgentEndpointStatus(StatusModel):

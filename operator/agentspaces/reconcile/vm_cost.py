@@ -127,6 +127,7 @@ def settle(status: WorkspaceStatus, now: datetime) -> None:
         ended, hours = run_cost(cost.run_started_at or now, now, hourly, monthly)
         cost.previous = _money_status(_money(cost.previous) + ended)  # exact
         cost.previous_hours = (cost.previous_hours or 0) + hours
+        _fold_into_month(cost, cost.run_started_at or now, now, hourly, monthly)
         cost.server_id, cost.run_started_at = None, None
     if cost.server_id is None and server is not None and current is not None and \
             (server.type, server.location) == (cost.server_type, cost.location):
@@ -139,3 +140,38 @@ def settle(status: WorkspaceStatus, now: datetime) -> None:
     if shown != cost.accrued or cost.billed_hours != hours:
         cost.accrued, cost.billed_hours, cost.accrued_at = shown, hours, now
         cost.summary = f"{shown.net} {cost.currency} net"
+
+
+def month_key(now: datetime) -> str:
+    """The calendar month (UTC) of `now`, YYYY-MM."""
+    return now.astimezone(UTC).strftime("%Y-%m")
+
+
+def month_start(now: datetime) -> datetime:
+    now = now.astimezone(UTC)
+    return datetime(now.year, now.month, 1, tzinfo=UTC)
+
+
+def _fold_into_month(cost: VmCostStatus, start: datetime, end: datetime, hourly: Money,
+                     monthly: Money) -> None:
+    """Add an ended run's part in the current month to `monthPrevious` (reset when the
+    month changed), in the same status write that drops the server: a quota's budget
+    still counts it after the stop."""
+    key = month_key(end)
+    if cost.month != key:
+        cost.month, cost.month_previous = key, None
+    in_month, _ = run_cost(max(start.astimezone(UTC), month_start(end)), end, hourly, monthly)
+    cost.month_previous = _money_status(_money(cost.month_previous) + in_month)
+
+
+def month_to_date(cost: VmCostStatus | None, now: datetime) -> Money | None:
+    """What the workspace's servers cost in `now`'s month so far: the runs that ended in
+    it plus the running server's part in it. None when no price was ever recorded."""
+    if cost is None or cost.hourly is None or cost.monthly is None:
+        return None
+    total = _money(cost.month_previous) if cost.month == month_key(now) else _money(None)
+    if cost.server_id is not None and cost.run_started_at is not None:
+        start = max(cost.run_started_at.astimezone(UTC), month_start(now))
+        running, _ = run_cost(start, max(now, start), _money(cost.hourly), _money(cost.monthly))
+        total = total + running
+    return total
