@@ -1,9 +1,10 @@
 """The example tenant RBAC (manifests/examples/tenant-rbac/) through the real apiserver,
 as real users: client certificates signed by the apiserver's CA for alice (group
-team-a), bob (group team-a-viewers) and carol (team-b). With it and the class-access
-policy applied, alice works in team-a and nowhere else, reads classes but cannot change
-them, and cannot use a class not offered to team-a; each refusal is the apiserver's
-403 with its message."""
+team-a), bob (group team-a-viewers) and carol (team-b, bound by a copy of team-a's
+bindings). With it and the class-access policy applied, alice works in team-a and
+nowhere else, reads classes but cannot change them, and cannot use a class not offered
+to team-a; each refusal is the apiserver's 403 with its message. Also the README's
+object-count quota on Workspaces."""
 
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def tenants(control_plane, kubectl: Kubectl) -> Iterator[dict[str, Kubectl]]:  #
                 check=False)
     kubectl.apply(_class(CLASS_A, "team-a") + "---\n" + _class(CLASS_B, "team-b"))
     kubectl("apply", "-k", str(TENANT_RBAC))
+    # Another team's bindings, made from team-a's as the README says.
+    kubectl.apply((TENANT_RBAC / "team-a.yaml").read_text().replace("team-a", "team-b"))
     kubectl("apply", "-f", str(POLICY))
     users = {"alice": _user(control_plane, "alice", "team-a"),
              "bob": _user(control_plane, "bob", "team-a-viewers"),
@@ -127,7 +130,8 @@ def test_an_editor_gets_nothing_in_another_teams_namespace_or_the_operators(
     assert (f'{who} list resource "workspaces" in API group "agentspaces.dev" in the '
             f'namespace "{OPERATOR_NAMESPACE}"') in _refused(
         alice, "get", "workspaces", "-n", OPERATOR_NAMESPACE)
-    # And the other way round: team-b's user sees nothing of team-a.
+    # And the other way round: team-b's editor sees nothing of team-a.
+    assert _can(tenants["carol"], "create", "workspaces.agentspaces.dev", "-n", "team-b")
     assert ('User "carol" cannot list resource "workspaces" in API group "agentspaces.dev" '
             'in the namespace "team-a"') in _refused(
         tenants["carol"], "get", "workspaces", "-n", "team-a")
@@ -180,3 +184,23 @@ def test_a_viewer_reads_workspaces_and_nothing_else(kubectl: Kubectl,
                 'namespace "team-a"') in _refused(bob, "get", "secrets", "-n", "team-a")
     finally:
         kubectl("delete", "workspace", name, "-n", "team-a", "--wait=false")
+
+
+def test_kubernetes_object_count_quota_caps_workspaces_in_a_namespace(
+        kubectl: Kubectl, namespace: str) -> None:
+    """The README's one-liner: a ResourceQuota on count/workspaces.agentspaces.dev. The
+    apiserver's quota admission enforces it; its status (hard, used) is what the
+    controller manager would write, which this control plane does not run."""
+    quota = "count/workspaces.agentspaces.dev"
+    klass = "quota-class"  # no such class: no admission policy has a say
+    kubectl("create", "quota", "workspaces", "-n", namespace, f"--hard={quota}=2")
+    kubectl("patch", "resourcequota", "workspaces", "-n", namespace, "--subresource=status",
+            "--type=merge", "-p", yaml.safe_dump({"status": {"hard": {quota: "2"},
+                                                             "used": {quota: "0"}}}))
+    for i in range(2):
+        kubectl("create", "-f", "-", input=workspace(f"counted-{i}", namespace, klass))
+    code, _, err = kubectl.run("create", "-f", "-",
+                               input=workspace("one-too-many", namespace, klass))
+    assert code != 0
+    assert ("(Forbidden)" in err and "exceeded quota: workspaces, requested: "
+            f"{quota}=1, used: {quota}=2, limited: {quota}=2") in err, err
