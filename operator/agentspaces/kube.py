@@ -18,6 +18,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from agentspaces.api.model import GROUP, VERSION
+from agentspaces.api.quota_model import QUOTA_PLURAL
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class KubePort(Protocol):
                             labels: Mapping[str, str], annotations: Mapping[str, str]
                             ) -> bool: ...
     async def delete_lease(self, namespace: str, current: LeaseData) -> None: ...
+    async def list_workspaces(self, namespace: str) -> list[Mapping[str, Any]]: ...
+    async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]: ...
+    async def patch_workspace_quota_status(self, namespace: str, name: str,
+                                           patch: Mapping[str, Any]) -> None: ...
 
 
 def _decode(secret: client.V1Secret) -> SecretData:
@@ -323,4 +328,31 @@ class KubernetesApi:
                             namespace, body=options)
         except KubeError as err:
             if err.status not in (404, 409):
+                raise
+
+    # -- WorkspaceQuotas (reconcile/quota_step.py): read only when a start is decided --
+    async def list_workspaces(self, namespace: str) -> list[Mapping[str, Any]]:
+        found = await self._run(self._custom.list_namespaced_custom_object, GROUP, VERSION,
+                                namespace, "workspaces")
+        return list(found.get("items") or [])
+
+    async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]:
+        """The namespace's WorkspaceQuotas; none when the CRD is not installed (404)."""
+        try:
+            found = await self._run(self._custom.list_namespaced_custom_object, GROUP,
+                                    VERSION, namespace, QUOTA_PLURAL)
+        except KubeError as err:
+            if err.status == 404:
+                return []
+            raise
+        return list(found.get("items") or [])
+
+    async def patch_workspace_quota_status(self, namespace: str, name: str,
+                                           patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch of the quota's .status; a quota gone meanwhile is skipped."""
+        try:
+            await self._run(self._custom.patch_namespaced_custom_object_status, GROUP,
+                            VERSION, namespace, QUOTA_PLURAL, name, {"status": dict(patch)})
+        except KubeError as err:
+            if err.status != 404:
                 raise

@@ -26,6 +26,7 @@ from agentspaces.clouds.hetzner import HcloudServers, ServerInfo, ServerProvider
 from agentspaces.clouds.hetzner_pricing import CachedPrices
 from agentspaces.clouds.r2 import ObjectStore, S3ObjectStore
 from agentspaces.kube import KubePort
+from agentspaces.quota_gate import QuotaGate
 from agentspaces.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class Runtime:
         self.host_claims: dict[str, str] = {}
         self._closing: list[AgentAdapter] = []
         self.agent_slots = asyncio.Semaphore(settings.agent_concurrency)
+        self.quota_gate = QuotaGate(monotonic)
         # Workspaces whose agent watcher (agent_watch.py) reconciles them at least once
         # per poll interval, so the timer can skip them.
         self.watch_coverage = WatchCoverage(

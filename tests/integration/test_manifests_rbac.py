@@ -72,6 +72,11 @@ def _service_account_kubeconfig(control_plane, kubectl: Kubectl, tmp: Path) -> P
 
 
 def _create_and_delete(kubectl: Kubectl, namespace: str, name: str, timeout: float) -> bool:
+    # A quota the start must list and whose status the operator writes.
+    kubectl.apply(yaml.safe_dump({
+        "apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceQuota",
+        "metadata": {"name": "rbac", "namespace": namespace},
+        "spec": {"maxRunning": 10}}))
     kubectl.apply(workspace(name, namespace, CLASS))
     try:
         wait_for(lambda: (w := kubectl.get_json("workspace", name, "-n", namespace)) and

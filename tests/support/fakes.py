@@ -393,6 +393,8 @@ class FakeKube:
         self.classes: dict[str, dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], SecretData] = {}
         self.leases: dict[tuple[str, str], LeaseData] = {}
+        self.quotas: dict[tuple[str, str], dict[str, Any]] = {}
+        """(namespace, name) -> a WorkspaceQuota."""
         self.namespaces: dict[str, dict[str, str]] = {}
         """Namespace name -> its labels; one not here does not exist."""
         self.calls = CallLog()
@@ -430,6 +432,21 @@ class FakeKube:
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None:
         self.calls.log("get_workspace_class", name)
         return self.classes.get(name)
+
+    async def list_workspaces(self, namespace: str) -> list[Mapping[str, Any]]:
+        self.calls.log("list_workspaces", namespace)
+        return [w for (ns, _), w in self.workspaces.items() if ns == namespace]
+
+    async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]:
+        self.calls.log("list_workspace_quotas", namespace)
+        return [q for (ns, _), q in self.quotas.items() if ns == namespace]
+
+    async def patch_workspace_quota_status(self, namespace: str, name: str,
+                                           patch: Mapping[str, Any]) -> None:
+        self.calls.log("patch_workspace_quota_status", namespace, name)
+        body = self.quotas.get((namespace, name))
+        if body is not None:
+            body["status"] = apply_merge_patch(body.get("status"), patch)
 
     async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
         self.calls.log("namespace_labels", name)

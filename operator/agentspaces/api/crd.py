@@ -30,6 +30,12 @@ from agentspaces.api.model import (
     WorkspaceClassSpecModel,
     WorkspaceSpecModel,
 )
+from agentspaces.api.quota_model import (
+    QUOTA_KIND,
+    QUOTA_PLURAL,
+    WorkspaceQuotaSpec,
+    WorkspaceQuotaStatus,
+)
 from agentspaces.api.status import WorkspaceClassStatus, WorkspaceStatus
 
 Schema = dict[str, Any]
@@ -267,6 +273,25 @@ def workspace_class_crd() -> Schema:
     )
 
 
+def workspace_quota_crd() -> Schema:
+    return _crd(
+        QUOTA_KIND, QUOTA_PLURAL, "Namespaced", ["wsq"], object_schema(WorkspaceQuotaSpec),
+        object_schema(WorkspaceQuotaStatus),
+        [
+            {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
+            {"name": "Max", "type": "integer", "jsonPath": ".spec.maxRunning"},
+            {"name": "Spent", "type": "string", "jsonPath": ".status.spent"},
+            {"name": "Budget", "type": "string", "jsonPath": ".spec.monthlyBudget.amount"},
+            {"name": "Currency", "type": "string",
+             "jsonPath": ".spec.monthlyBudget.currency"},
+            {"name": "Limit", "type": "string",
+             "jsonPath": ".status.conditions[?(@.type=='LimitReached')].reason"},
+            {"name": "Types", "type": "string", "priority": 1, "jsonPath": ".spec.serverTypes"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
 PEERING_GROUP = "kopf.dev"
 
 
@@ -299,4 +324,5 @@ def peering_crd() -> Schema:
 
 
 def all_crds() -> list[Schema]:
-    return [workspace_crd(), workspace_class_crd(), peering_crd()]
+    return [workspace_crd(), workspace_class_crd(), workspace_quota_crd(),
+            peering_crd()]

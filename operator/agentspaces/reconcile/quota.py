@@ -84,7 +84,8 @@ def spent(budget_currency: str, workspaces: Iterable[WorkspaceUse],
     """The month-to-date spend in `budget_currency` (see the module's docstring)."""
     total = sum((_decimal(v) for v in deleted.values()), Decimal(0))
     for ws in workspaces:
-        total += workspace_spend(budget_currency, ws, now)
+        if ws.uid not in deleted:  # recorded at its delete, still listed while it goes
+            total += workspace_spend(budget_currency, ws, now)
     return total
 
 
@@ -158,3 +159,16 @@ def _decimal(value: str | None) -> Decimal:
         return Decimal(value or 0)
     except InvalidOperation:
         return Decimal(0)
+
+
+def limit_reached(name: str, spec: WorkspaceQuotaSpec, use: Use) -> Refusal | None:
+    """Whether the namespace is at one of the quota's limits now (its status), whoever
+    starts next."""
+    if spec.max_running is not None and use.running >= spec.max_running:
+        return Refusal(Reason.QUOTA_EXCEEDED, f"{use.running} of {spec.max_running} "
+                                              "running workspaces")
+    budget = spec.monthly_budget
+    if budget is not None and use.spent is not None and use.spent >= _decimal(budget.amount):
+        return Refusal(Reason.BUDGET_EXCEEDED, f"{text(use.spent)} of {budget.amount} "
+                                               f"{budget.currency} spent in {use.month}")
+    return None

@@ -24,6 +24,7 @@ from agentspaces.reconcile import (
     host_claim,
     owned_secrets,
     prestop_step,
+    quota_step,
     server_step,
     vm_cost,
 )
@@ -91,6 +92,10 @@ async def _reconcile(visit: Visit) -> Outcome:
         # No cloud call was made: check again at the poll, e.g. for a relaxed class.
         return Outcome.after(scope.runtime.settings.poll_interval,
                              Reason.NOT_ALLOWED_BY_CLASS)
+    if intent.running and not status.has_server:  # the namespace's quotas, last
+        waiting = await quota_step.refused(scope)
+        if waiting is not None:
+            return waiting
     try:
         if intent.running:
             status.stopped_by = None
@@ -133,6 +138,9 @@ async def finalize(visit: Visit) -> Outcome:
         return _secret_conflict(scope, conflict)
     if outcome.requeue is not None:
         return outcome
+    recorded = await quota_step.record_deleted(scope)  # its spend outlives it this month
+    if recorded is not None:
+        return recorded
     removed = await backup_step.delete(scope)
     if removed is not None:
         return removed
