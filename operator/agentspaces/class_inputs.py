@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
+from agentspaces.api.model import CLASS_KIND, NAMESPACED_CLASS_KIND
 from agentspaces.kube import KubePort, SecretData
 
 T = TypeVar("T")
@@ -79,9 +80,18 @@ class ClassInputs:
         self._classes: _Entries[Mapping[str, Any]] = _Entries(max_age, monotonic)
         self._secrets: _Entries[SecretData] = _Entries(max_age, monotonic)
 
-    async def workspace_class(self, name: str, *, fresh: bool) -> Mapping[str, Any] | None:
+    async def workspace_class(self, name: str, *, fresh: bool, kind: str = CLASS_KIND,
+                              namespace: str = "") -> Mapping[str, Any] | None:
+        """The cluster's WorkspaceClass `name`, or with `kind` NamespacedWorkspaceClass
+        the one in `namespace`: keyed by all three, so two tenants' classes of one name
+        (and a cluster class of that name) are never mixed up."""
+        if kind == NAMESPACED_CLASS_KIND:
+            return await self._classes.get(
+                (kind, namespace, name),
+                lambda: self._kube.get_namespaced_workspace_class(namespace, name),
+                fresh=fresh)
         return await self._classes.get(
-            (name,), lambda: self._kube.get_workspace_class(name), fresh=fresh)
+            (CLASS_KIND, "", name), lambda: self._kube.get_workspace_class(name), fresh=fresh)
 
     async def secret(self, namespace: str, name: str, *, fresh: bool) -> SecretData | None:
         return await self._secrets.get(

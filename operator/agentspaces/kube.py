@@ -78,6 +78,8 @@ class KubePort(Protocol):
     async def patch_workspace_status(self, namespace: str, name: str,
                                      patch: Mapping[str, Any]) -> None: ...
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None: ...
+    async def get_namespaced_workspace_class(self, namespace: str, name: str
+                                             ) -> Mapping[str, Any] | None: ...
     async def read_secret(self, namespace: str, name: str) -> SecretData | None: ...
     async def namespace_labels(self, name: str) -> Mapping[str, str] | None: ...
     async def create_secret(self, namespace: str, name: str, data: Mapping[str, str],
@@ -197,6 +199,17 @@ class KubernetesApi:
         try:
             return await self._run(self._custom.get_cluster_custom_object, GROUP, VERSION,  # type: ignore[no-any-return]
                                    "workspaceclasses", name)
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def get_namespaced_workspace_class(self, namespace: str, name: str
+                                             ) -> Mapping[str, Any] | None:
+        """A tenant's own class (NamespacedWorkspaceClass) in `namespace`."""
+        try:
+            return await self._run(self._custom.get_namespaced_custom_object, GROUP,  # type: ignore[no-any-return]
+                                   VERSION, namespace, "namespacedworkspaceclasses", name)
         except KubeError as err:
             if err.status == 404:
                 return None

@@ -311,6 +311,25 @@ def test_error_statuses_and_body_shape(emulator: HetznerEmulator) -> None:
     assert wrong_region.json()["error"]["message"] == "unsupported location for server type"
 
 
+def test_each_token_is_one_project_that_sees_only_its_own(emulator: HetznerEmulator) -> None:
+    """As at Hetzner, a token belongs to one project: another tenant's token lists, gets,
+    deletes and names only its own servers and firewalls."""
+    emulator.add_project("tenant-b")
+    other = hcloud.Client(token="tenant-b", api_endpoint=emulator.url, poll_interval=0.02)
+    mine = create(hcloud.Client(token=TOKEN, api_endpoint=emulator.url, poll_interval=0.02),
+                  "same-name")
+    theirs = create(other, "same-name")  # names are unique per project only
+    assert sid(mine) != sid(theirs)
+    assert [sid(s) for s in other.servers.get_all()] == [sid(theirs)]
+    assert set(emulator.servers) == {sid(mine)}
+    assert set(emulator.project_servers("tenant-b")) == {sid(theirs)}
+    with pytest.raises(hcloud.APIException) as err:
+        other.servers.get_by_id(sid(mine))
+    assert err.value.code == "not_found"
+    with pytest.raises(ValueError):
+        emulator.add_project(TOKEN)
+
+
 def test_wrong_or_missing_token_is_unauthorized(emulator: HetznerEmulator) -> None:
     wrong = hcloud.Client(token="not-the-token", api_endpoint=emulator.url)
     assert api_error(lambda: wrong.servers.get_all()).code == "unauthorized"

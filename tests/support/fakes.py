@@ -391,6 +391,8 @@ class FakeKube:
     def __init__(self) -> None:
         self.workspaces: dict[tuple[str, str], dict[str, Any]] = {}
         self.classes: dict[str, dict[str, Any]] = {}
+        self.namespaced_classes: dict[tuple[str, str], dict[str, Any]] = {}
+        """(namespace, name) -> a NamespacedWorkspaceClass."""
         self.secrets: dict[tuple[str, str], SecretData] = {}
         self.leases: dict[tuple[str, str], LeaseData] = {}
         self.quotas: dict[tuple[str, str], dict[str, Any]] = {}
@@ -447,6 +449,11 @@ class FakeKube:
         body = self.quotas.get((namespace, name))
         if body is not None:
             body["status"] = apply_merge_patch(body.get("status"), patch)
+
+    async def get_namespaced_workspace_class(self, namespace: str, name: str
+                                             ) -> Mapping[str, Any] | None:
+        self.calls.log("get_namespaced_workspace_class", namespace, name)
+        return self.namespaced_classes.get((namespace, name))
 
     async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
         self.calls.log("namespace_labels", name)

@@ -142,6 +142,38 @@ def install_class(kubectl: Kubectl, clouds: Clouds, name: str, *,
     kubectl.apply(yaml.safe_dump_all(docs))
 
 
+def install_namespaced_class(kubectl: Kubectl, namespace: str, name: str, *,
+                             hetzner: tuple[str, str], cloudflare: tuple[str, str],
+                             zone: str = ZONE, storage: dict[str, Any] | None = None,
+                             class_key: bytes | None = None,
+                             extra: dict[str, Any] | None = None) -> None:
+    """A tenant's own NamespacedWorkspaceClass in `namespace`, with its Secrets there:
+    `hetzner` and `cloudflare` are (endpoint, token)."""
+    docs: list[dict[str, Any]] = [
+        secret(f"{name}-hetzner", namespace, {"token": hetzner[1]}),
+        secret(f"{name}-cloudflare", namespace, {"token": cloudflare[1]})]
+    spec: dict[str, Any] = {
+        "hetzner": {"tokenSecretRef": {"name": f"{name}-hetzner"}, "endpoint": hetzner[0]},
+        "dns": {"zoneName": zone, "tokenSecretRef": {"name": f"{name}-cloudflare"},
+                "endpoint": cloudflare[0]},
+    }
+    if storage is not None:
+        docs.append(secret(f"{name}-r2", namespace, {
+            "accessKeyId": storage["accessKeyId"],
+            "secretAccessKey": storage["secretAccessKey"]}))
+        docs.append(secret(f"{name}-key", namespace, {
+            "key": base64.b64encode(class_key or os.urandom(32)).decode()}))
+        spec["storage"] = {"endpoint": storage["endpoint"], "bucket": storage["bucket"],
+                           "credentialsSecretRef": {"name": f"{name}-r2"},
+                           "prefix": storage.get("prefix", "agentspaces/"),
+                           "keep": storage.get("keep", 3)}
+        spec["encryption"] = {"keySecretRef": {"name": f"{name}-key"}}
+    spec.update(extra or {})
+    docs.append({"apiVersion": "agentspaces.dev/v1alpha1", "kind": "NamespacedWorkspaceClass",
+                 "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    kubectl.apply(yaml.safe_dump_all(docs))
+
+
 def workspace(name: str, namespace: str, class_name: str, **spec: Any) -> str:
     body = {"className": class_name,
             "repository": {"url": "https://github.com/example/app"}, **spec}

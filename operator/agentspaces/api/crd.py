@@ -24,9 +24,11 @@ from pydantic_core import PydanticUndefined
 
 from agentspaces.api.model import (
     GROUP,
+    NAMESPACED_CLASS_KIND,
     VERSION,
     Cel,
     DurationAtLeast,
+    NamespacedWorkspaceClassSpecModel,
     WorkspaceClassSpecModel,
     WorkspaceSpecModel,
 )
@@ -273,6 +275,20 @@ def workspace_class_crd() -> Schema:
     )
 
 
+def namespaced_workspace_class_crd() -> Schema:
+    """A tenant's own class: the same spec, in a namespace (docs/security.md)."""
+    return _crd(
+        NAMESPACED_CLASS_KIND, "namespacedworkspaceclasses", "Namespaced", ["nwsc"],
+        object_schema(NamespacedWorkspaceClassSpecModel), object_schema(WorkspaceClassStatus),
+        [
+            {"name": "Zone", "type": "string", "jsonPath": ".spec.dns.zoneName"},
+            {"name": "Server", "type": "string", "jsonPath": ".spec.server.type"},
+            {"name": "Location", "type": "string", "jsonPath": ".spec.server.location"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
 def workspace_quota_crd() -> Schema:
     return _crd(
         QUOTA_KIND, QUOTA_PLURAL, "Namespaced", ["wsq"], object_schema(WorkspaceQuotaSpec),
@@ -324,5 +340,5 @@ def peering_crd() -> Schema:
 
 
 def all_crds() -> list[Schema]:
-    return [workspace_crd(), workspace_class_crd(), workspace_quota_crd(),
-            peering_crd()]
+    return [workspace_crd(), workspace_class_crd(), namespaced_workspace_class_crd(),
+            workspace_quota_crd(), peering_crd()]

@@ -260,6 +260,11 @@ class ClassGatewayTokenRef(NamespacedSecretRefSpec):
 
 
 # -- Workspace spec ------------------------------------------------------------------
+# The two class kinds a Workspace may name (spec.classKind): the cluster-scoped class
+# an administrator offers, and a tenant's own in the Workspace's namespace.
+ClassKind = Literal["WorkspaceClass", "NamespacedWorkspaceClass"]
+CLASS_KIND: Literal["WorkspaceClass"] = "WorkspaceClass"
+NAMESPACED_CLASS_KIND: Literal["NamespacedWorkspaceClass"] = "NamespacedWorkspaceClass"
 
 class RepositorySpec(ApiModel):
     """Repository cloned into /workspaces."""
@@ -581,8 +586,12 @@ class WorkspaceSpecModel(RunIntent):
 
     cel_rules = (USER_TEXT_RULE,)
 
-    class_name: str = Field(description="Name of the WorkspaceClass.",
+    class_name: str = Field(description="Name of the class (see classKind).",
                             pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    class_kind: ClassKind | None = Field(
+        None, description=f"{CLASS_KIND} (the default): the cluster's class of that name; "
+                          f"{NAMESPACED_CLASS_KIND}: the one in this Workspace's own "
+                          "namespace, with that namespace's own cloud credentials.")
     repository: RepositorySpec
     devcontainer: DevcontainerSpec = Field(default_factory=DevcontainerSpec)
     server: ServerSpec = Field(default_factory=ServerSpec)
@@ -1044,6 +1053,64 @@ class WorkspaceClassSpecModel(ApiModel):
     @classmethod
     def api_name(cls) -> str:
         return "WorkspaceClass spec"
+
+
+# Every Secret reference of a class, as CEL paths below the spec (optional parents
+# guarded by has()): a namespaced class names none outside its own namespace.
+CLASS_SECRET_REFS = (
+    ("hetzner", "tokenSecretRef"), ("dns", "tokenSecretRef"),
+    ("storage", "credentialsSecretRef"), ("encryption", "keySecretRef"),
+    ("agentCredentials", "apiKeySecretRef"), ("agentCredentials", "oauthTokenSecretRef"),
+    ("agentCredentials", "gateway", "authTokenSecretRef"),
+)
+
+
+def _no_namespace_rule(path: tuple[str, ...]) -> Cel:
+    guards = [f"has(self.{'.'.join(path[:i])})" for i in range(1, len(path) + 1)]
+    field = ".".join(path)
+    return Cel(f"!({' && '.join(guards)}) || !has(self.{field}.namespace)",
+               f"{field}.namespace: a {NAMESPACED_CLASS_KIND}'s Secrets are in its own "
+               "namespace; leave namespace out")
+
+
+ONLY_OWN_NAMESPACE = Cel(
+    "!has(self.allowedNamespaces)",
+    f"allowedNamespaces: a {NAMESPACED_CLASS_KIND} is only for its own namespace")
+NO_SHARED_WAKE_GATEWAY = Cel(
+    "!has(self.wakeGateway)",
+    f"wakeGateway: the wake gateway serves WorkspaceClasses only; a {NAMESPACED_CLASS_KIND}'s "
+    "stopped workspaces have no names")
+
+
+class NamespacedWorkspaceClassSpecModel(WorkspaceClassSpecModel):
+    """A tenant's own class: the WorkspaceClass spec, usable only by Workspaces in its
+    namespace, every Secret it names read from that namespace."""
+
+    cel_rules = (
+        *WorkspaceClassSpecModel.cel_rules,
+        *(_no_namespace_rule(path) for path in CLASS_SECRET_REFS),
+        ONLY_OWN_NAMESPACE, NO_SHARED_WAKE_GATEWAY,
+    )
+
+    @model_validator(mode="after")
+    def _own_namespace_only(self) -> Self:
+        """The admission rules, also when the operator parses the class."""
+        if self.allowed_namespaces is not None:
+            raise ValueError(ONLY_OWN_NAMESPACE.message)
+        if self.wake_gateway is not None:
+            raise ValueError(NO_SHARED_WAKE_GATEWAY.message)
+        dumped = self.model_dump(by_alias=True)
+        for path in CLASS_SECRET_REFS:
+            node: Any = dumped
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node.get("namespace") is not None:
+                raise ValueError(_no_namespace_rule(path).message)
+        return self
+
+    @classmethod
+    def api_name(cls) -> str:
+        return f"{NAMESPACED_CLASS_KIND} spec"
 
 
 def duration(text: str | None) -> timedelta | None:

@@ -263,6 +263,28 @@ class WorkspaceClass:
     """spec.pricing.models: looked up before the default token prices."""
     wake_gateway: WakeGateway | None = None
     allowed_namespaces: AllowedNamespaces = field(default_factory=AllowedNamespaces)
+    kind: m.ClassKind = m.CLASS_KIND
+    namespace: str | None = None
+    """A NamespacedWorkspaceClass's namespace (where all its Secrets are); None for the
+    cluster's WorkspaceClass."""
+
+    @property
+    def namespaced(self) -> bool:
+        return self.kind == m.NAMESPACED_CLASS_KIND
+
+    @property
+    def title(self) -> str:
+        """The kind and name, as messages name the class."""
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespaced \
+            else f"{self.kind} {self.name}"
+
+    @property
+    def label_name(self) -> str:
+        """What names the class on cloud resources (server labels, its firewall): a
+        namespaced class's name with its namespace, so two tenants' classes of one name
+        never share a firewall. "_" is in no Kubernetes name, so no cluster class's
+        name is ever one of these."""
+        return f"{self.namespace}_{self.name}" if self.namespaced else self.name
 
     @property
     def reserved_ports(self) -> frozenset[int]:
@@ -271,12 +293,24 @@ class WorkspaceClass:
                           self.agent_port})
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> WorkspaceClass:
-        """The class object's view; ValueError names what is invalid."""
-        spec = m.WorkspaceClassSpecModel.parse(body.get("spec"))
+    def from_body(cls, body: Mapping[str, Any], kind: m.ClassKind | None = None
+                  ) -> WorkspaceClass:
+        """The class object's view (of `kind`, by default the body's own); ValueError
+        names what is invalid."""
+        metadata = body.get("metadata") or {}
+        if kind is None:
+            kind = (m.NAMESPACED_CLASS_KIND if body.get("kind") == m.NAMESPACED_CLASS_KIND
+                    else m.CLASS_KIND)
+        model = (m.NamespacedWorkspaceClassSpecModel if kind == m.NAMESPACED_CLASS_KIND
+                 else m.WorkspaceClassSpecModel)
+        spec = model.parse(body.get("spec"))
+        if kind == m.NAMESPACED_CLASS_KIND and not metadata.get("namespace"):
+            raise ValueError("a NamespacedWorkspaceClass without metadata.namespace")
         dns, storage, idle = spec.dns, spec.storage, spec.idle
         return cls(
-            name=(body.get("metadata") or {}).get("name", ""),
+            name=metadata.get("name", ""),
+            kind=kind,
+            namespace=metadata.get("namespace") if kind == m.NAMESPACED_CLASS_KIND else None,
             hetzner_token_ref=SecretKeyRef.of(spec.hetzner.token_secret_ref),
             hetzner_endpoint=spec.hetzner.endpoint,
             server=ServerSettings(type=spec.server.type, location=spec.server.location,
@@ -371,6 +405,7 @@ class WorkspaceSpec:
     """devcontainer.registryCredentialsSecretRef: its `.dockerconfigjson` key."""
     wake_on_request: bool = True
     """wake.onRequest: a stopped workspace's URL wakes it (with the class's wakeGateway)."""
+    class_kind: m.ClassKind = m.CLASS_KIND
 
     @property
     def public_ports(self) -> tuple[int, ...]:
@@ -431,6 +466,7 @@ class WorkspaceSpec:
             registry_credentials_ref=_registry_ref(
                 ws.devcontainer.registry_credentials_secret_ref),
             wake_on_request=ws.wake.on_request,
+            class_kind=ws.class_kind or m.CLASS_KIND,
         )
 
 

@@ -146,6 +146,8 @@ def served_view(body: Mapping[str, Any], classes: Mapping[str, ClassView]) -> Se
     status = body.get("status") or {}
     if meta.get("deletionTimestamp"):
         return None
+    if spec.get("classKind", m.CLASS_KIND) != m.CLASS_KIND:
+        return None  # a tenant's own class: never the shared gateway's (no wakeGateway)
     klass = classes.get(str(spec.get("className", "")))
     if klass is None or not klass.has_gateway:
         return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentspaces.api.enums import Reason
+from agentspaces.api.model import CLASS_KIND, NAMESPACED_CLASS_KIND, ClassKind
 from agentspaces.api.types import (
     AgentCredential,
     Gateway,
@@ -180,29 +181,42 @@ async def resolve(kube: KubePort, spec_raw: Mapping[str, Any], workspace_namespa
     `shared`: the class and its Secrets come from there, read afresh only when `fresh`.
     """
     class_name = spec_raw.get("className", "")
+    # A namespaced class is looked up in the Workspace's own namespace, never another.
+    class_kind: ClassKind = NAMESPACED_CLASS_KIND \
+        if spec_raw.get("classKind") == NAMESPACED_CLASS_KIND else CLASS_KIND
+    title = (f"{class_kind} {workspace_namespace}/{class_name}"
+             if class_kind == NAMESPACED_CLASS_KIND else f"{class_kind} {class_name}")
     secrets = _SecretReader(kube, shared, fresh)
     try:
-        body = (await shared.workspace_class(class_name, fresh=fresh) if shared is not None
-                else await kube.get_workspace_class(class_name))
+        if shared is not None:
+            body = await shared.workspace_class(class_name, fresh=fresh, kind=class_kind,
+                                                namespace=workspace_namespace)
+        elif class_kind == NAMESPACED_CLASS_KIND:
+            body = await kube.get_namespaced_workspace_class(workspace_namespace, class_name)
+        else:
+            body = await kube.get_workspace_class(class_name)
     except KubeError as err:
         return CredentialsProblem(Reason.CLASS_NOT_FOUND,
-                                  f"cannot read WorkspaceClass {class_name}: {err.status}")
+                                  f"cannot read {title}: {err.status}")
     if body is None:
-        return CredentialsProblem(Reason.CLASS_NOT_FOUND,
-                                  f"WorkspaceClass {class_name!r} not found")
+        return CredentialsProblem(Reason.CLASS_NOT_FOUND, f"{title} not found")
     try:
-        klass = WorkspaceClass.from_body(body)
+        klass = WorkspaceClass.from_body(body, class_kind)
+        if klass.namespaced and klass.namespace != workspace_namespace:
+            raise ValueError(f"is in namespace {klass.namespace}, not the Workspace's")
         spec = WorkspaceSpec.from_spec(spec_raw, klass)
     except (ValueError, KeyError, TypeError) as err:
-        return CredentialsProblem(Reason.CLASS_INVALID,
-                                  f"WorkspaceClass {class_name}: {err}")
+        return CredentialsProblem(Reason.CLASS_INVALID, f"{title}: {err}")
     bad_bundle = ca_bundle_problem(klass.ca_bundle)
     if bad_bundle is not None:
         return CredentialsProblem(Reason.INVALID_CA_BUNDLE,
-                                  f"WorkspaceClass {class_name} trust.caBundle: {bad_bundle}")
+                                  f"{title} trust.caBundle: {bad_bundle}")
 
     def class_ns(ref: SecretKeyRef) -> str:
-        namespace = ref.namespace or operator_namespace
+        # A namespaced class's Secrets are in its namespace: parsing it refused any
+        # namespace on a reference, and none would be read anyway.
+        namespace = klass.namespace if klass.namespace is not None \
+            else ref.namespace or operator_namespace
         secrets.class_namespaced.add((namespace, ref.name))
         return namespace
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from agentspaces.api.enums import ConditionType as T
 from agentspaces.api.enums import Reason
@@ -44,15 +45,15 @@ FAILED = -1
 
 
 def firewall_name(klass: WorkspaceClass) -> str:
-    return f"agentspaces-{class_label(klass.name)}"
+    return f"agentspaces-{class_label(klass.label_name)}"
 
 
 def firewall_labels(klass: WorkspaceClass) -> dict[str, str]:
-    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_CLASS: class_label(klass.name)}
+    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_CLASS: class_label(klass.label_name)}
 
 
 def selector(klass: WorkspaceClass) -> str:
-    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_CLASS}={class_label(klass.name)}"
+    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_CLASS}={class_label(klass.label_name)}"
 
 
 MANAGED = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -88,13 +89,13 @@ def _is_ours(firewall: FirewallInfo, labels: Mapping[str, str]) -> bool:
 
 
 def _digest(klass: WorkspaceClass, rules: tuple[InboundRule, ...]) -> str:
-    text = repr((klass.name, rules))
+    text = repr((klass.label_name, rules))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _cache_key(scope: Scope) -> str:
     token = hashlib.sha256(scope.creds.hetzner_token.encode()).hexdigest()
-    return f"{scope.klass.hetzner_endpoint}\0{token}\0{scope.klass.name}"
+    return f"{scope.klass.hetzner_endpoint}\0{token}\0{scope.klass.label_name}"
 
 
 async def reconcile(scope: Scope) -> Outcome | None:
@@ -221,10 +222,10 @@ async def _sweep_orphans(scope: Scope, servers: ServerProvider,
     """Delete our firewalls of other classes that are gone or no longer restrict the
     agent port, once no server of theirs is left in the project. A hashed label (a class
     name over 63 characters, marked by "_") cannot be looked up and is left alone."""
-    own = class_label(scope.klass.name)
+    own = class_label(scope.klass.label_name)
     candidates = [f for f in managed
                   if f.labels.get(LABEL_CLASS) not in (None, own)
-                  and "_" not in f.labels[LABEL_CLASS]]
+                  and "__" not in f.labels[LABEL_CLASS]]
     if not candidates:
         return
     _, listed = await scope.runtime.inventory(
@@ -235,7 +236,7 @@ async def _sweep_orphans(scope: Scope, servers: ServerProvider,
         if label in in_use:
             continue
         try:
-            body = await scope.runtime.kube.get_workspace_class(label)
+            body = await _class_of_label(scope, label)
         except KubeError:
             continue  # unknown for now: kept until a later check
         if body is not None and ((body.get("spec") or {}).get("agent") or {}).get(
@@ -246,6 +247,15 @@ async def _sweep_orphans(scope: Scope, servers: ServerProvider,
         scope.emit("Normal", "FirewallDeleted",
                    f"deleted firewall {firewall.id} of class {label}, which no longer "
                    "restricts the agent port and has no server left")
+
+
+async def _class_of_label(scope: Scope, label: str) -> Mapping[str, Any] | None:
+    """The class a firewall's class label names: `namespace_name` is a
+    NamespacedWorkspaceClass (WorkspaceClass.label_name), a plain name the cluster's."""
+    namespace, _, name = label.rpartition("_")
+    if namespace:
+        return await scope.runtime.kube.get_namespaced_workspace_class(namespace, name)
+    return await scope.runtime.kube.get_workspace_class(label)
 
 
 async def delete(scope: Scope) -> Outcome | None:

@@ -77,7 +77,7 @@ async def _adopt_or_create(scope: Scope) -> ServerInfo | Outcome:
         name=scope.label, server_type=spec.server.type, location=spec.server.location,
         image=spec.server.image,
         labels=workspace_labels(scope.ref.uid, scope.ref.name, scope.ref.namespace,
-                                scope.klass.name),
+                                scope.klass.label_name),
         user_data=render_user_data(scope.ref, spec, scope.klass, host=scope.host,
                                    agent_credentials=fresh))
     try:

@@ -77,7 +77,7 @@ async def _reconcile(visit: Visit) -> Outcome:
         return _credentials_missing(visit, resolved)
     scope = Scope.resolved(visit, resolved)
     status.condition(T.CREDENTIALS_AVAILABLE, True, Reason.CREDENTIALS_FOUND,
-                     f"WorkspaceClass {resolved.klass.name} and its Secrets are readable")
+                     f"{resolved.klass.title} and its Secrets are readable")
     status.hostname = scope.label
     status.wake_handled = intent.wake_handled
     if intent.woke:

@@ -32,7 +32,7 @@ from .emulator import (
     Reply,
     Request,
 )
-from .emulator.auth import bearer_token
+from .emulator.auth import bearer_token, known_token
 from .hetzner_api import HetznerApi, endpoint_key
 from .hetzner_errors import STATUS_CODES, ApiError, error_body
 from .hetzner_state import CloudState
@@ -63,6 +63,9 @@ class HetznerEmulator(EmulatorBase):
         self.state.action_seconds = action_seconds
         self.state.linger_deletes = linger_deletes
         self.api = HetznerApi(self.state)
+        # A token belongs to one project, as at Hetzner: the first token's is `state`;
+        # add_project makes more, each seeing only its own servers, firewalls and keys.
+        self._projects: dict[str, HetznerApi] = {token: self.api}
         super().__init__(host=host, port=port, routes=self.api.routes, faults=FaultInjector(),
                          limiter=RateLimiter(rate_limit, rate_limit / rate_refill_per_second,
                                              continuous=True, clock=rate_clock))
@@ -87,6 +90,22 @@ class HetznerEmulator(EmulatorBase):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # -- projects --------------------------------------------------------------------
+    def add_project(self, token: str) -> None:
+        """A further project whose API token is `token` (another tenant's account). It
+        takes the timing knobs as they are now and the same address allocator."""
+        if token in self._projects:
+            raise ValueError("that token already has a project")
+        state = CloudState(self._scheduler, self._hooks, lambda: self.state.ip_allocator(),
+                           id_block=len(self._projects))
+        for knob in ("boot_seconds", "delete_seconds", "action_seconds", "linger_deletes"):
+            setattr(state, knob, getattr(self.state, knob))
+        self._projects[token] = HetznerApi(state)
+
+    def project_servers(self, token: str) -> dict[int, dict[str, Any]]:
+        """`servers` of the project `token` belongs to."""
+        return self._projects[token].state.snapshots()
 
     # -- simulation knobs ------------------------------------------------------------
     @property
@@ -185,8 +204,8 @@ class HetznerEmulator(EmulatorBase):
         return endpoint_key(method, path)
 
     def authenticate(self, authorization: str | None) -> str:
-        token = bearer_token(authorization) or ""
-        if not secrets.compare_digest(token.encode(), self.token.encode()):
+        token = known_token(bearer_token(authorization), tuple(self._projects))
+        if token is None:
             raise ApiError(401, "unauthorized", "unable to authenticate")
         return token
 
@@ -219,7 +238,10 @@ class HetznerEmulator(EmulatorBase):
         return ApiError(500, "server_error", "internal error in the emulator")
 
     def call(self, match: Match, request: Request) -> Reply:
-        status, payload = self.api.call(match, request.method, request.query, request.body)
+        api = self._projects.get(request.token or "", self.api)
+        if api is not self.api:  # the same route, bound to that project's handlers
+            match = api.routes.match(request.method, request.path)
+        status, payload = api.call(match, request.method, request.query, request.body)
         return Reply(status, payload)
 
     def extra_headers(self) -> dict[str, str]:

@@ -66,7 +66,7 @@ class _Server:
 
 class CloudState:
     def __init__(self, scheduler: Scheduler, hooks: HookDispatcher,
-                 ip_allocator: Callable[[], str] | None = None) -> None:
+                 ip_allocator: Callable[[], str] | None = None, id_block: int = 0) -> None:
         self.lock = threading.RLock()
         self.boot_seconds = 1.0
         self.delete_seconds = 0.5
@@ -78,11 +78,13 @@ class CloudState:
         self._servers: dict[int, _Server] = {}
         self._actions: dict[int, dict[str, Any]] = {}
         self._ssh_keys: dict[int, dict[str, Any]] = {}
-        # Disjoint id ranges, so mixing up a server id and an action id shows up as 404.
-        self._server_ids = itertools.count(10_000_001)
-        self._action_ids = itertools.count(500_000_001)
-        self._ip_ids = itertools.count(80_000_001)
-        self._key_ids = itertools.count(2_000_001)
+        # Disjoint id ranges, so mixing up a server id and an action id shows up as 404;
+        # each project of one emulator its own block, as ids are global at Hetzner.
+        block = id_block * 100_000
+        self._server_ids = itertools.count(10_000_001 + block)
+        self._action_ids = itertools.count(500_000_001 + block)
+        self._ip_ids = itertools.count(80_000_001 + block)
+        self._key_ids = itertools.count(2_000_001 + block)
         # Called with a server's id once it is gone (e.g. firewalls drop it).
         self.delete_listeners: list[Callable[[int], None]] = []
 
