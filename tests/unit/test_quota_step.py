@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from agentspaces.api.enums import Phase, Reason
 from agentspaces.api.enums import ConditionType as T
+from agentspaces.api.enums import Phase, Reason
 from agentspaces.kube import KubeError
 from agentspaces.quota_gate import QuotaGate
 from agentspaces.reconcile import workspace
