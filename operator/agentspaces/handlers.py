@@ -22,10 +22,10 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from agentspaces import agent_watch, metrics, peering
-from agentspaces.api.model import GROUP, VERSION
+from agentspaces.api.model import GROUP, OPERATOR_FINALIZER, VERSION
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import KubernetesApi
-from agentspaces.reconcile import workspace
+from agentspaces.reconcile import class_protection, workspace
 from agentspaces.reconcile.outcome import Outcome
 from agentspaces.reconcile.scope import Visit
 from agentspaces.reconcile.status import StatusDraft
@@ -33,7 +33,7 @@ from agentspaces.runtime import Runtime
 from agentspaces.settings import OperatorSettings
 
 RESOURCE = (GROUP, VERSION, "workspaces")
-FINALIZER = f"{GROUP}/finalizer"
+FINALIZER = OPERATOR_FINALIZER
 # Kopf ignores every annotation under its storage prefix when diffing, so its
 # bookkeeping lives under a sub-domain and user annotations such as
 # agentspaces.dev/wake still trigger a reconcile.
@@ -204,6 +204,19 @@ async def workspace_agent_watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.
     await agent_watch.watch(uid, agent=lambda: rt.watchable_agent(uid), reconcile=reconcile,
                             coverage=rt.watch_coverage, bound=SETTINGS.poll_interval,
                             stopped=stopped)
+
+
+@kopf.on.delete(GROUP, VERSION, "namespacedworkspaceclasses")
+async def namespaced_class_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A tenant's class goes only once no Workspace names it, and lets go of its
+    Secrets then (reconcile/class_protection.py): deleting a namespace must not take the
+    credentials its Workspaces' servers are deleted with."""
+    rt = runtime_of(memo)
+    meta = body.get("metadata") or {}
+    waiting = await class_protection.release(rt.kube, meta.get("namespace", ""),
+                                             meta.get("name", ""), body.get("spec"))
+    if waiting is not None:
+        raise kopf.TemporaryError(waiting, delay=SETTINGS.poll_interval)
 
 
 @kopf.on.delete(*RESOURCE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +53,7 @@ class SecretData:
     uid: str = ""
     not_text: tuple[str, ...] = ()
     """Keys whose values are not UTF-8 text: left out of `data`, never decoded."""
+    finalizers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class KubePort(Protocol):
     async def namespace_labels(self, name: str) -> Mapping[str, str] | None: ...
     async def create_secret(self, namespace: str, name: str, data: Mapping[str, str],
                             owner: Owner | None, labels: Mapping[str, str],
-                            annotations: Mapping[str, str] | None = None) -> SecretData: ...
+                            annotations: Mapping[str, str] | None = None,
+                            finalizers: Sequence[str] = ()) -> SecretData: ...
     async def replace_secret_data(self, namespace: str, name: str,
                                   data: Mapping[str, str]) -> None: ...
     async def release_secret(self, namespace: str, name: str, owner_uid: str,
@@ -101,6 +103,8 @@ class KubePort(Protocol):
                             ) -> bool: ...
     async def delete_lease(self, namespace: str, current: LeaseData) -> None: ...
     async def list_workspaces(self, namespace: str) -> list[Mapping[str, Any]]: ...
+    async def set_secret_finalizers(self, namespace: str, name: str, current: SecretData,
+                                    finalizers: Sequence[str]) -> None: ...
     async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]: ...
     async def patch_workspace_quota_status(self, namespace: str, name: str,
                                            patch: Mapping[str, Any]) -> None: ...
@@ -122,7 +126,8 @@ def _decode(secret: client.V1Secret) -> SecretData:
                       owner_uids=tuple(ref.uid for ref in refs),
                       labels=dict(secret.metadata.labels or {}),
                       annotations=dict(secret.metadata.annotations or {}), owners=refs,
-                      uid=secret.metadata.uid or "", not_text=tuple(sorted(not_text)))
+                      uid=secret.metadata.uid or "", not_text=tuple(sorted(not_text)),
+                      finalizers=tuple(secret.metadata.finalizers or ()))
 
 
 def _lease(lease: client.V1Lease) -> LeaseData:
@@ -236,11 +241,13 @@ class KubernetesApi:
 
     async def create_secret(self, namespace: str, name: str, data: Mapping[str, str],
                             owner: Owner | None, labels: Mapping[str, str],
-                            annotations: Mapping[str, str] | None = None) -> SecretData:
+                            annotations: Mapping[str, str] | None = None,
+                            finalizers: Sequence[str] = ()) -> SecretData:
         body = client.V1Secret(
             metadata=client.V1ObjectMeta(
                 name=name, namespace=namespace, labels=dict(labels),
                 annotations=dict(annotations) if annotations else None,
+                finalizers=list(finalizers) or None,
                 owner_references=[owner.reference()] if owner else None),
             type="Opaque", data=_encode(data))
         try:
@@ -348,6 +355,20 @@ class KubernetesApi:
         found = await self._run(self._custom.list_namespaced_custom_object, GROUP, VERSION,
                                 namespace, "workspaces")
         return list(found.get("items") or [])
+
+    async def set_secret_finalizers(self, namespace: str, name: str, current: SecretData,
+                                    finalizers: Sequence[str]) -> None:
+        """Replace a Secret's finalizers, only if it is still the version `current` was
+        read at (a JSON patch testing resourceVersion: another writer's finalizer is never
+        dropped); a Secret already gone is left alone."""
+        ops = [{"op": "test", "path": "/metadata/resourceVersion",
+                "value": current.resource_version},
+               {"op": "add", "path": "/metadata/finalizers", "value": list(finalizers)}]
+        try:
+            await self._run(self._core.patch_namespaced_secret, name, namespace, ops)
+        except KubeError as err:
+            if err.status != 404:
+                raise
 
     async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]:
         """The namespace's WorkspaceQuotas; none when the CRD is not installed (404)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -439,6 +439,17 @@ class FakeKube:
         self.calls.log("list_workspaces", namespace)
         return [w for (ns, _), w in self.workspaces.items() if ns == namespace]
 
+    async def set_secret_finalizers(self, namespace: str, name: str, current: SecretData,
+                                    finalizers: Sequence[str]) -> None:
+        self.calls.log("set_secret_finalizers", namespace, name, tuple(finalizers))
+        stored = self.secrets.get((namespace, name))
+        if stored is None:
+            return
+        if stored.resource_version != current.resource_version:
+            raise KubeError(422, "the resourceVersion test failed")
+        self.secrets[(namespace, name)] = replace(stored, finalizers=tuple(finalizers),
+                                                  resource_version=self._version())
+
     async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]:
         self.calls.log("list_workspace_quotas", namespace)
         return [q for (ns, _), q in self.quotas.items() if ns == namespace]
@@ -465,13 +476,15 @@ class FakeKube:
 
     async def create_secret(self, namespace: str, name: str, data: Mapping[str, str],
                             owner: Owner | None, labels: Mapping[str, str],
-                            annotations: Mapping[str, str] | None = None) -> SecretData:
+                            annotations: Mapping[str, str] | None = None,
+                            finalizers: Sequence[str] = ()) -> SecretData:
         self.calls.log("create_secret", namespace, name)
         existing = self.secrets.get((namespace, name))
         if existing is not None:
             return existing  # the adapter reads the existing one back on 409
         secret = self.add_secret(namespace, name, data, labels=labels, owner=owner)
-        secret = replace(secret, annotations=dict(annotations or {}))
+        secret = replace(secret, annotations=dict(annotations or {}),
+                         finalizers=tuple(finalizers))
         self.secrets[(namespace, name)] = secret
         return secret
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from agentspaces.api.enums import ConditionType, Phase, Reason
+from agentspaces.api.model import IN_USE_FINALIZER
 from agentspaces.clouds.errors import ErrorKind
 from agentspaces.clouds.r2 import (
     CompletedPart,
@@ -27,6 +28,7 @@ from agentspaces.reconcile import backup_step
 from agentspaces.reconcile.credentials import ResolvedCredentials
 from agentspaces.reconcile.outcome import Wait
 from agentspaces.reconcile.scope import Scope
+from agentspaces.reconcile.secret_ownership import release_kept
 from agentspaces.runtime import Runtime, StoreAdapter
 from agentspaces_vm.contracts import (
     BackupJob,
@@ -210,6 +212,24 @@ async def test_the_data_key_is_made_once_and_opened_after() -> None:
     created = [c for c in world.builder.kube.calls.only(["create_secret"])
                if c.args == KEY_SECRET]
     assert len(created) == 1
+    # Kept until its Workspace's cleanup ends: a namespace being deleted must not take it
+    # before the last backup is encrypted with it.
+    assert secret.finalizers == (IN_USE_FINALIZER,)
+
+
+async def test_the_kept_secrets_are_let_go_when_the_cleanup_ends() -> None:
+    world = World(on_delete="Retain")
+    world.builder.with_status(None)
+    await world.step(backup_step.prepare)
+    kube = world.builder.kube
+    kube.add_secret("team-a", "demo-agent", {"token": "t"}, owner=world.scope().owner)
+    kube.secrets[("team-a", "demo-agent")] = replace(kube.secrets[("team-a", "demo-agent")],
+                                                    finalizers=(IN_USE_FINALIZER, "x/y"))
+    await release_kept(world.builder.visit())
+    assert kube.secrets[KEY_SECRET].finalizers == ()
+    assert kube.secrets[("team-a", "demo-agent")].finalizers == ("x/y",)  # not ours: kept
+    await release_kept(world.builder.visit())  # nothing left to take: no write
+    assert len(kube.calls.only(["set_secret_finalizers"])) == 2
 
 
 async def test_a_stop_backs_up_then_lets_the_server_go() -> None:

@@ -20,6 +20,7 @@ from agentspaces.api.model import (
 from agentspaces.api.types import WorkspaceClass
 from agentspaces.class_inputs import ClassInputs
 from agentspaces.clouds.hetzner import LABEL_CLASS
+from agentspaces.reconcile.class_protection import OPERATOR_FINALIZER
 from agentspaces.reconcile.credentials import CredentialsProblem, ResolvedCredentials, resolve
 from agentspaces.reconcile.firewall_step import firewall_name
 from tests.support.clock import WallClock
@@ -208,7 +209,8 @@ async def test_a_server_of_a_namespaced_class_carries_the_class_with_its_namespa
     world.kube.add_secret("team-a", "hcloud", {"token": "hz-a"})
     world.kube.add_secret("team-a", "cloudflare", {"token": "cf-a"})
     world.kube.namespaced_classes[("team-a", "standard")] = {
-        "kind": NSWC, "metadata": {"name": "standard", "namespace": "team-a"},
+        "kind": NSWC, "metadata": {"name": "standard", "namespace": "team-a",
+                                   "finalizers": [OPERATOR_FINALIZER]},
         "spec": {**world.class_spec, "dns": {**world.class_spec["dns"]}}}
     del world.kube.classes["standard"]
     world.with_spec(classKind=NSWC)

@@ -39,6 +39,10 @@ from agentspaces.api.durations import parse_duration
 
 GROUP = "agentspaces.dev"
 VERSION = "v1alpha1"
+OPERATOR_FINALIZER = f"{GROUP}/finalizer"
+"""Kopf's finalizer on Workspaces and NamespacedWorkspaceClasses (handlers.py)."""
+IN_USE_FINALIZER = f"{GROUP}/in-use"
+"""On a Secret a cleanup needs: kept until the Workspaces using it are gone."""
 API_VERSION = f"{GROUP}/{VERSION}"
 
 # Go-style durations as accepted by CEL's duration(): "90s", "30m", "1h30m".

@@ -30,6 +30,7 @@ from agentspaces.reconcile import restore_source
 from agentspaces.reconcile.outcome import Outcome, Wait, cloud_failure
 from agentspaces.reconcile.scope import Scope
 from agentspaces.reconcile.secret_ownership import (
+    KEPT_UNTIL_FINALIZED,
     RETAINED_LABEL,
     Ownership,
     ours_or_none,
@@ -225,7 +226,7 @@ async def ensure_data_key(scope: Scope) -> keys.DataKey | None:
         data_key, wrapped = keys.create_data_key(class_key)
         await scope.runtime.kube.create_secret(
             scope.ref.namespace, name, keys.encode_key_secret(wrapped), scope.owner,
-            workspace_labels(scope, KEY_SUFFIX))
+            workspace_labels(scope, KEY_SUFFIX), finalizers=KEPT_UNTIL_FINALIZED)
         return data_key
     try:
         return await _open_data_key(scope, name, secret.data)
@@ -268,7 +269,8 @@ async def _adopt_retained_key(scope: Scope, name: str, source: str) -> keys.Data
     assert retained is not None
     await kube.create_secret(scope.ref.namespace, name, dict(retained.data), scope.owner,
                              workspace_labels(scope, KEY_SUFFIX),
-                             {"agentspaces.dev/copied-from": source})
+                             {"agentspaces.dev/copied-from": source},
+                             finalizers=KEPT_UNTIL_FINALIZED)
     _restore_section(scope).prefix = checked.prefix
     scope.emit("Normal", "RetainedBackupAdopted",
                f"will restore the retained backups under {checked.prefix}")

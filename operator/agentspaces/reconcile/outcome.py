@@ -54,6 +54,8 @@ class Wait:
     NEXT_SECOND = 1.0
     """Wait out this second: backup ids and status times have second resolution, so a
     stop or a backup cannot be told apart from one begun earlier in the same second."""
+    CLASS_PROTECTED = 1.0
+    """A tenant's class or its Secrets are not yet kept from deletion (class_protection)."""
     HOST_TAKEN = 300.0
     HOST_CONTENDED = 5.0
     USER_DATA_TOO_LARGE_POLLS = 10

@@ -20,7 +20,11 @@ from agentspaces.api.share_links import KEY_FIELD, SESSION_KEY_FIELD
 from agentspaces.kube import SecretData
 from agentspaces.pki import AgentCredentials, generate
 from agentspaces.reconcile.scope import Scope
-from agentspaces.reconcile.secret_ownership import ours_or_none, workspace_labels
+from agentspaces.reconcile.secret_ownership import (
+    KEPT_UNTIL_FINALIZED,
+    ours_or_none,
+    workspace_labels,
+)
 from agentspaces.reconcile.share_link_step import reconcile as act_on_share_links
 from agentspaces_vm.password_hash import hash_password
 from agentspaces_vm.share_links import decode_key, new_key
@@ -119,7 +123,8 @@ async def ensure_agent_credentials(scope: Scope) -> AgentCredentials:
     creds = generate(scope.host, scope.runtime.clock())
     if secret is None:
         created = await kube.create_secret(scope.ref.namespace, name, creds.to_secret_data(),
-                                           scope.owner, workspace_labels(scope, "agent"))
+                                           scope.owner, workspace_labels(scope, "agent"),
+                                           finalizers=KEPT_UNTIL_FINALIZED)
         return AgentCredentials.from_secret_data(dict(created.data))
     await kube.replace_secret_data(scope.ref.namespace, name, creds.to_secret_data())
     return creds
@@ -148,7 +153,8 @@ async def credentials_for_new_server(scope: Scope) -> AgentCredentials:
     data = {**creds.to_secret_data(), SERVER_KEY: ""}
     if secret is None:
         await kube.create_secret(scope.ref.namespace, name, data, scope.owner,
-                                 workspace_labels(scope, "agent"))
+                                 workspace_labels(scope, "agent"),
+                                 finalizers=KEPT_UNTIL_FINALIZED)
     else:
         await kube.replace_secret_data(scope.ref.namespace, name, data)
     return creds

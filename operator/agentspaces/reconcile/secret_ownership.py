@@ -13,15 +13,46 @@ and reports `SecretConflict` instead.
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 
-from agentspaces.kube import SecretData
+from agentspaces.api.model import IN_USE_FINALIZER
+from agentspaces.kube import KubeError, SecretData
 from agentspaces.reconcile.scope import Visit
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "agentspaces")
 WORKSPACE_LABEL = "agentspaces.dev/workspace"
 ROLE_LABEL = "agentspaces.dev/role"
 RETAINED_LABEL = "agentspaces.dev/retained"
+KEPT_UNTIL_FINALIZED = (IN_USE_FINALIZER,)
+"""On the Secrets a last backup needs (the agent's credentials `-agent`, the data key
+`-backup-key`): deleting a namespace deletes them alongside its Workspaces, which still
+have to reach their agents and encrypt their backups. `release_kept` lets them go as
+the Workspace's cleanup ends."""
+KEPT_SUFFIXES = ("agent", "backup-key")
+log = logging.getLogger(__name__)
+
+
+async def release_kept(visit: Visit) -> None:
+    """The Workspace is done with its Secrets: take `KEPT_UNTIL_FINALIZED` off them (a
+    Secret it released with `Retain` included), so they go with it or stay as kept.
+    Without the right to read Secrets in its namespace the operator never made any
+    there, so a refusal (403) is not waited on."""
+    kube = visit.runtime.kube
+    for suffix in KEPT_SUFFIXES:
+        name = visit.secret_name(suffix)
+        try:
+            current = await kube.read_secret(visit.ref.namespace, name)
+        except KubeError as err:
+            if err.status != 403:
+                raise
+            log.warning("cannot read Secret %s/%s to let it go: %s", visit.ref.namespace,
+                        name, err.status)
+            return
+        if current is not None and IN_USE_FINALIZER in current.finalizers:
+            await kube.set_secret_finalizers(
+                visit.ref.namespace, name, current,
+                [f for f in current.finalizers if f != IN_USE_FINALIZER])
 
 
 class Ownership(Enum):

@@ -19,12 +19,14 @@ from agentspaces.reconcile import (
     backup_step,
     class_access_step,
     class_policy,
+    class_protection,
     dns_step,
     firewall_step,
     host_claim,
     owned_secrets,
     prestop_step,
     quota_step,
+    secret_ownership,
     server_step,
     vm_cost,
 )
@@ -88,6 +90,10 @@ async def _reconcile(visit: Visit) -> Outcome:
         refused = await class_access_step.refused(scope)
         if refused is not None:
             return refused
+        # A tenant's class and its Secrets stay until the server is gone again.
+        unprotected = await class_protection.hold(scope)
+        if unprotected is not None:
+            return unprotected
     if not _class_allows(scope, intent.running):
         # No cloud call was made: check again at the poll, e.g. for a relaxed class.
         return Outcome.after(scope.runtime.settings.poll_interval,
@@ -113,7 +119,15 @@ async def _reconcile(visit: Visit) -> Outcome:
 
 
 async def finalize(visit: Visit) -> Outcome:
-    """Tear everything down; the finalizer is released when this returns done."""
+    """Tear everything down; the finalizer is released when this returns done, after
+    the Secrets kept for the cleanup are let go."""
+    outcome = await _finalize(visit)
+    if outcome.requeue is None:
+        await secret_ownership.release_kept(visit)
+    return outcome
+
+
+async def _finalize(visit: Visit) -> Outcome:
     status = visit.status
     resolved = await resolve(visit.runtime.kube, visit.spec_raw, visit.ref.namespace,
                              visit.runtime.settings.namespace, for_cleanup=True,
