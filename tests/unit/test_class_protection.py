@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from agentspaces.api.enums import Phase
-from agentspaces.kube import KubeError
+from agentspaces.kube import KubeError, Owner
 from agentspaces.reconcile import class_protection, workspace
 from agentspaces.reconcile.class_protection import IN_USE, OPERATOR_FINALIZER
 from tests.support.fakes import FakeKube
@@ -189,3 +189,23 @@ async def test_a_namespace_whose_secrets_the_operator_may_not_read_does_not_bloc
     b.kube.read_secret = refused  # type: ignore[method-assign]
     outcome = await workspace.finalize(b.visit())
     assert outcome.requeue is None
+
+
+async def test_a_stale_kept_secret_of_a_force_removed_namesake_is_let_go_then_replaced(
+) -> None:
+    b = ScopeBuilder()
+    stale = Owner(api_version="agentspaces.dev/v1alpha1", kind="Workspace", name="demo",
+                  uid="uid-of-a-deleted-namesake")
+    b.kube.add_secret("team-a", "demo-agent", {"token": "old"}, owner=stale, labels={
+        "app.kubernetes.io/managed-by": "agentspaces", "agentspaces.dev/workspace": "demo",
+        "agentspaces.dev/role": "agent"})
+    b.kube.secrets[("team-a", "demo-agent")] = replace(
+        b.kube.secrets[("team-a", "demo-agent")], finalizers=(IN_USE, "x/y"))
+    await run(b)
+    calls = [(c.method, c.args[:2]) for c in b.kube.calls
+             if c.method in ("set_secret_finalizers", "delete_secret")
+             and c.args[:2] == ("team-a", "demo-agent")]
+    assert calls[:2] == [("set_secret_finalizers", ("team-a", "demo-agent")),
+                         ("delete_secret", ("team-a", "demo-agent"))]
+    assert b.kube.calls.only(["set_secret_finalizers"])[0].args[2] == ("x/y",)
+    assert b.kube.secrets[("team-a", "demo-agent")].owner_uids == (b.uid,)

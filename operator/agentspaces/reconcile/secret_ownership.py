@@ -112,5 +112,8 @@ async def ours_or_none(scope: Visit, name: str, role: str) -> SecretData | None:
         return secret
     if owned is Ownership.FOREIGN:
         raise SecretConflict(name, why_foreign(scope, secret))
+    if IN_USE_FINALIZER in secret.finalizers:  # its Workspace was removed by force
+        await kube.set_secret_finalizers(scope.ref.namespace, name, secret,
+                                         [f for f in secret.finalizers if f != IN_USE_FINALIZER])
     await kube.delete_secret(scope.ref.namespace, name, uid=secret.uid or None)
     return None
