@@ -10,8 +10,9 @@ request.
 What is not kept: anything not found or unreadable (a class or Secret created after
 its Workspace is seen at the next visit), and the Secrets a Workspace owns, which the
 operator writes itself and reads through the port directly. A `fresh` read (the first
-reconcile after a change to the Workspace) always goes to the apiserver and refreshes
-the entry, so a class edited just before its workspace is applied is never served old.
+reconcile after a change to the Workspace, and any start or stop) always goes to the
+apiserver and refreshes the entry, so a class edited just before its workspace is
+applied or restarted is never served old.
 """
 
 from __future__ import annotations

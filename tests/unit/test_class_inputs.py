@@ -172,3 +172,14 @@ async def test_a_running_workspaces_poll_reads_its_class_only_when_fresh(
     expected = 2 if fresh_inputs else 1
     assert class_reads["get_workspace_class"] == expected
     assert len(operator_secrets) == 2 * expected
+
+
+async def test_a_start_or_a_stop_reads_the_class_afresh_even_from_a_poll() -> None:
+    b = ScopeBuilder()
+    await run(b)
+    b.clear_calls()
+    await b.reconcile(fresh_inputs=False)  # running, staying so: what the run read
+    assert _reads(b.kube, "get_workspace_class") == 0
+    b.with_spec(running=False)
+    await b.reconcile(fresh_inputs=False)  # a stop begins: read afresh
+    assert _reads(b.kube, "get_workspace_class") == 1

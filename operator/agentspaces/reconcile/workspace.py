@@ -72,9 +72,13 @@ async def _reconcile(visit: Visit) -> Outcome:
         status.wake_handled = intent.wake_handled
         return Outcome.done()
 
+    # A start or a stop reads the class and its Secrets afresh (a class edited just
+    # before a restart shapes the new server); only the polls of a workspace that stays
+    # as it is reuse what was read moments ago.
+    fresh = visit.fresh_inputs or intent.running != status.has_server
     resolved = await resolve(visit.runtime.kube, visit.spec_raw, visit.ref.namespace,
                              visit.runtime.settings.namespace, for_cleanup=not intent.running,
-                             shared=visit.runtime.class_inputs, fresh=visit.fresh_inputs)
+                             shared=visit.runtime.class_inputs, fresh=fresh)
     if isinstance(resolved, CredentialsProblem):
         return _credentials_missing(visit, resolved)
     scope = Scope.resolved(visit, resolved)
