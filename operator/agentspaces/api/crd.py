@@ -262,16 +262,20 @@ def workspace_crd() -> Schema:
     )
 
 
+# Both class kinds print the same columns.
+CLASS_COLUMNS = [
+    {"name": "Zone", "type": "string", "jsonPath": ".spec.dns.zoneName"},
+    {"name": "Server", "type": "string", "jsonPath": ".spec.server.type"},
+    {"name": "Location", "type": "string", "jsonPath": ".spec.server.location"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
 def workspace_class_crd() -> Schema:
     return _crd(
         "WorkspaceClass", "workspaceclasses", "Cluster", ["wsc"],
         object_schema(WorkspaceClassSpecModel), object_schema(WorkspaceClassStatus),
-        [
-            {"name": "Zone", "type": "string", "jsonPath": ".spec.dns.zoneName"},
-            {"name": "Server", "type": "string", "jsonPath": ".spec.server.type"},
-            {"name": "Location", "type": "string", "jsonPath": ".spec.server.location"},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ],
+        CLASS_COLUMNS,
     )
 
 
@@ -280,12 +284,7 @@ def namespaced_workspace_class_crd() -> Schema:
     return _crd(
         NAMESPACED_CLASS_KIND, "namespacedworkspaceclasses", "Namespaced", ["nwsc"],
         object_schema(NamespacedWorkspaceClassSpecModel), object_schema(WorkspaceClassStatus),
-        [
-            {"name": "Zone", "type": "string", "jsonPath": ".spec.dns.zoneName"},
-            {"name": "Server", "type": "string", "jsonPath": ".spec.server.type"},
-            {"name": "Location", "type": "string", "jsonPath": ".spec.server.location"},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ],
+        CLASS_COLUMNS,
     )
 
 
