@@ -206,11 +206,18 @@ def test_two_tenants_with_their_own_accounts_never_touch_each_other(
         refused = _until(kubectl, "a1", a.namespace, "WrongKey",
                          lambda w: _reason(w, "BackupRestored") == "WrongKey")
         assert "server" not in refused["status"]
+        assert len(_names(clouds, a)) == 1  # a2 only: a1 got no server
+        # a1 is stopped before A's own key comes back, or its retried start would
+        # (rightly) succeed with it.
+        _running(kubectl, "a1", a.namespace, False)
+        _until(kubectl, "a1", a.namespace, "a1's stop seen",
+               lambda w: w["status"].get("observedGeneration") == w["metadata"]["generation"]
+               and w["status"].get("phase") == "Stopped")
         kubectl.apply(_key_secret(a, a.key))
         _running(kubectl, "b1", b.namespace, True)
         b1 = _server_ready(kubectl, "b1", b.namespace)
         assert _reason(b1, "BackupRestored") != "WrongKey"
-        assert len(_names(clouds, a)) == 1  # a2 only: a1 got no server
+        assert len(_names(clouds, a)) == 1  # still a2 only
 
         # What a cleanup needs is kept while in use: the class by the operator's
         # finalizer, its Secrets and each workspace's agent and data-key Secrets by
