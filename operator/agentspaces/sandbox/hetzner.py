@@ -1,8 +1,8 @@
 """Hetzner Cloud API emulator: a local HTTP server that speaks enough of the real v1 API
 for the `hcloud` library (servers, actions, server types, locations, data centers,
-images, pricing, SSH keys, firewalls), with the real error bodies, pagination, per-token
-rate limiting, runtime fault injection, per-endpoint call counters and hooks for
-simulated VMs.
+images and snapshots, pricing, SSH keys, firewalls), with the real error bodies,
+pagination, per-token rate limiting, runtime fault injection, per-endpoint call counters
+and hooks for simulated VMs.
 
     with HetznerEmulator(token="t", boot_seconds=0.2) as emu:
         client = hcloud.Client(token="t", api_endpoint=emu.url)
@@ -99,13 +99,18 @@ class HetznerEmulator(EmulatorBase):
             raise ValueError("that token already has a project")
         state = CloudState(self._scheduler, self._hooks, lambda: self.state.ip_allocator(),
                            id_block=len(self._projects))
-        for knob in ("boot_seconds", "delete_seconds", "action_seconds", "linger_deletes"):
+        for knob in ("boot_seconds", "delete_seconds", "action_seconds", "linger_deletes",
+                     "snapshot_seconds", "snapshot_size_gb"):
             setattr(state, knob, getattr(self.state, knob))
         self._projects[token] = HetznerApi(state)
 
     def project_servers(self, token: str) -> dict[int, dict[str, Any]]:
         """`servers` of the project `token` belongs to."""
         return self._projects[token].state.snapshots()
+
+    def project_images(self, token: str) -> dict[int, dict[str, Any]]:
+        """`images` of the project `token` belongs to."""
+        return self._projects[token].images.own()
 
     # -- simulation knobs ------------------------------------------------------------
     @property
@@ -142,6 +147,26 @@ class HetznerEmulator(EmulatorBase):
         self.state.action_seconds = value
 
     @property
+    def snapshot_seconds(self) -> float:
+        """How long a create_image action runs (the image is creating meanwhile);
+        `action_seconds` until set."""
+        seconds = self.state.snapshot_seconds
+        return self.state.action_seconds if seconds is None else seconds
+
+    @snapshot_seconds.setter
+    def snapshot_seconds(self, value: float) -> None:
+        self.state.snapshot_seconds = value
+
+    @property
+    def snapshot_size_gb(self) -> float:
+        """The image_size (GB) a finished snapshot reports."""
+        return self.state.snapshot_size_gb
+
+    @snapshot_size_gb.setter
+    def snapshot_size_gb(self, value: float) -> None:
+        self.state.snapshot_size_gb = value
+
+    @property
     def ip_allocator(self) -> Callable[[], str]:
         return self.state.ip_allocator
 
@@ -159,6 +184,12 @@ class HetznerEmulator(EmulatorBase):
         """Snapshot: server id -> API representation plus "user_data" and
         "ssh_key_ids". Deleted servers are gone from it."""
         return self.state.snapshots()
+
+    @property
+    def images(self) -> dict[int, dict[str, Any]]:
+        """Snapshot: image id -> API representation of the project's own images
+        (snapshots and backups; not the system catalogue)."""
+        return self.api.images.own()
 
     def server(self, server_id: int) -> dict[str, Any] | None:
         return self.servers.get(server_id)

@@ -12,6 +12,7 @@ from . import hetzner_catalog as catalog
 from .emulator import Match, RouteTable, ascii_int
 from .hetzner_errors import ApiError, invalid_input, not_found
 from .hetzner_firewalls import FirewallBook
+from .hetzner_images import ImageBook
 from .hetzner_labels import label_errors, parse_selector
 from .hetzner_state import POWER_ACTIONS, CloudState, ServerSpec
 
@@ -105,6 +106,8 @@ class HetznerApi:
         self.state = state
         self.firewalls = FirewallBook(state)
         state.delete_listeners.append(self.firewalls.forget_server)
+        self.images = ImageBook(state)
+        state.delete_listeners.append(self.images.forget_server)
         self.routes = RouteTable()
         add = self.routes.add
         add("/servers", GET=self.list_servers, POST=self.create_server)
@@ -116,6 +119,7 @@ class HetznerApi:
         add("/servers/{id:int}/actions/{action_id:int}", GET=self.get_server_action)
         add(f"/servers/{{id:int}}/actions/{{verb:{'|'.join(POWER_ACTIONS)}}}",
             POST=self.power_action)
+        add("/servers/{id:int}/actions/create_image", POST=self.create_image)
         add("/actions", GET=self.list_actions)
         add("/actions/{id:int}", GET=self.get_action)
         add("/server_types", GET=self.list_server_types)
@@ -124,7 +128,9 @@ class HetznerApi:
         add("/locations/{id:int}", GET=self.get_location)
         add("/datacenters", GET=self.list_datacenters)
         add("/images", GET=self.list_images)
-        add("/images/{id:int}", GET=self.get_image)
+        add("/images/{id:int}", GET=self.get_image, PUT=self.update_image,
+            DELETE=self.delete_image)
+        add("/images/{id:int}/actions/change_protection", POST=self.change_image_protection)
         add("/pricing", GET=self.get_pricing)
         add("/firewalls", GET=self.list_firewalls, POST=self.create_firewall)
         add("/firewalls/{id:int}", GET=self.get_firewall, PUT=self.update_firewall,
@@ -177,11 +183,13 @@ class HetznerApi:
         location = self._location(body, errors)
         image = None
         if server_type is not None:
-            image = catalog.find_image(body["image"], server_type.architecture)
+            image = self.images.for_server(body["image"], server_type.architecture)
             if image is None:
                 errors["image"] = [f"image {body['image']!r} not found"]
             elif image["architecture"] != server_type.architecture:
                 errors["image"] = ["image architecture does not match the server type"]
+            elif image["disk_size"] > server_type.disk:
+                errors["image"] = ["image disk is bigger than the server type's disk"]
         labels = body.get("labels") or {}
         if label_errors(labels):
             errors["labels"] = label_errors(labels)
@@ -305,20 +313,36 @@ class HetznerApi:
         items = _filter_common(catalog.datacenter_dicts(), query)
         return paginate(items, query, "datacenters")
 
+    # -- images --------------------------------------------------------------------
     def list_images(self, *, query: Query) -> Result:
-        items = _filter_common(catalog.image_dicts(), query)
+        items = _filter_common(self.images.all(), query)
         for name in ("type", "status"):
             if name in query:
                 items = [i for i in items if i[name] in query[name]]
         if "architecture" in query:
             items = [i for i in items if i["architecture"] == query["architecture"][-1]]
+        if "bound_to" in query:
+            items = [i for i in items if str(i["bound_to"]) in query["bound_to"]]
+        if query.get("include_deprecated", ["false"])[-1].lower() != "true":
+            items = [i for i in items if i["deprecated"] is None]
         return paginate(_sort(items, query, ("id", "name", "created")), query, "images")
 
     def get_image(self, image_id: int, *, query: Query) -> Result:
-        image = next((i for i in catalog.image_dicts() if i["id"] == image_id), None)
-        if image is None:
-            raise not_found("image", image_id)
-        return 200, {"image": image}
+        return 200, {"image": self.images.get(image_id)}
+
+    def update_image(self, image_id: int, *, query: Query, body: dict[str, Any]) -> Result:
+        return 200, {"image": self.images.update(image_id, body)}
+
+    def delete_image(self, image_id: int, *, query: Query) -> Result:
+        self.images.delete(image_id)
+        return 204, None
+
+    def change_image_protection(self, image_id: int, *, query: Query,
+                                body: dict[str, Any]) -> Result:
+        return 201, {"action": self.images.change_protection(image_id, body)}
+
+    def create_image(self, server_id: int, *, query: Query, body: dict[str, Any]) -> Result:
+        return 201, self.images.create(server_id, body)
 
     def get_pricing(self, *, query: Query) -> Result:
         return 200, {"pricing": catalog.pricing_dict()}

@@ -72,6 +72,10 @@ class CloudState:
         self.delete_seconds = 0.5
         self.action_seconds = 0.3
         self.linger_deletes = False
+        # Snapshots (hetzner_images.py): None = as long as a power action.
+        self.snapshot_seconds: float | None = None
+        self.snapshot_size_gb = 2.5
+        self.id_block = id_block
         self.ip_allocator: Callable[[], str] = ip_allocator or self.next_documentation_ip
         self._scheduler = scheduler
         self._hooks = hooks
@@ -284,6 +288,30 @@ class CloudState:
             server.busy_action = None
             server.api["locked"] = False
             self._set_status(server, after)
+
+    def locking_action(self, server_id: int, command: str, seconds: float,
+                       done: Callable[[], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(server, action): an action that locks the server without changing its
+        status (create_image), finished after `seconds`; then `done` runs under the
+        lock. A server that is busy, initializing or deleting is locked."""
+        with self.lock:
+            server = self._require(server_id)
+            if server.busy_action is not None or server.api["status"] in (
+                    "initializing", "deleting"):
+                raise locked("server", server_id)
+            action = self._new_action(command, server_id)
+            server.busy_action = action["id"]
+            server.api["locked"] = True
+
+            def finish() -> None:
+                self._finish_action(action["id"])
+                current = self._servers.get(server_id)
+                if current is not None and current.busy_action == action["id"]:
+                    current.busy_action = None
+                    current.api["locked"] = False
+                done()
+            self._later(seconds, finish)
+            return copy.deepcopy(server.api), copy.deepcopy(action)
 
     # -- actions ---------------------------------------------------------------------
     def get_action(self, action_id: int, server_id: int | None = None) -> dict[str, Any]:
