@@ -38,6 +38,7 @@ from agentspaces.clouds.hetzner import (
     ServerInfo,
     ServerRequest,
 )
+from agentspaces.clouds.hetzner_images import ImageInfo
 from agentspaces.clouds.hetzner_pricing import Money, PriceList
 from agentspaces.kube import KubeError, KubePort, LeaseData, Owner, OwnerRef, SecretData
 from agentspaces_vm.contracts import (
@@ -54,7 +55,8 @@ from agentspaces_vm.contracts import (
     SaveResult,
 )
 
-SERVER_WRITES = frozenset({"create", "delete", "create_firewall", "set_firewall_rules",
+SERVER_WRITES = frozenset({"create", "delete", "create_snapshot", "delete_image",
+                           "create_firewall", "set_firewall_rules",
                            "apply_firewall", "detach_firewall", "delete_firewall"})
 DNS_WRITES = frozenset({"create_record", "update_record", "delete_record"})
 AGENT_WRITES = frozenset({"put_agent_bundle", "put_secrets", "put_config", "start",
@@ -109,6 +111,10 @@ def _resource_in_use(what: str) -> CloudError:
     return hetzner_error(ErrorKind.PERMANENT, "resource_in_use", f"{what} is still in use")
 
 
+def _protected(image_id: int) -> CloudError:
+    return hetzner_error(ErrorKind.PERMANENT, "protected", f"image {image_id} is protected")
+
+
 def _selects(selector: str, labels: Mapping[str, str]) -> bool:
     """Hetzner label selectors as the reconciler writes them: `k=v` and `k`, comma-joined
     (anything else is refused rather than guessed)."""
@@ -140,6 +146,8 @@ class FakeServers:
         self.clock = clock
         self.servers: dict[int, ServerInfo] = {}
         self.firewalls: dict[int, FirewallInfo] = {}
+        self.images: dict[int, ImageInfo] = {}
+        """The project's snapshots."""
         self.calls = CallLog()
         self.user_data: dict[int, str] = {}
         """What each server was created with."""
@@ -172,6 +180,15 @@ class FakeServers:
         for sid, server in self.servers.items():
             if server_id in (None, sid) and server.status == "initializing":
                 self.servers[sid] = replace(server, status="running")
+
+    def finish_snapshots(self, size_gb: float = 2.5) -> None:
+        """Every snapshot still creating becomes available."""
+        for image_id, image in self.images.items():
+            if image.status == "creating":
+                self.images[image_id] = replace(image, status="available", image_size=size_gb)
+
+    def protect_image(self, image_id: int, protected: bool = True) -> None:
+        self.images[image_id] = replace(self.images[image_id], protected=protected)
 
     def delete_out_of_band(self, server_id: int) -> None:
         del self.servers[server_id]
@@ -223,6 +240,11 @@ class FakeServers:
         self._enter("create", request.name)
         if any(s.name == request.name for s in self.servers.values()):
             raise _uniqueness_error(f"server name {request.name}")
+        if request.image.isdigit():  # a snapshot: ours and available, as at Hetzner
+            image = self.images.get(int(request.image))
+            if image is None or not image.available:
+                raise hetzner_error(ErrorKind.PERMANENT, "invalid_input",
+                                    f"image {request.image} not found")
         server = self.add_server(request.name, request.labels, status="initializing")
         server = replace(server, server_type=request.server_type, location=request.location)
         self.servers[server.id] = server
@@ -287,6 +309,35 @@ class FakeServers:
         if current.selectors or current.servers:
             raise _resource_in_use(f"firewall {firewall_id}")
         del self.firewalls[firewall_id]
+
+    # -- ImageProvider (clouds/hetzner_images.py) -------------------------------------
+    async def list_snapshots(self, label_selector: str) -> list[ImageInfo]:
+        self._enter("list_snapshots", label_selector)
+        return [i for _, i in sorted(self.images.items())
+                if _selects(label_selector, i.labels)]
+
+    async def get_image(self, image_id: int) -> ImageInfo | None:
+        self._enter("get_image", image_id)
+        return self.images.get(image_id)
+
+    async def create_snapshot(self, server_id: int, description: str,
+                              labels: Mapping[str, str]) -> ImageInfo:
+        self._enter("create_snapshot", server_id, description)
+        if server_id not in self.servers:
+            raise hetzner_error(ErrorKind.NOT_FOUND, "not_found",
+                                f"server with ID '{server_id}' not found")
+        image = ImageInfo(id=next(self._ids), description=description, status="creating",
+                          labels=dict(labels), image_size=None, disk_size=40.0,
+                          created=self.clock(), created_from=server_id, protected=False)
+        self.images[image.id] = image
+        return image
+
+    async def delete_image(self, image_id: int) -> None:
+        self._enter("delete_image", image_id)
+        image = self.images.get(image_id)
+        if image is not None and image.protected:
+            raise _protected(image_id)
+        self.images.pop(image_id, None)  # gone already counts as deleted
 
     async def pricing(self) -> PriceList:
         self._enter("pricing")

@@ -46,16 +46,20 @@ PRIORITIES: Mapping[str, Priority] = {
     "hetzner.delete": Priority.HIGH,
     "hetzner.detach_firewall": Priority.HIGH,
     "hetzner.delete_firewall": Priority.HIGH,
+    "hetzner.delete_image": Priority.HIGH,
     "hetzner.get": Priority.NORMAL,
     "hetzner.find_by_name": Priority.NORMAL,
     "hetzner.find_firewall_by_name": Priority.NORMAL,
     "hetzner.list_firewalls": Priority.NORMAL,
     "hetzner.set_firewall_rules": Priority.NORMAL,
     "hetzner.apply_firewall": Priority.NORMAL,
+    "hetzner.get_image": Priority.NORMAL,  # polling a snapshot being made
     "hetzner.find_by_uid": Priority.LOW,  # the look before a create
     "hetzner.create": Priority.LOW,
     "hetzner.create_firewall": Priority.LOW,
     "hetzner.list_managed": Priority.LOW,  # the shared inventory
+    "hetzner.create_snapshot": Priority.LOW,
+    "hetzner.list_snapshots": Priority.LOW,  # finding and collecting old snapshots
     "hetzner.pricing": Priority.LOW,
     # Cloudflare (clouds/cloudflare.py, one entry per request it makes)
     "cloudflare.delete_record": Priority.HIGH,

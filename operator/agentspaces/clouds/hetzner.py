@@ -40,6 +40,7 @@ from requests.exceptions import Timeout as RequestsTimeout
 from agentspaces import metrics
 from agentspaces.clouds.budget import Budget, hetzner_reading
 from agentspaces.clouds.errors import CloudError, ErrorKind
+from agentspaces.clouds.hetzner_images import ImageInfo, image_info
 from agentspaces.clouds.hetzner_pricing import PriceList, parse_pricing
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class ServerRequest:
     server_type: str
     location: str
     image: str
+    """A system image's name, or a snapshot's id in decimal digits."""
     labels: Mapping[str, str]
     user_data: str
 
@@ -238,6 +240,14 @@ def _hcloud_rules(rules: tuple[InboundRule, ...]) -> list[FirewallRule]:
             for r in rules]
 
 
+def _image_ref(image: str) -> Image:
+    """hcloud sends an Image's id when it has one and its name otherwise; a snapshot has
+    no name, so digits mean an id."""
+    if image.isascii() and image.isdigit():
+        return Image(id=int(image))
+    return Image(name=image)
+
+
 def _selector(selector: str) -> FirewallResource:
     return FirewallResource(type=FirewallResource.TYPE_LABEL_SELECTOR,
                             label_selector=FirewallResourceLabelSelector(selector))
@@ -320,7 +330,7 @@ class HcloudServers:
             "create", self._client.servers.create,
             name=request.name,
             server_type=ServerType(name=request.server_type),
-            image=Image(name=request.image),
+            image=_image_ref(request.image),
             location=Location(name=request.location),
             labels=dict(request.labels),
             user_data=request.user_data,
@@ -386,6 +396,39 @@ class HcloudServers:
         try:
             await self._call("delete_firewall", self._client.firewalls.delete,
                              self._firewall_ref(firewall_id))
+        except CloudError as err:
+            if err.kind is not ErrorKind.NOT_FOUND:
+                raise
+
+    # -- images (ImageProvider, clouds/hetzner_images.py) -----------------------------
+    async def list_snapshots(self, label_selector: str) -> list[ImageInfo]:
+        """Every snapshot the selector matches (hcloud reads all pages)."""
+        found = await self._call("list_snapshots", self._client.images.get_all,
+                                 type=["snapshot"], label_selector=label_selector)
+        return [image_info(i) for i in found]
+
+    async def get_image(self, image_id: int) -> ImageInfo | None:
+        try:
+            image = await self._call("get_image", self._client.images.get_by_id, image_id)
+        except CloudError as err:
+            if err.kind is ErrorKind.NOT_FOUND:
+                return None
+            raise
+        return image_info(image)
+
+    async def create_snapshot(self, server_id: int, description: str,
+                              labels: Mapping[str, str]) -> ImageInfo:
+        """Start a snapshot of the server's disk; it is `creating` until its action ends
+        (poll get_image). The server should be off, so the disk is consistent."""
+        response = await self._call(
+            "create_snapshot", self._client.servers.create_image,
+            BoundServer(self._client.servers, {"id": server_id}, complete=False),
+            description=description, type="snapshot", labels=dict(labels))
+        return image_info(response.image)
+
+    async def delete_image(self, image_id: int) -> None:
+        try:
+            await self._call("delete_image", self._client.images.delete, Image(id=image_id))
         except CloudError as err:
             if err.kind is not ErrorKind.NOT_FOUND:
                 raise
