@@ -112,6 +112,11 @@ class HetznerEmulator(EmulatorBase):
         """`images` of the project `token` belongs to."""
         return self._projects[token].images.own()
 
+    def guest_shutdown(self, server_id: int) -> bool:
+        """A VM backend's report that the guest powered itself off, in whichever
+        project the server is. False when no running server has that id."""
+        return any(api.state.guest_shutdown(server_id) for api in self._projects.values())
+
     # -- simulation knobs ------------------------------------------------------------
     @property
     def boot_seconds(self) -> float:

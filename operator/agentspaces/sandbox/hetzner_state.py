@@ -281,6 +281,17 @@ class CloudState:
                         lambda: self._finish_power(server_id, action["id"], after))
             return copy.deepcopy(action)
 
+    def guest_shutdown(self, server_id: int) -> bool:
+        """The guest powered itself off (`poweroff` inside it, as cloud-init's
+        power_state does): status off, with no action, as Hetzner shows it. False when
+        the server is not here or not running."""
+        with self.lock:
+            server = self._servers.get(server_id)
+            if server is None or server.api["status"] != "running":
+                return False
+            self._set_status(server, "off")
+            return True
+
     def _finish_power(self, server_id: int, action_id: int, after: str) -> None:
         self._finish_action(action_id)
         server = self._servers.get(server_id)
