@@ -2,7 +2,8 @@
 
 Uses the real `cloud-init` (Debian/Ubuntu package `cloud-init`; CI installs it with
 apt). One variant is rendered as the operator does it: real agent credentials and the
-digest of the real agent bundle (push delivery).
+digest of the real agent bundle (push delivery). The workspace-image builders'
+user-data (vmconfig.bake) is checked the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agentspaces import pki
+from agentspaces.vmconfig.bake import BAKE_PROFILES, render_bake_user_data
 from agentspaces.vmconfig.userdata import render_user_data
 from tests.unit.vmconfig_inputs import (
     FULL_SPEC,
@@ -41,6 +43,7 @@ def _operator_rendering() -> str:
 
 
 RENDERINGS = {**{name: (lambda n=name: render_variant(n)) for name in VARIANTS},
+              **{f"bake-{p}": (lambda p=p: render_bake_user_data(p)) for p in BAKE_PROFILES},
               "operator-default": _operator_rendering}
 
 
