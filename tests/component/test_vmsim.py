@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from agentspaces.sandbox.vmsim_layout import (
     simulated_agent_config,
 )
 from agentspaces.vmconfig.agent_bundle import load_agent_bundle
+from agentspaces.vmconfig.bake import render_bake_user_data
 from agentspaces.vmconfig.userdata import read_write_files, render_user_data
 from agentspaces_vm.password_hash import hash_password
 from tests.support.waiting import wait_for
@@ -436,3 +438,69 @@ async def test_missing_caddy_is_reported_and_the_rest_still_runs(tmp_path: Path)
         emulator.stop()
     assert live_processes(pids) == [] and not info.root.exists()
     assert os.listdir(tmp_path / "state" / "vms") == []
+
+
+# -- workspace-image builders (bake mode) --------------------------------------------------
+
+def bake_timers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("vmsim-bake-") and t.is_alive()]
+
+
+def bake_state(sandbox: Sandbox, server_id: int) -> str | None:
+    vm = sandbox.sim.vm(server_id)
+    return vm.bake if vm is not None else None
+
+
+def server_status(sandbox: Sandbox, server_id: int) -> str | None:
+    return sandbox.client.servers.get_by_id(server_id).status
+
+
+def test_a_builder_bakes_then_powers_itself_off(sandbox: Sandbox) -> None:
+    sandbox.sim.bake_seconds = 1.0
+    started = time.monotonic()
+    server, info = sandbox.create("builder", render_bake_user_data("debian-13"))
+    server_id = info.server_id
+    assert info.bake == "baking" and info.pids == {} and info.errors == ()
+    assert server_status(sandbox, server_id) in ("initializing", "running")
+    wait_for(lambda: server_status(sandbox, server_id) == "off", 15, "the builder off",
+             interval=0.05)
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 6.0
+    done = sandbox.sim.vm(server_id)
+    assert done is not None and done.bake == "baked" and done.pids == {}
+    assert done.errors == ()
+    notes = done.logs["vmsim"].read_text()
+    assert "baking a debian-13 workspace image" in notes and "baked; powered off" in notes
+    assert not (done.root / "etc/agentspaces/agent.json").exists()  # nothing laid out
+    assert bake_timers() == []
+
+    sandbox.delete(server)
+    assert not info.root.exists() and info.ip not in sandbox.sim.ip_pool.in_use()
+
+
+def test_a_failed_bake_leaves_the_builder_running(sandbox: Sandbox) -> None:
+    sandbox.sim.bake_seconds = 0.3
+    sandbox.sim.bake_fails = True
+    server, info = sandbox.create("failing", render_bake_user_data("debian-13"))
+    wait_for(lambda: bake_state(sandbox, info.server_id) == "failed", 15, "the bake to fail",
+             interval=0.05)
+    failed = sandbox.sim.vm(info.server_id)
+    assert failed is not None
+    assert any("no power-off" in e for e in failed.errors) and failed.pids == {}
+    time.sleep(0.5)
+    assert server_status(sandbox, info.server_id) == "running"
+    assert bake_timers() == []
+    sandbox.delete(server)
+    assert not info.root.exists()
+
+
+def test_stop_all_during_a_bake_cancels_its_timer(sandbox: Sandbox) -> None:
+    sandbox.sim.bake_seconds = 60.0
+    _, info = sandbox.create("slow", render_bake_user_data("debian-13"))
+    assert info.bake == "baking" and len(bake_timers()) == 1
+    sandbox.sim.stop_all()
+    assert bake_timers() == []
+    assert sandbox.sim.vms == {} and not info.root.exists()
+    wait_for(lambda: server_status(sandbox, info.server_id) == "running", 15, "running")
+    time.sleep(0.3)
+    assert server_status(sandbox, info.server_id) == "running"  # nobody powered it off

@@ -1,6 +1,7 @@
 """What every local VM backend does the same way: follow the Hetzner emulator's server
-hooks, hand out the servers' loopback addresses, keep one VM per server, and tear VMs
-down (on delete, or all at once) without ever raising into the emulator's thread.
+hooks, hand out the servers' loopback addresses, keep one VM per server, report what a
+guest does on its own (powering itself off) back to the emulator, and tear VMs down (on
+delete, or all at once) without ever raising into the emulator's thread.
 
 The simulator (vmsim.py) and the QEMU backend (vmqemu.py) differ only in how a VM is
 made, booted and stopped: `_new_vm` and `_boot`, and the VM's own `stop`.
@@ -29,6 +30,7 @@ class EmulatorLike(Protocol):
     def on_server_created(self, callback: Hook) -> Hook: ...
     def on_server_deleted(self, callback: Hook) -> Hook: ...
     def remove_hook(self, callback: Hook) -> None: ...
+    def guest_shutdown(self, server_id: int) -> bool: ...
 
 
 class BackendVm(Protocol):
@@ -58,6 +60,7 @@ class VmBackend(Generic[VmT, InfoT]):
         self._vms: dict[int, VmT] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._emulator: EmulatorLike | None = None
 
     # -- what a backend provides -----------------------------------------------------
 
@@ -76,12 +79,20 @@ class VmBackend(Generic[VmT, InfoT]):
         """Boot a VM for every server the emulator creates, tear it down on delete,
         and hand out the servers' IPv4 addresses from the loopback pool."""
         emulator.ip_allocator = self.ip_pool
+        self._emulator = emulator  # for what the guest itself does (powering off)
         emulator.on_server_created(self.on_server_created)
         emulator.on_server_deleted(self.on_server_deleted)
 
     def detach(self, emulator: EmulatorLike) -> None:
         emulator.remove_hook(self.on_server_created)
         emulator.remove_hook(self.on_server_deleted)
+        if self._emulator is emulator:
+            self._emulator = None
+
+    @property
+    def emulator(self) -> EmulatorLike | None:
+        """The emulator this backend is attached to."""
+        return self._emulator
 
     # -- observation ---------------------------------------------------------------
 

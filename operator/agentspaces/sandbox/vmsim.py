@@ -16,6 +16,11 @@ Files live under `<state_dir>/vms/<server-id>/` (the VM's paths under that root;
 in `log/<role>.log`, the simulator's own notes in `log/vmsim.log`). A VM that cannot
 be booted is reported in its `VmInfo.errors` and log, never raised into the
 emulator's hook thread.
+
+A server whose user-data is a workspace-image builder's (vmconfig.bake) starts nothing:
+the simulated bake waits `bake_seconds`, then the guest powers itself off (the
+emulator's `guest_shutdown`, once the server is running), as a successful bake does;
+with `bake_fails` it never does, as after a failed step.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from agentspaces.vmconfig.bake import bake_recipe
 from agentspaces.vmconfig.layout import HOOK_PATH, VM_LAYOUT
 from agentspaces.vmconfig.userdata import WrittenFile, read_write_files
 
@@ -59,6 +65,12 @@ log = logging.getLogger(__name__)
 ROLES = ("caddy", "agent", "cloudcli", "devserver")
 DEV_SERVER_PORT = 3000  # where the simulated user's dev server listens
 STANDIN = Path(__file__).with_name("vmsim_standin.py")
+# A baked guest powers off once its server is running: how often to look, and for how
+# long (the emulator's boot time is a knob of its own).
+BAKE_POLL_SECONDS = 0.1
+BAKE_WAIT_SECONDS = 120.0
+
+
 @dataclass(frozen=True)
 class VmInfo:
     """A snapshot of one simulated VM."""
@@ -72,6 +84,7 @@ class VmInfo:
     exit_codes: Mapping[str, int | None]     # role -> None while running
     errors: tuple[str, ...]                  # what could not be set up or started
     ports: Mapping[str, int]                 # api, local, admin, http, https, ui, dev
+    bake: str | None = None                  # an image builder: baking, baked or failed
 
     @property
     def ok(self) -> bool:
@@ -95,6 +108,8 @@ class _Vm:
     ports: dict[str, int] = field(default_factory=dict)
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    bake: str | None = None
+    bake_timer: threading.Timer | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -126,14 +141,27 @@ class _Vm:
             pids=MappingProxyType({p.role: p.pid for p in self.processes}),
             logs=MappingProxyType(logs),
             exit_codes=MappingProxyType({p.role: p.exit_code() for p in self.processes}),
-            errors=tuple(self.errors), ports=MappingProxyType(dict(self.ports)))
+            errors=tuple(self.errors), ports=MappingProxyType(dict(self.ports)),
+            bake=self.bake)
+
+    def arm(self, seconds: float, action: Callable[[], None]) -> None:
+        """Run `action` on a timer thread after `seconds`, unless the VM stops first."""
+        with self.lock:
+            if self.stopped:
+                return
+            timer = threading.Timer(seconds, action)
+            timer.daemon = True
+            timer.name = f"vmsim-bake-{self.server_id}"
+            self.bake_timer = timer
+            timer.start()
 
     def stop(self, term_seconds: float, kill_seconds: float) -> None:
         """Kill every process group, then remove the root; safe to call twice."""
         with self.lock:
             if self.stopped:
                 return
-            self.stopped = True
+            self.stopped = True  # from now on `arm` starts no timer and bake notes stop
+            timer, self.bake_timer = self.bake_timer, None
             survivors = stop_processes(self.processes, term_seconds, kill_seconds)
             if survivors:
                 log.error("simulated VM %s: processes of %s survived SIGKILL",
@@ -141,6 +169,19 @@ class _Vm:
             shutil.rmtree(self.root, ignore_errors=True)
             if self.root.exists():
                 log.error("simulated VM %s: could not remove %s", self.server_id, self.root)
+        if timer is not None:
+            timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join(kill_seconds)  # a power-off check in progress finishes first
+
+    def bake_note(self, state: str, message: str, error: bool = False) -> bool:
+        """Record a bake step unless the VM has stopped (its root is gone); False then."""
+        with self.lock:
+            if self.stopped:
+                return False
+            self.bake = state
+            self.note(message, error)
+            return True
 
 
 class VmSimulator(VmBackend[_Vm, VmInfo]):
@@ -149,10 +190,15 @@ class VmSimulator(VmBackend[_Vm, VmInfo]):
 
     def __init__(self, state_dir: Path, *, ip_pool: LoopbackPool | None = None,
                  caddy_binary: str | None = None, python: str = sys.executable,
-                 term_seconds: float = 5.0, kill_seconds: float = 5.0) -> None:
+                 term_seconds: float = 5.0, kill_seconds: float = 5.0,
+                 bake_seconds: float = 2.0, bake_fails: bool = False) -> None:
         super().__init__(state_dir, ip_pool, term_seconds, kill_seconds)
         self._caddy_binary = caddy_binary
         self._python = python
+        self.bake_seconds = bake_seconds
+        """How long a simulated image bake takes (from the server's creation)."""
+        self.bake_fails = bake_fails
+        """True: bakes started from now on fail, and their servers stay running."""
 
     def _new_vm(self, server_id: int, name: str, ip: str | None, root: Path) -> _Vm:
         return _Vm(server_id, name, ip, root)
@@ -191,6 +237,10 @@ class VmSimulator(VmBackend[_Vm, VmInfo]):
         if not isinstance(user_data, str) or not user_data.strip():
             vm.note("the server has no user-data: nothing to boot", error=True)
             return
+        recipe = bake_recipe(user_data)
+        if recipe is not None:
+            self._bake(vm, *recipe)
+            return
         try:
             files = read_write_files(user_data)
         except Exception as exc:
@@ -212,6 +262,39 @@ class VmSimulator(VmBackend[_Vm, VmInfo]):
             self._python, str(STANDIN), "devserver", "--bind", vm.ip or "",
             "--port", str(vm.ports["dev"]), "--directory",
             str(vm_path(vm.root, VM_LAYOUT.workspaces_dir))])
+
+    # -- baking (a workspace-image builder) -------------------------------------------
+
+    def _bake(self, vm: _Vm, profile: str, version: str) -> None:
+        """Start nothing; after `bake_seconds` the guest powers itself off (or, with
+        `bake_fails`, stays up as a builder does after a failed step)."""
+        vm.bake_note("baking", f"baking a {profile} workspace image (recipe {version}) "
+                               f"for {self.bake_seconds:g}s")
+        deadline = time.monotonic() + self.bake_seconds + BAKE_WAIT_SECONDS
+        fails = self.bake_fails
+        vm.arm(self.bake_seconds, lambda: self._finish_bake(vm, deadline, fails))
+
+    def _finish_bake(self, vm: _Vm, deadline: float, fails: bool) -> None:
+        """On the VM's timer thread: power the guest off once its server is running."""
+        try:
+            if fails:
+                vm.bake_note("failed", "bake failed: no power-off, the server stays running",
+                             error=True)
+                return
+            emulator = self.emulator
+            if emulator is None:
+                vm.bake_note("failed", "baked, but no emulator is attached to see the "
+                                       "power-off", error=True)
+            elif emulator.guest_shutdown(vm.server_id):
+                vm.bake_note("baked", "baked; powered off")
+            elif time.monotonic() < deadline:  # still booting, as the emulator sees it
+                vm.arm(BAKE_POLL_SECONDS, lambda: self._finish_bake(vm, deadline, fails))
+            else:
+                vm.bake_note("failed", "baked, but the server was never running: no "
+                                       "power-off", error=True)
+        except Exception as exc:  # nothing above a timer thread catches it
+            log.exception("simulated VM %s: bake failed", vm.server_id)
+            vm.bake_note("failed", f"bake failed: {type(exc).__name__}: {exc}", error=True)
 
     def _lay_out(self, vm: _Vm, files: Mapping[str, WrittenFile]) -> dict[str, Any]:
         """Write the user-data's files and the simulated agent.json and Caddy bootstrap."""
