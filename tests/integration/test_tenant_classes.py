@@ -212,7 +212,7 @@ def test_two_tenants_with_their_own_accounts_never_touch_each_other(
         _running(kubectl, "a1", a.namespace, False)
         _until(kubectl, "a1", a.namespace, "a1's stop seen",
                lambda w: w["status"].get("observedGeneration") == w["metadata"]["generation"]
-               and w["status"].get("phase") == "Stopped")
+               and w["status"].get("phase") == "Stopped", timeout=90)
         kubectl.apply(_key_secret(a, a.key))
         _running(kubectl, "b1", b.namespace, True)
         b1 = _server_ready(kubectl, "b1", b.namespace)
