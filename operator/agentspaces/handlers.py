@@ -22,10 +22,11 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from agentspaces import agent_watch, metrics, peering
+from agentspaces.api.image_model import IMAGE_PLURAL
 from agentspaces.api.model import GROUP, OPERATOR_FINALIZER, VERSION
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import KubernetesApi
-from agentspaces.reconcile import class_protection, workspace
+from agentspaces.reconcile import class_protection, workspace, workspace_image
 from agentspaces.reconcile.outcome import Outcome
 from agentspaces.reconcile.scope import Visit
 from agentspaces.reconcile.status import StatusDraft
@@ -33,6 +34,10 @@ from agentspaces.runtime import Runtime
 from agentspaces.settings import OperatorSettings
 
 RESOURCE = (GROUP, VERSION, "workspaces")
+IMAGES = (GROUP, VERSION, IMAGE_PLURAL)
+IMAGE_RECHECK = 600.0
+"""How often a Ready WorkspaceImage is checked against the project (its snapshot still
+there; an operator upgrade's new bake recipe is seen at resume)."""
 FINALIZER = OPERATOR_FINALIZER
 # Kopf ignores every annotation under its storage prefix when diffing, so its
 # bookkeeping lives under a sub-domain and user annotations such as
@@ -224,3 +229,40 @@ async def workspace_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: A
     await _run(body, memo, workspace.finalize, fresh_inputs=retry == 0)
     runtime_of(memo).forget(WorkspaceRef.from_body(body).uid)
     metrics.PHASES.forget(WorkspaceRef.from_body(body).uid)
+
+
+async def _image_visit(body: kopf.Body, memo: kopf.Memo, *, deleting: bool = False
+                       ) -> float | None:
+    rt = runtime_of(memo)
+    meta = body.get("metadata") or {}
+    uid = meta.get("uid", "")
+    async with rt.lock(uid):
+        return await workspace_image.visit(
+            rt.kube, rt.servers, rt.settings.namespace, meta.get("name", ""), uid,
+            rt.clock(), _emitter(body), deleting=deleting)
+
+
+@kopf.on.resume(*IMAGES)
+@kopf.on.create(*IMAGES)
+@kopf.on.update(*IMAGES, field="spec")
+async def image_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Bake (or adopt) the image's current revision, step by step until it is Ready."""
+    delay = await _image_visit(body, memo)
+    if delay is not None:
+        raise kopf.TemporaryError("baking", delay=delay)
+
+
+@kopf.timer(*IMAGES, interval=IMAGE_RECHECK, initial_delay=IMAGE_RECHECK)
+async def image_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A Ready image is checked now and then: a snapshot deleted by hand is baked again."""
+    if not (body.get("metadata") or {}).get("deletionTimestamp"):
+        await _image_visit(body, memo)
+
+
+@kopf.on.delete(*IMAGES)
+async def image_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Its builders and snapshots go with it (a protected snapshot stays)."""
+    delay = await _image_visit(body, memo, deleting=True)
+    if delay is not None:
+        raise kopf.TemporaryError("cleaning up", delay=delay)
+    runtime_of(memo).forget((body.get("metadata") or {}).get("uid", ""))

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from agentspaces.api.image_model import IMAGE_PLURAL
 from agentspaces.api.model import GROUP, VERSION
 from agentspaces.api.quota_model import QUOTA_PLURAL
 
@@ -106,6 +107,9 @@ class KubePort(Protocol):
     async def set_secret_finalizers(self, namespace: str, name: str, current: SecretData,
                                     finalizers: Sequence[str]) -> None: ...
     async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]: ...
+    async def get_workspace_image(self, name: str) -> Mapping[str, Any] | None: ...
+    async def patch_workspace_image_status(self, name: str,
+                                           patch: Mapping[str, Any]) -> None: ...
     async def patch_workspace_quota_status(self, namespace: str, name: str,
                                            patch: Mapping[str, Any]) -> None: ...
 
@@ -387,6 +391,26 @@ class KubernetesApi:
         try:
             await self._run(self._custom.patch_namespaced_custom_object_status, GROUP,
                             VERSION, namespace, QUOTA_PLURAL, name, {"status": dict(patch)})
+        except KubeError as err:
+            if err.status != 404:
+                raise
+
+    async def get_workspace_image(self, name: str) -> Mapping[str, Any] | None:
+        """A WorkspaceImage; None when it (or its CRD) is not there."""
+        try:
+            return await self._run(self._custom.get_cluster_custom_object, GROUP, VERSION,  # type: ignore[no-any-return]
+                                   IMAGE_PLURAL, name)
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def patch_workspace_image_status(self, name: str,
+                                           patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch of the image's .status; an image gone meanwhile is skipped."""
+        try:
+            await self._run(self._custom.patch_cluster_custom_object_status, GROUP, VERSION,
+                            IMAGE_PLURAL, name, {"status": dict(patch)})
         except KubeError as err:
             if err.status != 404:
                 raise

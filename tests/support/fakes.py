@@ -450,6 +450,8 @@ class FakeKube:
         """(namespace, name) -> a WorkspaceQuota."""
         self.namespaces: dict[str, dict[str, str]] = {}
         """Namespace name -> its labels; one not here does not exist."""
+        self.images: dict[str, dict[str, Any]] = {}
+        """Name -> a WorkspaceImage."""
         self.calls = CallLog()
         self._versions = itertools.count(1)
 
@@ -509,6 +511,17 @@ class FakeKube:
                                            patch: Mapping[str, Any]) -> None:
         self.calls.log("patch_workspace_quota_status", namespace, name)
         body = self.quotas.get((namespace, name))
+        if body is not None:
+            body["status"] = apply_merge_patch(body.get("status"), patch)
+
+    async def get_workspace_image(self, name: str) -> Mapping[str, Any] | None:
+        self.calls.log("get_workspace_image", name)
+        return self.images.get(name)
+
+    async def patch_workspace_image_status(self, name: str,
+                                           patch: Mapping[str, Any]) -> None:
+        self.calls.log("patch_workspace_image_status", name)
+        body = self.images.get(name)
         if body is not None:
             body["status"] = apply_merge_patch(body.get("status"), patch)
 

@@ -22,6 +22,12 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from agentspaces.api.image_model import (
+    IMAGE_KIND,
+    IMAGE_PLURAL,
+    WorkspaceImageSpec,
+    WorkspaceImageStatus,
+)
 from agentspaces.api.model import (
     GROUP,
     NAMESPACED_CLASS_KIND,
@@ -307,6 +313,23 @@ def workspace_quota_crd() -> Schema:
     )
 
 
+def workspace_image_crd() -> Schema:
+    return _crd(
+        IMAGE_KIND, IMAGE_PLURAL, "Cluster", ["wsi"], object_schema(WorkspaceImageSpec),
+        object_schema(WorkspaceImageStatus),
+        [
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Image", "type": "integer", "jsonPath": ".status.imageId"},
+            {"name": "Size-GB", "type": "number", "jsonPath": ".status.imageSizeGB"},
+            {"name": "Revision", "type": "string", "jsonPath": ".status.revision"},
+            {"name": "Reason", "type": "string", "priority": 1,
+             "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
+            {"name": "Built", "type": "date", "priority": 1, "jsonPath": ".status.builtAt"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
 PEERING_GROUP = "kopf.dev"
 
 
@@ -340,4 +363,4 @@ def peering_crd() -> Schema:
 
 def all_crds() -> list[Schema]:
     return [workspace_crd(), workspace_class_crd(), namespaced_workspace_class_crd(),
-            workspace_quota_crd(), peering_crd()]
+            workspace_quota_crd(), workspace_image_crd(), peering_crd()]

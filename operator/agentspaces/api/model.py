@@ -630,6 +630,12 @@ class ClassServerSpec(ApiModel):
     type: ServerType = "cx23"
     location: Location = "fsn1"
     image: Image = "ubuntu-24.04"
+    workspace_image: str | None = Field(
+        None, pattern=DNS_LABEL_PATTERN, max_length=63,
+        description="A WorkspaceImage of this class's Hetzner project: new servers boot "
+                    "from its snapshot while it is Ready, from `image` otherwise (so set "
+                    "`image` to the WorkspaceImage's base image). A workspace that names "
+                    "its own server.image boots that.")
     os_profile: OsProfileName | None = Field(
         None, description="The OS of this class's numeric image ids (server.image, "
                           "limits.images, a workspace's server.image): which user-data they "

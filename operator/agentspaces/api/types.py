@@ -257,6 +257,8 @@ class WorkspaceClass:
     """spec.agentCredentials: for workspaces that name no credential of their own."""
     image_os_profile: m.OsProfileName | None = None
     """spec.server.osProfile: the OS of the class's numeric image ids."""
+    workspace_image: str | None = None
+    """spec.server.workspaceImage: the WorkspaceImage new servers boot from when Ready."""
     ca_bundle: str | None = None
     """spec.trust.caBundle: PEM CA certificates the VMs trust besides the system's."""
     token_prices: tuple[ModelPrice, ...] = ()
@@ -318,6 +320,7 @@ class WorkspaceClass:
                                   os_profile=os_profile_of(spec.server.image,
                                                            spec.server.os_profile)),
             image_os_profile=spec.server.os_profile,
+            workspace_image=spec.server.workspace_image,
             dns=DnsSettings(
                 zone_name=dns.zone_name,
                 base_domain=dns.base_domain or dns.zone_name,
@@ -383,6 +386,9 @@ class WorkspaceSpec:
     devcontainer_path: str | None
     devcontainer_image: str | None
     server: ServerSettings
+    own_image: bool
+    """spec.server.image is the Workspace's own: it boots that, not the class's
+    WorkspaceImage."""
     agent_kind: str
     agent_credential: AgentCredential | None
     """The workspace's own (spec.agent), else the class's (spec.agentCredentials)."""
@@ -433,6 +439,7 @@ class WorkspaceSpec:
             repository_credentials_ref=SecretKeyRef.optional(repo.credentials_secret_ref),
             devcontainer_path=ws.devcontainer.path,
             devcontainer_image=ws.devcontainer.image,
+            own_image=bool(ws.server.image),
             server=ServerSettings(
                 type=ws.server.type or klass.server.type,
                 location=ws.server.location or klass.server.location,

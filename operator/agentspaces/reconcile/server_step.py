@@ -15,6 +15,8 @@ why. Each new server gets fresh agent credentials, made just before its create c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from agentspaces.api.enums import ConditionType as T
 from agentspaces.api.enums import Reason
 from agentspaces.api.status import ServerStatus
@@ -25,6 +27,7 @@ from agentspaces.clouds.hetzner import (
     ServerRequest,
     workspace_labels,
 )
+from agentspaces.reconcile import boot_image
 from agentspaces.reconcile.outcome import Outcome, Wait, cloud_failure
 from agentspaces.reconcile.owned_secrets import (
     bind_agent_credentials,
@@ -71,7 +74,7 @@ async def _adopt_or_create(scope: Scope) -> ServerInfo | Outcome:
         await bind_agent_credentials(scope, keep.id)
         return keep
 
-    spec = scope.spec
+    spec = replace(scope.spec, server=await boot_image.server_settings(scope))
     fresh = await credentials_for_new_server(scope)
     request = ServerRequest(
         name=scope.label, server_type=spec.server.type, location=spec.server.location,
