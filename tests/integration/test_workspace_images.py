@@ -119,6 +119,7 @@ def _bake(kubectl: Kubectl, clouds: Clouds, previous: int | None = None) -> dict
 
 def test_bake_boot_rebake_and_delete(operator: OperatorProcess, kubectl: Kubectl,
                                      clouds: Clouds) -> None:
+    clouds.hetzner.reset_calls()
     _apply_image(kubectl, clouds)
     wait_for(lambda: _image(kubectl).get("status", {}).get("phase") == "Baking", 10,
              "phase Baking")
@@ -128,6 +129,13 @@ def test_bake_boot_rebake_and_delete(operator: OperatorProcess, kubectl: Kubectl
     assert _snapshots(clouds).keys() == {first}
     assert _snapshots(clouds)[first]["status"] == "available"
     wait_for(lambda: not _builders(clouds), 30, "the builder deleted")
+    # A bake writes three times: the builder, its snapshot, its delete; the rest are
+    # reads of its progress (two per visit while it bakes).
+    calls = clouds.hetzner.calls
+    writes = {k: n for k, n in calls.items() if not k.startswith("GET ")}
+    assert writes == {"POST /servers": 1, "POST /servers/{id}/actions/create_image": 1,
+                      "DELETE /servers/{id}": 1}, writes
+    print(f"Hetzner calls for one bake: {sum(calls.values())} ({dict(calls)})")
     assert status["osProfile"] == "debian-13" and status["diskSizeGB"] == 40
     assert status["imageSizeGB"] == clouds.hetzner.snapshot_size_gb
 
