@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.conftest import Kubectl
+from tests.conftest import REPO, Kubectl
 
 pytestmark = pytest.mark.integration
 
@@ -360,3 +360,49 @@ def test_invalid_class_is_rejected(kubectl: Kubectl, case: str, patch: dict,
     code, _, err = kubectl.run("apply", "-f", "-", input=manifest)
     assert code != 0
     assert expected in err, err
+
+
+def _image(name: str, spec: dict) -> str:
+    return yaml.safe_dump({"apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceImage",
+                           "metadata": {"name": name}, "spec": spec})
+
+
+def test_the_example_workspace_image_is_accepted_with_defaults(kubectl: Kubectl) -> None:
+    example = (REPO / "manifests" / "examples" / "workspaceimage.yaml").read_text()
+    minimal = _image("minimal-image", {"hetzner": {"tokenSecretRef": {"name": "hetzner"}}})
+    try:
+        kubectl("apply", "-f", "-", input=example)
+        kubectl("apply", "-f", "-", input=minimal)
+        stored = kubectl.get_json("workspaceimage", "minimal-image")
+        assert stored is not None and stored["spec"]["bakeTimeout"] == "45m"
+        # builder unset: the operator applies its defaults (cx23, fsn1, debian-13).
+        assert "builder" not in stored["spec"]
+    finally:
+        kubectl("delete", "workspaceimage", "debian-dev", "minimal-image",
+                "--ignore-not-found")
+
+
+@pytest.mark.parametrize(("case", "spec", "expected"), [
+    ("no-project", {}, "spec.hetzner: Required value"),
+    ("ubuntu-base", {"builder": {"baseImage": "ubuntu-24.04"}}, "spec.builder.baseImage"),
+    ("short-timeout", {"bakeTimeout": "30s"}, "must be a duration of at least 1m"),
+    ("bad-type", {"builder": {"type": "CX 23"}}, "spec.builder.type"),
+])
+def test_invalid_workspace_image_is_rejected(kubectl: Kubectl, case: str, spec: dict,
+                                             expected: str) -> None:
+    body = {"hetzner": {"tokenSecretRef": {"name": "hetzner"}}, **spec} \
+        if case != "no-project" else {}
+    code, _, err = kubectl.run("apply", "-f", "-", input=_image(f"bad-{case}", body))
+    assert code != 0
+    assert expected in err, err
+
+
+def test_a_class_names_a_workspace_image_by_a_valid_name(kubectl: Kubectl) -> None:
+    spec = {"hetzner": {"tokenSecretRef": {"name": "hetzner"}},
+            "dns": {"zoneName": "example.com", "tokenSecretRef": {"name": "cf"}},
+            "server": {"image": "debian-13", "workspaceImage": "Not_A_Name"}}
+    manifest = yaml.safe_dump({"apiVersion": "agentspaces.dev/v1alpha1",
+                               "kind": "WorkspaceClass", "metadata": {"name": "bad-image-ref"},
+                               "spec": spec})
+    code, _, err = kubectl.run("apply", "-f", "-", input=manifest)
+    assert code != 0 and "spec.server.workspaceImage" in err, err
