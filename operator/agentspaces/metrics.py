@@ -125,6 +125,12 @@ IDLE_STOPS = Counter(
     "Workspaces the operator stopped by itself, by reason (inactivity or lifetime).",
     ["reason"], registry=REGISTRY)
 
+SERVER_BOOTS = Counter(
+    "agentspaces_server_boots",
+    "Servers created for Workspaces, by what they boot: image (a WorkspaceImage's "
+    "snapshot) or cold (an image that installs everything at boot).",
+    ["source"], registry=REGISTRY)
+
 BACKUPS = Counter(
     "agentspaces_backups",
     "Backups that ended, by result (succeeded or failed).",

@@ -151,6 +151,8 @@ class FakeServers:
         self.calls = CallLog()
         self.user_data: dict[int, str] = {}
         """What each server was created with."""
+        self.booted: dict[int, str] = {}
+        """The image (name or snapshot id) each server was created from."""
         self.closed = False
         self._ids = itertools.count(first_id)
         self._lose_next_create: str | None = None
@@ -249,6 +251,7 @@ class FakeServers:
         server = replace(server, server_type=request.server_type, location=request.location)
         self.servers[server.id] = server
         self.user_data[server.id] = request.user_data
+        self.booted[server.id] = request.image
         lost, self._lose_next_create = self._lose_next_create, None
         if lost == "lost":
             raise _lost_response()
