@@ -220,7 +220,7 @@ def _exported() -> dict[str, set[str]]:
 def _declared_labels(name: str) -> list[set[str]]:
     declared = [metrics.RECONCILE_SECONDS, metrics.CLOUD_REQUESTS,
                 metrics.CLOUD_REQUEST_SECONDS, metrics.AGENT_REQUEST_SECONDS,
-                metrics.IDLE_STOPS, metrics.BACKUPS, metrics.BACKUP_BYTES,
+                metrics.IDLE_STOPS, metrics.SERVER_BOOTS, metrics.BACKUPS, metrics.BACKUP_BYTES,
                 metrics.BACKUP_SECONDS]
     return [set(m._labelnames) for m in declared if m._name == name] + (
         [{"phase"}] if name == "agentspaces_workspaces" else [])
