@@ -1,11 +1,14 @@
 """The dashboard's web app in process, against a small stand-in apiserver that records
 what it is asked: CSRF and origin checks, the session cookie, escaping on the list
-page, the password only on a POST, admission errors next to their field, and the
-user's own credentials on every call. The real apiserver is in tests/browser/."""
+page, the password only on a POST, admission errors next to their field, the
+user's own credentials on every call, and the create form's two kinds of class. The
+real apiserver is in tests/browser/."""
 
 from __future__ import annotations
 
+import html as htmllib
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +34,8 @@ WS = {"metadata": {"name": "x", "namespace": "default", "resourceVersion": "7",
 class FakeApiserver:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, str], Any]] = []
+        # NamespacedWorkspaceClass names per namespace; None: listing them is forbidden.
+        self.namespaced_classes: dict[str, list[str]] | None = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else None
@@ -45,11 +50,15 @@ class FakeApiserver:
             return web.json_response({"message": "Unauthorized"}, status=401)
         if path.endswith("/secrets/x-access"):
             return web.json_response({"data": {"password": "c2VjcmV0LXB3"}})
+        if path.endswith("/namespacedworkspaceclasses"):
+            return self._namespaced_classes(path.split("/")[-2])
         if path.endswith("/workspaceclasses"):
             return web.json_response({"items": [{"metadata": {"name": "c"}}]})
         if path.endswith("/events"):
             return web.json_response({"items": []})
         if request.method == "POST" and path.endswith("/workspaces"):
+            if body and body["spec"]["repository"]["url"].startswith("https://"):
+                return web.json_response(body, status=201)
             return web.json_response({"kind": "Status", "code": 422, "message": "invalid",
                                       "details": {"causes": [{
                                           "field": "spec.repository.url",
@@ -60,6 +69,14 @@ class FakeApiserver:
         if path.endswith("/workspaces/x"):
             return web.json_response(WS)
         return web.json_response({"message": "not found"}, status=404)
+
+    def _namespaced_classes(self, namespace: str) -> web.Response:
+        if self.namespaced_classes is None:
+            return web.json_response({"kind": "Status", "code": 403, "reason": "Forbidden",
+                                      "message": "namespacedworkspaceclasses is forbidden"},
+                                     status=403)
+        return web.json_response({"items": [{"metadata": {"name": n, "namespace": namespace}}
+                                            for n in self.namespaced_classes.get(namespace, [])]})
 
 
 @pytest.fixture(params=["kubeconfig"])
@@ -87,6 +104,17 @@ async def app_client(tmp_path: Path, request: pytest.FixtureRequest
     finally:
         await client.close()
         await api.close()
+
+
+def _class_select(page: str) -> dict[str, list[tuple[str, str, bool]]]:
+    """The class select's optgroups: label -> [(value, shown name, selected)]."""
+    select = page[page.index('<select id="f-class"'):page.index("</select>")]
+    return {htmllib.unescape(label): [
+        (htmllib.unescape(value), htmllib.unescape(name), bool(selected))
+        for value, selected, name in re.findall(
+            r'<option value="([^"]*)"( selected)?>([^<]*)</option>', body)]
+        for label, body in re.findall(r'<optgroup label="([^"]*)">(.*?)</optgroup>',
+                                      select, re.S)}
 
 
 def _csrf(html: str) -> str:
@@ -195,3 +223,77 @@ async def test_token_login_rotates_the_session_and_keeps_the_token_server_side(
                       headers=origin)
     resp = await client.get("/workspaces", allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/login"
+
+
+OWN = "This namespace's classes (team-a)"
+
+
+async def test_form_offers_the_namespaces_own_classes_apart_and_creates_with_class_kind(
+        app_client: Any) -> None:
+    client, fake = app_client
+    fake.namespaced_classes = {"team-a": ["gpu", "c"]}
+    page = await (await client.get("/new?namespace=team-a")).text()
+    # One name in both kinds stays two choices; the cluster's is the default.
+    assert _class_select(page) == {
+        "Cluster classes": [("c", "c", True)],
+        OWN: [("NamespacedWorkspaceClass/c", "c", False),
+              ("NamespacedWorkspaceClass/gpu", "gpu", False)]}
+    listed = [(p, h["Authorization"]) for _, p, h, _ in fake.calls
+              if p.endswith("/namespacedworkspaceclasses")]
+    assert listed == [("/apis/agentspaces.dev/v1alpha1/namespaces/team-a/"
+                       "namespacedworkspaceclasses", "Bearer kubeconfig-user")]
+    # Another namespace's page lists that namespace's own classes (none here).
+    other = await (await client.get("/new?namespace=default")).text()
+    assert list(_class_select(other)) == ["Cluster classes"]
+
+    origin = {"Origin": str(client.make_url("")).rstrip("/")}
+    posted = {"csrf_token": _csrf(page), "namespace": "team-a", "name": "y",
+              "repository_url": "https://github.com/o/app"}
+    for choice, expected in (("NamespacedWorkspaceClass/gpu",
+                              {"className": "gpu", "classKind": "NamespacedWorkspaceClass"}),
+                             ("c", {"className": "c"})):
+        resp = await client.post("/workspaces", data={**posted, "class_name": choice},
+                                 headers=origin, allow_redirects=False)
+        assert resp.status == 303 and resp.headers["Location"] == "/workspaces/team-a/y"
+        method, path, _, sent = fake.calls[-1]
+        assert (method, path) == ("POST", "/apis/agentspaces.dev/v1alpha1/namespaces/"
+                                          "team-a/workspaces")
+        assert {k: v for k, v in sent["spec"].items() if k.startswith("class")} == expected
+
+
+def _creates(fake: FakeApiserver) -> int:
+    return sum(1 for m, p, *_ in fake.calls if m == "POST" and p.endswith("/workspaces"))
+
+
+async def test_refused_create_keeps_the_namespaced_choice_and_a_bad_one_is_not_sent(
+        app_client: Any) -> None:
+    client, fake = app_client
+    fake.namespaced_classes = {"team-a": ["gpu"]}
+    page = await (await client.get("/new?namespace=default")).text()
+    origin = {"Origin": str(client.make_url("")).rstrip("/")}
+    posted = {"csrf_token": _csrf(page), "namespace": "team-a", "name": "y",
+              "class_name": "NamespacedWorkspaceClass/gpu", "repository_url": "ftp://nope"}
+    resp = await client.post("/workspaces", data=posted, headers=origin)
+    assert resp.status == 422
+    # Re-rendered for the posted namespace, with the posted class still chosen.
+    assert _class_select(await resp.text())[OWN] == [
+        ("NamespacedWorkspaceClass/gpu", "gpu", True)]
+    before = _creates(fake)
+    resp = await client.post("/workspaces", data={**posted, "class_name": "WorkspaceClass/c",
+                                                  "repository_url": "https://x/y"},
+                             headers=origin)
+    assert resp.status == 422
+    assert 'id="class_name-error"' in await resp.text()
+    assert _creates(fake) == before, "a class the form cannot encode reached the apiserver"
+
+
+async def test_forbidden_namespaced_classes_still_leave_the_cluster_classes(
+        app_client: Any) -> None:
+    client, fake = app_client
+    fake.namespaced_classes = None
+    resp = await client.get("/new?namespace=team-a")
+    page = await resp.text()
+    assert resp.status == 200
+    assert any(p.endswith("/namespacedworkspaceclasses") for _, p, *_ in fake.calls)
+    assert _class_select(page) == {"Cluster classes": [("c", "c", True)]}
+    assert "forbidden" not in page and 'class="error"' not in page

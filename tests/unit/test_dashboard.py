@@ -1,6 +1,6 @@
 """The dashboard's pure parts: the view of a Workspace (through the typed models), the
-create form's manifest and its admission-error mapping, sessions, CSRF and origins,
-and escaping in the templates."""
+create form's manifest (both kinds of class) and its admission-error mapping, sessions,
+CSRF and origins, and escaping in the templates."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from agentspaces.api.model import WorkspaceSpecModel
 from agentspaces.dashboard import assets, forms, security
-from agentspaces.dashboard.app import templates
+from agentspaces.dashboard.app import ClassGroup, templates
 from agentspaces.dashboard.views import ago, human_size, workspace_view
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
@@ -96,7 +96,38 @@ def test_form_errors_stay_with_their_fields() -> None:
     assert body is not None and "access" not in body["spec"] and "agent" not in body["spec"]
 
 
+@pytest.mark.parametrize(("choice", "class_name", "class_kind"), [
+    ("sandbox", "sandbox", None),
+    ("NamespacedWorkspaceClass/gpu", "gpu", "NamespacedWorkspaceClass"),
+])
+def test_class_choice_becomes_class_name_and_kind(choice: str, class_name: str,
+                                                  class_kind: str | None) -> None:
+    body, form = forms.manifest({"namespace": "team-a", "name": "n", "class_name": choice,
+                                 "repository_url": "https://github.com/o/app"})
+    assert body is not None and not form.errors
+    assert body["spec"]["className"] == class_name
+    assert body["spec"].get("classKind") == class_kind
+    spec = WorkspaceSpecModel.parse(body["spec"])
+    assert (spec.class_name, spec.class_kind) == (class_name, class_kind)
+    namespaced = class_kind is not None
+    assert forms.parse_class_choice(forms.class_choice(class_name, namespaced)) == (
+        class_name, class_kind)
+
+
+@pytest.mark.parametrize("choice", ["WorkspaceClass/sandbox", "NamespacedWorkspaceClass/",
+                                    "NamespacedWorkspaceClass/a/b", "/gpu",
+                                    "namespacedworkspaceclass/gpu"])
+def test_a_class_choice_the_form_cannot_encode_is_a_field_error(choice: str) -> None:
+    body, form = forms.manifest({"namespace": "team-a", "name": "n", "class_name": choice,
+                                 "repository_url": "https://github.com/o/app"})
+    assert body is None
+    assert list(form.errors) == ["class_name"]
+    assert "NamespacedWorkspaceClass/NAME" in form.errors["class_name"][0]
+
+
 @pytest.mark.parametrize(("path", "field"), [
+    ("spec.className", "class_name"),
+    ("spec.classKind", "class_name"),
     ("spec.repository.url", "repository_url"),
     ("spec.repository.ref", "ref"),
     ("spec.access.ports[0].port", "ports"),
@@ -164,6 +195,14 @@ def test_templates_escape_what_the_cluster_holds() -> None:
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<b>e</b>" not in page and "<ns>" not in page
+    form = forms.CreateForm({name: "" for name in forms.FIELDS})
+    new = env.get_template("new.html").render(
+        form=form, class_groups=[ClassGroup('<ns>" x="', [("<v>", "<b>c</b>")])],
+        classes_errors=["<i>no</i>"], namespace="", csrf="t", user="",
+        static={"css": "/c", "script": "/s"}, mode="kubeconfig")
+    assert '<optgroup label="&lt;ns&gt;&#34; x=&#34;">' in new
+    assert '<option value="&lt;v&gt;">&lt;b&gt;c&lt;/b&gt;</option>' in new
+    assert "<i>no</i>" not in new
 
 
 def test_asset_pins_match_the_fetch_script() -> None:

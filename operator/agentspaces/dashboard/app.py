@@ -259,18 +259,47 @@ async def new_page(request: web.Request) -> web.StreamResponse:
     return await _new_form(request, api, form)
 
 
+@dataclass(frozen=True)
+class ClassGroup:
+    """One optgroup of the class select: its label and (value, name) options."""
+
+    label: str
+    options: list[tuple[str, str]]
+
+
+async def _class_names(call: Awaitable[list[dict[str, Any]]], what: str,
+                       errors: list[str]) -> list[str]:
+    try:
+        objects = await call
+    except ApiError as err:
+        errors.append(f"{what}: {err.message}")
+        return []
+    return sorted(str((o.get("metadata") or {}).get("name", "")) for o in objects)
+
+
+async def _class_groups(api: UserApi, namespace: str) -> tuple[list[ClassGroup], list[str]]:
+    """The cluster's classes and the form's namespace's own, apart (one name may be in
+    both), and what could not be listed."""
+    errors: list[str] = []
+    cluster, own = await asyncio.gather(
+        _class_names(api.list_classes(), "WorkspaceClasses", errors),
+        _class_names(api.list_namespaced_classes(namespace), "NamespacedWorkspaceClasses",
+                     errors))
+    groups = [ClassGroup("Cluster classes",
+                         [(forms.class_choice(n, False), n) for n in cluster]),
+              ClassGroup(f"This namespace's classes ({namespace})",
+                         [(forms.class_choice(n, True), n) for n in own])]
+    return [g for g in groups if g.options], errors
+
+
 async def _new_form(request: web.Request, api: UserApi, form: forms.CreateForm,
                     status: int = 200) -> web.StreamResponse:
-    classes_error = ""
-    try:
-        classes = await api.list_classes()
-    except ApiError as err:
-        classes, classes_error = [], err.message
-    names = sorted(str((c.get("metadata") or {}).get("name", "")) for c in classes)
-    if not form.values.get("class_name") and names:
-        form.values["class_name"] = names[0]
-    return render(request, "new.html", status=status, form=form, classes=names,
-                  classes_error=classes_error, namespace=form.values.get("namespace", ""))
+    namespace = form.values.get("namespace", "")
+    groups, classes_errors = await _class_groups(api, namespace)
+    if not form.values.get("class_name") and groups:
+        form.values["class_name"] = groups[0].options[0][0]
+    return render(request, "new.html", status=status, form=form, class_groups=groups,
+                  classes_errors=classes_errors, namespace=namespace)
 
 
 async def create(request: web.Request) -> web.StreamResponse:

@@ -1,7 +1,7 @@
 """The create form: its fields become a Workspace manifest, and the apiserver's
 admission errors (a 422's details.causes[].field) go back next to the field they
-concern. The apiserver is the validator; only what the form itself encodes (the port
-list, the MCP servers' JSON) is checked here."""
+concern. The apiserver is the validator; only what the form itself encodes (the class
+choice, the port list, the MCP servers' JSON) is checked here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentspaces.api.model import API_VERSION
+from agentspaces.api.model import API_VERSION, NAMESPACED_CLASS_KIND
 
 FIELDS = ("namespace", "name", "class_name", "repository_url", "ref", "ports",
           "idle_timeout", "instructions", "mcp_servers", "api_key_secret")
@@ -20,6 +20,7 @@ PATHS = {
     "metadata.namespace": "namespace",
     "metadata.name": "name",
     "spec.className": "class_name",
+    "spec.classKind": "class_name",
     "spec.repository.url": "repository_url",
     "spec.repository.ref": "ref",
     "spec.repository": "repository_url",
@@ -31,6 +32,10 @@ PATHS = {
     "spec.agent.apiKeySecretRef": "api_key_secret",
 }
 _PORT = re.compile(r"^(\d{1,5})(?::(private|public))?$")
+# The class select's value: a cluster WorkspaceClass by its bare name, the namespace's
+# own class as "NamespacedWorkspaceClass/<name>". Class names are DNS subdomains, so a
+# "/" never occurs in one and the two cannot be mistaken for each other.
+NAMESPACED_PREFIX = f"{NAMESPACED_CLASS_KIND}/"
 
 
 @dataclass
@@ -55,6 +60,35 @@ def parse_ports(text: str) -> list[dict[str, Any]]:
     return ports
 
 
+def class_choice(name: str, namespaced: bool) -> str:
+    """The class select's value for a class (parse_class_choice reads it back)."""
+    return NAMESPACED_PREFIX + name if namespaced else name
+
+
+def parse_class_choice(value: str) -> tuple[str, str | None]:
+    """"sandbox" -> ("sandbox", None); "NamespacedWorkspaceClass/gpu" -> ("gpu",
+    "NamespacedWorkspaceClass"); any other value with a "/" is refused."""
+    kind, slash, name = value.rpartition("/")
+    if not slash:
+        return value, None
+    if kind != NAMESPACED_CLASS_KIND or not name:
+        raise ValueError(f"{value!r} is neither a class name nor {NAMESPACED_PREFIX}NAME")
+    return name, NAMESPACED_CLASS_KIND
+
+
+def _set_class(spec: dict[str, Any], form: CreateForm) -> None:
+    """className, and classKind only for a namespace's own class (the default kind is
+    the cluster's WorkspaceClass, so a cluster class's manifest stays as before)."""
+    try:
+        name, kind = parse_class_choice(form.values["class_name"])
+    except ValueError as err:
+        form.add("class_name", str(err))
+        return
+    spec["className"] = name
+    if kind:
+        spec["classKind"] = kind
+
+
 def manifest(values: Mapping[str, str]) -> tuple[dict[str, Any] | None, CreateForm]:
     """The Workspace the form describes, or None with the form's own errors."""
     form = CreateForm({name: str(values.get(name, "")).strip() for name in FIELDS})
@@ -62,6 +96,7 @@ def manifest(values: Mapping[str, str]) -> tuple[dict[str, Any] | None, CreateFo
     v = form.values
     spec: dict[str, Any] = {"className": v["class_name"],
                             "repository": {"url": v["repository_url"]}}
+    _set_class(spec, form)
     if v["ref"]:
         spec["repository"]["ref"] = v["ref"]
     try:

@@ -229,6 +229,22 @@ class UserApi:
         listing = await self._call("GET", f"{WORKSPACES}/workspaceclasses")
         return list(listing.get("items") or [])
 
+    async def list_namespaced_classes(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's own NamespacedWorkspaceClasses. Empty when the user may not
+        list them (the example tenant roles do not grant it) or the CRD is absent: the
+        cluster classes still make a usable form. No namespace (not yet typed), none."""
+        if not namespace:
+            return []
+        try:
+            listing = await self._call(
+                "GET", f"{WORKSPACES}/namespaces/{quote(namespace, safe='')}"
+                       "/namespacedworkspaceclasses")
+        except ApiError as err:
+            if err.status in (403, 404):
+                return []
+            raise
+        return list(listing.get("items") or [])
+
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         return (await self.read_secret_data(namespace, name)).get(key)
 
