@@ -20,7 +20,7 @@ TEAM = "team-a"
 READ = {"get", "list", "watch"}
 # Everything a tenant role may mention: (API group, resource).
 KNOWN = {("agentspaces.dev", "workspaces"), ("agentspaces.dev", "workspaceclasses"),
-         ("", "secrets"), ("", "events")}
+         ("agentspaces.dev", "namespacedworkspaceclasses"), ("", "secrets"), ("", "events")}
 CLUSTER_SCOPED = {("agentspaces.dev", "workspaceclasses")}
 AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
 
@@ -105,6 +105,10 @@ def test_cluster_wide_only_reading_classes_and_workspaces_only_in_the_team() -> 
     workspaces = {(where, v) for where, g, r, v in GRANTS if r == "workspaces"}
     assert {where for where, _ in workspaces} == {TEAM}
     assert {v for _, v in workspaces} == READ | {"create", "update", "patch", "delete"}
+    # The team's own classes name its cloud accounts: read, and only in the team.
+    own_classes = {(where, v) for where, g, r, v in GRANTS
+                   if r == "namespacedworkspaceclasses"}
+    assert own_classes == {(TEAM, v) for v in READ}
 
 
 def test_namespaced_roles_never_name_cluster_scoped_objects_and_viewers_read_only() -> None:
