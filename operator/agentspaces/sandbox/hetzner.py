@@ -62,7 +62,7 @@ class HetznerEmulator(EmulatorBase):
         self.state.delete_seconds = delete_seconds
         self.state.action_seconds = action_seconds
         self.state.linger_deletes = linger_deletes
-        self.api = HetznerApi(self.state)
+        self.api = self._wired(HetznerApi(self.state))
         # A token belongs to one project, as at Hetzner: the first token's is `state`;
         # add_project makes more, each seeing only its own servers, firewalls and keys.
         self._projects: dict[str, HetznerApi] = {token: self.api}
@@ -102,7 +102,12 @@ class HetznerEmulator(EmulatorBase):
         for knob in ("boot_seconds", "delete_seconds", "action_seconds", "linger_deletes",
                      "snapshot_seconds", "snapshot_size_gb"):
             setattr(state, knob, getattr(self.state, knob))
-        self._projects[token] = HetznerApi(state)
+        self._projects[token] = self._wired(HetznerApi(state))
+
+    def _wired(self, api: HetznerApi) -> HetznerApi:
+        """`api`, its image events going to the hooks."""
+        api.images.emit = self._hooks.emit
+        return api
 
     def project_servers(self, token: str) -> dict[int, dict[str, Any]]:
         """`servers` of the project `token` belongs to."""
@@ -226,6 +231,16 @@ class HetznerEmulator(EmulatorBase):
     def on_server_status_changed(self, callback: Callback) -> Callback:
         """Call `callback(server_snapshot)` on every status change."""
         return self._hooks.register("status", callback)
+
+    def on_image_created(self, callback: Callback) -> Callback:
+        """Call `callback(image)` when a create_image call makes an image (still
+        creating; `created_from` names the server), in any project."""
+        return self._hooks.register("image_created", callback)
+
+    def on_image_deleted(self, callback: Callback) -> Callback:
+        """Call `callback(image)` when an image is deleted (a backup also with its
+        server)."""
+        return self._hooks.register("image_deleted", callback)
 
     def remove_hook(self, callback: Callback) -> None:
         for event in HookDispatcher.EVENTS:

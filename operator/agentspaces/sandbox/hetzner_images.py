@@ -7,12 +7,17 @@ Each project sees only its own images, next to the shared system catalogue. Ids 
 unique across projects (the state's id block), as image ids are global at Hetzner.
 Where the API reference names no error code (changing a system image, making a server
 from a too big image), the emulator answers forbidden and invalid_input.
+
+`emit(event, image)` tells VM backends (through the emulator's hooks) that an image was
+made ("image_created", at the create_image call: the server's disk as it is then) or is
+gone ("image_deleted"); the emulator wires it to its hook dispatcher.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from . import hetzner_catalog as catalog
@@ -21,6 +26,11 @@ from .hetzner_labels import label_errors
 from .hetzner_state import CloudState, now_iso
 
 IMAGE_TYPES = ("snapshot", "backup")
+ImageEvent = Callable[[str, dict[str, Any]], None]
+
+
+def _no_listener(event: str, image: dict[str, Any]) -> None:
+    """`ImageBook.emit` until an emulator wires its hooks."""
 
 
 def _not_own(image_id: int) -> ApiError:
@@ -35,6 +45,7 @@ class ImageBook:
         self._images: dict[int, dict[str, Any]] = {}
         # Above every catalogue id and below the action ids (hetzner_state.py).
         self._ids = itertools.count(350_000_001 + state.id_block * 100_000)
+        self.emit: ImageEvent = _no_listener
 
     # -- reading ---------------------------------------------------------------------
     def all(self) -> list[dict[str, Any]]:
@@ -112,6 +123,9 @@ class ImageBook:
                 "architecture": server["server_type"]["architecture"],
             }
             self._images[image_id] = image
+            # Under the lock: a server created from the image, or the source's delete,
+            # reaches the hooks after this.
+            self.emit("image_created", copy.deepcopy(image))
             return {"image": copy.deepcopy(image), "action": action}
 
     def update(self, image_id: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +156,7 @@ class ImageBook:
                 raise ApiError(403, "protected", f"image {image_id} is delete protected")
             if image["status"] == "creating":
                 raise locked("image", image_id)
-            del self._images[image_id]
+            self.emit("image_deleted", self._images.pop(image_id))
 
     def change_protection(self, image_id: int, body: dict[str, Any]) -> dict[str, Any]:
         delete = body.get("delete")
@@ -162,4 +176,4 @@ class ImageBook:
         with self._state.lock:
             for image_id in [i for i, image in self._images.items()
                              if image["bound_to"] == server_id]:
-                del self._images[image_id]
+                self.emit("image_deleted", self._images.pop(image_id))

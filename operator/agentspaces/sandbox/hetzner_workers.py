@@ -63,9 +63,10 @@ Callback = Callable[[dict[str, Any]], None]
 
 class HookDispatcher:
     """Delivers (event, server snapshot) to registered callbacks on one thread, in the
-    order the events happened. A raising callback is logged and the next one still runs."""
+    order the events happened. A raising callback is logged and the next one still runs.
+    The image events carry the image instead (its `created_from` names the server)."""
 
-    EVENTS = ("created", "deleted", "status")
+    EVENTS = ("created", "deleted", "status", "image_created", "image_deleted")
 
     def __init__(self) -> None:
         self._hooks: dict[str, list[Callback]] = {e: [] for e in self.EVENTS}

@@ -29,6 +29,8 @@ class EmulatorLike(Protocol):
 
     def on_server_created(self, callback: Hook) -> Hook: ...
     def on_server_deleted(self, callback: Hook) -> Hook: ...
+    def on_image_created(self, callback: Hook) -> Hook: ...
+    def on_image_deleted(self, callback: Hook) -> Hook: ...
     def remove_hook(self, callback: Hook) -> None: ...
     def guest_shutdown(self, server_id: int) -> bool: ...
 
@@ -70,8 +72,20 @@ class VmBackend(Generic[VmT, InfoT]):
     def _boot(self, vm: VmT, user_data: object) -> None:
         raise NotImplementedError
 
+    def _boot_server(self, vm: VmT, server: dict[str, Any]) -> None:
+        """Boot `vm` for `server` (the emulator's snapshot of it); most backends need
+        only its user-data."""
+        self._boot(vm, server.get("user_data"))
+
     def _info(self, vm: VmT) -> InfoT:
         raise NotImplementedError
+
+    def on_image_created(self, image: dict[str, Any]) -> None:
+        """A snapshot of the server `image["created_from"]` was made (a backend with
+        real disks keeps one); on the emulator's hook thread, must not raise."""
+
+    def on_image_deleted(self, image: dict[str, Any]) -> None:
+        """The image is gone; on the emulator's hook thread, must not raise."""
 
     # -- wiring --------------------------------------------------------------------
 
@@ -82,10 +96,13 @@ class VmBackend(Generic[VmT, InfoT]):
         self._emulator = emulator  # for what the guest itself does (powering off)
         emulator.on_server_created(self.on_server_created)
         emulator.on_server_deleted(self.on_server_deleted)
+        emulator.on_image_created(self.on_image_created)
+        emulator.on_image_deleted(self.on_image_deleted)
 
     def detach(self, emulator: EmulatorLike) -> None:
-        emulator.remove_hook(self.on_server_created)
-        emulator.remove_hook(self.on_server_deleted)
+        for hook in (self.on_server_created, self.on_server_deleted,
+                     self.on_image_created, self.on_image_deleted):
+            emulator.remove_hook(hook)
         if self._emulator is emulator:
             self._emulator = None
 
@@ -125,7 +142,7 @@ class VmBackend(Generic[VmT, InfoT]):
                 return
             self._vms[server_id] = vm
             try:
-                self._boot(vm, server.get("user_data"))
+                self._boot_server(vm, server)
             except Exception as exc:  # the emulator's hook thread must live on
                 log.exception("%s %s: boot failed", self.kind, server_id)
                 vm.note(f"boot failed: {type(exc).__name__}: {exc}", error=True)
