@@ -3,7 +3,9 @@ cloud image (scripts/build-vm-image.sh, cached outside the repo) under TCG, the 
 own cloud-init runs exactly the user-data sent with the create call, the guest answers
 on its forwarded port at the loopback address the emulator reports, its sshd answers on
 the forwarded ssh port, Hetzner's metadata address reaches the host's stand-in, and
-deleting the server leaves no QEMU process, overlay or seed.
+deleting the server leaves no QEMU process, overlay or seed. A guest that powers itself
+off shows "off" in the emulator, its snapshot keeps its disk, and a server created from
+the snapshot boots it.
 
 The first run builds the image (~1 min here); later runs boot in about a minute.
 """
@@ -227,3 +229,147 @@ def test_stop_all_powers_off_every_vm(cloud: tuple[hcloud.Client, QemuVms]) -> N
     assert not info.overlay.exists() and not info.seed.exists()
     assert vms.vms == {} and vms.ip_pool.in_use() == frozenset()
     assert os.path.isfile(info.qemu_log)
+
+
+@pytest.mark.usefixtures("image")  # for qemu-img and qemu-io
+def test_an_image_disk_holds_every_layer_but_the_base(tmp_path: Path) -> None:
+    """A VM booted from an image is snapshotted again: the new image's disk has the
+    first image's clusters too, so it outlives that image (no boot: tiny disks)."""
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    for name in ("vmlinuz", "initrd"):
+        (base_dir / name).write_bytes(b"")
+    base = BaseImage(base_dir)
+
+    def qemu(*argv: str) -> str:
+        return subprocess.run(["qemu-img", *argv], check=True, capture_output=True,
+                              text=True, timeout=60).stdout
+
+    def write(disk: Path, fmt: str, pattern: int, mib: int) -> None:
+        subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P {pattern} {mib}M 1M",
+                        str(disk)], check=True, capture_output=True, timeout=60)
+
+    qemu("create", "-q", "-f", "raw", str(base.disk), "16M")
+    write(base.disk, "raw", 0x11, 0)
+    vms = QemuVms(tmp_path / "state", base)
+    first_overlay = tmp_path / "first.qcow2"
+    qemu("create", "-q", "-f", "qcow2", "-b", str(base.disk), "-F", "raw",
+         str(first_overlay), "16M")
+    write(first_overlay, "qcow2", 0x22, 1)
+    first = vms.image_disk(1)
+    vms._copy_disk(first_overlay, base.disk, first)
+    second_overlay = tmp_path / "second.qcow2"
+    qemu("create", "-q", "-f", "qcow2", "-b", str(first), "-F", "qcow2",
+         str(second_overlay), "16M")
+    write(second_overlay, "qcow2", 0x33, 2)
+    second = vms.image_disk(2)
+    vms._copy_disk(second_overlay, first, second)
+    assert "Images are identical" in qemu("compare", str(second_overlay), str(second))
+    first.unlink()
+    assert json.loads(qemu("info", "--output=json", str(second)))["backing-filename"] == \
+        str(base.disk)
+    for offset, pattern in ((0, 0x11), (1, 0x22), (2, 0x33)):
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c",
+                        f"read -P {pattern} {offset}M 1M", str(second)],
+                       check=True, capture_output=True, timeout=60)
+    assert not list(vms.images_dir.glob("*.part"))
+
+
+def builder_user_data(marker: str) -> str:
+    """Writes the marker, then the guest powers itself off (cloud-init's power_state,
+    as a workspace image's builder does once its install succeeded)."""
+    return f"""#cloud-config
+write_files:
+  - path: /var/lib/marker
+    content: "{marker}"
+    permissions: "0644"
+power_state:
+  mode: poweroff
+  delay: now
+  condition: true
+"""
+
+
+# On the console, so the test reads it from the serial log.
+REPORT_MARKER = """#cloud-config
+runcmd:
+  - [sh, -c, "echo \\"marker=$(cat /var/lib/marker 2>&1)\\" > /dev/ttyS0"]
+"""
+
+
+def test_a_guest_powers_off_is_snapshotted_and_a_server_boots_the_snapshot(
+        cloud: tuple[hcloud.Client, QemuVms]) -> None:
+    client, vms = cloud
+    marker = secrets.token_hex(12)
+    phases: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        phases[name] = time.monotonic() - clock
+        clock = time.monotonic()
+        print(f"phase {name}: {phases[name]:.1f}s", flush=True)
+
+    builder = client.servers.create(name="qemu-builder", server_type=ServerType(name="cx23"),
+                                    image=Image(name="debian-13"),
+                                    user_data=builder_user_data(marker)).server
+    builder_id = builder.id
+    assert builder_id is not None
+    first = wait_for(lambda: vms.vm(builder_id), 15, "the builder's QEMU VM")
+
+    def off() -> bool:
+        return client.servers.get_by_id(builder_id).status == "off"
+
+    try:
+        wait_for(off, BOOT_TIMEOUT, "the builder's guest powering itself off", interval=1.0)
+    except AssertionError:
+        print(serial_text(first)[-4000:])
+        raise
+    phase("boot, write the marker, guest poweroff -> off")
+    first = vms.vm(builder_id)
+    assert first is not None and first.exit_code == 0 and not first.errors, first
+    assert "the guest powered itself off" in first.own_log.read_text()
+
+    made = client.servers.create_image(builder, description="marker", type="snapshot")
+    image_id = made.image.id
+    assert image_id is not None
+    wait_for(lambda: client.images.get_by_id(image_id).status == "available", 30,
+             "the snapshot available", interval=0.2)
+    disk = vms.image_disk(image_id)
+    wait_for(disk.is_file, 120, "the snapshot's disk saved", interval=0.2)
+    phase("create_image -> available, disk saved")
+    client.servers.delete(builder)
+    wait_for(lambda: vms.vm(builder_id) is None, 60, "the builder torn down", interval=0.2)
+    assert not first.overlay.exists() and disk.is_file()  # a copy, not the overlay
+    phase("delete the builder")
+
+    second = client.servers.create(name="qemu-from-image", server_type=ServerType(name="cx23"),
+                                   image=Image(id=image_id), user_data=REPORT_MARKER).server
+    second_id = second.id
+    assert second_id is not None
+    info = wait_for(lambda: vms.vm(second_id), 15, "the QEMU VM from the snapshot")
+    assert info.backing == disk and info.ok, info
+
+    def reported() -> str | None:
+        text = serial_text(info)
+        return text if "marker=" in text else None
+
+    try:
+        console = wait_for(reported, BOOT_TIMEOUT, "the marker on the console", interval=1.0)
+    except AssertionError:
+        print(serial_text(info)[-4000:])
+        raise
+    assert f"marker={marker}" in console, console[-2000:]
+    phase("boot from the snapshot, marker on the console")
+
+    client.images.delete(client.images.get_by_id(image_id))  # the server still reads it
+    client.servers.delete(second)
+    wait_for(lambda: vms.vm(second_id) is None, 60, "the VM torn down", interval=0.2)
+    wait_for(lambda: not disk.exists(), 10, "the image's disk removed", interval=0.2)
+    assert info.pid is not None and not process_alive(info.pid)
+    assert not info.overlay.exists() and not info.seed.exists()
+    assert not list(vms.images_dir.glob("*"))
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                and "qemu-system" in _cmdline(p) and str(vms.state_dir) in _cmdline(p)]
+    phase("delete the image and the server")
+    print("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))

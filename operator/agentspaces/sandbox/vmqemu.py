@@ -29,6 +29,17 @@ it) as the guest's eth1, 169.254.169.15/24; each connection runs vmqemu_relay.py
 passes it on to the host's server. The guest then reaches the address as a Hetzner VM
 does (until its own firewall blocks it).
 
+Images: a guest that powers itself off ends its QEMU process; a waiter thread per VM
+sees QEMU exit while we did not stop it and reports the power-off to the emulator
+(`guest_shutdown`), which then shows the server "off". When the emulator makes a snapshot
+of a server ("image_created" hook), its VM's disk is saved as the image's disk,
+`<state_dir>/qemu/images/<image-id>.qcow2`: the VM's own layers, backed by the base
+image only (not by its overlay, nor by another image's disk). A server created from that
+image gets an overlay backed by that disk. The copy runs inside the hook, so it may end
+after the emulator already shows the image available; the hooks run in order on one
+thread, so a server created from the image, or the source's delete, reaches the backend
+only after the copy.
+
 Files live under `<state_dir>/qemu/<server-id>/`: `overlay.qcow2` and `seed.img`
 (removed when the VM goes), `serial.log` (the guest's console), `qemu.log` (QEMU's own
 output) and `vmqemu.log` (this backend's notes), which stay for the post-mortem. A VM
@@ -77,6 +88,8 @@ METADATA_NET_DNS = "169.254.169.3"
 METADATA_GUEST_ADDRESS = "169.254.169.15/24"
 RELAY = Path(__file__).resolve().with_name("vmqemu_relay.py")
 SBIN = ("/usr/sbin", "/sbin")
+DISK_COPY_SECONDS = 600.0  # qemu-img on a baked image: ~2 GB of the VM's own layers
+WAITER_JOIN_SECONDS = 5.0
 Progress = Callable[[str], None]
 
 
@@ -220,9 +233,9 @@ def make_seed(path: Path, user_data: str, meta_data: Mapping[str, str],
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _run(argv: Sequence[str]) -> None:
+def _run(argv: Sequence[str], timeout: float = 60) -> None:
     result = subprocess.run(list(argv), capture_output=True, text=True, check=False,
-                            timeout=60, stdin=subprocess.DEVNULL)
+                            timeout=timeout, stdin=subprocess.DEVNULL)
     if result.returncode:
         raise QemuError(f"{Path(argv[0]).name} exited {result.returncode}: "
                         f"{(result.stderr or result.stdout).strip()[-500:]}")
@@ -258,6 +271,7 @@ class QemuVmInfo:
     serial_log: Path
     qemu_log: Path
     own_log: Path
+    backing: Path | None = None      # what the overlay is backed by: base or image disk
 
     @property
     def running(self) -> bool:
@@ -279,6 +293,9 @@ class _Vm:
     ports: tuple[int, ...] = ()
     ssh_port: int | None = None
     metadata: tuple[str, int] | None = None
+    image: dict[str, Any] | None = None  # the server's image, as the emulator has it
+    backing: Path | None = None
+    waiter: threading.Thread | None = None
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -325,7 +342,7 @@ class _Vm:
             errors=tuple(self.errors), ports=self.ports, ssh_port=self.ssh_port,
             metadata=self.metadata, overlay=self.overlay,
             seed=self.seed, serial_log=self.serial_log, qemu_log=self.qemu_log,
-            own_log=self.own_log)
+            own_log=self.own_log, backing=self.backing)
 
     def stop(self, term_seconds: float, kill_seconds: float) -> None:
         """Power off (SIGTERM, then SIGKILL), then remove the overlay and the seed; the
@@ -344,6 +361,11 @@ class _Vm:
                     path.unlink(missing_ok=True)
                 except OSError as exc:
                     log.error("QEMU VM %s: could not remove %s: %s", self.server_id, path, exc)
+        # Outside the lock: the waiter takes it once QEMU is gone.
+        if self.waiter is not None and self.waiter is not threading.current_thread():
+            self.waiter.join(WAITER_JOIN_SECONDS)
+            if self.waiter.is_alive():
+                log.error("QEMU VM %s: its waiter thread did not end", self.server_id)
 
 
 class QemuVms(VmBackend[_Vm, QemuVmInfo]):
@@ -370,12 +392,39 @@ class QemuVms(VmBackend[_Vm, QemuVmInfo]):
         self.disk_size = disk_size
         self._qemu = qemu
         self._qemu_img = qemu_img
+        self._deleted_disks: set[Path] = set()  # of deleted images a VM still reads
 
     def _new_vm(self, server_id: int, name: str, ip: str | None, root: Path) -> _Vm:
         return _Vm(server_id, name, ip, root)
 
     def _info(self, vm: _Vm) -> QemuVmInfo:
         return vm.info()
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / self.subdir / "images"
+
+    def image_disk(self, image_id: int) -> Path:
+        """Where the disk of the emulator's image `image_id` is kept."""
+        return self.images_dir / f"{image_id}.qcow2"
+
+    def _boot_server(self, vm: _Vm, server: dict[str, Any]) -> None:
+        vm.image = server.get("image")
+        self._boot(vm, server.get("user_data"))
+
+    def _backing(self, vm: _Vm) -> tuple[Path, str]:
+        """(disk, format) the VM's overlay is backed by: its image's saved disk when the
+        server was created from a snapshot (or backup), else the base image."""
+        image = vm.image or {}
+        if image.get("type") not in ("snapshot", "backup"):
+            return self.image.disk, "raw"
+        disk = self.image_disk(int(image["id"]))
+        if disk.is_file():
+            vm.note(f"booting image {image['id']} ({disk})")
+            return disk, "qcow2"
+        vm.note(f"image {image['id']} has no saved disk (made while its server had no "
+                "QEMU VM): booting the base image instead", error=True)
+        return self.image.disk, "raw"
 
     def _boot(self, vm: _Vm, user_data: object) -> None:
         if vm.root.exists():  # left over from an earlier sandbox with the same ids
@@ -402,8 +451,10 @@ class QemuVms(VmBackend[_Vm, QemuVmInfo]):
             else:
                 vm.ssh_port = self.ssh_port
         vm.metadata = self.metadata
-        _run([self._qemu_img, "create", "-q", "-f", "qcow2", "-b", str(self.image.disk),
-              "-F", "raw", str(vm.overlay), self.disk_size])
+        backing, backing_format = self._backing(vm)
+        _run([self._qemu_img, "create", "-q", "-f", "qcow2", "-b", str(backing),
+              "-F", backing_format, str(vm.overlay), self.disk_size])
+        vm.backing = backing
         mac = mac_address(vm.server_id)
         metadata_mac = metadata_mac_address(vm.server_id) if vm.metadata else None
         make_seed(vm.seed, text, {"instance-id": str(vm.server_id),
@@ -417,11 +468,121 @@ class QemuVms(VmBackend[_Vm, QemuVmInfo]):
                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                 "LANG": "C.UTF-8"},
                            log=vm.qemu_log)
+        vm.waiter = threading.Thread(target=self._watch, args=(vm, vm.process),
+                                     name=f"qemu-waiter-{vm.server_id}", daemon=True)
+        vm.waiter.start()
         vm.note(f"started QEMU (pid {vm.process.pid}); console {vm.serial_log}; "
                 f"forwarding {vm.ip} ports {', '.join(map(str, ports)) or 'none'}"
                 + (f", ssh {vm.ssh_port}" if vm.ssh_port else "")
                 + (f"; metadata from {vm.metadata[0]}:{vm.metadata[1]}"
                    if vm.metadata else ""))
+
+    # -- what the guest does on its own ---------------------------------------------
+
+    def _watch(self, vm: _Vm, process: VmProcess) -> None:
+        """On the VM's waiter thread: QEMU exiting while we did not stop it is the guest
+        powering itself off (exit 0), or QEMU failing; either way the server is off."""
+        try:
+            code = process.popen.wait()
+            with vm.lock:  # stop() sets `stopped` before it signals QEMU
+                if vm.stopped:
+                    return
+            if code == 0:
+                vm.note("the guest powered itself off (QEMU exit 0)")
+            else:
+                vm.note(f"QEMU exited {code} by itself", error=True)
+            self._report_power_off(vm)
+        except Exception:  # nothing above this thread catches it
+            log.exception("QEMU VM %s: waiter failed", vm.server_id)
+
+    def _report_power_off(self, vm: _Vm) -> None:
+        emulator = self.emulator
+        if emulator is None:
+            vm.note("no emulator attached to report the power-off to", error=True)
+        elif emulator.guest_shutdown(vm.server_id):
+            vm.note("reported the power-off: the server is off")
+        else:
+            vm.note("the emulator did not have the server running: status unchanged")
+
+    # -- images ----------------------------------------------------------------------
+
+    def on_image_created(self, image: dict[str, Any]) -> None:
+        try:
+            self._save_disk(int(image["id"]), int((image.get("created_from") or {})["id"]))
+        except Exception:  # the emulator's hook thread must live on
+            log.exception("QEMU: saving the disk of image %s failed", image.get("id"))
+
+    def _save_disk(self, image_id: int, server_id: int) -> None:
+        with self._lock:
+            vm = self._vms.get(server_id)
+        if vm is None:
+            log.warning("QEMU: image %s of server %s: no VM, so no disk", image_id, server_id)
+            return
+        disk = self.image_disk(image_id)
+        started = time.monotonic()
+        with vm.lock:  # the overlay stays while we copy it
+            if vm.stopped or vm.backing is None:
+                vm.note(f"image {image_id}: the VM has no disk to save", error=True)
+                return
+            try:
+                self._copy_disk(vm.overlay, vm.backing, disk)
+            except (QemuError, OSError, subprocess.TimeoutExpired) as exc:
+                vm.note(f"image {image_id}: could not save the disk: {exc}", error=True)
+                return
+        vm.note(f"image {image_id}: disk saved as {disk} "
+                f"({time.monotonic() - started:.1f}s)")
+
+    def _copy_disk(self, overlay: Path, backing: Path, target: Path) -> None:
+        """`target`: the overlay's content as a qcow2 backed by the base image. Convert
+        copies the overlay's own clusters; a VM booted from an image then has that
+        image's clusters rebased in, so deleting that image later breaks nothing. -U: a
+        running QEMU holds the overlay's lock (the copy is then crash-consistent)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        part.unlink(missing_ok=True)
+        try:
+            base = self.image.disk
+            _run([self._qemu_img, "convert", "-U", "-O", "qcow2", "-B", str(backing),
+                  "-F", "raw" if backing == base else "qcow2", str(overlay), str(part)],
+                 timeout=DISK_COPY_SECONDS)
+            if backing != base:
+                _run([self._qemu_img, "rebase", "-U", "-f", "qcow2", "-b", str(base),
+                      "-F", "raw", str(part)], timeout=DISK_COPY_SECONDS)
+            part.replace(target)
+        finally:
+            part.unlink(missing_ok=True)
+
+    def on_image_deleted(self, image: dict[str, Any]) -> None:
+        try:
+            with self._lock:
+                self._deleted_disks.add(self.image_disk(int(image["id"])))
+            self._remove_unused_disks()
+        except Exception:  # the emulator's hook thread must live on
+            log.exception("QEMU: removing the disk of image %s failed", image.get("id"))
+
+    def on_server_deleted(self, server: dict[str, Any]) -> None:
+        super().on_server_deleted(server)
+        try:
+            self._remove_unused_disks()
+        except Exception:  # the emulator's hook thread must live on
+            log.exception("QEMU: removing the disks of deleted images failed")
+
+    def _remove_unused_disks(self) -> None:
+        """Remove the disks of deleted images once no VM's overlay is backed by them (as
+        at Hetzner, a server outlives the image it was made from)."""
+        with self._lock:
+            in_use = {vm.backing for vm in self._vms.values()}
+            unused = self._deleted_disks - in_use
+            self._deleted_disks -= unused
+        for disk in unused:
+            disk.unlink(missing_ok=True)
+
+    def stop_all(self) -> None:
+        """Stop every VM, then remove every image's disk."""
+        super().stop_all()
+        shutil.rmtree(self.images_dir, ignore_errors=True)
+        with self._lock:
+            self._deleted_disks.clear()
 
     def qemu_argv(self, ip: str, overlay: Path, seed: Path, serial_log: Path,
                   ports: Sequence[int], mac: str, *, ssh_port: int | None = None,
