@@ -33,6 +33,7 @@ from agentspaces.reconcile.status import StatusDraft
 from agentspaces.runtime import Runtime
 from agentspaces.settings import OperatorSettings
 
+log = logging.getLogger(__name__)
 RESOURCE = (GROUP, VERSION, "workspaces")
 IMAGES = (GROUP, VERSION, IMAGE_PLURAL)
 IMAGE_RECHECK = 600.0
@@ -118,11 +119,25 @@ def _emitter(body: kopf.Body) -> Any:
     return emit
 
 
-async def _run(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: bool) -> None:
-    """`_visit`, with a requeue handed to Kopf as a TemporaryError."""
+async def _run(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: bool,
+               hold_long_waits: bool = True) -> None:
+    """`_visit`, with a requeue handed to Kopf as a TemporaryError; one longer than a
+    poll interval is held for the timer instead (requeue_holds.py), so that a later
+    spec change is not kept waiting behind it. A delete (`hold_long_waits` False)
+    always retries through Kopf: returning would let its finalizer go."""
     outcome = await _visit(body, memo, step, fresh_inputs=fresh_inputs)
-    if outcome is not None and outcome.requeue is not None:
-        raise kopf.TemporaryError(outcome.message or "waiting", delay=outcome.requeue)
+    rt = runtime_of(memo)
+    uid = WorkspaceRef.from_body(body).uid
+    if outcome is None or outcome.requeue is None:
+        rt.holds.release(uid)
+        return
+    if hold_long_waits and outcome.requeue > SETTINGS.poll_interval:
+        rt.holds.hold(uid, (body.get("metadata") or {}).get("generation"), outcome.requeue)
+        meta = body.get("metadata") or {}
+        log.info("%s/%s: waiting for the poll timer: %s (in %gs)", meta.get("namespace"),
+                 meta.get("name"), outcome.message or "waiting", outcome.requeue)
+        return
+    raise kopf.TemporaryError(outcome.message or "waiting", delay=outcome.requeue)
 
 
 async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: bool
@@ -181,8 +196,11 @@ async def workspace_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: A
 async def workspace_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    if runtime_of(memo).watch_coverage.covers(WorkspaceRef.from_body(body).uid):
+    rt, uid = runtime_of(memo), WorkspaceRef.from_body(body).uid
+    if rt.watch_coverage.covers(uid):
         return  # its agent watcher reconciled it within the poll interval
+    if rt.holds.holding(uid, body.get("metadata", {}).get("generation")):
+        return  # a long wait of this spec is not over
     await _run(body, memo, workspace.reconcile, fresh_inputs=False)
 
 
@@ -226,7 +244,8 @@ async def namespaced_class_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -
 
 @kopf.on.delete(*RESOURCE)
 async def workspace_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    await _run(body, memo, workspace.finalize, fresh_inputs=retry == 0)
+    await _run(body, memo, workspace.finalize, fresh_inputs=retry == 0,
+               hold_long_waits=False)
     runtime_of(memo).forget(WorkspaceRef.from_body(body).uid)
     metrics.PHASES.forget(WorkspaceRef.from_body(body).uid)
 

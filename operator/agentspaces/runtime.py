@@ -27,6 +27,7 @@ from agentspaces.clouds.hetzner_pricing import CachedPrices
 from agentspaces.clouds.r2 import ObjectStore, S3ObjectStore
 from agentspaces.kube import KubePort
 from agentspaces.quota_gate import QuotaGate
+from agentspaces.requeue_holds import RequeueHolds
 from agentspaces.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class Runtime:
         self.watch_coverage = WatchCoverage(
             settings.poll_interval, min(settings.poll_interval, settings.agent_timeout),
             monotonic)
+        # Waits longer than a poll interval, kept by the timer (requeue_holds.py).
+        self.holds = RequeueHolds(monotonic)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
@@ -172,6 +175,7 @@ class Runtime:
     def forget(self, uid: str) -> None:
         self._locks.pop(uid, None)
         self.watch_coverage.end(uid)
+        self.holds.release(uid)
         cached = self._agents.pop(uid, None)
         if cached is not None:
             self._closing.append(cached[1])

@@ -67,8 +67,11 @@ def _wait_condition(kubectl: Kubectl, name: str, ns: str, type_: str, reason: st
 
 
 def _reconciles(operator: OperatorProcess, reason: str) -> int:
-    """Reconciles so far that ended waiting on `reason` (one workspace at a time here)."""
-    return operator.log().count(f"failed temporarily: {reason}")
+    """Reconciles so far that ended waiting on `reason` (one workspace at a time here):
+    retried by Kopf, or for a wait longer than the poll interval by the poll timer."""
+    text = operator.log()
+    return (text.count(f"failed temporarily: {reason}")
+            + text.count(f"for the poll timer: {reason}"))
 
 
 def _delete(kubectl: Kubectl, name: str, ns: str) -> None:
