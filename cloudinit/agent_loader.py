@@ -11,9 +11,20 @@ this loader, agent.json, the TLS files and the sha256 of the expected bundle
   it in the same process (same PID for systemd).
 
 While waiting, `GET /v1/status` answers with bootStage "awaiting-agent"; every other
-request gets 503. Like the agent's API, it caps connections (in total and per address),
-gives the TLS handshake and request head one total deadline, and checks the token
-before reading any body byte. Python 3 standard library only, like the agent.
+request gets 503.
+
+A warm-pool server's agent.json has `pool: {class}` and no `workspace` (nor host,
+publicPorts, repository, claudeCode). It serves even when the bundle is installed:
+bootStage "awaiting-claim" until the operator's `PUT /v1/claim` names the workspace
+(`{"config": {workspace, host, ...}, "claudeSeeds": {name: text},
+"sshAuthorizedKeys": [line]}`). The loader writes the seeds and keys, rewrites
+agent.json (the claim's keys in, `pool` out), then waits for the bundle as above, or
+execs the installed one. A repeated claim for the same workspace uid answers 200;
+`PUT /v1/agent` before the claim gets 409, since the agent needs its workspace.
+
+Like the agent's API, it caps connections (in total and per address), gives the TLS
+handshake and request head one total deadline, and checks the token before reading any
+body byte. Python 3 standard library only, like the agent.
 """
 
 from __future__ import annotations
@@ -36,16 +47,74 @@ from pathlib import Path
 from typing import Any
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+MAX_CLAIM_BYTES = 256 * 1024
 FAILURES_PER_MINUTE = 10
 IO_TIMEOUT_SECONDS = 30
 # Defaults of agent.json's optional apiLimits (the agent reads the same keys).
 LIMITS = {"maxConnections": 64, "perAddress": 8, "headerSeconds": 10.0,
           "bodyFloorSeconds": 10.0, "bodyBytesPerSecond": 65536}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+CLAIM_KEYS = ("workspace", "host", "publicPorts", "repository", "claudeCode")
+SEEDS = ("settings.json", "CLAUDE.md", "mcp.json")
+SSH_KEYS_FILE = "/root/.ssh/authorized_keys"
 
 
 class LoaderError(Exception):
     """The loader cannot start (bad configuration or files); the message says which."""
+
+
+class BadClaim(ValueError):
+    """A PUT /v1/claim body the loader refuses (400); the argument names the bad field."""
+
+
+def in_pool(config: Any) -> bool:
+    """A warm-pool server's agent.json, not claimed yet."""
+    return isinstance(config, dict) and "pool" in config and "workspace" not in config
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _need(ok: object, field: str) -> None:
+    if not ok:
+        raise BadClaim(field)
+
+
+def check_claim(doc: Any) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The claim's config, Claude seeds and SSH keys; BadClaim for the first bad part."""
+    _need(isinstance(doc, dict), "body")
+    for key in doc:
+        _need(key in ("config", "claudeSeeds", "sshAuthorizedKeys"), str(key))
+    config, seeds = doc.get("config"), doc.get("claudeSeeds", {})
+    keys = doc.get("sshAuthorizedKeys", [])
+    _need(isinstance(config, dict), "config")
+    for key in config:  # the agent checks the values it reads
+        _need(key in CLAIM_KEYS, f"config.{key}")
+    _need(isinstance(config.get("workspace"), dict), "config.workspace")
+    for key in ("name", "namespace", "uid"):
+        _need(_text(config["workspace"].get(key)), f"config.workspace.{key}")
+    _need(_text(config.get("host")), "config.host")
+    _need(isinstance(seeds, dict), "claudeSeeds")
+    for name, text in seeds.items():
+        _need(name in SEEDS and isinstance(text, str), f"claudeSeeds.{name}")
+    _need(isinstance(keys, list), "sshAuthorizedKeys")
+    for i, key in enumerate(keys):  # one line each: a newline would add another key
+        _need(_text(key) and key.isprintable(), f"sshAuthorizedKeys[{i}]")
+    return config, seeds, [key.strip() for key in keys]
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write a temporary file with `mode` from the start, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, mode)
+        fh.write(data)
+        fh.flush()
+        os.fsync(fd)
+    os.replace(tmp, path)
 
 
 def file_sha256(path: Path) -> str | None:
@@ -103,7 +172,8 @@ class DeadlineReader(io.RawIOBase):
 class State:
     """What the request handlers share with the main loop."""
 
-    def __init__(self, config: dict[str, Any], bundle: Path, expected: str) -> None:
+    def __init__(self, config: dict[str, Any], bundle: Path, expected: str,
+                 config_path: Path) -> None:
         self.limits = read_limits(config)
         self.token_sha256 = str(config.get("tokenSha256", "")).lower()
         if not _HEX64.match(self.token_sha256):
@@ -112,6 +182,10 @@ class State:
         self.bundle = bundle
         self.expected = expected
         self.delivered = threading.Event()
+        self.config, self.config_path = config, config_path
+        self.pool = in_pool(config)
+        self.seed_dir = Path(config.get("claudeSeedDir") or config_path.parent / "claude")
+        self.keys_file = Path(config.get("sshAuthorizedKeysFile") or SSH_KEYS_FILE)
         self._failures: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
@@ -133,24 +207,51 @@ class State:
         return hmac.compare_digest(digest, self.token_sha256)
 
     def status(self) -> dict[str, Any]:
-        return {
-            "version": "loader",
-            "simulated": self.simulated,
-            "bootStage": "awaiting-agent",
-            "bootMessage": "waiting for the operator to deliver the agent bundle",
-            "agentBundle": {"sha256": self.expected},
-        }
+        unclaimed = in_pool(self.config)
+        doc = {"version": "loader", "simulated": self.simulated,
+               "bootStage": "awaiting-claim" if unclaimed else "awaiting-agent",
+               "bootMessage": "a warm-pool server, waiting to be claimed" if unclaimed
+               else "waiting for the operator to deliver the agent bundle",
+               "agentBundle": {"sha256": self.expected}}
+        if unclaimed:
+            doc["pool"] = self.config["pool"]  # {"class"}
+        if "workspace" in self.config:
+            doc["workspace"] = self.config["workspace"]
+        return doc
 
     def store(self, body: bytes) -> None:
         """Write the bundle atomically (it is only ever read whole, by exec)."""
-        tmp = self.bundle.with_name(f".{self.bundle.name}.tmp")
-        self.bundle.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.chmod(0o644)
-        os.replace(tmp, self.bundle)
+        write_atomic(self.bundle, body, 0o644)
+
+    def claim(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Apply a PUT /v1/claim body; (status code, answer). Files first, agent.json
+        last: until it is replaced, a repeated claim writes everything again."""
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            doc = None
+        config, seeds, keys = check_claim(doc)
+        with self._lock:  # the throttle's: claims are rare
+            current = self.config.get("workspace")
+            if isinstance(current, dict) and current.get("uid") == config["workspace"]["uid"]:
+                return 200, {"workspace": current}  # a repeat (or a restarted loader)
+            if not self.pool:
+                return 409, {"error": "not-a-pool-server"}
+            if current is not None:
+                return 409, {"error": "already-claimed"}
+            for name, text in seeds.items():
+                write_atomic(self.seed_dir / name, text.encode(errors="replace"), 0o644)
+            path = self.keys_file
+            if keys:  # appended, each line once
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.chmod(0o700)
+                lines = path.read_text().splitlines() if path.exists() else []
+                text = "".join(f"{line}\n" for line in dict.fromkeys(lines + keys))
+                write_atomic(path, text.encode(errors="replace"), 0o600)
+            claimed = {k: v for k, v in self.config.items() if k != "pool"} | config
+            write_atomic(self.config_path, json.dumps(claimed, indent=2).encode(), 0o600)
+            self.config = claimed
+            return 202, {"workspace": config["workspace"]}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -229,19 +330,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         if not self._authorized():
             return
-        if self.path != "/v1/agent":
+        cap = {"/v1/agent": MAX_BUNDLE_BYTES, "/v1/claim": MAX_CLAIM_BYTES}.get(self.path)
+        if cap is None:
             self._not_yet()
+            return
+        if self.path == "/v1/agent" and in_pool(self.state.config):
+            self._drain()
+            self._send(409, {"error": "not-claimed", "detail": "claim the server first"})
             return
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             self._send(411, {"error": "length-required"})
             return
-        if not 0 < length <= MAX_BUNDLE_BYTES:
-            self._send(413, {"error": "too-large", "detail": f"at most {MAX_BUNDLE_BYTES} bytes"})
+        if not 0 < length <= cap:
+            self._send(413, {"error": "too-large", "detail": f"at most {cap} bytes"})
             return
         self._body_budget(length)
         body = self.rfile.read(length)
+        if self.path == "/v1/claim":
+            try:
+                code, answer = self.state.claim(body)
+            except BadClaim as exc:
+                code, answer = 400, {"error": "bad-claim", "field": str(exc), "detail": str(exc)}
+            except OSError as exc:
+                code, answer = 500, {"error": "claim-failed", "detail": type(exc).__name__}
+            self._send(code, answer)
+            if code == 202 and file_sha256(self.state.bundle) == self.state.expected:
+                self.state.delivered.set()  # installed already: the process execs it next
+            return
         digest = hashlib.sha256(body).hexdigest()
         if len(body) != length or not hmac.compare_digest(digest, self.state.expected):
             self._send(409, {"error": "bundle-mismatch",
@@ -311,14 +428,15 @@ class TlsServer(http.server.ThreadingHTTPServer):
         super().finish_request(tls, client_address)
 
 
-def serve(config: dict[str, Any], bundle: Path, expected: str) -> None:
-    """Answer on listen.api until the bundle has been delivered."""
+def serve(config: dict[str, Any], bundle: Path, expected: str, config_path: Path) -> None:
+    """Answer on listen.api until the bundle has been delivered (or, on a warm-pool
+    server, claimed with the bundle installed)."""
     try:
         host, port = parse_address(config["listen"]["api"])
         cert, key = config["tls"]["cert"], config["tls"]["key"]
     except (KeyError, TypeError):
         raise LoaderError("agent.json lacks listen.api or tls.cert/tls.key") from None
-    state = State(config, bundle, expected)
+    state = State(config, bundle, expected, config_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -330,7 +448,8 @@ def serve(config: dict[str, Any], bundle: Path, expected: str) -> None:
     server = TlsServer((host, port), handler, context, state.limits)
     server.timeout = 0.5
     bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
-    print(f"agentspaces-loader: waiting for the agent bundle on {bound_host}:{bound_port}",
+    awaited = "a claim" if state.pool else "the agent bundle"
+    print(f"agentspaces-loader: waiting for {awaited} on {bound_host}:{bound_port}",
           flush=True)
     try:
         while not state.delivered.is_set():
@@ -349,9 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         expected = args.sha256_file.read_text(encoding="utf-8").strip().lower()
         if not _HEX64.match(expected):
             raise LoaderError(f"{args.sha256_file}: expected 64 hex digits")
-        if file_sha256(args.bundle) != expected:
-            config = json.loads(args.config.read_text(encoding="utf-8"))
-            serve(config, args.bundle, expected)
+        config = json.loads(args.config.read_text(encoding="utf-8"))
+        if file_sha256(args.bundle) != expected or in_pool(config):
+            serve(config, args.bundle, expected, args.config)
     except (OSError, ValueError, LoaderError) as exc:
         print(f"agentspaces-loader: {exc}", file=sys.stderr)
         return 1

@@ -223,6 +223,17 @@ class AgentClient:
             raise AgentCertificateMismatch(
                 f"agent at {self._base_url}: certificate fingerprint does not match the pin")
 
+    async def claim(self, claim: Mapping[str, Any]) -> dict[str, Any]:
+        """Claim a warm-pool server (bootStage "awaiting-claim") for a workspace: PUT
+        /v1/claim with `{"config", "claudeSeeds", "sshAuthorizedKeys"}`
+        (vmconfig.claim.render_claim). 202 when claimed now, 200 for a repeat of the same
+        workspace uid; `{"workspace": {...}}` either way. AgentError 409 with
+        `already-claimed` (another workspace has it), `not-a-pool-server`, and 400
+        `bad-claim` (its `field` names the part)."""
+        doc: dict[str, Any] = await self._call("PUT", "/v1/claim", dict(claim),
+                                               expect=(200, 202))
+        return doc
+
     async def put_agent_bundle(self, bundle: bytes) -> dict[str, Any]:
         """Hand the agent zipapp to the VM's loader (bootStage "awaiting-agent"); the
         loader checks it against the sha256 pinned in the user-data before running it."""
@@ -381,6 +392,8 @@ class AgentPort(Protocol):
     """What the reconciler asks of a workspace's agent (`AgentClient` implements it)."""
 
     async def agent_status(self) -> AgentStatus: ...
+
+    async def claim(self, claim: Mapping[str, Any]) -> dict[str, Any]: ...
 
     async def put_agent_bundle(self, bundle: bytes) -> dict[str, Any]: ...
 

@@ -1,6 +1,7 @@
 """The stage-0 agent loader (cloudinit/agent_loader.py) as a real process on loopback:
 it waits for the bundle behind the agent's TLS certificate and token, accepts only the
-expected bytes, then execs the bundle in its own process."""
+expected bytes, then execs the bundle in its own process. A warm-pool server's loader
+first waits for its claim (PUT /v1/claim), which names the workspace."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from typing import Any
 import pytest
 
 from agentspaces import pki
+from agentspaces.agent_client import AgentClient, AgentError
 from agentspaces.lifeline import die_with_parent
 from agentspaces.vmconfig.agent_bundle import zip_files
+from agentspaces_vm.contracts import BootStage
 from tests.component.slow_clients import SlowClient, all_closed, poke_all, raw_request
 from tests.support.waiting import wait_for
 
@@ -47,6 +50,7 @@ class Loader:
     bundle_path: Path
     marker: Path
     config_path: Path
+    cert_pem: str = ""
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 token: str | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -63,7 +67,8 @@ class Loader:
 
 
 def _start(tmp_path: Path, bundle: bytes, *, preinstalled: bool,
-           limits: dict[str, float] | None = None) -> Loader:
+           limits: dict[str, float] | None = None,
+           extra: dict[str, Any] | None = None) -> Loader:
     creds = pki.generate(HOST, datetime.now(UTC))
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert.write_text(creds.cert_pem)
@@ -72,7 +77,7 @@ def _start(tmp_path: Path, bundle: bytes, *, preinstalled: bool,
     config.write_text(json.dumps({
         "listen": {"api": "127.0.0.1:0"}, "tls": {"cert": str(cert), "key": str(key)},
         "tokenSha256": creds.token_sha256, "simulate": True,
-        **({"apiLimits": limits} if limits else {})}))
+        **({"apiLimits": limits} if limits else {}), **(extra or {})}))
     digest = tmp_path / "agent.pyz.sha256"
     digest.write_text(hashlib.sha256(bundle).hexdigest() + "\n")
     bundle_path = tmp_path / "opt" / "agent.pyz"
@@ -85,7 +90,8 @@ def _start(tmp_path: Path, bundle: bytes, *, preinstalled: bool,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     context = ssl.create_default_context(cadata=creds.cert_pem)  # pinned, as the operator
     context.check_hostname = False
-    return Loader(process, 0, creds.token, context, bundle_path, tmp_path / "ran.json", config)
+    return Loader(process, 0, creds.token, context, bundle_path, tmp_path / "ran.json", config,
+                  creds.cert_pem)
 
 
 def _wait_for_port(loader: Loader) -> int:
@@ -93,7 +99,8 @@ def _wait_for_port(loader: Loader) -> int:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         line = loader.process.stdout.readline()
-        found = re.search(r"waiting for the agent bundle on 127\.0\.0\.1:(\d+)", line)
+        found = re.search(r"waiting for (?:the agent bundle|a claim) on 127\.0\.0\.1:(\d+)",
+                          line)
         if found:
             return int(found.group(1))
         if not line and loader.process.poll() is not None:
@@ -234,3 +241,225 @@ def test_a_bad_digest_file_stops_with_a_message(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 1
     assert "expected 64 hex digits" in result.stderr
+
+
+# -- warm-pool servers: the claim ------------------------------------------------------------
+
+WORKSPACE = {"name": "demo", "namespace": "default", "uid": "uid-1"}
+CLAIM_CONFIG = {"workspace": WORKSPACE, "host": HOST, "publicPorts": [3000],
+                "repository": {"url": "https://example.com/r.git", "ref": None},
+                "claudeCode": "native"}
+SEED_TEXT = {"CLAUDE.md": "# Demo\n", "settings.json": '{"model": "x"}\n'}
+KEY_A, KEY_B = "ssh-ed25519 AAAAC3Nza...A alice@x", "ssh-ed25519 AAAAC3Nza...B bob@x"
+
+
+def _claim(config: dict[str, Any] | None = None, **parts: Any) -> bytes:
+    return json.dumps({"config": config or CLAIM_CONFIG, **parts}).encode()
+
+
+def _pool_config(tmp_path: Path) -> dict[str, Any]:
+    return {"pool": {"class": "standard"},
+            "sshAuthorizedKeysFile": str(tmp_path / "root" / ".ssh" / "authorized_keys")}
+
+
+@pytest.fixture
+def pool_loader(tmp_path: Path) -> Iterator[tuple[Loader, bytes]]:
+    bundle = fake_agent(tmp_path / "ran.json")
+    loader = _start(tmp_path, bundle, preinstalled=False, extra=_pool_config(tmp_path))
+    try:
+        loader.port = _wait_for_port(loader)
+        yield loader, bundle
+    finally:
+        _stop(loader)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_pool_server_awaits_its_claim_and_takes_no_bundle_before(
+        pool_loader: tuple[Loader, bytes]) -> None:
+    loader, bundle = pool_loader
+    status, body, _ = loader.request("GET", "/v1/status")
+    assert status == 200
+    assert body["bootStage"] == "awaiting-claim" and "claimed" in body["bootMessage"]
+    assert body["pool"] == {"class": "standard"} and "workspace" not in body
+    assert body["agentBundle"] == {"sha256": hashlib.sha256(bundle).hexdigest()}
+    assert body["simulated"] is True and body["version"] == "loader"
+    status, body, _ = loader.request("PUT", "/v1/agent", bundle)
+    assert (status, body["error"]) == (409, "not-claimed")
+    assert not loader.bundle_path.exists() and loader.process.poll() is None
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ([], "body"),
+    ({"config": CLAIM_CONFIG, "extra": 1}, "extra"),
+    ({}, "config"),
+    ({"config": {**CLAIM_CONFIG, "listen": {"api": "0.0.0.0:1"}}}, "config.listen"),
+    ({"config": {**CLAIM_CONFIG, "tokenSha256": "ab" * 32}}, "config.tokenSha256"),
+    ({"config": {**CLAIM_CONFIG, "pool": {}}}, "config.pool"),
+    ({"config": {k: v for k, v in CLAIM_CONFIG.items() if k != "workspace"}},
+     "config.workspace"),
+    ({"config": {**CLAIM_CONFIG, "workspace": {**WORKSPACE, "uid": ""}}},
+     "config.workspace.uid"),
+    ({"config": {**CLAIM_CONFIG, "workspace": {"name": "a", "uid": "u"}}},
+     "config.workspace.namespace"),
+    ({"config": {**CLAIM_CONFIG, "host": ""}}, "config.host"),
+    ({"config": {**CLAIM_CONFIG, "host": 7}}, "config.host"),
+    ({"config": {**CLAIM_CONFIG, "workspace": "demo"}}, "config.workspace"),
+    ({"config": CLAIM_CONFIG, "claudeSeeds": {"../x": "t"}}, "claudeSeeds.../x"),
+    ({"config": CLAIM_CONFIG, "claudeSeeds": {"CLAUDE.md": 1}}, "claudeSeeds.CLAUDE.md"),
+    ({"config": CLAIM_CONFIG, "claudeSeeds": []}, "claudeSeeds"),
+    ({"config": CLAIM_CONFIG, "sshAuthorizedKeys": KEY_A}, "sshAuthorizedKeys"),
+    ({"config": CLAIM_CONFIG, "sshAuthorizedKeys": [KEY_A, f"{KEY_B}\n{KEY_A}"]},
+     "sshAuthorizedKeys[1]"),
+    ({"config": CLAIM_CONFIG, "sshAuthorizedKeys": [" "]}, "sshAuthorizedKeys[0]"),
+    ({"config": CLAIM_CONFIG, "sshAuthorizedKeys": [f"{KEY_A}\r"]}, "sshAuthorizedKeys[0]"),
+    ({"config": CLAIM_CONFIG, "sshAuthorizedKeys": [7]}, "sshAuthorizedKeys[0]"),
+])
+def test_a_bad_claim_is_refused_naming_the_field(
+        pool_loader: tuple[Loader, bytes], doc: object, field: str) -> None:
+    loader, _ = pool_loader
+    before = loader.config_path.read_bytes()
+    status, body, _ = loader.request("PUT", "/v1/claim", json.dumps(doc).encode())
+    assert (status, body["error"], body["field"]) == (400, "bad-claim", field)
+    assert loader.config_path.read_bytes() == before
+    assert not (loader.config_path.parent / "claude").exists()
+    assert loader.request("GET", "/v1/status")[1]["bootStage"] == "awaiting-claim"
+
+
+def test_a_claim_that_is_not_json_is_refused(pool_loader: tuple[Loader, bytes]) -> None:
+    loader, _ = pool_loader
+    for body in (b"{not json", b"[" * 100_000, "é".encode("latin-1")):
+        status, answer, _ = loader.request("PUT", "/v1/claim", body)
+        assert (status, answer["field"]) == (400, "body")
+
+
+def test_an_unauthenticated_or_oversized_claim_is_refused_before_its_body(
+        pool_loader: tuple[Loader, bytes]) -> None:
+    loader, _ = pool_loader
+    for auth in ("Authorization: Bearer wrong\r\n", ""):
+        head = (f"PUT /v1/claim HTTP/1.1\r\nHost: agent\r\n{auth}"
+                "Content-Length: 1000\r\n\r\n").encode()
+        answer, seconds = raw_request("127.0.0.43", "127.0.0.1", loader.port,
+                                      loader.context, head)
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"unauthorized" in answer
+        assert seconds < 2.0
+    head = (f"PUT /v1/claim HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer "
+            f"{loader.token}\r\nContent-Length: {256 * 1024 + 1}\r\n\r\n").encode()
+    answer, seconds = raw_request("127.0.0.43", "127.0.0.1", loader.port, loader.context,
+                                  head)
+    assert answer.startswith(b"HTTP/1.1 413 ") and seconds < 2.0
+    assert loader.request("GET", "/v1/status")[1]["bootStage"] == "awaiting-claim"
+
+
+def test_a_claim_writes_the_workspace_then_the_bundle_runs(
+        tmp_path: Path, pool_loader: tuple[Loader, bytes]) -> None:
+    loader, bundle = pool_loader
+    pool_doc = json.loads(loader.config_path.read_text())
+    keys = tmp_path / "root" / ".ssh" / "authorized_keys"
+    keys.parent.mkdir(parents=True, mode=0o755)
+    keys.write_text(f"{KEY_A}\n")
+    claim = _claim(claudeSeeds=SEED_TEXT, sshAuthorizedKeys=[KEY_B, KEY_A, KEY_B])
+    status, body, _ = loader.request("PUT", "/v1/claim", claim)
+    assert (status, body) == (202, {"workspace": WORKSPACE})
+
+    config = json.loads(loader.config_path.read_text())
+    assert config == {**{k: v for k, v in pool_doc.items() if k != "pool"}, **CLAIM_CONFIG}
+    assert _mode(loader.config_path) == 0o600
+    for name, text in SEED_TEXT.items():
+        seed = tmp_path / "claude" / name  # beside agent.json, as the agent reads them
+        assert seed.read_text() == text and _mode(seed) == 0o644
+    assert not (tmp_path / "claude" / "mcp.json").exists()
+    assert keys.read_text() == f"{KEY_A}\n{KEY_B}\n"
+    assert _mode(keys) == 0o600 and _mode(keys.parent) == 0o700
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
+
+    status, body, _ = loader.request("GET", "/v1/status")
+    assert (status, body["bootStage"], body["workspace"]) == (200, "awaiting-agent", WORKSPACE)
+    assert "pool" not in body
+
+    written = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in
+               (loader.config_path, keys, tmp_path / "claude" / "CLAUDE.md")}
+    other = {**CLAIM_CONFIG, "host": "other.example.com"}
+    status, body, _ = loader.request("PUT", "/v1/claim",
+                                     _claim(other, claudeSeeds={"CLAUDE.md": "changed"}))
+    assert (status, body) == (200, {"workspace": WORKSPACE})  # the same uid: a repeat
+    another = {**CLAIM_CONFIG, "workspace": {**WORKSPACE, "uid": "uid-2"}}
+    status, body, _ = loader.request("PUT", "/v1/claim", _claim(another))
+    assert (status, body) == (409, {"error": "already-claimed"})
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == written
+
+    status, body, _ = loader.request("PUT", "/v1/agent", bundle)
+    assert (status, body) == (202, {"sha256": hashlib.sha256(bundle).hexdigest()})
+    assert loader.process.wait(timeout=20) == 0
+    assert json.loads(loader.marker.read_text()) == ["--config", str(loader.config_path)]
+
+
+def test_a_pool_server_with_the_bundle_installed_runs_it_once_claimed(tmp_path: Path) -> None:
+    bundle = fake_agent(tmp_path / "ran.json")
+    loader = _start(tmp_path, bundle, preinstalled=True, extra=_pool_config(tmp_path))
+    try:
+        loader.port = _wait_for_port(loader)  # it serves, though the bundle is there
+        assert loader.request("GET", "/v1/status")[1]["bootStage"] == "awaiting-claim"
+        assert not loader.marker.exists()
+        status, body, _ = loader.request("PUT", "/v1/claim", _claim())
+        assert (status, body) == (202, {"workspace": WORKSPACE})
+        assert loader.process.wait(timeout=20) == 0
+        assert json.loads(loader.marker.read_text()) == ["--config", str(loader.config_path)]
+        assert json.loads(loader.config_path.read_text())["workspace"] == WORKSPACE
+        assert not (tmp_path / "root").exists()  # no keys given: nothing written
+    finally:
+        _stop(loader)
+
+
+def test_only_a_pool_server_takes_a_claim(waiting_loader: tuple[Loader, bytes]) -> None:
+    loader, _ = waiting_loader
+    before = loader.config_path.read_bytes()
+    status, body, _ = loader.request("PUT", "/v1/claim", _claim())
+    assert (status, body) == (409, {"error": "not-a-pool-server"})
+    assert loader.config_path.read_bytes() == before
+
+
+def test_a_claimed_servers_restarted_loader_answers_the_same_claim(tmp_path: Path) -> None:
+    """A loader restarted after the claim reads the claimed agent.json: the operator's
+    repeat still gets 200, and it waits for the bundle without claim rules."""
+    bundle = fake_agent(tmp_path / "ran.json")
+    loader = _start(tmp_path, bundle, preinstalled=False, extra=CLAIM_CONFIG)
+    try:
+        loader.port = _wait_for_port(loader)
+        status, body, _ = loader.request("GET", "/v1/status")
+        assert (body["bootStage"], body["workspace"]) == ("awaiting-agent", WORKSPACE)
+        status, body, _ = loader.request("PUT", "/v1/claim", _claim())
+        assert (status, body) == (200, {"workspace": WORKSPACE})
+        another = {**CLAIM_CONFIG, "workspace": {**WORKSPACE, "uid": "uid-2"}}
+        status, body, _ = loader.request("PUT", "/v1/claim", _claim(another))
+        assert (status, body) == (409, {"error": "not-a-pool-server"})
+    finally:
+        _stop(loader)
+
+
+async def test_the_operators_client_claims_a_pool_server(
+        pool_loader: tuple[Loader, bytes]) -> None:
+    loader, bundle = pool_loader
+    async with AgentClient(f"https://127.0.0.1:{loader.port}", loader.token,
+                           loader.cert_pem) as client:
+        status = await client.agent_status()
+        assert (status.boot_stage, status.pool_class) == (BootStage.AWAITING_CLAIM, "standard")
+        with pytest.raises(AgentError) as early:
+            await client.put_agent_bundle(bundle)
+        assert (early.value.status, early.value.body["error"]) == (409, "not-claimed")
+        with pytest.raises(AgentError) as bad:
+            await client.claim({"config": {"host": HOST}})
+        assert (bad.value.status, bad.value.body["field"]) == (400, "config.workspace")
+        claim = {"config": CLAIM_CONFIG, "claudeSeeds": SEED_TEXT, "sshAuthorizedKeys": [KEY_A]}
+        assert await client.claim(claim) == {"workspace": WORKSPACE}  # 202
+        assert await client.claim(claim) == {"workspace": WORKSPACE}  # 200, a repeat
+        with pytest.raises(AgentError) as taken:
+            await client.claim({**claim, "config": {
+                **CLAIM_CONFIG, "workspace": {**WORKSPACE, "uid": "uid-2"}}})
+        assert (taken.value.status, taken.value.body) == (409, {"error": "already-claimed"})
+        status = await client.agent_status()
+        assert (status.boot_stage, status.pool_class) == (BootStage.AWAITING_AGENT, None)
+        await client.put_agent_bundle(bundle)
+    assert loader.process.wait(timeout=20) == 0

@@ -157,6 +157,26 @@ def test_agent_json_rewrite_changes_only_what_a_local_process_needs(tmp_path: Pa
     assert {k: sim[k] for k in untouched} == {k: rendered[k] for k in untouched}
 
 
+def test_a_pool_agent_json_maps_too_with_its_ssh_keys_inside_the_root(tmp_path: Path) -> None:
+    """A warm-pool server's agent.json has no workspace keys; its claim's SSH keys go to
+    sshAuthorizedKeysFile, which must not be the host's /root."""
+    ws = make_workspace("pool", http_port=18080, agent_port=9443)
+    rendered = json.loads(read_write_files(ws.user_data)["/etc/agentspaces/agent.json"].content)
+    pool = {k: v for k, v in rendered.items()
+            if k not in ("workspace", "host", "publicPorts", "repository", "claudeCode")}
+    pool["pool"] = {"class": "sandbox"}
+    sim = simulated_agent_config(pool, "127.0.0.42", tmp_path)
+    assert sim["sshAuthorizedKeysFile"] == str(tmp_path / "root/.ssh/authorized_keys")
+    assert sim["claudeSeedDir"] == str(tmp_path / "etc/agentspaces/claude")
+    assert sim["pool"] == {"class": "sandbox"} and "workspace" not in sim
+    assert sim["listen"]["api"] == "127.0.0.42:9443"
+    custom = simulated_agent_config({**pool, "sshAuthorizedKeysFile": "/home/dev/.ssh/keys"},
+                                    "127.0.0.42", tmp_path)
+    assert custom["sshAuthorizedKeysFile"] == str(tmp_path / "home/dev/.ssh/keys")
+    assert "sshAuthorizedKeysFile" not in simulated_agent_config(rendered, "127.0.0.42",
+                                                                 tmp_path)
+
+
 def test_loader_command_is_the_units_exec_start(tmp_path: Path) -> None:
     ws = make_workspace("unit", http_port=18080, agent_port=9443)
     unit = parse_unit(read_write_files(ws.user_data)[AGENT_UNIT].content.decode(), AGENT_UNIT)

@@ -96,6 +96,22 @@ def test_the_loaders_status_parses() -> None:
     assert status.restore.state is c.RestoreState.NONE and status.backup_state is c.JobState.IDLE
 
 
+def test_a_pool_loaders_status_parses_with_its_class() -> None:
+    """A warm-pool server's loader, before the claim: awaiting-claim, not booting."""
+    doc = {"version": "loader", "simulated": True, "bootStage": "awaiting-claim",
+           "bootMessage": "a warm-pool server, waiting to be claimed",
+           "pool": {"class": "standard"}, "agentBundle": {"sha256": "ab" * 32}}
+    status = c.AgentStatus.from_json(doc)
+    assert status.boot_stage is c.BootStage.AWAITING_CLAIM and not status.boot_stage.booting
+    assert c.BootStage("awaiting-claim") is c.BootStage.AWAITING_CLAIM
+    assert status.pool_class == "standard"
+    assert c.AgentStatus.from_json(wire(status.to_json())) == status
+    assert c.AgentStatus.from_json({**doc, "pool": None}).pool_class is None
+    assert "pool" not in c.AgentStatus("1", c.BootStage.READY).to_json()
+    with pytest.raises(c.ContractError):
+        c.AgentStatus.from_json({**doc, "pool": {"class": 7}})
+
+
 def test_backup_job_round_trip() -> None:
     job = c.BackupJob(c.JobState.SUCCEEDED, "b-1", None, None, RESULT.to_json(),
                       {"phase": "uploaded"})

@@ -521,8 +521,11 @@ class SaveJob:
 # --- the status document ------------------------------------------------------------------
 
 class BootStage(StrEnum):
-    """The start sequence's stage (AWAITING_AGENT: the VM's loader, before the agent)."""
+    """The start sequence's stage. The VM's loader answers the first two, before the
+    agent: AWAITING_CLAIM on a warm-pool server no workspace has claimed yet,
+    AWAITING_AGENT until the operator delivers the agent bundle."""
 
+    AWAITING_CLAIM = "awaiting-claim"
     AWAITING_AGENT = "awaiting-agent"
     WAITING_FOR_START = "waiting-for-start"
     RESTORING = "restoring"
@@ -764,7 +767,8 @@ class UsageReport:
 @dataclass(frozen=True)
 class AgentStatus:
     """GET /v1/status. The VM's loader answers with only version, simulated and
-    bootStage (awaiting-agent): every other part has a default."""
+    bootStage (awaiting-claim with the pool class, or awaiting-agent): every other part
+    has a default."""
 
     version: str
     boot_stage: BootStage
@@ -783,6 +787,8 @@ class AgentStatus:
     # The agent takes shareLinkKey and sessionKey in PUT /v1/secrets and linkPorts in
     # PUT /v1/config (older agents refuse fields they do not know).
     share_links: bool = False
+    # The warm-pool class of a server waiting to be claimed (only the loader sends it).
+    pool_class: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = {
@@ -798,6 +804,8 @@ class AgentStatus:
         }
         if self.usage is not None:  # older agents and the loader send none
             doc["usage"] = self.usage.to_json()
+        if self.pool_class is not None:
+            doc["pool"] = {"class": self.pool_class}
         return doc
 
     @classmethod
@@ -810,6 +818,7 @@ class AgentStatus:
         backup = _object(d.get("backup") or {}, "backup")
         activity = d.get("activity")
         usage = d.get("usage")
+        pool = _object(d.get("pool") or {}, "pool")
         return cls(version=_field(d, "version", str),
                    boot_stage=_enum(d, "bootStage", BootStage, None),
                    simulated=_field(d, "simulated", bool, optional=True, default=False),
@@ -823,4 +832,5 @@ class AgentStatus:
                    backup_id=_field(backup, "id", str, optional=True),
                    usage=UsageReport.from_json(usage) if usage is not None else None,
                    share_links=_field(secrets, "shareLinks", bool, optional=True,
-                                      default=False))
+                                      default=False),
+                   pool_class=_field(pool, "class", str, optional=True))

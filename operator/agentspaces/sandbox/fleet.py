@@ -12,11 +12,12 @@ from one asyncio loop, so a thousand workspaces fit on two cores:
 
 Each server gets what the operator expects of a VM: its own loopback address, the
 agent port from its user-data's agent.json, that file's TLS certificate (the pinned
-one) and bearer-token hash. It plays the loader (awaiting-agent until PUT /v1/agent),
-then the agent: config and secrets are kept, POST /v1/start makes it ready after
-`ready_seconds`, and GET /v1/status long-polls with ETags as the agent does. It has no
-storage: backups and saves answer 404 (an agent without them). Nothing here runs
-what the VM would run (no clone, no devcontainer, no Caddy).
+one) and bearer-token hash. It plays the loader (a warm-pool server's awaiting-claim
+until PUT /v1/claim, then awaiting-agent until PUT /v1/agent), then the agent: config
+and secrets are kept, POST /v1/start makes it ready after `ready_seconds`, and GET
+/v1/status long-polls with ETags as the agent does. It has no storage: backups and
+saves answer 404 (an agent without them). Nothing here runs what the VM would run (no
+clone, no devcontainer, no Caddy).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class _FleetVm:
     port: int | None = None
     token_sha256: str = ""
     stage: BootStage = BootStage.AWAITING_AGENT
+    pool_class: str | None = None  # a warm-pool server's (it awaits its claim first)
+    workspace: dict[str, Any] | None = None  # agent.json's or the claim's
     secrets_version: str | None = None
     restored: bool = False
     booted: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -115,6 +118,9 @@ class _FleetVm:
             self.changed = asyncio.Event()
 
     def status(self) -> AgentStatus:
+        if self.stage is BootStage.AWAITING_CLAIM:
+            return AgentStatus(version="loader", boot_stage=self.stage, simulated=True,
+                               pool_class=self.pool_class)
         if self.stage is BootStage.AWAITING_AGENT:
             return AgentStatus(version="loader", boot_stage=self.stage, simulated=True)
         return AgentStatus(
@@ -192,10 +198,14 @@ class FleetSimulator(VmBackend[_FleetVm, FleetVmInfo]):
             vm.note("no loopback address or no user-data: nothing to serve", error=True)
             return
         try:
-            cert, key, vm.token_sha256, vm.port = _agent_side(user_data)
+            cert, key, vm.token_sha256, vm.port, config = _agent_side(user_data)
         except (SimulationError, KeyError, ValueError, TypeError) as exc:
             vm.note(f"unusable user-data: {exc}", error=True)
             return
+        pool, workspace = config.get("pool"), config.get("workspace")
+        vm.workspace = workspace if isinstance(workspace, dict) else None
+        if isinstance(pool, dict) and "workspace" not in config:
+            vm.pool_class, vm.stage = str(pool.get("class")), BootStage.AWAITING_CLAIM
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         with tempfile.TemporaryDirectory(prefix="fleet-tls-") as tmp:
             (Path(tmp) / "tls.crt").write_bytes(cert)
@@ -232,6 +242,15 @@ class FleetSimulator(VmBackend[_FleetVm, FleetVmInfo]):
         if route == ("GET", "/v1/status"):
             return await self._status(vm, request)
         body = await request.read()
+        if route == ("PUT", "/v1/claim"):
+            code, claimed = _claim(vm, body)
+            if code == 202:
+                vm.bump()
+            return web.json_response(claimed, status=code)
+        if vm.stage is BootStage.AWAITING_CLAIM:
+            if route == ("PUT", "/v1/agent"):
+                return web.json_response({"error": "not-claimed"}, status=409)
+            return web.json_response({"error": "the agent is not running yet"}, status=503)
         if vm.stage is BootStage.AWAITING_AGENT:
             if route != ("PUT", "/v1/agent"):
                 return web.json_response({"error": "the agent is not running yet"}, status=503)
@@ -277,8 +296,28 @@ class FleetSimulator(VmBackend[_FleetVm, FleetVmInfo]):
         return web.json_response(vm.status().to_json(), headers=headers)
 
 
-def _agent_side(user_data: str) -> tuple[bytes, bytes, str, int]:
-    """(certificate PEM, key PEM, token sha256, API port) from a server's user-data."""
+def _claim(vm: _FleetVm, body: bytes) -> tuple[int, dict[str, Any]]:
+    """PUT /v1/claim as the loader answers it (checking only the workspace uid)."""
+    try:
+        workspace = json.loads(body)["config"]["workspace"]
+        uid = workspace["uid"]
+    except (ValueError, KeyError, TypeError):
+        uid = None
+    if not isinstance(uid, str) or not uid:
+        return 400, {"error": "bad-claim", "field": "config.workspace.uid"}
+    if vm.workspace is not None and vm.workspace.get("uid") == uid:
+        return 200, {"workspace": vm.workspace}
+    if vm.pool_class is None:
+        return 409, {"error": "not-a-pool-server"}
+    if vm.workspace is not None:
+        return 409, {"error": "already-claimed"}
+    vm.workspace, vm.stage = dict(workspace), BootStage.AWAITING_AGENT
+    return 202, {"workspace": vm.workspace}
+
+
+def _agent_side(user_data: str) -> tuple[bytes, bytes, str, int, dict[str, Any]]:
+    """(certificate PEM, key PEM, token sha256, API port, agent.json) from a server's
+    user-data."""
     files = read_write_files(user_data)
     config = json.loads(files[VM_LAYOUT.agent_json].content)
     token = str(config["tokenSha256"]).lower()
@@ -286,5 +325,5 @@ def _agent_side(user_data: str) -> tuple[bytes, bytes, str, int]:
         raise SimulationError("agent.json: tokenSha256 is not 64 hex digits")
     port = port_of(config["listen"]["api"], "listen.api")
     return (files[config["tls"]["cert"]].content, files[config["tls"]["key"]].content,
-            token, port)
+            token, port, config)
 

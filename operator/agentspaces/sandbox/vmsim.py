@@ -1,11 +1,11 @@
 """Simulated workspace VMs for the local sandbox.
 
 A sandbox "VM" is the real workspace agent (started through the real loader from the
-server's user-data, so the operator must PUT the agent bundle first) plus a real Caddy,
-running as local processes on the VM's own loopback address 127.0.0.N, with stand-ins
-for CloudCLI and the user's dev server (vmsim_standin.py). Attached to the Hetzner
-emulator, the simulator boots such a VM for every created server and tears it down
-when the server is deleted:
+server's user-data, so the operator must PUT the agent bundle first, and claim a
+warm-pool server before that) plus a real Caddy, running as local processes on the
+VM's own loopback address 127.0.0.N, with stand-ins for CloudCLI and the user's dev
+server (vmsim_standin.py). Attached to the Hetzner emulator, the simulator boots such
+a VM for every created server and tears it down when the server is deleted:
 
     sim = VmSimulator(state_dir)
     sim.attach(emulator)          # hooks + loopback ip_allocator

@@ -28,6 +28,9 @@ CADDY_UNIT = f"{UNIT_DIR}/agentspaces-caddy.service"
 # VM directories the simulated processes read and write (all inside the root).
 MAPPED_PREFIXES = (VM_LAYOUT.config_dir, VM_LAYOUT.install_dir, VM_LAYOUT.state_dir,
                    VM_LAYOUT.workspaces_dir)
+# Where a warm-pool server's claim appends SSH keys unless agent.json says otherwise
+# (the loader's default).
+SSH_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 _ADDRESS = re.compile(r"\[([0-9a-fA-F:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})")
 
 
@@ -95,7 +98,12 @@ def simulated_agent_config(rendered: Mapping[str, Any], ip: str, root: Path,
     - `caddy.bind` = `ip`: Caddy serves only this VM's address and dials its programs
       there;
     - `tls.*`, `paths.*`, `claudeSeedDir`: the VM paths inside `root`;
+    - `sshAuthorizedKeysFile` (a warm-pool server's, or when set): inside `root`, so a
+      claim's SSH keys land there and not in the host's /root;
     - `portDiscovery.addresses` = [`ip`]: other VMs' and the host's ports stay out.
+
+    A warm-pool server's agent.json (`pool`, no workspace keys) maps the same way: the
+    claim adds only workspace keys, which hold no paths or addresses.
     """
     doc = copy.deepcopy(dict(rendered))
     listen, tls, caddy, paths = (_section(doc, k) for k in ("listen", "tls", "caddy", "paths"))
@@ -110,6 +118,9 @@ def simulated_agent_config(rendered: Mapping[str, Any], ip: str, root: Path,
     paths["state"] = _mapped(root, paths.get("state"), "paths.state")
     seeds = doc.get("claudeSeedDir") or str(PurePosixPath(agent_json).parent / "claude")
     doc["claudeSeedDir"] = _mapped(root, seeds, "claudeSeedDir")
+    if "pool" in doc or "sshAuthorizedKeysFile" in doc:
+        keys = doc.get("sshAuthorizedKeysFile") or SSH_AUTHORIZED_KEYS
+        doc["sshAuthorizedKeysFile"] = _mapped(root, keys, "sshAuthorizedKeysFile")
     discovery = doc.get("portDiscovery")
     doc["portDiscovery"] = {**(discovery if isinstance(discovery, dict) else {}),
                             "addresses": [ip]}
