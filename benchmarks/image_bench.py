@@ -1,12 +1,15 @@
-"""Workspace images: what a bake costs and what booting from it changes.
+"""Workspace images and warm pools: what a bake costs, what booting from the image and
+claiming a pool server change.
 
 Runs the real thing on loopback: etcd + kube-apiserver, the operator process, the
 Hetzner and Cloudflare emulators, and simulated VMs (real agent + Caddy per workspace;
 a builder "bakes" for --bake seconds, then powers itself off). It measures:
 
 - the bake: WorkspaceImage apply -> Ready, and its Hetzner calls by endpoint;
-- apply -> Ready for --workspaces workspaces of a class without an image (cold) and of
-  a class naming the image, one at a time, with the Hetzner calls per create.
+- apply -> Ready for --workspaces workspaces of a class without an image (cold), of
+  a class naming the image, and of a class whose warm pool (as many servers, booted
+  from the image) has them waiting, one at a time, with the Hetzner calls per start
+  (for the pool: the claim's own calls, and the refill's apart).
 
 A simulated VM installs nothing, so cold and image starts take the same time here:
 what the sandbox shows is that booting from an image adds no operator time and no
@@ -21,6 +24,7 @@ inputs given on the command line. It prints tables; it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -43,7 +47,7 @@ from tests.support.stack import (  # noqa: E402
 )
 from tests.support.waiting import wait_for  # noqa: E402
 
-COLD, IMAGED, IMAGE = "cold", "imaged", "bench-image"
+COLD, IMAGED, POOLED, IMAGE = "cold", "imaged", "pooled", "bench-image"
 NAMESPACE = "bench"
 HTTP_PORT = 18093
 IP_BLOCK = 44
@@ -71,6 +75,11 @@ def _ready(kubectl: Any, kind: str, name: str, ns: str | None, timeout: float) -
 
     wait_for(done, timeout, f"{kind} {name} Ready")
     return time.monotonic() - started
+
+
+def _pool_ready(kubectl: Any) -> int:
+    body = kubectl.get_json("workspaceclass", POOLED) or {}
+    return int(((body.get("status") or {}).get("warmPool") or {}).get("ready") or 0)
 
 
 def _writes_and_reads(calls: Counter[str]) -> str:
@@ -101,6 +110,10 @@ def main() -> int:
                 "tls": {"mode": "none", "httpPort": HTTP_PORT},
                 "server": {"type": "cx23", "location": "fsn1", "image": "debian-13",
                            "workspaceImage": IMAGE}})
+            install_class(kubectl, clouds, POOLED, extra={
+                "tls": {"mode": "none", "httpPort": HTTP_PORT},
+                "server": {"type": "cx23", "location": "fsn1", "image": "debian-13",
+                           "workspaceImage": IMAGE}})
             clouds.hetzner.reset_calls()
             kubectl.apply(yaml.safe_dump({
                 "apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceImage",
@@ -110,9 +123,18 @@ def main() -> int:
             bake = _ready(kubectl, "workspaceimage", IMAGE, None, 300)
             bake_calls = clouds.hetzner.calls
 
+            # The pool fills once the image is Ready (its servers boot the snapshot).
+            clouds.hetzner.reset_calls()
+            kubectl("patch", "workspaceclass", POOLED, "--type=merge", "-p",
+                    json.dumps({"spec": {"warmPool": {"size": args.workspaces}}}))
+            started = time.monotonic()
+            wait_for(lambda: _pool_ready(kubectl) == args.workspaces, 180, "the pool ready")
+            fill = time.monotonic() - started
+            fill_calls = clouds.hetzner.calls
+
             starts: dict[str, list[float]] = {}
             per_create: dict[str, Counter[str]] = {}
-            for klass in (COLD, IMAGED):
+            for klass in (COLD, IMAGED, POOLED):
                 clouds.hetzner.reset_calls()
                 times = []
                 for n in range(args.workspaces):
@@ -122,6 +144,8 @@ def main() -> int:
                     times.append(_ready(kubectl, "workspace", name, NAMESPACE, 180))
                 starts[klass] = times
                 per_create[klass] = clouds.hetzner.calls
+            claimed = sum(1 for s in clouds.hetzner.servers.values()
+                          if s["name"].startswith(f"{POOLED}-"))
             booted = Counter(s["image"]["type"] for s in clouds.hetzner.servers.values())
 
     print(f"\nsandbox (simulated VMs, builder bakes {args.bake:g} s)")
@@ -130,13 +154,21 @@ def main() -> int:
     print(f"{'bake: Hetzner calls':<44} {_writes_and_reads(bake_calls):>22}")
     for endpoint, n in sorted(bake_calls.items()):
         print(f"{'  ' + endpoint:<44} {n:>22}")
-    for klass in (COLD, IMAGED):
-        label = "cold" if klass == COLD else "from the image"
+    print(f"{f'pool of {args.workspaces}: size set -> all ready':<44} {fill:>21.1f}s")
+    print(f"{'pool fill: Hetzner calls':<44} {_writes_and_reads(fill_calls):>22}")
+    for endpoint, n in sorted(fill_calls.items()):
+        print(f"{'  ' + endpoint:<44} {n:>22}")
+    labels = {COLD: "cold", IMAGED: "from the image", POOLED: "warm pool"}
+    for klass in (COLD, IMAGED, POOLED):
+        label = labels[klass]
         print(f"{f'{label}: apply -> Ready p50 (n={args.workspaces})':<44} "
               f"{statistics.median(starts[klass]):>21.1f}s")
         calls = per_create[klass]
-        print(f"{f'{label}: Hetzner calls per create':<44} "
+        print(f"{f'{label}: Hetzner calls per start':<44} "
               f"{sum(calls.values()) / args.workspaces:>22.1f}")
+        for endpoint, n in sorted(calls.items()):
+            print(f"{'  ' + endpoint:<44} {n:>22}")
+    print(f"{'workspaces on a claimed pool server':<44} {claimed:>17} of {args.workspaces}")
     print(f"{'servers booted from: snapshot / system':<44} "
           f"{booted.get('snapshot', 0):>10} / {booted.get('system', 0):<10}")
 
@@ -151,6 +183,10 @@ def main() -> int:
     print(f"{'guest work, software present (real, est.)':<44} {present_real:>21.0f}s")
     print(f"{'apply -> usable from the image (est.)':<44} {image:>21.0f}s")
     print(f"{'apply -> usable cold, stock debian-13 (est.)':<44} {cold:>21.0f}s")
+    # A claimed server has booted and run everything but the devcontainer already.
+    pooled = statistics.median(starts[POOLED]) + TIER_PRESENT["devcontainer up"] / \
+        args.tcg_factor
+    print(f"{'apply -> usable from the warm pool (est.)':<44} {pooled:>21.0f}s")
     return 0
 
 

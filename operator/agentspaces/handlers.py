@@ -26,7 +26,7 @@ from agentspaces.api.image_model import IMAGE_PLURAL
 from agentspaces.api.model import GROUP, OPERATOR_FINALIZER, VERSION
 from agentspaces.api.types import WorkspaceRef
 from agentspaces.kube import KubernetesApi
-from agentspaces.reconcile import class_protection, workspace, workspace_image
+from agentspaces.reconcile import class_protection, warm_pool, workspace, workspace_image
 from agentspaces.reconcile.outcome import Outcome
 from agentspaces.reconcile.scope import Visit
 from agentspaces.reconcile.status import StatusDraft
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 RESOURCE = (GROUP, VERSION, "workspaces")
 IMAGES = (GROUP, VERSION, IMAGE_PLURAL)
 IMAGE_RECHECK = 600.0
+CLASSES = (GROUP, VERSION, "workspaceclasses")
 """How often a Ready WorkspaceImage is checked against the project (its snapshot still
 there; an operator upgrade's new bake recipe is seen at resume)."""
 FINALIZER = OPERATOR_FINALIZER
@@ -48,6 +49,10 @@ KOPF_PREFIX = f"kopf.{GROUP}"
 SETTINGS = OperatorSettings.from_env()
 """Read once per process, at import: the timer's interval is fixed at registration,
 and the startup handler builds the runtime from the same values."""
+POOL_TICK = SETTINGS.pool_interval
+"""How often a class's warm pool is looked at (one Hetzner list, one status call per
+pool server): a claimed slot is refilled, a server that became ready offered, within
+this."""
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:
@@ -285,3 +290,35 @@ async def image_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if delay is not None:
         raise kopf.TemporaryError("cleaning up", delay=delay)
     runtime_of(memo).forget((body.get("metadata") or {}).get("uid", ""))
+
+
+def _has_pool(body: kopf.Body, **_: Any) -> bool:
+    """A class with a warm pool, or with pool servers left from one (status says)."""
+    size = ((body.get("spec") or {}).get("warmPool") or {}).get("size") or 0
+    return bool(size) or bool((body.get("status") or {}).get("warmPool"))
+
+
+@kopf.on.resume(*CLASSES, when=_has_pool)
+@kopf.on.create(*CLASSES, when=_has_pool)
+@kopf.on.update(*CLASSES, field="spec", when=_has_pool)
+async def class_pool_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Fill, refresh or shrink the class's warm pool; looked at again soon while it
+    fills, then by the timer."""
+    delay = await warm_pool.visit(runtime_of(memo), body, _emitter(body))
+    if delay is not None and delay < warm_pool.POLL_STEADY:
+        raise kopf.TemporaryError("warm pool filling", delay=delay)
+
+
+@kopf.timer(*CLASSES, interval=POOL_TICK, initial_delay=POOL_TICK, when=_has_pool)
+async def class_pool_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Refill after claims, mark booted servers ready, replace stuck ones."""
+    if not (body.get("metadata") or {}).get("deletionTimestamp"):
+        await warm_pool.visit(runtime_of(memo), body, _emitter(body))
+
+
+@kopf.on.delete(*CLASSES, when=_has_pool)
+async def class_pool_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every pool server of the class goes with it (their Secrets are the class's)."""
+    delay = await warm_pool.visit(runtime_of(memo), body, _emitter(body), deleting=True)
+    if delay is not None:
+        raise kopf.TemporaryError("deleting warm-pool servers", delay=delay)

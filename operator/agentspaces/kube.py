@@ -108,6 +108,8 @@ class KubePort(Protocol):
                                     finalizers: Sequence[str]) -> None: ...
     async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]: ...
     async def get_workspace_image(self, name: str) -> Mapping[str, Any] | None: ...
+    async def patch_workspace_class_status(self, name: str,
+                                           patch: Mapping[str, Any]) -> None: ...
     async def patch_workspace_image_status(self, name: str,
                                            patch: Mapping[str, Any]) -> None: ...
     async def patch_workspace_quota_status(self, namespace: str, name: str,
@@ -404,6 +406,17 @@ class KubernetesApi:
             if err.status == 404:
                 return None
             raise
+
+    async def patch_workspace_class_status(self, name: str,
+                                           patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch of a WorkspaceClass's .status (its warm pool); a class gone
+        meanwhile is skipped."""
+        try:
+            await self._run(self._custom.patch_cluster_custom_object_status, GROUP, VERSION,
+                            "workspaceclasses", name, {"status": dict(patch)})
+        except KubeError as err:
+            if err.status != 404:
+                raise
 
     async def patch_workspace_image_status(self, name: str,
                                            patch: Mapping[str, Any]) -> None:

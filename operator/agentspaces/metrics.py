@@ -127,8 +127,9 @@ IDLE_STOPS = Counter(
 
 SERVER_BOOTS = Counter(
     "agentspaces_server_boots",
-    "Servers created for Workspaces, by what they boot: image (a WorkspaceImage's "
-    "snapshot) or cold (an image that installs everything at boot).",
+    "Servers started for Workspaces, by source: image (created from a WorkspaceImage's "
+    "snapshot), cold (created from an image that installs everything at boot) or pool "
+    "(a warm-pool server claimed).",
     ["source"], registry=REGISTRY)
 
 BACKUPS = Counter(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from agentspaces.agent_client import AgentClient, AgentPort, StatusWatchPort
 from agentspaces.agent_watch import WatchCoverage
@@ -127,6 +127,25 @@ class ServerInventory:
                 self.fetched_wall = self.clock()
             return self.fetched_wall, self.servers
 
+    def note(self, server: ServerInfo) -> None:
+        """A change this process made (a claimed pool server's new labels), so drift
+        checks see it before the next listing does."""
+        if server.id in self.servers:
+            self.servers[server.id] = server
+
+
+@dataclass
+class PoolState:
+    """What this process knows of one class's warm pool between visits
+    (reconcile/warm_pool.py): its lock, taken by visits and claims alike, and the servers
+    whose loader answered "awaiting-claim" on the last visit."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ready: set[int] = field(default_factory=set)
+    status: Any = None
+    """The pool's status as last written (api.status.WarmPoolStatus), so a claim can
+    take its server out of it at once."""
+
 
 class Runtime:
     def __init__(self, settings: OperatorSettings, kube: KubePort,
@@ -168,6 +187,8 @@ class Runtime:
             monotonic)
         # Waits longer than a poll interval, kept by the timer (requeue_holds.py).
         self.holds = RequeueHolds(monotonic)
+        # Class name -> its warm pool's lock and ready servers.
+        self.pools: dict[str, PoolState] = {}
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())

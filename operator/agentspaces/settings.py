@@ -63,6 +63,9 @@ class OperatorSettings:
     peering_lifetime: int = 30
     """Seconds a replica's keep-alive stays valid: how long a crashed active replica
     holds the others back at most."""
+    pool_interval: float = 30.0
+    """How often a class's warm pool is looked at: refilled after claims, its booted
+    servers offered (one Hetzner list per class with a pool)."""
     class_cache: float = 10.0
     """Seconds a WorkspaceClass and the Secrets it names are reused by polls (0: read
     them on every reconcile): how long a rotated class credential may take to apply."""
@@ -73,6 +76,7 @@ class OperatorSettings:
             namespace=_operator_namespace(),
             poll_interval=_seconds("AGENTSPACES_POLL_INTERVAL", "30s"),
             inventory_interval=_seconds("AGENTSPACES_INVENTORY_INTERVAL", "10m"),
+            pool_interval=_seconds("AGENTSPACES_POOL_INTERVAL", "30s"),
             boot_poll=_seconds("AGENTSPACES_BOOT_POLL", "5s"),
             agent_concurrency=_int("AGENTSPACES_AGENT_CONCURRENCY", 20),
             unreachable_after=_int("AGENTSPACES_UNREACHABLE_AFTER", 3),

@@ -191,6 +191,8 @@ INVALID_CLASSES = [
               "tokenSecretRef": {"name": "cf"}}},
      "dns.baseDomain must be inside dns.zoneName"),
     ("bad-tls-mode", {"tls": {"mode": "selfsigned"}}, "spec.tls.mode"),
+    ("warm-pool-too-large", {"warmPool": {"size": 21}}, "spec.warmPool.size"),
+    ("warm-pool-negative", {"warmPool": {"size": -1}}, "spec.warmPool.size"),
     # A class's own defaults must respect its own limits (workspaces inherit them).
     ("default-type-not-allowed", {"server": {"type": "cx23"},
                                   "limits": {"serverTypes": ["cpx32"]}},

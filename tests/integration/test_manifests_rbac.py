@@ -36,8 +36,10 @@ SA = "agentspaces-operator"
 RBAC = list(yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text()))
 ROLES: list[dict[str, Any]] = [d for d in RBAC if d["kind"] in ("ClusterRole", "Role")]
 # The rule for tenants' own classes is removed in turn by test_tenant_classes.py, whose
-# workspaces use one; those for WorkspaceImages by test_workspace_images.py.
-ELSEWHERE = (["namespacedworkspaceclasses"], ["workspaceimages"], ["workspaceimages/status"])
+# workspaces use one; those for WorkspaceImages by test_workspace_images.py; the one for
+# classes' status (their warm pools) by test_warm_pool.py.
+ELSEWHERE = (["namespacedworkspaceclasses"], ["workspaceimages"], ["workspaceimages/status"],
+             ["workspaceclasses/status"])
 RULES = [(r, i) for r, role in enumerate(ROLES) for i in range(len(role["rules"]))
          if role["rules"][i]["resources"] not in ELSEWHERE]
 SECRETS_ROLE = "agentspaces-operator-secrets"

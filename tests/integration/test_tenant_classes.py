@@ -261,6 +261,7 @@ def test_two_tenants_with_their_own_accounts_never_touch_each_other(
     (("encryption", "keySecretRef"), {"name": "dev-key", "namespace": "tenant-b"},
      "encryption.keySecretRef.namespace"),
     (("allowedNamespaces",), {"from": "All"}, "only for its own namespace"),
+    (("warmPool",), {"size": 2}, "warm pools are for WorkspaceClasses"),
 ])
 def test_admission_refuses_a_namespaced_class_reaching_outside_its_namespace(
         kubectl: Kubectl, world: World, field: tuple[str, ...], value: Any,

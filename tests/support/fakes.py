@@ -55,7 +55,7 @@ from agentspaces_vm.contracts import (
     SaveResult,
 )
 
-SERVER_WRITES = frozenset({"create", "delete", "create_snapshot", "delete_image",
+SERVER_WRITES = frozenset({"create", "relabel", "delete", "create_snapshot", "delete_image",
                            "create_firewall", "set_firewall_rules",
                            "apply_firewall", "detach_firewall", "delete_firewall"})
 DNS_WRITES = frozenset({"create_record", "update_record", "delete_record"})
@@ -258,6 +258,21 @@ class FakeServers:
         if lost == "retried":
             raise _uniqueness_error(f"server name {request.name}")
         return self._view(server)
+
+    async def relabel(self, server_id: int, name: str,
+                      labels: Mapping[str, str]) -> ServerInfo:
+        self._enter("relabel", server_id, name)
+        if any(s.name == name and i != server_id for i, s in self.servers.items()):
+            raise _uniqueness_error(f"server name {name}")
+        if server_id not in self.servers:
+            raise hetzner_error(ErrorKind.NOT_FOUND, "not_found", f"server {server_id}")
+        server = replace(self.servers[server_id], name=name, labels=dict(labels))
+        self.servers[server_id] = server
+        return self._view(server)
+
+    async def find_by_selector(self, selector: str) -> list[ServerInfo]:
+        self._enter("find_by_selector", selector)
+        return self._select(selector)
 
     async def delete(self, server_id: int) -> None:
         self._enter("delete", server_id)
@@ -520,6 +535,13 @@ class FakeKube:
     async def get_workspace_image(self, name: str) -> Mapping[str, Any] | None:
         self.calls.log("get_workspace_image", name)
         return self.images.get(name)
+
+    async def patch_workspace_class_status(self, name: str,
+                                           patch: Mapping[str, Any]) -> None:
+        self.calls.log("patch_workspace_class_status", name)
+        body = self.classes.get(name)
+        if body is not None:
+            body["status"] = apply_merge_patch(body.get("status"), patch)
 
     async def patch_workspace_image_status(self, name: str,
                                            patch: Mapping[str, Any]) -> None:

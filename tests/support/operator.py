@@ -14,6 +14,7 @@ FAST_SETTINGS = {
     "AGENTSPACES_POLL_INTERVAL": "1s",
     "AGENTSPACES_BOOT_POLL": "0.5s",
     "AGENTSPACES_INVENTORY_INTERVAL": "3s",
+    "AGENTSPACES_POOL_INTERVAL": "3s",
     "AGENTSPACES_AGENT_TIMEOUT": "3s",
     # A free port for /metrics, so operators started side by side never contend for one.
     "AGENTSPACES_METRICS_PORT": "0",

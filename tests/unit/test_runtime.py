@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -109,6 +110,22 @@ async def test_inventory_lists_on_first_use_then_once_per_interval_on_the_inject
     clock.advance(1)
     fetched, servers = await inventory.snapshot()
     assert (fetched, list(servers), provider.listings) == (NOW + timedelta(seconds=600), [2], 2)
+
+
+async def test_a_noted_change_is_served_until_the_next_listing_a_new_server_is_not(
+) -> None:
+    clock, provider = Clock(), ListingProvider()
+    inventory = ServerInventory(provider, interval=600,  # type: ignore[arg-type]
+                                clock=clock.now, monotonic=clock.monotonic)
+    await inventory.snapshot()
+    renamed = replace(_server(1), name="claimed")
+    inventory.note(renamed)
+    inventory.note(_server(7))  # never listed: no entry made up for it
+    _, servers = await inventory.snapshot()
+    assert (servers[1].name, sorted(servers), provider.listings) == ("claimed", [1], 1)
+    clock.advance(600)
+    _, servers = await inventory.snapshot()
+    assert servers[1].name == _server(1).name  # the listing is the truth again
 
 
 async def test_runtime_hands_its_clocks_to_the_inventories_it_builds() -> None:

@@ -65,6 +65,7 @@ def test_a_namespaced_class_names_no_secret_in_another_namespace(path: tuple[str
 @pytest.mark.parametrize(("extra", "message"), [
     ({"allowedNamespaces": {"from": "All"}}, "only for its own namespace"),
     ({"wakeGateway": {"ipv4": "192.0.2.1"}}, "the wake gateway serves WorkspaceClasses only"),
+    ({"warmPool": {"size": 1}}, "warm pools are for WorkspaceClasses"),
 ])
 def test_a_namespaced_class_refuses_what_only_a_cluster_class_means(
         extra: dict[str, Any], message: str) -> None:

@@ -281,7 +281,10 @@ def workspace_class_crd() -> Schema:
     return _crd(
         "WorkspaceClass", "workspaceclasses", "Cluster", ["wsc"],
         object_schema(WorkspaceClassSpecModel), object_schema(WorkspaceClassStatus),
-        CLASS_COLUMNS,
+        [*CLASS_COLUMNS[:-1],
+         {"name": "Pool", "type": "integer", "jsonPath": ".spec.warmPool.size"},
+         {"name": "Pool-Ready", "type": "integer", "jsonPath": ".status.warmPool.ready"},
+         CLASS_COLUMNS[-1]],
     )
 
 

@@ -86,6 +86,8 @@ USER_TEXT_BUDGET = 10240
 # A WorkspaceClass's extra CA certificates (spec.trust.caBundle): PEM, at most this many
 # characters. They reach the VM over the agent's channel, not in the user-data.
 CA_BUNDLE_LIMIT = 65536
+WARM_POOL_MAX = 20
+"""Servers one class keeps waiting: each is billed, and Hetzner caps servers per project."""
 PEM_CERTIFICATE_BEGIN = "-----BEGIN CERTIFICATE-----"
 
 
@@ -1018,6 +1020,18 @@ NUMERIC_IMAGE_NEEDS_PROFILE = Cel(
     + " or ".join(OS_PROFILES) + "): the OS that image runs")
 
 
+class WarmPoolSpec(ApiModel):
+    """Servers kept booted and waiting, so a new workspace starts on one of them."""
+
+    size: int = Field(0, ge=0, le=WARM_POOL_MAX,
+                      description="How many servers wait, booted from the class's server "
+                                  "settings (its workspaceImage when Ready) with no "
+                                  "workspace, user secret or repository on them; a new "
+                                  "workspace with the class's server settings claims one "
+                                  "and the pool refills. Each is billed like any server. "
+                                  "0: no pool.")
+
+
 class WorkspaceClassSpecModel(ApiModel):
     """Provider credentials and defaults shared by many workspaces."""
 
@@ -1047,6 +1061,7 @@ class WorkspaceClassSpecModel(ApiModel):
     devcontainer: ClassDevcontainerSpec = Field(default_factory=ClassDevcontainerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     pricing: PricingSpec = Field(default_factory=PricingSpec)
+    warm_pool: WarmPoolSpec = Field(default_factory=WarmPoolSpec)
     allowed_namespaces: AllowedNamespacesSpec | None = Field(
         None, description="Which namespaces' Workspaces may use this class; every namespace "
                           "when unset (set List or Selector on a shared cluster).")
@@ -1083,6 +1098,9 @@ def _no_namespace_rule(path: tuple[str, ...]) -> Cel:
                "namespace; leave namespace out")
 
 
+NO_WARM_POOL = Cel(
+    "!has(self.warmPool) || !has(self.warmPool.size) || self.warmPool.size == 0",
+    f"warmPool: warm pools are for WorkspaceClasses; a {NAMESPACED_CLASS_KIND} has none")
 ONLY_OWN_NAMESPACE = Cel(
     "!has(self.allowedNamespaces)",
     f"allowedNamespaces: a {NAMESPACED_CLASS_KIND} is only for its own namespace")
@@ -1099,7 +1117,7 @@ class NamespacedWorkspaceClassSpecModel(WorkspaceClassSpecModel):
     cel_rules = (
         *WorkspaceClassSpecModel.cel_rules,
         *(_no_namespace_rule(path) for path in CLASS_SECRET_REFS),
-        ONLY_OWN_NAMESPACE, NO_SHARED_WAKE_GATEWAY,
+        ONLY_OWN_NAMESPACE, NO_SHARED_WAKE_GATEWAY, NO_WARM_POOL,
     )
 
     @model_validator(mode="after")
@@ -1109,6 +1127,8 @@ class NamespacedWorkspaceClassSpecModel(WorkspaceClassSpecModel):
             raise ValueError(ONLY_OWN_NAMESPACE.message)
         if self.wake_gateway is not None:
             raise ValueError(NO_SHARED_WAKE_GATEWAY.message)
+        if self.warm_pool.size:
+            raise ValueError(NO_WARM_POOL.message)
         dumped = self.model_dump(by_alias=True)
         for path in CLASS_SECRET_REFS:
             node: Any = dumped

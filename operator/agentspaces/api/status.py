@@ -9,7 +9,7 @@ the snake_case of the API's camelCase names. Defaults here (None, empty lists) a
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.json_schema import JsonDict
@@ -284,6 +284,33 @@ class WorkspaceStatus(StatusModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+PoolServerState = Literal["booting", "ready"]
+
+
+class PoolServerStatus(StatusModel):
+    """One warm-pool server."""
+
+    name: str
+    id: int = Field(json_schema_extra=INT64)
+    state: PoolServerState = Field(
+        description="booting: created, its loader not answering yet; ready: waiting for a "
+                    "workspace to claim it.")
+    created_at: Timestamp | None = Field(None, alias="createdAt")
+
+
+class WarmPoolStatus(StatusModel):
+    """The class's warm pool as last seen."""
+
+    size: int = Field(description="spec.warmPool.size when last reconciled.")
+    ready: int = 0
+    booting: int = 0
+    servers: list[PoolServerStatus] = Field(default_factory=list)
+    hourly: MoneyStatus | None = Field(
+        None, description="What the pool's servers cost per hour together (Hetzner "
+                          "/pricing, IPv4 included), in the project's currency.")
+    message: str | None = Field(None, description="Why the pool is short, when it is.")
+
+
 class WorkspaceClassStatus(StatusModel):
     """Observed state of the class."""
 
@@ -292,3 +319,4 @@ class WorkspaceClassStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra=LIST_MAP)
+    warm_pool: WarmPoolStatus | None = Field(None, alias="warmPool")

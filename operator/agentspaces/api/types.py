@@ -264,6 +264,8 @@ class WorkspaceClass:
     token_prices: tuple[ModelPrice, ...] = ()
     """spec.pricing.models: looked up before the default token prices."""
     wake_gateway: WakeGateway | None = None
+    warm_pool_size: int = 0
+    """spec.warmPool.size: servers kept booted for new workspaces (cluster classes)."""
     allowed_namespaces: AllowedNamespaces = field(default_factory=AllowedNamespaces)
     kind: m.ClassKind = m.CLASS_KIND
     namespace: str | None = None
@@ -321,6 +323,7 @@ class WorkspaceClass:
                                                            spec.server.os_profile)),
             image_os_profile=spec.server.os_profile,
             workspace_image=spec.server.workspace_image,
+            warm_pool_size=spec.warm_pool.size,
             dns=DnsSettings(
                 zone_name=dns.zone_name,
                 base_domain=dns.base_domain or dns.zone_name,

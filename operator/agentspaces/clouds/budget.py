@@ -54,10 +54,12 @@ PRIORITIES: Mapping[str, Priority] = {
     "hetzner.set_firewall_rules": Priority.NORMAL,
     "hetzner.apply_firewall": Priority.NORMAL,
     "hetzner.get_image": Priority.NORMAL,  # polling a snapshot being made
+    "hetzner.relabel": Priority.NORMAL,  # a workspace claiming a warm-pool server
     "hetzner.find_by_uid": Priority.LOW,  # the look before a create
     "hetzner.create": Priority.LOW,
     "hetzner.create_firewall": Priority.LOW,
     "hetzner.list_managed": Priority.LOW,  # the shared inventory
+    "hetzner.find_by_selector": Priority.LOW,  # a class's warm-pool servers
     "hetzner.create_snapshot": Priority.LOW,
     "hetzner.list_snapshots": Priority.LOW,  # finding and collecting old snapshots
     "hetzner.pricing": Priority.LOW,

@@ -110,8 +110,11 @@ class ServerProvider(Protocol):
     async def find_by_uid(self, uid: str) -> list[ServerInfo]: ...
     async def find_by_name(self, name: str) -> ServerInfo | None: ...
     async def create(self, request: ServerRequest) -> ServerInfo: ...
+    async def relabel(self, server_id: int, name: str,
+                      labels: Mapping[str, str]) -> ServerInfo: ...
     async def delete(self, server_id: int) -> None: ...
     async def list_managed(self) -> list[ServerInfo]: ...
+    async def find_by_selector(self, selector: str) -> list[ServerInfo]: ...
     async def list_firewalls(self, label_selector: str) -> list[FirewallInfo]: ...
     async def find_firewall_by_name(self, name: str) -> FirewallInfo | None: ...
     async def create_firewall(self, name: str, labels: Mapping[str, str],
@@ -338,6 +341,16 @@ class HcloudServers:
         )
         return _info(response.server)
 
+    async def relabel(self, server_id: int, name: str,
+                      labels: Mapping[str, str]) -> ServerInfo:
+        """Rename the server and replace all its labels, in one request (a warm-pool
+        server handed to a workspace: it is the pool's or the workspace's, never both)."""
+        server = await self._call(
+            "relabel", self._client.servers.update,
+            BoundServer(self._client.servers, {"id": server_id}, complete=False),
+            name=name, labels=dict(labels))
+        return _info(server)
+
     async def delete(self, server_id: int) -> None:
         try:
             await self._call("delete", self._client.servers.delete,
@@ -350,6 +363,11 @@ class HcloudServers:
     async def list_managed(self) -> list[ServerInfo]:
         servers = await self._call("list_managed", self._client.servers.get_all,
                                    label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+        return [_info(s) for s in servers]
+
+    async def find_by_selector(self, selector: str) -> list[ServerInfo]:
+        servers = await self._call("find_by_selector", self._client.servers.get_all,
+                                   label_selector=selector)
         return [_info(s) for s in servers]
 
     # -- firewalls -------------------------------------------------------------------

@@ -27,6 +27,7 @@ from agentspaces.reconcile.outcome import Outcome, Wait
 from agentspaces.reconcile.owned_secrets import Access
 from agentspaces.reconcile.scope import Scope
 from agentspaces.vmconfig.agent_bundle import load_agent_bundle
+from agentspaces.vmconfig.claim import render_claim
 from agentspaces.vmconfig.trust import ca_bundle_digest, vm_ca_bundle
 from agentspaces_vm.contracts import (
     AgentStatus,
@@ -73,6 +74,14 @@ async def reconcile(scope: Scope) -> Outcome | None:
     try:
         async with scope.runtime.agent_slots:
             doc: AgentStatus = await client.agent_status()
+            if doc.boot_stage is BootStage.AWAITING_CLAIM:
+                # A warm-pool server this workspace claimed: it learns whose it is, then
+                # waits for the agent like any new server.
+                await client.claim(render_claim(scope.ref, scope.spec, scope.klass,
+                                                host=scope.host))
+                scope.emit("Normal", "ServerClaimed", f"server {server.id} now runs this "
+                           "workspace")
+                doc = await client.agent_status()
             if doc.boot_stage is BootStage.AWAITING_AGENT:
                 # The VM's loader waits for the agent itself (too big for user-data).
                 await client.put_agent_bundle(load_agent_bundle().data)

@@ -322,3 +322,11 @@ async def _agent_secret(secrets: _SecretReader, credential: AgentCredential | No
             Reason.CREDENTIALS_INVALID, f"Secret {namespace}/{ref.name} key {ref.key!r} "
                                         f"({where}.{_FIELDS[credential.kind]}) {problem}")
     return value
+
+
+async def class_hetzner_token(kube: KubePort, klass: WorkspaceClass, operator_namespace: str
+                              ) -> str | CredentialsProblem:
+    """A cluster class's Hetzner token, for work of the class's own (its warm pool)."""
+    ref = klass.hetzner_token_ref
+    return await _secret_value(_SecretReader(kube, None, True), ref,
+                               ref.namespace or operator_namespace)

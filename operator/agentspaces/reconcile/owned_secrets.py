@@ -169,3 +169,20 @@ async def bind_agent_credentials(scope: Scope, server_id: int) -> None:
         return
     await scope.runtime.kube.replace_secret_data(
         scope.ref.namespace, name, {**dict(secret.data), SERVER_KEY: str(server_id)})
+
+
+async def adopt_agent_credentials(scope: Scope, creds: AgentCredentials,
+                                  server_id: int) -> None:
+    """Store a warm-pool server's credentials as this workspace's, bound to that server
+    (before the server is relabelled as ours: a claim cut short leaves credentials bound
+    to a server that is not ours, which the next create replaces)."""
+    kube = scope.runtime.kube
+    name = scope.secret_name(AGENT_SUFFIX)
+    data = {**creds.to_secret_data(), SERVER_KEY: str(server_id)}
+    if await _ours_or_none(scope, name) is None:
+        await kube.create_secret(scope.ref.namespace, name, data, scope.owner,
+                                 workspace_labels(scope, "agent"),
+                                 finalizers=KEPT_UNTIL_FINALIZED)
+    else:
+        await kube.replace_secret_data(scope.ref.namespace, name, data)
+    scope.agent_credentials = creds

@@ -5,7 +5,9 @@ its labels carry the Workspace uid. Before creating we look the uid up; a
 `uniqueness_error` (e.g. the create succeeded but the response was lost and hcloud
 retried, or we restarted in between) means "look up by name and adopt it if the uid
 matches", and a server at our name with another uid is never touched. The id goes to
-status before anything else happens.
+status before anything else happens. A workspace whose class keeps a warm pool takes a
+ready server of it instead of creating one, when it boots what the pool boots
+(reconcile/warm_pool.py).
 
 Status is not proof of ownership (anyone who may write it could point it elsewhere):
 a server is used, kept or deleted only if its uid label is this Workspace's. One that is
@@ -27,7 +29,7 @@ from agentspaces.clouds.hetzner import (
     ServerRequest,
     workspace_labels,
 )
-from agentspaces.reconcile import boot_image
+from agentspaces.reconcile import boot_image, warm_pool
 from agentspaces.reconcile.outcome import Outcome, Wait, cloud_failure
 from agentspaces.reconcile.owned_secrets import (
     bind_agent_credentials,
@@ -74,6 +76,9 @@ async def _adopt_or_create(scope: Scope) -> ServerInfo | Outcome:
         await bind_agent_credentials(scope, keep.id)
         return keep
 
+    claimed = await warm_pool.claim(scope)
+    if claimed is not None:
+        return claimed
     spec = replace(scope.spec, server=await boot_image.server_settings(scope))
     fresh = await credentials_for_new_server(scope)
     request = ServerRequest(

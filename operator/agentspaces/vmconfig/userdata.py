@@ -19,16 +19,16 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import yaml
 
-from agentspaces.api.types import WorkspaceClass, WorkspaceRef, WorkspaceSpec
+from agentspaces.api.types import ServerSettings, WorkspaceClass, WorkspaceRef, WorkspaceSpec
 from agentspaces.vmconfig import templates
 from agentspaces.vmconfig.agent_bundle import AgentBundle, load_agent_bundle, strip_source
-from agentspaces.vmconfig.agent_config import render_agent_config
+from agentspaces.vmconfig.agent_config import machine_config, render_agent_config
 from agentspaces.vmconfig.claude import (
     render_claude_md,
     render_claude_settings,
@@ -81,7 +81,8 @@ class WrittenFile:
     permissions: str
 
 
-def _json(doc: Any) -> str:
+def json_text(doc: Any) -> str:
+    """A JSON file as the user-data writes them (and a claim delivers them)."""
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -149,30 +150,61 @@ def render_user_data(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceClas
     paths inside the scripts: it is for the local sandbox, which runs no scripts.
     The packages and the bootstrap script follow the OS profile of `spec.server`.
     """
-    profile = profile_for(spec.server)
-    bundle = agent_bundle or load_agent_bundle()
     agent_config = render_agent_config(ws, spec, klass, host=host,
                                        token_sha256=agent_credentials.token_sha256,
                                        simulate=simulate, layout=layout)
     seeds = layout.claude_seed_dir
-    files = [
-        _file("/etc/apt/apt.conf.d/80-agentspaces", templates.read_template("apt-retries.conf")),
-        _file("/etc/docker/daemon.json",
-              _json(templates.fill_json("docker-daemon.json", {"slice": SLICE}))),
-        *_units(layout),
-        *_scripts(layout, profile),
-        _file(layout.agent_json, _json(agent_config), "0600"),
-        _file(layout.tls_cert, agent_credentials.cert_pem, "0600"),
-        _file(layout.tls_key, agent_credentials.key_pem, "0600"),
-        _file(layout.agent_sha256_file, bundle.sha256 + "\n"),
-        _file(layout.caddy_bootstrap, _json(templates.fill_json(
-            "caddy-bootstrap.json", {"caddy_admin": layout.caddy_admin}))),
-        _file(f"{seeds}/settings.json", _json(render_claude_settings(spec, layout=layout))),
+    workspace_files = [
+        _file(f"{seeds}/settings.json", json_text(render_claude_settings(spec, layout=layout))),
         _file(f"{seeds}/CLAUDE.md", render_claude_md(ws, spec, klass, host=host, layout=layout)),
     ]
     mcp = render_mcp_json(spec)
     if mcp is not None:
-        files.append(_file(f"{seeds}/mcp.json", _json(mcp)))
+        workspace_files.append(_file(f"{seeds}/mcp.json", json_text(mcp)))
+    hint = "shorten spec.agent.instructions, spec.agent.mcpServers or spec.sshKeys"
+    return _render(profile_for(spec.server), agent_config, workspace_files,
+                   header=f"workspace {ws.namespace}/{ws.name}", ssh_keys=spec.ssh_keys,
+                   agent_credentials=agent_credentials, agent_bundle=agent_bundle,
+                   agent_delivery=agent_delivery, layout=layout, hint=hint)
+
+
+def render_pool_user_data(klass: WorkspaceClass, server: ServerSettings, *,
+                          agent_credentials: AgentCredentialsLike,
+                          agent_bundle: AgentBundle | None = None,
+                          layout: VmLayout = VM_LAYOUT) -> str:
+    """The user-data of a warm-pool server of `klass`: the workspace user-data without
+    anything that names a workspace. Its agent.json is the machine part with `pool` set
+    (the loader then waits for a claim, `vmconfig.claim`); no Claude seeds, no SSH keys.
+    `server` is what it boots (its OS profile picks the packages and bootstrap)."""
+    agent_config = {**machine_config(klass, token_sha256=agent_credentials.token_sha256,
+                                     layout=layout),
+                    "pool": {"class": klass.name}}
+    return _render(profile_for(server), agent_config, [], header=f"warm pool {klass.name}",
+                   ssh_keys=(), agent_credentials=agent_credentials,
+                   agent_bundle=agent_bundle, agent_delivery="push", layout=layout,
+                   hint="shorten spec.trust.caBundle")
+
+
+def _render(profile: OsProfile, agent_config: Mapping[str, Any],
+            workspace_files: list[dict[str, Any]], *, header: str,
+            ssh_keys: Sequence[str], agent_credentials: AgentCredentialsLike,
+            agent_bundle: AgentBundle | None, agent_delivery: AgentDelivery,
+            layout: VmLayout, hint: str) -> str:
+    bundle = agent_bundle or load_agent_bundle()
+    files = [
+        _file("/etc/apt/apt.conf.d/80-agentspaces", templates.read_template("apt-retries.conf")),
+        _file("/etc/docker/daemon.json",
+              json_text(templates.fill_json("docker-daemon.json", {"slice": SLICE}))),
+        *_units(layout),
+        *_scripts(layout, profile),
+        _file(layout.agent_json, json_text(agent_config), "0600"),
+        _file(layout.tls_cert, agent_credentials.cert_pem, "0600"),
+        _file(layout.tls_key, agent_credentials.key_pem, "0600"),
+        _file(layout.agent_sha256_file, bundle.sha256 + "\n"),
+        _file(layout.caddy_bootstrap, json_text(templates.fill_json(
+            "caddy-bootstrap.json", {"caddy_admin": layout.caddy_admin}))),
+        *workspace_files,
+    ]
     if agent_delivery == "inline":
         packed = base64.b64encode(gzip.compress(bundle.data, compresslevel=9, mtime=0))
         files.append({"path": layout.agent_pyz, "permissions": "0644", "encoding": "gz+b64",
@@ -181,17 +213,16 @@ def render_user_data(ws: WorkspaceRef, spec: WorkspaceSpec, klass: WorkspaceClas
         raise ValueError(f"agent_delivery must be 'push' or 'inline', not {agent_delivery!r}")
 
     doc: dict[str, Any] = yaml.safe_load(templates.read_template(profile.cloud_config))
-    if spec.ssh_keys:
-        doc["ssh_authorized_keys"] = list(spec.ssh_keys)
+    if ssh_keys:
+        doc["ssh_authorized_keys"] = list(ssh_keys)
     doc["write_files"] = files
     doc["runcmd"] = [["bash", f"{layout.install_dir}/bootstrap.sh"]]
-    text = (f"#cloud-config\n# agentspaces workspace {ws.namespace}/{ws.name}: "
+    text = (f"#cloud-config\n# agentspaces {header}: "
             "generated by the operator, do not edit.\n" + dump_yaml(doc))
     size = len(text.encode())
     if size > USER_DATA_LIMIT:
-        hint = ("use agent_delivery='push'" if agent_delivery == "inline"
-                else "shorten spec.agent.instructions, spec.agent.mcpServers or spec.sshKeys")
-        raise UserDataTooLarge(size, USER_DATA_LIMIT, hint)
+        raise UserDataTooLarge(size, USER_DATA_LIMIT, "use agent_delivery='push'"
+                               if agent_delivery == "inline" else hint)
     return text
 
 
