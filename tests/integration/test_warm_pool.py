@@ -32,7 +32,7 @@ from tests.support.stack import (
     condition,
     install_class,
     running_clouds,
-    start_operator,
+    start_operator_as_deployed,
     workspace,
 )
 from tests.support.waiting import wait_for
@@ -80,19 +80,10 @@ def _install(kubectl: Kubectl, clouds: Clouds, size: int) -> None:
         "tls": {"mode": "none", "httpPort": HTTP_PORT}, "warmPool": {"size": size}})
 
 
-def _start(control_plane, kubectl: Kubectl, tmp: Path, name: str = "operator"  # type: ignore[no-untyped-def]
-           ) -> OperatorProcess:
-    token = kubectl("create", "token", "agentspaces-operator", "-n", OPERATOR_NAMESPACE,
-                    "--duration=1h").strip()
-    kubeconfig = control_plane.write_kubeconfig(f"sa-{tmp.name}-{name}",
-                                                control_plane.kubeconfig_for_token(token))
-    return start_operator(kubeconfig, tmp, name)
-
-
 @pytest.fixture
 def operator(control_plane, kubectl: Kubectl, installed: None,  # type: ignore[no-untyped-def]
              tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = _start(control_plane, kubectl, tmp_path)
+    proc = start_operator_as_deployed(control_plane, kubectl, tmp_path)
     yield proc
     proc.stop()
 
@@ -199,7 +190,7 @@ def test_concurrent_creates_never_share_a_server(operator: OperatorProcess,
 def test_a_lost_claim_answer_and_a_killed_operator_duplicate_nothing(
         control_plane, kubectl: Kubectl, clouds: Clouds, installed: None,  # type: ignore[no-untyped-def]
         tmp_path: Path) -> None:
-    op = _start(control_plane, kubectl, tmp_path, "first")
+    op = start_operator_as_deployed(control_plane, kubectl, tmp_path, "first")
     try:
         _ready_pool(kubectl, clouds, 2)
         pooled = set(_pool(clouds))
@@ -215,7 +206,7 @@ def test_a_lost_claim_answer_and_a_killed_operator_duplicate_nothing(
         op.kill()
     finally:
         op.stop()
-    op = _start(control_plane, kubectl, tmp_path, "second")
+    op = start_operator_as_deployed(control_plane, kubectl, tmp_path, "second")
     try:
         killed = _ready(kubectl, "killed", 120)
         owners = _owners(clouds)
@@ -257,7 +248,7 @@ def test_the_operator_needs_the_class_status_rule_for_pools(
     kubectl("patch", "workspaceclass", CLASS, "--subresource=status", "--type=merge",
             "-p", '{"status": {"warmPool": null}}')
     kubectl.apply(yaml.safe_dump(reduced))
-    op = _start(control_plane, kubectl, tmp_path)
+    op = start_operator_as_deployed(control_plane, kubectl, tmp_path)
     try:
         wait_for(lambda: "Forbidden" in op.log() or " 403" in op.log(), 60,
                  "the status patch refused")

@@ -29,7 +29,7 @@ from tests.support.stack import (
     Clouds,
     install_class,
     running_clouds,
-    start_operator,
+    start_operator_as_deployed,
     workspace,
 )
 from tests.support.waiting import wait_for
@@ -63,19 +63,10 @@ def installed(kubectl: Kubectl, clouds: Clouds) -> None:
     kubectl("create", "namespace", NAMESPACE, check=False)
 
 
-def _start(control_plane, kubectl: Kubectl, tmp: Path) -> OperatorProcess:  # type: ignore[no-untyped-def]
-    """The operator as the shipped RBAC lets it act (its ServiceAccount's token)."""
-    token = kubectl("create", "token", "agentspaces-operator", "-n", OPERATOR_NAMESPACE,
-                    "--duration=1h").strip()
-    kubeconfig = control_plane.write_kubeconfig(f"sa-{tmp.name}",
-                                                control_plane.kubeconfig_for_token(token))
-    return start_operator(kubeconfig, tmp)
-
-
 @pytest.fixture
 def operator(control_plane, kubectl: Kubectl, installed: None,  # type: ignore[no-untyped-def]
              tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = _start(control_plane, kubectl, tmp_path)
+    proc = start_operator_as_deployed(control_plane, kubectl, tmp_path)
     yield proc
     proc.stop()
 
@@ -195,7 +186,7 @@ def test_the_operator_needs_each_of_its_rules_for_images(
     reduced = copy.deepcopy(OPERATOR_ROLE)
     del reduced["rules"][rule]
     kubectl.apply(yaml.safe_dump(reduced))
-    op = _start(control_plane, kubectl, tmp_path)
+    op = start_operator_as_deployed(control_plane, kubectl, tmp_path)
     try:
         _apply_image(kubectl, clouds)
         # With both rules the first visit writes phase Baking within a second or two
@@ -208,7 +199,7 @@ def test_the_operator_needs_each_of_its_rules_for_images(
         kubectl("delete", "workspaceimage", IMAGE, "--wait=false")
     # The full operator cleans up what the reduced one made.
     (tmp_path / "full").mkdir()
-    op = _start(control_plane, kubectl, tmp_path / "full")
+    op = start_operator_as_deployed(control_plane, kubectl, tmp_path / "full")
     try:
         wait_for(lambda: not _image(kubectl), 60, "the WorkspaceImage gone")
         wait_for(lambda: not _builders(clouds) and not _snapshots(clouds), 30,

@@ -195,6 +195,17 @@ def start_operator(kubeconfig: Path, log_dir: Path, name: str = "operator",
                            extra_env).start()
 
 
+def start_operator_as_deployed(control_plane: Any, kubectl: Kubectl, log_dir: Path,
+                               name: str = "operator") -> OperatorProcess:
+    """The operator as the shipped RBAC lets it act: with its ServiceAccount's token
+    (the RBAC manifests applied beforehand)."""
+    token = kubectl("create", "token", "agentspaces-operator", "-n", OPERATOR_NAMESPACE,
+                    "--duration=1h").strip()
+    kubeconfig = control_plane.write_kubeconfig(f"sa-{log_dir.name}-{name}",
+                                                control_plane.kubeconfig_for_token(token))
+    return start_operator(kubeconfig, log_dir, name)
+
+
 @contextmanager
 def benchmark_cluster(workdir: Path, namespace: str) -> Iterator[tuple[ControlPlane, Kubectl]]:
     """For benchmarks (tests get the session's plane from conftest): a control plane of
