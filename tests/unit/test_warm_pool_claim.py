@@ -97,3 +97,58 @@ async def test_a_namespaced_class_or_no_pool_makes_no_pool_call(
     scope = b.scope()
     assert await warm_pool.claim(scope) is None
     assert b.servers.calls.methods().count("get") == 0
+
+
+async def test_a_server_of_the_class_previous_settings_is_passed_over(
+        scope_builder: ScopeBuilder) -> None:
+    b = _with_pool(scope_builder)
+    old = _pooled(b, 0)
+    b.servers.servers[old] = replace(b.servers.servers[old], server_type="cx33")
+    await server_step.reconcile(b.scope())
+    assert b.servers.calls.methods().count("relabel") == 0
+    assert b.servers.calls.methods().count("create") == 1
+
+
+# -- the pool's visit ------------------------------------------------------------------
+
+def _class_body(b: ScopeBuilder) -> dict[str, object]:
+    body = b.kube.classes["standard"]
+    body.setdefault("metadata", {})["uid"] = "class-uid"
+    return body
+
+
+async def test_a_visit_fills_the_pool_with_bound_credentials_and_writes_status(
+        scope_builder: ScopeBuilder) -> None:
+    b = _with_pool(scope_builder)
+    events: list[tuple[str, str, str]] = []
+    delay = await warm_pool.visit(b.runtime, _class_body(b),
+                                  lambda *e: events.append(e))
+    assert delay == warm_pool.POLL_FILLING
+    servers = b.servers.servers.values()
+    assert sorted(s.name for s in servers) == ["pool-standard-0", "pool-standard-1"]
+    for server in servers:
+        slot = pool_policy.slot_of("standard", server)
+        assert slot is not None
+        secret = b.kube.secrets[(OPERATOR_NAMESPACE, pool_policy.secret_name("standard", slot))]
+        assert secret.data[SERVER_KEY] == str(server.id)
+        assert secret.owners[0].kind == "WorkspaceClass"
+    status = b.kube.classes["standard"]["status"]["warmPool"]
+    assert (status["size"], status["ready"], status["booting"]) == (2, 0, 2)
+    assert [e[1] for e in events] == ["PoolServerCreated", "PoolServerCreated"]
+
+
+async def test_a_class_without_a_pool_costs_no_call(scope_builder: ScopeBuilder) -> None:
+    b = scope_builder.with_class(server=POOL_SERVER)
+    assert await warm_pool.visit(b.runtime, _class_body(b), lambda *e: None) is None
+    assert b.servers.calls == [] and "status" not in b.kube.classes["standard"]
+
+
+async def test_a_delete_that_cannot_reach_the_project_says_so_and_retries(
+        scope_builder: ScopeBuilder) -> None:
+    b = _with_pool(scope_builder).without_secret("hcloud")
+    events: list[tuple[str, str, str]] = []
+    delay = await warm_pool.visit(b.runtime, _class_body(b), lambda *e: events.append(e),
+                                  deleting=True)
+    assert delay == warm_pool.RETRY_PROBLEM
+    assert [e[1] for e in events] == ["PoolCleanupBlocked"]
+    assert b.servers.calls == []

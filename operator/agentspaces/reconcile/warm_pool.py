@@ -115,6 +115,10 @@ async def _reconcile(rt: Runtime, klass: WorkspaceClass, uid: str, size: int, em
                      ) -> tuple[WarmPoolStatus | None, float | None]:
     token = await class_hetzner_token(rt.kube, klass, rt.settings.namespace)
     if isinstance(token, CredentialsProblem):
+        if size == 0:  # servers to delete, and no way to reach them
+            emit("Warning", "PoolCleanupBlocked",
+                 f"{token.message}: cannot delete the warm pool's servers; retrying "
+                 "(remove the finalizer to leave them)")
         return WarmPoolStatus(size=size, message=token.message), RETRY_PROBLEM
     cloud = rt.servers(token, klass.hetzner_endpoint)
     state = rt.pools[klass.name]
@@ -284,8 +288,10 @@ async def claim(scope: Scope) -> ServerInfo | None:
             state.ready.discard(server_id)  # offered once, whatever happens next
             server = await cloud.get(server_id)
             slot = policy.slot_of(klass.name, server) if server is not None else None
-            if server is None or slot is None:
-                continue
+            if server is None or slot is None or \
+                    (server.server_type, server.location) != (spec.server.type,
+                                                              spec.server.location):
+                continue  # claimed meanwhile, or of the class's previous settings
             creds = _credentials(await runtime.kube.read_secret(
                 runtime.settings.namespace, policy.secret_name(klass.name, slot)), server_id)
             if creds is None:
