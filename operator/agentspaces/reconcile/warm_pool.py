@@ -144,7 +144,7 @@ async def _reconcile(rt: Runtime, klass: WorkspaceClass, uid: str, size: int, em
         log.warning("warm pool of %s: %s", klass.name, err)
         return WarmPoolStatus(size=size, message=f"cannot reach the pool: {err}"[:1024]), \
             RETRY_PROBLEM
-    state.ready = {i for i in ready if any(s.id == i for s in plan.keep.values())}
+    state.ready = ready & {s.id for s in plan.keep.values()}
     servers = [*plan.keep.values(), *(s for s in created if s is not None)]
     if size == 0 and not servers:
         return None, None
