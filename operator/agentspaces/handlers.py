@@ -77,6 +77,8 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo,
     settings.batching.error_delays = (1, 2, 5, 10, 30)
     if SETTINGS.peering is not None:  # first: a retry of this handler repeats it alone
         await _join_peering(settings, SETTINGS.peering, SETTINGS.peering_lifetime, logger)
+    else:
+        metrics.OPERATOR_ACTIVE.set(1)  # standalone: the only replica acts from the start
     memo.runtime = Runtime(SETTINGS, KubernetesApi())
     if SETTINGS.metrics_port is not None:
         where = f"{SETTINGS.metrics_host}:{SETTINGS.metrics_port}"

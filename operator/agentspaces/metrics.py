@@ -24,6 +24,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -146,6 +147,12 @@ BACKUP_SECONDS = Histogram(
     "agentspaces_backup_duration_seconds",
     "From a backup's start to its commit.", registry=REGISTRY,
     buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
+
+OPERATOR_ACTIVE = Gauge(
+    "agentspaces_operator_active",
+    "1 while this replica acts on Workspaces, classes and images; 0 while it stands by "
+    "behind an older peered replica (AGENTSPACES_PEERING), or before it first acts.",
+    registry=REGISTRY)
 
 # Series that exist from the start, so rate() and increase() see a 0 before the first.
 for _reason in ("inactivity", "lifetime"):

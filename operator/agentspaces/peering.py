@@ -17,13 +17,15 @@ standby takes over.
 
 What stays on in a standby: the startup handler (the runtime's clients, which make no
 call of their own, and /metrics: its gauges describe only Workspaces this replica
-reconciled), the liveness endpoint and the keep-alives. None of them writes to a
+reconciled, and `agentspaces_operator_active` reads 0), the liveness endpoint and the
+keep-alives. None of them writes to a
 Workspace or a cloud.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 
@@ -31,9 +33,11 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from agentspaces import metrics
 from agentspaces.api.crd import PEERING_GROUP
 
 PLURAL = "clusterkopfpeerings"
+KOPF_PEERING_LOGGER = "kopf._core.engines.peering"
 
 
 def start_priority(now_ns: int | None = None) -> int:
@@ -41,6 +45,30 @@ def start_priority(now_ns: int | None = None) -> int:
     but for one chance in a thousand (int64-safe for millennia)."""
     micros = (time.time_ns() if now_ns is None else now_ns) // 1000
     return -(micros * 1000 + secrets.randbelow(1000))
+
+
+class ActivityFollower(logging.Filter):
+    """Sets `agentspaces_operator_active` from Kopf's own decisions to pause and resume
+    this replica, which it makes known only by logging them (pinned Kopf; tests/
+    integration/test_ha.py reads the metric of both replicas through a takeover)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Pausing "):
+            metrics.OPERATOR_ACTIVE.set(0)
+        elif message.startswith("Resuming operations"):
+            metrics.OPERATOR_ACTIVE.set(1)
+        return True  # the record is logged as before
+
+
+def follow_activity() -> None:
+    """Peered, a replica starts paused (mandatory peering): 0 until Kopf resumes it."""
+    metrics.OPERATOR_ACTIVE.set(0)
+    source = logging.getLogger(KOPF_PEERING_LOGGER)
+    if not source.isEnabledFor(logging.INFO):  # quiet logging: the records must exist
+        source.setLevel(logging.INFO)
+    if not any(isinstance(f, ActivityFollower) for f in source.filters):
+        source.addFilter(ActivityFollower())
 
 
 def configure(settings: kopf.OperatorSettings, name: str, lifetime: int) -> int:
@@ -57,6 +85,7 @@ def configure(settings: kopf.OperatorSettings, name: str, lifetime: int) -> int:
     settings.peering.lifetime = lifetime
     settings.peering.priority = start_priority()
     settings.peering.stealth = True  # keep-alives are not logged; pauses and resumes are
+    follow_activity()
     return settings.peering.priority
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentspaces.persistence.backups import BackupLocation
 from tests.conftest import Kubectl
@@ -84,6 +86,7 @@ def _pair(control_plane, kubectl: Kubectl, tmp: Path  # type: ignore[no-untyped-
         priorities = [p["priority"] for p in _peers(kubectl, peering).values()]
         assert len(set(priorities)) == 2, priorities
         assert "Resuming operations" not in standby.log()
+        assert _acting(active) == 1 and _acting(standby) == 0
         yield active, standby, peering
     finally:
         for proc in procs:
@@ -111,7 +114,22 @@ def _acted(proc: OperatorProcess) -> bool:
 def _takeover(standby: OperatorProcess, killed_at: float) -> float:
     wait_for(lambda: "Resuming operations" in standby.log(), LIFETIME + 15,
              "the standby resumes")
-    return time.monotonic() - killed_at
+    took = time.monotonic() - killed_at
+    assert _acting(standby) == 1
+    return took
+
+
+def _acting(proc: OperatorProcess) -> float | None:
+    """The replica's `agentspaces_operator_active`, scraped from its /metrics."""
+    url = wait_for(lambda: (m := re.search(r"metrics at (http://\S+/metrics)", proc.log()))
+                   and m.group(1), 30, "the replica's metrics address")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "agentspaces_operator_active":
+                return sample.value
+    return None
 
 
 def test_killed_mid_create_the_standby_finishes_with_one_server(

@@ -70,6 +70,7 @@ def test_scrape_shows_a_ready_workspace(stack: VmStack, kubectl: Kubectl, namesp
         _total(got[1], "agentspaces_workspaces", phase="Running") >= 1 and got,
         10, "the phase gauge to count a Running workspace")
     assert ("agentspaces_workspaces", frozenset({("phase", "Stopped")})) in samples
+    assert _total(samples, "agentspaces_operator_active") == 1  # standalone: it acts
 
     # Exactly the server creations the emulator answered, under the path template.
     created = _total(samples, "agentspaces_cloud_requests_total", provider="hetzner",

@@ -1,11 +1,14 @@
-"""Peering priorities: the older replica wins, and no two replicas tie."""
+"""Peering priorities: the older replica wins, and no two replicas tie; the active
+gauge follows Kopf's pause and resume."""
 
 from __future__ import annotations
+
+import logging
 
 import kopf
 import pytest
 
-from agentspaces import peering
+from agentspaces import metrics, peering
 from agentspaces.settings import OperatorSettings
 
 
@@ -37,3 +40,24 @@ def test_peering_is_off_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTSPACES_PEERING_LIFETIME", "1s")
     found = OperatorSettings.from_env()
     assert found.peering == "agentspaces" and found.peering_lifetime == 3  # floor
+
+
+def test_the_active_gauge_follows_kopfs_pause_and_resume() -> None:
+    """Peered, a replica reads 0 until Kopf resumes it; its pause (an older replica
+    came back, or a tie) reads 0 again. Kopf's other peering lines change nothing."""
+    kopf_log = logging.getLogger(peering.KOPF_PEERING_LOGGER)
+    peering.configure(kopf.OperatorSettings(), "agentspaces", 30)
+    assert _active() == 0
+    kopf_log.info("Resuming operations after the pause. Conflicting operators with the "
+                  "same priority are gone.")
+    assert _active() == 1
+    kopf_log.info("Keep-alive in 'agentspaces' cluster-wide: ok.")
+    assert _active() == 1
+    kopf_log.warning("Pausing all operators, including self: []")
+    assert _active() == 0
+    peering.configure(kopf.OperatorSettings(), "agentspaces", 30)  # a retried startup
+    assert sum(isinstance(f, peering.ActivityFollower) for f in kopf_log.filters) == 1
+
+
+def _active() -> float | None:
+    return metrics.REGISTRY.get_sample_value("agentspaces_operator_active")
