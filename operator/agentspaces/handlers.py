@@ -166,7 +166,7 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: b
     async with rt.lock(ref.uid):
         fresh = await rt.kube.get_workspace(ref.namespace, ref.name)
         if fresh is None or (fresh.get("metadata") or {}).get("uid") != ref.uid:
-            metrics.PHASES.forget(ref.uid)
+            metrics.workspace_gone(ref.uid)
             return None  # deleted (or replaced by a namesake) meanwhile
         started = time.monotonic()
         ref = WorkspaceRef.from_body(fresh)
@@ -183,7 +183,7 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: b
             changes = draft.patch()
             if changes:
                 await rt.kube.patch_workspace_status(ref.namespace, ref.name, changes)
-            metrics.PHASES.set(ref.uid, draft.phase)
+            metrics.workspace_seen(ref.uid, draft)
             metrics.RECONCILE_SECONDS.labels(getattr(step, "__name__", metrics.OTHER),
                                              result).observe(time.monotonic() - started)
     await rt.close_stale_clients()
@@ -254,7 +254,7 @@ async def workspace_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: A
     await _run(body, memo, workspace.finalize, fresh_inputs=retry == 0,
                hold_long_waits=False)
     runtime_of(memo).forget(WorkspaceRef.from_body(body).uid)
-    metrics.PHASES.forget(WorkspaceRef.from_body(body).uid)
+    metrics.workspace_gone(WorkspaceRef.from_body(body).uid)
 
 
 async def _image_visit(body: kopf.Body, memo: kopf.Memo, *, deleting: bool = False

@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -32,7 +32,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agentspaces.api.enums import Phase
+from agentspaces.api.enums import AgentState, Phase
+from agentspaces.api.status import TokenCountsStatus, WorkspaceStatus
 
 log = logging.getLogger(__name__)
 
@@ -203,49 +204,128 @@ def agent_request(method: str, path: str, code: int | str, seconds: float, *,
     AGENT_REQUEST_SECONDS.labels(_agent_endpoints(endpoint), label).observe(seconds)
 
 
-class PhaseBook(Collector):
-    """Each workspace's phase as this process last wrote or read it, exported as the
-    count per phase (`agentspaces_workspaces`). Every Workspace is reconciled when the
-    operator starts (Kopf's resume), so the book fills without a list call."""
+class CountBook(Collector):
+    """One value per Workspace uid, as this process last wrote or read it, exported as a
+    gauge of how many have each value: every known value is exported (0 when none),
+    anything else as "other". Every Workspace is reconciled when the operator starts
+    (Kopf's resume), so the book fills without a list call."""
 
-    def __init__(self) -> None:
-        self._phases: dict[str, str] = {}
+    def __init__(self, name: str, documentation: str, label: str,
+                 values: Iterable[str]) -> None:
+        self._name, self._documentation, self._label = name, documentation, label
+        self._known = [str(v) for v in values]
+        self._values: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def set(self, uid: str, phase: str | None) -> None:
+    def set(self, uid: str, value: str | None) -> None:
+        """Record the uid's value; None: it no longer counts."""
         with self._lock:
-            self._phases[uid] = str(phase or Phase.PENDING)
+            if value is None:
+                self._values.pop(uid, None)
+            else:
+                self._values[uid] = str(value)
 
     def forget(self, uid: str) -> None:
-        with self._lock:
-            self._phases.pop(uid, None)
+        self.set(uid, None)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            phases = list(self._phases.values())
-        counts = {str(p): 0 for p in Phase}
-        for phase in phases:
-            key = phase if phase in counts else OTHER
+            values = list(self._values.values())
+        counts = dict.fromkeys(self._known, 0)
+        for value in values:
+            key = value if value in counts else OTHER
             counts[key] = counts.get(key, 0) + 1
         return counts
 
     def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily("agentspaces_workspaces",
-                                 "Workspaces this operator manages, by phase.",
-                                 labels=["phase"])
+        return GaugeMetricFamily(self._name, self._documentation, labels=[self._label])
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
-        for phase, count in self.counts().items():
-            family.add_metric([phase], count)
+        for value, count in self.counts().items():
+            family.add_metric([value], count)
         yield family
+
+
+class PhaseBook(CountBook):
+    """Workspaces by phase (`agentspaces_workspaces`); one without a phase is Pending."""
+
+    def __init__(self) -> None:
+        super().__init__("agentspaces_workspaces",
+                         "Workspaces this operator manages, by phase.", "phase", Phase)
+
+    def set(self, uid: str, value: str | None) -> None:
+        super().set(uid, value or Phase.PENDING)
+
+    def forget(self, uid: str) -> None:
+        super().set(uid, None)
+
+
+class TokenBook:
+    """Adds to `agentspaces_claude_tokens_total` what each Workspace's token sums
+    (status.usage, summed by its agent) grew by since this process last saw them. The
+    first sight of a Workspace is its baseline, so a restarted operator counts only
+    what is used after it started; a sum that shrank (transcripts restored from an older
+    backup) becomes the new baseline."""
+
+    KINDS = ("input", "output", "cache_read", "cache_write")
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        for kind in self.KINDS:  # every series from the start, 0 before the first token
+            counter.labels(kind)
+        self._seen: dict[str, tuple[int, ...]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, uid: str, usage: TokenCountsStatus | None) -> None:
+        now = (0, 0, 0, 0) if usage is None else (
+            usage.input_tokens or 0, usage.output_tokens or 0,
+            usage.cache_read_tokens or 0, usage.cache_write_tokens or 0)
+        with self._lock:
+            before = self._seen.get(uid)
+            self._seen[uid] = now
+        if before is None:
+            return
+        for kind, old, new in zip(self.KINDS, before, now, strict=True):
+            if new > old:
+                self._counter.labels(kind).inc(new - old)
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._seen.pop(uid, None)
 
 
 PHASES = PhaseBook()
 REGISTRY.register(PHASES)
+AGENTS = CountBook("agentspaces_agents",
+                   "AI agents of running Workspaces, by state, as their workspace agents "
+                   "last reported it.", "state", AgentState)
+REGISTRY.register(AGENTS)
+CLAUDE_TOKENS = Counter(
+    "agentspaces_claude_tokens",
+    "Claude Code tokens used in Workspaces, by kind, as their agents sum them from the "
+    "transcripts; what this process saw the sums grow by.",
+    ["kind"], registry=REGISTRY)
+TOKENS = TokenBook(CLAUDE_TOKENS)
+
+
+def workspace_seen(uid: str, status: WorkspaceStatus) -> None:
+    """A reconcile's status, as written: its phase, its agent's state while Running
+    (unknown until reported), and the growth of its token sums."""
+    PHASES.set(uid, status.phase)
+    running = status.phase == Phase.RUNNING
+    state = status.activity.agent_state if status.activity else None
+    AGENTS.set(uid, (state or AgentState.UNKNOWN) if running else None)
+    TOKENS.observe(uid, status.usage)
+
+
+def workspace_gone(uid: str) -> None:
+    PHASES.forget(uid)
+    AGENTS.forget(uid)
+    TOKENS.forget(uid)
 
 
 class TrackedBudget(Protocol):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +16,6 @@ from typing import Any
 
 import boto3
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from agentspaces.persistence.backups import BackupLocation
 from tests.conftest import Kubectl
@@ -119,17 +117,9 @@ def _takeover(standby: OperatorProcess, killed_at: float) -> float:
     return took
 
 
-def _acting(proc: OperatorProcess) -> float | None:
-    """The replica's `agentspaces_operator_active`, scraped from its /metrics."""
-    url = wait_for(lambda: (m := re.search(r"metrics at (http://\S+/metrics)", proc.log()))
-                   and m.group(1), 30, "the replica's metrics address")
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "agentspaces_operator_active":
-                return sample.value
-    return None
+def _acting(proc: OperatorProcess) -> float:
+    wait_for(lambda: "metrics at" in proc.log(), 30, "the replica's metrics address")
+    return proc.metric("agentspaces_operator_active")
 
 
 def test_killed_mid_create_the_standby_finishes_with_one_server(

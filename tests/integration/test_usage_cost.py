@@ -81,6 +81,14 @@ def test_usage_and_cost_in_status_and_the_wide_columns(stack: VmStack, kubectl: 
     assert cost["summary"] == f"{cost['accrued']['net']} EUR net"
     assert hetzner.calls["GET /pricing"] == 1
 
+    # /metrics before the transcript (other modules' workspaces may count as well).
+    operator = stack.operator
+    kinds = ("input", "output", "cache_read", "cache_write")
+    tokens_before = {k: operator.metric("agentspaces_claude_tokens_total", kind=k)
+                     for k in kinds}
+    agents_running = operator.metric("agentspaces_agents")
+    assert agents_running >= 1
+
     # Transcript lines as the real CLI writes them, and a turn of a class-priced model.
     projects = stack.vms.workspace_dir(int(server["id"])) / ".claude" / "projects"
     transcript = projects / "-workspaces-app" / "0c0ffee0-0000-4000-8000-000000000001.jsonl"
@@ -107,6 +115,14 @@ def test_usage_and_cost_in_status_and_the_wide_columns(stack: VmStack, kubectl: 
     assert usage["unpricedModels"] == []
     assert {m["model"]: m["estimatedCost"] for m in usage["models"]} == \
         {"claude-opus-5-5": "0.02594", "team-gateway-model": "2"}
+    # /metrics: the token sums' growth, counted once (it follows the status write).
+    def grown() -> dict[str, float]:
+        return {k: operator.metric("agentspaces_claude_tokens_total", kind=k)
+                - tokens_before[k] for k in kinds}
+
+    wait_for(lambda: grown()["input"] > 0, 5, "the token counters")
+    assert grown() == \
+        {"input": 1_001_500, "output": 500_052, "cache_read": 4500, "cache_write": 3000}
 
     wide = _wide(kubectl, "spender", namespace)
     assert wide["TOKENS"] == "1509052"
@@ -124,3 +140,7 @@ def test_usage_and_cost_in_status_and_the_wide_columns(stack: VmStack, kubectl: 
     assert "serverId" not in cost and cost["previousHours"] == 1
     assert Decimal(cost["previous"]["net"]) == net
     assert stopped["status"]["usage"]["totalTokens"] == 1_509_052
+    wait_for(lambda: operator.metric("agentspaces_agents") == agents_running - 1, 5,
+             "the stopped workspace's agent no longer counted")
+    assert operator.metric("agentspaces_claude_tokens_total") == \
+        sum(tokens_before.values()) + 1_509_052

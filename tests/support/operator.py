@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentspaces.lifeline import die_with_parent
 
@@ -63,3 +67,15 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples `name` whose labels include `labels`, scraped from this
+        operator's /metrics (the address its log announces)."""
+        found = re.search(r"metrics at (http://\S+/metrics)", self.log())
+        assert found, "the operator announced no metrics address"
+        with urllib.request.urlopen(found.group(1), timeout=5) as response:
+            text = response.read().decode()
+        wanted = set(labels.items())
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == name and wanted <= set(sample.labels.items()))

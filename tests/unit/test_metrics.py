@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from agentspaces import metrics
-from agentspaces.api.enums import Phase
+from agentspaces.api.enums import AgentState, Phase
+from agentspaces.api.status import TokenCountsStatus, WorkspaceStatus
 from agentspaces.clouds import hetzner, r2
 from agentspaces.reconcile import backup_step
 from agentspaces.settings import OperatorSettings
@@ -160,6 +161,55 @@ def test_phase_book_counts_every_phase() -> None:
     got = {p: registry.get_sample_value("agentspaces_workspaces", {"phase": p})
            for p in ("Running", "Stopped", "Pending", "Creating", "other")}
     assert got == {"Running": 0, "Stopped": 1, "Pending": 1, "Creating": 0, "other": 1}
+
+
+def test_agents_count_running_workspaces_by_their_agents_state() -> None:
+    registry = CollectorRegistry()
+    book = metrics.CountBook("agentspaces_agents", "test", "state", AgentState)
+    registry.register(book)
+    book.set("a", "working")
+    book.set("b", "working")
+    book.set("c", "waiting")
+    book.set("b", None)  # stopped: no longer counted
+    got = {s.value: registry.get_sample_value("agentspaces_agents", {"state": s.value})
+           for s in AgentState}
+    assert got == {"working": 1, "waiting": 1, "idle": 0, "absent": 0, "unknown": 0}
+
+
+def test_workspace_seen_counts_an_agent_only_while_running() -> None:
+    uid = "uid-agents"
+    before = metrics.AGENTS.counts()
+    metrics.workspace_seen(uid, WorkspaceStatus.model_validate(
+        {"phase": "Running", "activity": {"agentState": "waiting"}}))
+    assert metrics.AGENTS.counts()["waiting"] == before["waiting"] + 1
+    metrics.workspace_seen(uid, WorkspaceStatus.model_validate({"phase": "Running"}))
+    assert metrics.AGENTS.counts()["unknown"] == before["unknown"] + 1  # not reported yet
+    metrics.workspace_seen(uid, WorkspaceStatus.model_validate({"phase": "Stopping"}))
+    assert metrics.AGENTS.counts() == before
+    metrics.workspace_gone(uid)
+
+
+def test_token_counters_add_what_the_sums_grew_by_from_the_first_sight() -> None:
+    registry = CollectorRegistry()
+    book = metrics.TokenBook(Counter("agentspaces_claude_tokens", "test", ["kind"],
+                                     registry=registry))
+
+    def usage(inp: int, out: int) -> TokenCountsStatus:
+        return TokenCountsStatus.model_validate({"inputTokens": inp, "outputTokens": out})
+
+    def value(kind: str) -> float | None:
+        return registry.get_sample_value("agentspaces_claude_tokens_total", {"kind": kind})
+
+    book.observe("a", usage(1000, 50))  # a restarted operator's baseline: not counted
+    book.observe("a", usage(1500, 80))
+    book.observe("b", None)
+    book.observe("b", usage(10, 1))     # a new workspace's first use: all of it
+    book.observe("a", usage(200, 5))    # shrank (an older backup restored): new baseline
+    book.observe("a", usage(300, 5))
+    assert (value("input"), value("output"), value("cache_read")) == (610, 31, 0)
+    book.forget("a")
+    book.observe("a", usage(900, 9))    # after a forget, a baseline again
+    assert value("input") == 610
 
 
 async def test_server_serves_the_registry_on_a_free_port() -> None:
