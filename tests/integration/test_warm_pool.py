@@ -229,6 +229,16 @@ def test_shrinking_and_deleting_the_class_leave_no_pool_server_or_secret(
     assert [s["name"] for s in _pool(clouds).values()] == [f"pool-{CLASS}-0"]
     wait_for(lambda: kubectl.get_json("secret", policy.secret_name(CLASS, 1), "-n",
                                       OPERATOR_NAMESPACE) is None, 30, "slot 1's Secret gone")
+    # To 0: no server, no Secret, no pool status; the class then deletes like any other.
+    _install(kubectl, clouds, size=0)
+    wait_for(lambda: not _pool(clouds) and not _pool_status(kubectl), 60, "the pool gone")
+    wait_for(lambda: kubectl.get_json("secret", policy.secret_name(CLASS, 0), "-n",
+                                      OPERATOR_NAMESPACE) is None, 30, "slot 0's Secret gone")
+    kubectl("delete", "workspaceclass", CLASS, "--wait=false")
+    wait_for(lambda: kubectl.get_json("workspaceclass", CLASS) is None, 60,
+             "a class whose pool went to 0 gone")
+    # With a pool, deleting the class deletes its servers first.
+    _install(kubectl, clouds, size=1)
     _ready_pool(kubectl, clouds, 1)
     kubectl("delete", "workspaceclass", CLASS, "--wait=false")
     wait_for(lambda: kubectl.get_json("workspaceclass", CLASS) is None, 60, "class gone")

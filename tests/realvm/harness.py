@@ -5,6 +5,7 @@ host as SNI, and a timeline of what the Workspace's status said when."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import time
@@ -16,6 +17,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+TIMELINES_ENV = "AGENTSPACES_REALVM_TIMELINES"
 SSH_USER = "debian"  # the default user of Debian's cloud images (cloud-init)
 
 
@@ -39,6 +41,7 @@ class Guest:
     ip: str
     port: int
     key: Path
+    user: str = SSH_USER
 
     def run(self, command: str, *, timeout: float = 120, check: bool = True
             ) -> subprocess.CompletedProcess[str]:
@@ -46,7 +49,7 @@ class Guest:
         argv = ["ssh", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes",
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes",
-                f"{SSH_USER}@{self.ip}", command]
+                f"{self.user}@{self.ip}", command]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                 stdin=subprocess.DEVNULL, check=False)
         if check and result.returncode != 0:
@@ -123,6 +126,11 @@ class Timeline:
                 self.agent_states.append((time.monotonic() - self.start, text))
 
     def report(self, title: str) -> str:
+        """The timeline as text; also a JSON line in the file AGENTSPACES_REALVM_TIMELINES
+        names, when set (benchmarks/realvm_starts.py reads them)."""
+        if path := os.environ.get(TIMELINES_ENV):
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"title": title, "marks": self.marks}) + "\n")
         lines = [f"{title}:"]
         lines += [f"  {name}: {seconds:.1f}s" for name, seconds in self.marks.items()]
         lines += [f"    [{at:7.1f}s] AgentReady {text}" for at, text in self.agent_states]

@@ -20,9 +20,14 @@ removes the VM -> wake boots a new VM with the file back and `claude --continue`
 the earlier conversation -> delete leaves no QEMU process, overlay, server, DNS record
 or object.
 
+Then a WorkspaceImage baked on a real builder (the bake user-data, the guest's own
+power-off, the builder's disk kept as the snapshot) -> a warm-pool server booted from it
+-> a workspace that claims that server and becomes usable on it -> nothing left.
+
 Never skipped: without a working QEMU it fails, saying so. `pytest -s` prints the
-timeline (apply -> agent -> devcontainer -> usable; stop -> backup; wake -> usable) and
-the bootstrap's own step record.
+timelines (apply -> agent -> devcontainer -> usable; stop -> backup; wake -> usable;
+bake -> pool server -> claim -> usable) and the bootstrap's own step record;
+benchmarks/realvm_starts.py tabulates them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -48,6 +54,7 @@ from hcloud import Client as HcloudClient
 
 from agentspaces.controlplane import ControlPlane
 from agentspaces.lifeline import process_alive
+from agentspaces.reconcile import pool_policy
 from agentspaces.sandbox.vmqemu import (
     BaseImage,
     QemuError,
@@ -57,9 +64,17 @@ from agentspaces.sandbox.vmqemu import (
     serial_text,
 )
 from agentspaces.sandbox.vmsim_ips import LoopbackPool
+from agentspaces.vmconfig.bake import BAKED_MARKER
 from agentspaces.vmconfig.userdata import dump_yaml, read_write_files
 from tests.conftest import Kubectl
-from tests.realvm.harness import Front, Guest, Timeline, bootstrap_steps, make_ssh_key
+from tests.realvm.harness import (
+    SSH_USER,
+    Front,
+    Guest,
+    Timeline,
+    bootstrap_steps,
+    make_ssh_key,
+)
 from tests.support.container_image import workspace_image
 from tests.support.git_server import GitServer, make_repository
 from tests.support.messages_api import MessagesAPI, Text, bash
@@ -128,11 +143,11 @@ class Rig:
     ssh_key: Path
     ssh_public: str
 
-    def ws(self) -> dict[str, Any] | None:
-        return self.kubectl.get_json("workspace", NAME, "-n", self.namespace)
+    def ws(self, name: str = NAME) -> dict[str, Any] | None:
+        return self.kubectl.get_json("workspace", name, "-n", self.namespace)
 
-    def password(self) -> str:
-        data = self.kubectl("get", "secret", f"{NAME}-access", "-n", self.namespace, "-o",
+    def password(self, name: str = NAME) -> str:
+        data = self.kubectl("get", "secret", f"{name}-access", "-n", self.namespace, "-o",
                             "jsonpath={.data.password}")
         return base64.b64decode(data).decode()
 
@@ -149,8 +164,8 @@ class Rig:
                              params={"per_page": 1000}).json()
             return list(records["result"])
 
-    def guest(self, ws: dict[str, Any]) -> Guest:
-        return Guest(ws["status"]["server"]["ipv4"], SSH_PORT, self.ssh_key)
+    def guest(self, ws: dict[str, Any], user: str = SSH_USER) -> Guest:
+        return Guest(ws["status"]["server"]["ipv4"], SSH_PORT, self.ssh_key, user)
 
     def front(self, ws: dict[str, Any]) -> Front:
         return Front(ws["status"]["server"]["ipv4"], HTTPS_PORT,
@@ -236,7 +251,7 @@ def rig(control_plane: ControlPlane, kubectl: Kubectl,
                   registry, metadata, api, operator, ssh_key, ssh_public)
 
 
-def _apply_workspace(rig: Rig, name: str = NAME) -> None:
+def _apply_workspace(rig: Rig, name: str = NAME, class_name: str = CLASS) -> None:
     ns = rig.namespace
     docker_config = json.dumps(rig.registry.docker_config())
     docs: list[dict[str, Any]] = [
@@ -248,7 +263,7 @@ def _apply_workspace(rig: Rig, name: str = NAME) -> None:
         {"apiVersion": "agentspaces.dev/v1alpha1", "kind": "Workspace",
          "metadata": {"name": name, "namespace": ns},
          "spec": {
-             "className": CLASS,
+             "className": class_name,
              "repository": {"url": rig.git.repository_url(NAME),
                             "credentialsSecretRef": {"name": "repo-token"}},
              "devcontainer": {
@@ -265,12 +280,13 @@ def _apply_workspace(rig: Rig, name: str = NAME) -> None:
     rig.kubectl.apply(yaml.safe_dump_all(docs))
 
 
-def _wait_ready(rig: Rig, timeline: Timeline, what: str) -> dict[str, Any]:
+def _wait_ready(rig: Rig, timeline: Timeline, what: str, name: str = NAME
+                ) -> dict[str, Any]:
     """Until AgentReady=True, marking when the agent first answered (the loader, then the
     agent itself), when devcontainer up began, and when it was done."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        ws = rig.ws()
+        ws = rig.ws(name)
         timeline.observe(ws)
         status = (ws or {}).get("status") or {}
         if server_id := status.get("server", {}).get("id"):
@@ -293,7 +309,7 @@ def _wait_ready(rig: Rig, timeline: Timeline, what: str) -> dict[str, Any]:
             raise AssertionError(f"{what}: {ready}\n{_post_mortem(rig)}")
         time.sleep(2)
     raise AssertionError(f"{what}: no AgentReady=True in {READY_TIMEOUT}s: "
-                         f"{condition(rig.ws(), 'AgentReady')}\n{_post_mortem(rig)}")
+                         f"{condition(rig.ws(name), 'AgentReady')}\n{_post_mortem(rig)}")
 
 
 def _check_guest_kernel(rig: Rig, server_id: int, timeline: Timeline, what: str) -> None:
@@ -590,3 +606,153 @@ def _qemu_processes(state: Path) -> list[int]:
             found.append(int(entry.name))
     return [pid for pid in found if process_alive(pid)]
 
+
+
+# --- a baked image and a warm pool on real VMs --------------------------------------------
+
+IMAGE = "realvm-image"
+POOL_CLASS = "realvm-pool"
+POOLED = "pooled"
+BAKE_TIMEOUT = 30 * 60  # apply -> WorkspaceImage Ready, TCG
+
+
+def test_a_baked_image_and_a_warm_pool_server_on_real_vms(rig: Rig) -> None:
+    """The operator bakes a WorkspaceImage on a real builder VM (the bake user-data's own
+    power-off, the snapshot as the builder's disk), a class's warm-pool server boots that
+    snapshot to `awaiting-claim`, and a workspace claims it: the claim's config, seeds
+    and SSH key land on the real guest, and the workspace becomes usable on that very
+    server. Shrinking the pool, deleting the class and the image leave nothing."""
+    timeline, claim = Timeline(), Timeline()
+    try:
+        _image_and_pool_scenario(rig, timeline, claim)
+    finally:
+        print("\n" + timeline.report("bake and warm pool") + "\n"
+              + claim.report("claim"), flush=True)
+
+
+def _image_and_pool_scenario(rig: Rig, timeline: Timeline, claim: Timeline) -> None:
+    hetzner = rig.hetzner()
+    rig.kubectl.apply(json.dumps({
+        "apiVersion": "agentspaces.dev/v1alpha1", "kind": "WorkspaceImage",
+        "metadata": {"name": IMAGE},
+        "spec": {"hetzner": {"tokenSecretRef": {"name": f"{CLASS}-hetzner"},
+                             "endpoint": rig.clouds.hetzner.url},
+                 "bakeTimeout": "30m"}}))
+    timeline.mark("image applied")
+    image, builder_id = _wait_baked(rig, timeline)
+    image_id = int(image["status"]["imageId"])
+    snapshot = hetzner.images.get_by_id(image_id)
+    assert snapshot.type == "snapshot" and snapshot.status == "available", snapshot
+    assert snapshot.labels.get("agentspaces.dev/managed-by") == "agentspaces", snapshot.labels
+    assert rig.vms.image_disk(image_id).is_file()
+    assert builder_id not in {s.id for s in hetzner.servers.get_all()}  # the builder is gone
+    wait_for(lambda: rig.vms.vm(builder_id) is None, 60, "the builder VM torn down")
+
+    # A class with a warm pool of one, booting from the image.
+    spec = _class_spec(rig.s3, rig.pki)
+    spec["server"] = {**spec["server"], "workspaceImage": IMAGE}
+    install_class(rig.kubectl, rig.clouds, POOL_CLASS, storage=rig.s3.storage(),
+                  extra={**spec, "warmPool": {"size": 1}})
+    pool_started = time.monotonic()
+    pool = _wait_pool_ready(rig, timeline)
+    timeline.marks["pool: class applied -> server awaiting claim"] = \
+        time.monotonic() - pool_started
+    pool_server = pool["servers"][0]
+    pool_id = int(pool_server["id"])
+    assert hetzner.servers.get_by_id(pool_id).image.id == image_id
+    pool_vm = rig.vms.vm(pool_id)
+    assert pool_vm is not None and pool_vm.backing == rig.vms.image_disk(image_id), pool_vm
+    # Offered as soon as its loader answers; a server that has waited a while has also
+    # finished the bootstrap (Caddy and CloudCLI started), as most claims will find it.
+    wait_for(lambda: "agentspaces-bootstrap: done" in serial_text(pool_vm), READY_TIMEOUT,
+             "the pool server's bootstrap done (console)", interval=3)
+    timeline.marks["pool: class applied -> bootstrap done (console)"] = \
+        time.monotonic() - pool_started
+
+    # A workspace claims it: no new server, the claim completes the real guest.
+    claim.start = time.monotonic()
+    _apply_workspace(rig, POOLED, POOL_CLASS)
+    claimed = wait_for(lambda: (lambda w: w if (((w or {}).get("status") or {})
+                                                .get("server") or {}).get("id") else None)(
+        rig.ws(POOLED)), 120, "the workspace's server")
+    assert int(claimed["status"]["server"]["id"]) == pool_id, claimed["status"]
+    # Keep the 2-core host to one guest: the refill the claim starts is not needed here.
+    rig.kubectl("patch", "workspaceclass", POOL_CLASS, "--type", "merge", "-p",
+                json.dumps({"spec": {"warmPool": {"size": 0}}}))
+    ws = _wait_ready(rig, claim, "claim", POOLED)
+    assert condition(ws, "AgentReady")["reason"] == "AgentReady", ws["status"]
+    server = hetzner.servers.get_by_id(pool_id)
+    assert server.name == ws["status"]["server"]["name"] != pool_server["name"], server.name
+    assert server.labels.get("agentspaces.dev/pool") is None, server.labels
+    _usable(rig, ws, rig.password(POOLED), claim, "claim")
+    # The claim writes the workspace's keys for root, as Hetzner's images have them (the
+    # base image's cloud-init gave a cold boot's to its default user).
+    guest = rig.guest(ws, "root")
+    wait_for(guest.reachable, 120, "ssh to the claimed guest with the workspace's key",
+             interval=3)
+    # The bake's marker (the workspace base image has none): this guest runs the snapshot.
+    marker = guest.run(f"sudo cat {BAKED_MARKER}").stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{12}", marker), marker
+    container = guest.container()
+    assert guest.in_container(container, f"cat /workspaces/{NAME}/README.md").stdout \
+        == "# demo\n"
+    print(f"\nbootstrap record (pool server):\n{bootstrap_steps(guest)}", flush=True)
+
+    # Shrunk to 0, the pool has no server (and no status); deleting the workspace, the
+    # class and the image leaves no server, snapshot, image disk or QEMU process.
+    wait_for(lambda: not _pool_status(rig) and not hetzner.servers.get_all(
+        label_selector=pool_policy.selector(POOL_CLASS)), 120, "the pool shrunk to none")
+    rig.kubectl("delete", "workspace", POOLED, "-n", rig.namespace,
+                f"--timeout={DELETE_TIMEOUT}s")
+    rig.kubectl("delete", "workspaceclass", POOL_CLASS, f"--timeout={DELETE_TIMEOUT}s")
+    rig.kubectl("delete", "workspaceimage", IMAGE, f"--timeout={DELETE_TIMEOUT}s")
+    assert hetzner.servers.get_all() == []
+    assert hetzner.images.get_all(type="snapshot") == []
+    wait_for(lambda: rig.vms.vm(pool_id) is None, 60, "the claimed VM torn down")
+    wait_for(lambda: not rig.vms.image_disk(image_id).exists(), 60, "the image disk removed")
+    assert not _qemu_processes(rig.state)
+
+
+def _wait_baked(rig: Rig, timeline: Timeline) -> tuple[dict[str, Any], int]:
+    """(the Ready WorkspaceImage, its builder's server id): the status names the builder
+    only while the bake runs."""
+    deadline = time.monotonic() + BAKE_TIMEOUT
+    builder_id = 0
+    while time.monotonic() < deadline:
+        image = rig.kubectl.get_json("workspaceimage", IMAGE) or {}
+        status = image.get("status") or {}
+        phase = status.get("phase")
+        if builder := status.get("builder"):
+            timeline.mark("bake: builder created")
+            builder_id = int(builder["id"])
+            _check_guest_kernel(rig, builder_id, timeline, "bake")
+        if phase:
+            timeline.mark(f"bake: {phase}")
+        if phase == "Ready":
+            assert builder_id, f"the bake's builder was never seen: {status}"
+            return image, builder_id
+        if phase == "Failed" or status.get("failure"):
+            raise AssertionError(f"the bake failed: {status}\n{_post_mortem(rig)}")
+        time.sleep(3)
+    raise AssertionError(f"no Ready image in {BAKE_TIMEOUT}s: "
+                         f"{(rig.kubectl.get_json('workspaceimage', IMAGE) or {}).get('status')}"
+                         f"\n{_post_mortem(rig)}")
+
+
+def _pool_status(rig: Rig) -> dict[str, Any]:
+    wsc = rig.kubectl.get_json("workspaceclass", POOL_CLASS) or {}
+    return dict((wsc.get("status") or {}).get("warmPool") or {})
+
+
+def _wait_pool_ready(rig: Rig, timeline: Timeline) -> dict[str, Any]:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        pool = _pool_status(rig)
+        for server in pool.get("servers") or []:
+            timeline.mark("pool: server created")
+            _check_guest_kernel(rig, int(server["id"]), timeline, "pool")
+        if pool.get("ready") == 1:
+            return pool
+        time.sleep(3)
+    raise AssertionError(f"no ready pool server in {READY_TIMEOUT}s: {_pool_status(rig)}\n"
+                         f"{_post_mortem(rig)}")
