@@ -44,7 +44,7 @@ STARTS = (("cold: first boot, workspace base image", "real VM, first boot", "fir
 
 def run_tier(timelines: Path) -> int:
     log = timelines.with_suffix(".log")
-    print(f"running the real-VM scenarios (about 25 minutes); pytest's output: {log}",
+    print(f"running the real-VM scenarios (about 30 minutes); pytest's output: {log}",
           file=sys.stderr, flush=True)
     with log.open("w") as out:
         done = subprocess.run(["bash", "scripts/test.sh", "tests/realvm", "-k", SCENARIOS,
