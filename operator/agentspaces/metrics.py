@@ -226,7 +226,8 @@ class CountBook(Collector):
                 self._values[uid] = str(value)
 
     def forget(self, uid: str) -> None:
-        self.set(uid, None)
+        with self._lock:
+            self._values.pop(uid, None)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -259,9 +260,6 @@ class PhaseBook(CountBook):
 
     def set(self, uid: str, value: str | None) -> None:
         super().set(uid, value or Phase.PENDING)
-
-    def forget(self, uid: str) -> None:
-        super().set(uid, None)
 
 
 class TokenBook:

@@ -18,8 +18,7 @@ standby takes over.
 What stays on in a standby: the startup handler (the runtime's clients, which make no
 call of their own, and /metrics: its gauges describe only Workspaces this replica
 reconciled, and `agentspaces_operator_active` reads 0), the liveness endpoint and the
-keep-alives. None of them writes to a
-Workspace or a cloud.
+keep-alives. None of them writes to a Workspace or a cloud.
 """
 
 from __future__ import annotations
