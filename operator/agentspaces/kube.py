@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -116,24 +117,28 @@ class KubePort(Protocol):
                                            patch: Mapping[str, Any]) -> None: ...
 
 
-def _decode(secret: client.V1Secret) -> SecretData:
+def _decode(secret: Mapping[str, Any]) -> SecretData:
+    """A Secret as the apiserver sends it (JSON): decoding it without the client's
+    models skips their date parsing, which was most of a poll's Secret read."""
     # Every value the operator reads is text (tokens, base64 keys, passwords). A binary
     # value put there by a user must become a condition, not an exception every retry.
     data: dict[str, str] = {}
     not_text: list[str] = []
-    for key, value in (secret.data or {}).items():
+    for key, value in (secret.get("data") or {}).items():
         try:
             data[key] = base64.b64decode(value).decode()
         except (ValueError, UnicodeDecodeError):
             not_text.append(key)
-    refs = tuple(OwnerRef(kind=ref.kind, name=ref.name, uid=ref.uid)
-                 for ref in secret.metadata.owner_references or [])
-    return SecretData(data=data, resource_version=secret.metadata.resource_version or "",
+    meta = secret.get("metadata") or {}
+    refs = tuple(OwnerRef(kind=ref.get("kind", ""), name=ref.get("name", ""),
+                          uid=ref.get("uid", ""))
+                 for ref in meta.get("ownerReferences") or [])
+    return SecretData(data=data, resource_version=meta.get("resourceVersion") or "",
                       owner_uids=tuple(ref.uid for ref in refs),
-                      labels=dict(secret.metadata.labels or {}),
-                      annotations=dict(secret.metadata.annotations or {}), owners=refs,
-                      uid=secret.metadata.uid or "", not_text=tuple(sorted(not_text)),
-                      finalizers=tuple(secret.metadata.finalizers or ()))
+                      labels=dict(meta.get("labels") or {}),
+                      annotations=dict(meta.get("annotations") or {}), owners=refs,
+                      uid=meta.get("uid") or "", not_text=tuple(sorted(not_text)),
+                      finalizers=tuple(meta.get("finalizers") or ()))
 
 
 def _lease(lease: client.V1Lease) -> LeaseData:
@@ -236,9 +241,14 @@ class KubernetesApi:
             raise
         return dict(found.metadata.labels or {})
 
+    async def _run_json(self, fn: Any, *args: Any) -> Any:
+        """`fn`'s answer as parsed JSON, without the client's models."""
+        answer = await self._run(fn, *args, _preload_content=False)
+        return json.loads(answer.data)
+
     async def read_secret(self, namespace: str, name: str) -> SecretData | None:
         try:
-            secret = await self._run(self._core.read_namespaced_secret, name, namespace)
+            secret = await self._run_json(self._core.read_namespaced_secret, name, namespace)
         except KubeError as err:
             if err.status == 404:
                 return None
@@ -257,7 +267,8 @@ class KubernetesApi:
                 owner_references=[owner.reference()] if owner else None),
             type="Opaque", data=_encode(data))
         try:
-            created = await self._run(self._core.create_namespaced_secret, namespace, body)
+            created = await self._run_json(self._core.create_namespaced_secret, namespace,
+                                           body)
         except KubeError as err:
             if err.status != 409:
                 raise

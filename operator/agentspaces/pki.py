@@ -62,8 +62,7 @@ class AgentCredentials:
         if missing:
             raise CredentialsError(f"agent credentials lack {', '.join(missing)}")
         try:
-            fingerprint = certificate_fingerprint(data["tls.crt"])
-            serialization.load_pem_private_key(data["tls.key"].encode(), password=None)
+            fingerprint = _parsed_fingerprint(data["tls.crt"], data["tls.key"])
         except ValueError:
             raise CredentialsError("agent certificate or key is not valid PEM") from None
         if fingerprint != data["fingerprintSha256"].lower():
@@ -72,6 +71,25 @@ class AgentCredentials:
             raise CredentialsError("agent token does not match its stored hash")
         return cls(cert_pem=data["tls.crt"], key_pem=data["tls.key"], token=data["token"],
                    token_sha256=data["tokenSha256"].lower(), fingerprint_sha256=fingerprint)
+
+
+_PARSED: dict[bytes, str] = {}
+"""Digest of a certificate and key that parsed -> the certificate's fingerprint: every
+poll rebuilds the credentials from their Secret, and parsing the PEMs was most of
+that. Keyed by a digest so no private key is kept."""
+_PARSED_MAX = 4096
+
+
+def _parsed_fingerprint(cert_pem: str, key_pem: str) -> str:
+    digest = hashlib.sha256(f"{cert_pem}\0{key_pem}".encode()).digest()
+    found = _PARSED.get(digest)
+    if found is None:
+        found = certificate_fingerprint(cert_pem)
+        serialization.load_pem_private_key(key_pem.encode(), password=None)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[digest] = found
+    return found
 
 
 def generate(host: str, now: datetime, validity: timedelta = DEFAULT_VALIDITY) -> AgentCredentials:

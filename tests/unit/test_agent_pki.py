@@ -63,6 +63,9 @@ def test_secret_data_round_trip_and_tamper_checks() -> None:
             AgentCredentials.from_secret_data({**data, key: value})
         assert message in str(err.value)
         assert creds.token not in str(err.value) and other.token not in str(err.value)
+    # Parsed PEMs are remembered by digest: the same pair again, and a changed key is
+    # parsed anew (above: the same certificate with a bad key was refused after).
+    assert AgentCredentials.from_secret_data(dict(data)) == creds
 
 
 @pytest.fixture
