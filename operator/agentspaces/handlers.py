@@ -14,6 +14,7 @@ the others run none of these handlers until it is gone (peering.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from agentspaces import agent_watch, metrics, peering
+from agentspaces import agent_watch, memory_trim, metrics, peering
 from agentspaces.api.image_model import IMAGE_PLURAL
 from agentspaces.api.model import GROUP, OPERATOR_FINALIZER, VERSION
 from agentspaces.api.types import WorkspaceRef
@@ -87,6 +88,10 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo,
         except OSError as err:  # taken or not ours: stop, rather than run unobserved
             raise kopf.PermanentError(f"metrics: cannot listen on {where}: {err}") from None
         logger.info("metrics at %s", memo.metrics.url)
+    trim = memory_trim.malloc_trim()
+    if SETTINGS.memory_trim > 0 and trim is not None:
+        memo.memory_trim = asyncio.create_task(
+            memory_trim.trim_every(SETTINGS.memory_trim, trim), name="memory-trim")
     logger.info("agentspaces operator starting (namespace %s, poll every %ss)",
                 SETTINGS.namespace, SETTINGS.poll_interval)
 
@@ -118,6 +123,9 @@ async def close_clients(*, memo: kopf.Memo, **_: Any) -> None:
     server = getattr(memo, "metrics", None)
     if isinstance(server, metrics.MetricsServer):
         await server.close()
+    trimming = getattr(memo, "memory_trim", None)
+    if isinstance(trimming, asyncio.Task):
+        trimming.cancel()
 
 
 def _emitter(body: kopf.Body) -> Any:

@@ -69,6 +69,8 @@ class OperatorSettings:
     class_cache: float = 10.0
     """Seconds a WorkspaceClass and the Secrets it names are reused by polls (0: read
     them on every reconcile): how long a rotated class credential may take to apply."""
+    memory_trim: float = 60.0
+    """How often the C heap's free pages go back to the system (memory_trim.py; 0: never)."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -88,4 +90,5 @@ class OperatorSettings:
             peering=os.environ.get("AGENTSPACES_PEERING", "").strip() or None,
             peering_lifetime=max(3, round(_seconds("AGENTSPACES_PEERING_LIFETIME", "30s"))),
             class_cache=_seconds("AGENTSPACES_CLASS_CACHE", "10s"),
+            memory_trim=_seconds("AGENTSPACES_MEMORY_TRIM", "60s"),
         )
