@@ -114,6 +114,9 @@ class ServerInventory:
     async def snapshot(self) -> tuple[datetime | None, dict[int, ServerInfo]]:
         async with self._lock:
             if self.fetched_at is None or self.monotonic() - self.fetched_at >= self.interval:
+                # Dated by its start: a server created while the pages were read may
+                # be missing from them, and must not look deleted for that.
+                started = self.clock()
                 try:
                     listed = await self.provider.list_managed()
                 except BudgetExhausted:
@@ -124,7 +127,7 @@ class ServerInventory:
                     return None, self.servers
                 self.servers = {s.id: s for s in listed}
                 self.fetched_at = self.monotonic()
-                self.fetched_wall = self.clock()
+                self.fetched_wall = started
             return self.fetched_wall, self.servers
 
     def note(self, server: ServerInfo) -> None:
@@ -132,6 +135,12 @@ class ServerInventory:
         checks see it before the next listing does."""
         if server.id in self.servers:
             self.servers[server.id] = server
+
+    def confirm(self, server: ServerInfo) -> None:
+        """A server a GET just found although the listing lacks it (created while the
+        listing ran, or dated by a clock ahead of Hetzner's): listed from now on, so
+        its workspace confirms it once per listing, not on every poll."""
+        self.servers[server.id] = server
 
 
 @dataclass

@@ -112,6 +112,28 @@ async def test_inventory_lists_on_first_use_then_once_per_interval_on_the_inject
     assert (fetched, list(servers), provider.listings) == (NOW + timedelta(seconds=600), [2], 2)
 
 
+async def test_a_listing_is_dated_by_its_start_and_a_confirmed_server_joins_it() -> None:
+    clock, provider = Clock(), ListingProvider()
+    inventory = ServerInventory(provider, interval=600,  # type: ignore[arg-type]
+                                clock=clock.now, monotonic=clock.monotonic)
+    listed = provider.list_managed
+
+    async def slow_listing() -> list[ServerInfo]:
+        servers = await listed()
+        clock.advance(3)  # pages still being read while a server is created
+        return servers
+
+    provider.list_managed = slow_listing  # type: ignore[method-assign]
+    fetched, servers = await inventory.snapshot()
+    assert (fetched, sorted(servers)) == (NOW, [1])  # when it began, not when it ended
+    inventory.confirm(_server(7))
+    _, servers = await inventory.snapshot()
+    assert sorted(servers) == [1, 7]
+    clock.advance(600)
+    _, servers = await inventory.snapshot()
+    assert sorted(servers) == [1]  # the next listing is the truth again
+
+
 async def test_a_noted_change_is_served_until_the_next_listing_a_new_server_is_not(
 ) -> None:
     clock, provider = Clock(), ListingProvider()

@@ -5,6 +5,7 @@ not make (a foreign server is never deleted, a lost response never makes a secon
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -206,6 +207,32 @@ async def test_a_ready_server_newer_than_the_inventory_is_trusted_without_a_get(
     # One listing (shared by all workspaces of the project), no GET of this server.
     assert b.servers.calls == [Call("list_managed")]
     assert steady.server is not None and steady.server.id == server_id
+
+
+async def test_a_server_a_listing_missed_is_confirmed_once_not_on_every_poll(
+        scope_builder: ScopeBuilder) -> None:
+    b = scope_builder
+    first = b.scope()
+    inventory = b.runtime.inventory(first.creds.hetzner_token, first.klass.hetzner_endpoint)
+    await inventory.snapshot()  # listed before the server exists
+    b.servers.clock = lambda: b.clock() - timedelta(seconds=5)  # Hetzner's clock behind
+    server_id = await created(b)
+    b.servers.boot()
+    running = b.scope()
+    await server_step.reconcile(running)
+    b.save(running)
+    b.clear_calls()
+
+    # The listing lacks the server yet looks newer than it: one GET finds it ...
+    steady = b.scope()
+    assert await server_step.reconcile(steady) is None
+    assert b.servers.calls == [Call("get", (server_id,))]
+    b.save(steady)
+    b.clear_calls()
+    # ... and later polls find it in the inventory, until the next listing.
+    for _ in range(3):
+        assert await server_step.reconcile(b.scope()) is None
+    assert b.servers.calls == []
 
 
 async def test_status_naming_a_foreign_server_clears_the_id_and_touches_nothing(

@@ -36,6 +36,7 @@ from agentspaces.reconcile.owned_secrets import (
     credentials_for_new_server,
 )
 from agentspaces.reconcile.scope import Scope
+from agentspaces.runtime import ServerInventory
 from agentspaces.vmconfig.userdata import UserDataTooLarge, render_user_data
 
 
@@ -136,11 +137,15 @@ async def _find_or_create(scope: Scope) -> ServerInfo | Outcome:
     boot_poll = scope.runtime.settings.boot_poll
 
     if server_id is not None and status.is_true(T.SERVER_READY):
-        cached = await _from_inventory(scope, server_id)
+        inventory = scope.runtime.inventory(scope.creds.hetzner_token,
+                                            scope.klass.hetzner_endpoint)
+        cached = await _from_inventory(scope, inventory, server_id)
         if cached is not None:
             return cached
         # Missing from a fresh inventory: confirm with one GET before recreating.
         current = await servers.get(server_id)
+        if current is not None and current.workspace_uid == scope.ref.uid:
+            inventory.confirm(current)
     elif server_id is not None:
         current = await servers.get(server_id)
     else:
@@ -177,10 +182,9 @@ async def _find_or_create(scope: Scope) -> ServerInfo | Outcome:
     return current
 
 
-async def _from_inventory(scope: Scope, server_id: int) -> ServerInfo | None:
+async def _from_inventory(scope: Scope, inventory: ServerInventory,
+                          server_id: int) -> ServerInfo | None:
     """The server from the shared inventory, or None if a fresh list lacks it."""
-    inventory = scope.runtime.inventory(scope.creds.hetzner_token,
-                                        scope.klass.hetzner_endpoint)
     fetched, servers = await inventory.snapshot()
     if server_id in servers:
         listed = servers[server_id]
