@@ -33,6 +33,7 @@ from agentspaces.reconcile.scope import Visit
 from agentspaces.reconcile.status import StatusDraft
 from agentspaces.runtime import Runtime
 from agentspaces.settings import OperatorSettings
+from agentspaces.workspace_versions import version_of
 
 log = logging.getLogger(__name__)
 RESOURCE = (GROUP, VERSION, "workspaces")
@@ -164,7 +165,9 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: b
     Kopf's own patch is applied only after a handler returns, i.e. after the lock is
     gone; the next trigger (timer or change) would then start from a stale status and
     overwrite what this one wrote. Reading and writing status inside the lock keeps
-    every reconcile working on the latest status.
+    every reconcile working on the latest status. The read is skipped when `body`
+    (Kopf's, kept current by its watch) is the version this process last read or
+    wrote (workspace_versions.py).
 
     `fresh_inputs`: the class and its Secrets are read from the apiserver, as after a
     change to the Workspace; polls and retries reuse what was read moments ago.
@@ -172,10 +175,12 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: b
     rt = runtime_of(memo)
     ref = WorkspaceRef.from_body(body)
     async with rt.lock(ref.uid):
-        fresh = await rt.kube.get_workspace(ref.namespace, ref.name)
+        fresh = (rt.versions.current(ref.uid, body)
+                 or await rt.kube.get_workspace(ref.namespace, ref.name))
         if fresh is None or (fresh.get("metadata") or {}).get("uid") != ref.uid:
             metrics.workspace_gone(ref.uid)
             return None  # deleted (or replaced by a namesake) meanwhile
+        rt.versions.saw(ref.uid, version_of(fresh))
         started = time.monotonic()
         ref = WorkspaceRef.from_body(fresh)
         draft = StatusDraft.begin(fresh.get("status"), rt.clock(), ref.generation)
@@ -190,7 +195,9 @@ async def _visit(body: kopf.Body, memo: kopf.Memo, step: Any, *, fresh_inputs: b
             # id) must reach status.
             changes = draft.patch()
             if changes:
-                await rt.kube.patch_workspace_status(ref.namespace, ref.name, changes)
+                rt.versions.forget(ref.uid)  # unknown until the write answers
+                rt.versions.saw(ref.uid, await rt.kube.patch_workspace_status(
+                    ref.namespace, ref.name, changes))
             metrics.workspace_seen(ref.uid, draft)
             metrics.RECONCILE_SECONDS.labels(getattr(step, "__name__", metrics.OTHER),
                                              result).observe(time.monotonic() - started)

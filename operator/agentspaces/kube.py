@@ -79,7 +79,7 @@ class KubePort(Protocol):
     async def aclose(self) -> None: ...
     async def get_workspace(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     async def patch_workspace_status(self, namespace: str, name: str,
-                                     patch: Mapping[str, Any]) -> None: ...
+                                     patch: Mapping[str, Any]) -> str | None: ...
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None: ...
     async def get_namespaced_workspace_class(self, namespace: str, name: str
                                              ) -> Mapping[str, Any] | None: ...
@@ -110,11 +110,11 @@ class KubePort(Protocol):
     async def list_workspace_quotas(self, namespace: str) -> list[Mapping[str, Any]]: ...
     async def get_workspace_image(self, name: str) -> Mapping[str, Any] | None: ...
     async def patch_workspace_class_status(self, name: str,
-                                           patch: Mapping[str, Any]) -> None: ...
+                                           patch: Mapping[str, Any]) -> str | None: ...
     async def patch_workspace_image_status(self, name: str,
-                                           patch: Mapping[str, Any]) -> None: ...
+                                           patch: Mapping[str, Any]) -> str | None: ...
     async def patch_workspace_quota_status(self, namespace: str, name: str,
-                                           patch: Mapping[str, Any]) -> None: ...
+                                           patch: Mapping[str, Any]) -> str | None: ...
 
 
 def _decode(secret: Mapping[str, Any]) -> SecretData:
@@ -202,14 +202,18 @@ class KubernetesApi:
             raise
 
     async def patch_workspace_status(self, namespace: str, name: str,
-                                     patch: Mapping[str, Any]) -> None:
-        """A JSON merge patch of .status (a dict body is sent as merge-patch)."""
+                                     patch: Mapping[str, Any]) -> str | None:
+        """A JSON merge patch of .status (a dict body is sent as merge-patch); the
+        Workspace's resourceVersion after it (None when it is gone)."""
         try:
-            await self._run(self._custom.patch_namespaced_custom_object_status, GROUP,
-                            VERSION, namespace, "workspaces", name, {"status": dict(patch)})
+            written = await self._run(self._custom.patch_namespaced_custom_object_status,
+                                      GROUP, VERSION, namespace, "workspaces", name,
+                                      {"status": dict(patch)})
         except KubeError as err:
             if err.status != 404:  # gone: nothing left to describe
                 raise
+            return None
+        return str((written.get("metadata") or {}).get("resourceVersion") or "") or None
 
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None:
         try:

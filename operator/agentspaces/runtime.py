@@ -29,6 +29,7 @@ from agentspaces.kube import KubePort
 from agentspaces.quota_gate import QuotaGate
 from agentspaces.requeue_holds import RequeueHolds
 from agentspaces.settings import OperatorSettings
+from agentspaces.workspace_versions import WorkspaceVersions
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +199,16 @@ class Runtime:
         self.holds = RequeueHolds(monotonic)
         # Class name -> its warm pool's lock and ready servers.
         self.pools: dict[str, PoolState] = {}
+        # The Workspace version each reconcile last read or wrote: a poll starts from
+        # Kopf's watched body when it is that version (workspace_versions.py).
+        self.versions = WorkspaceVersions()
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
 
     def forget(self, uid: str) -> None:
         self._locks.pop(uid, None)
+        self.versions.forget(uid)
         self.watch_coverage.end(uid)
         self.holds.release(uid)
         cached = self._agents.pop(uid, None)

@@ -496,11 +496,15 @@ class FakeKube:
         return self.workspaces.get((namespace, name))
 
     async def patch_workspace_status(self, namespace: str, name: str,
-                                     patch: Mapping[str, Any]) -> None:
+                                     patch: Mapping[str, Any]) -> str | None:
         self.calls.log("patch_workspace_status", namespace, name)
         body = self.workspaces.get((namespace, name))
-        if body is not None:  # gone: nothing left to describe
-            body["status"] = apply_merge_patch(body.get("status"), patch)
+        if body is None:  # gone: nothing left to describe
+            return None
+        body["status"] = apply_merge_patch(body.get("status"), patch)
+        version = self._version()
+        body.setdefault("metadata", {})["resourceVersion"] = version
+        return version
 
     async def get_workspace_class(self, name: str) -> Mapping[str, Any] | None:
         self.calls.log("get_workspace_class", name)
