@@ -37,6 +37,17 @@ async def created(b: ScopeBuilder) -> int:
     return scope.status.server.id
 
 
+async def running_server(b: ScopeBuilder) -> int:
+    """Create the workspace's server, boot it and record it running; its id."""
+    server_id = await created(b)
+    b.servers.boot()
+    running = b.scope()
+    await server_step.reconcile(running)
+    b.save(running)
+    b.clear_calls()
+    return server_id
+
+
 async def test_a_missing_server_is_created_and_its_id_recorded_first(
         scope_builder: ScopeBuilder) -> None:
     b = scope_builder
@@ -164,14 +175,9 @@ async def test_uniqueness_error_from_a_retried_create_adopts_the_server_it_made(
 async def test_a_server_deleted_out_of_band_is_reported_then_replaced(
         scope_builder: ScopeBuilder) -> None:
     b = scope_builder
-    old_id = await created(b)
-    b.servers.boot()
-    running = b.scope()
-    await server_step.reconcile(running)
-    b.save(running)
+    old_id = await running_server(b)
     b.servers.delete_out_of_band(old_id)
     b.clock.advance(SETTINGS.inventory_interval)  # the next listing is newer than the server
-    b.clear_calls()
 
     missing = b.scope()
     outcome = await server_step.reconcile(missing)
@@ -195,12 +201,7 @@ async def test_a_server_deleted_out_of_band_is_reported_then_replaced(
 async def test_a_ready_server_newer_than_the_inventory_is_trusted_without_a_get(
         scope_builder: ScopeBuilder) -> None:
     b = scope_builder
-    server_id = await created(b)
-    b.servers.boot()
-    running = b.scope()
-    await server_step.reconcile(running)
-    b.save(running)
-    b.clear_calls()
+    server_id = await running_server(b)
 
     steady = b.scope()
     assert await server_step.reconcile(steady) is None
@@ -216,12 +217,7 @@ async def test_a_server_a_listing_missed_is_confirmed_once_not_on_every_poll(
     inventory = b.runtime.inventory(first.creds.hetzner_token, first.klass.hetzner_endpoint)
     await inventory.snapshot()  # listed before the server exists
     b.servers.clock = lambda: b.clock() - timedelta(seconds=5)  # Hetzner's clock behind
-    server_id = await created(b)
-    b.servers.boot()
-    running = b.scope()
-    await server_step.reconcile(running)
-    b.save(running)
-    b.clear_calls()
+    server_id = await running_server(b)
 
     # The listing lacks the server yet looks newer than it: one GET finds it ...
     steady = b.scope()
