@@ -167,8 +167,12 @@ class AgentClient:
                     expect: Iterable[int] = (200,), content: bytes | None = None) -> Any:
         kwargs: dict[str, Any] = {} if body is None else {"json": body}
         if content is not None:
+            # A TLS connection keeps buffers the size of the largest body it carried for
+            # as long as it lives, and the long-polls would reuse it: one that carried the
+            # agent bundle (about 300 KB) is closed after its answer (docs/scale.md).
             kwargs = {"content": content,
-                      "headers": {"Content-Type": "application/octet-stream"}}
+                      "headers": {"Content-Type": "application/octet-stream",
+                                  "Connection": "close"}}
         return self._answer(await self._send(method, path, **kwargs), expect)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -213,3 +214,49 @@ async def test_unreachable_agents(tmp_path: Path) -> None:
             with pytest.raises(AgentUnreachable) as err:
                 await c.status()
     assert creds.token not in str(err.value)
+
+
+async def test_the_bundles_connection_is_closed_after_its_answer(tmp_path: Path) -> None:
+    """A connection that carried the agent bundle keeps TLS buffers of its size while it
+    lives: the client closes it, and the next request opens another."""
+    creds = generate(HOST, datetime.now(UTC))
+    (tmp_path / "tls.crt").write_text(creds.cert_pem)
+    (tmp_path / "tls.key").write_text(creds.key_pem)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    connections: list[list[str]] = []
+    closed_by_client: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index, requests = len(connections), []
+        connections.append(requests)
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode().split("\r\n")
+                requests.append(" ".join(lines[0].split()[:2]))
+                length = next((int(line.split(":")[1]) for line in lines
+                               if line.lower().startswith("content-length:")), 0)
+                await reader.readexactly(length)
+                code = "202 Accepted" if lines[0].startswith("PUT") else "200 OK"
+                writer.write(f"HTTP/1.1 {code}\r\ncontent-type: application/json\r\n"
+                             "content-length: 2\r\n\r\n{}".encode())
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            closed_by_client.append(index)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AgentClient(f"https://127.0.0.1:{port}", creds.token, creds.cert_pem,
+                               5) as client:
+            assert await client.put_agent_bundle(bytes(300_000)) == {}
+            await client.status()
+            await client.status()
+            await asyncio.sleep(0.2)
+            assert connections == [["PUT /v1/agent"], ["GET /v1/status", "GET /v1/status"]]
+            assert closed_by_client == [0]
+    finally:
+        server.close()
+        await server.wait_closed()
