@@ -117,10 +117,12 @@ sys.exit(main(["run"]))
 
 
 @contextmanager
-def operator(kubeconfig: Path, log: Path, profile: Path | None, source: Path | None
-             ) -> Iterator[subprocess.Popen[bytes]]:
+def operator(kubeconfig: Path, log: Path, profile: Path | None, source: Path | None,
+             memray: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as the Deployment runs it: default settings, no --verbose; with
     `profile`, under pyinstrument (its text report written there before it stops);
+    with `memray`, under memray's aggregating tracker (every allocation, Python's own
+    included, by stack: what was held at the peak, written when the operator exits);
     with `source`, imported from that copy of operator/ and vm/."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig),
            "AGENTSPACES_NAMESPACE": OPERATOR_NAMESPACE, "AGENTSPACES_METRICS_PORT": "0",
@@ -130,8 +132,13 @@ def operator(kubeconfig: Path, log: Path, profile: Path | None, source: Path | N
         env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'vm'}"
     if profile is not None:
         profile.unlink(missing_ok=True)
-    argv = ([sys.executable, "-c", PROFILED, str(profile)] if profile
-            else [sys.executable, "-m", "agentspaces.cli", "run"])
+    argv = [sys.executable, "-m", "agentspaces.cli", "run"]
+    if profile is not None:
+        argv = [sys.executable, "-c", PROFILED, str(profile)]
+    elif memray is not None:
+        memray.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "memray", "run", "--aggregate",
+                "--trace-python-allocators", "-o", str(memray), *argv[1:]]
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
@@ -145,7 +152,7 @@ def operator(kubeconfig: Path, log: Path, profile: Path | None, source: Path | N
                      "the operator's profile", interval=0.5)
         proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=120 if memray else 20)  # memray writes its capture on exit
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
@@ -332,6 +339,10 @@ def main() -> int:
     parser.add_argument("--profile", type=Path,
                         help="run the operator under pyinstrument (pip install pyinstrument), "
                              "its report to this file")
+    parser.add_argument("--memray", type=Path,
+                        help="run the operator under memray (pip install memray), its "
+                             "capture to this file; then `memray table` or `memray "
+                             "flamegraph` on it")
     parser.add_argument("--operator-source", type=Path,
                         help="run the operator from this copy of the tree (e.g. "
                              "`git archive HEAD operator vm | tar -x -C DIR`), not the checkout")
@@ -345,7 +356,7 @@ def main() -> int:
         fleet.attach(clouds.hetzner)
         install_class(kubectl, clouds, CLASS)
         with operator(plane.admin_kubeconfig, Path(tmp) / "operator.log",
-                                args.profile, args.operator_source) as proc, \
+                                args.profile, args.operator_source, args.memray) as proc, \
                 Watcher(plane.admin_kubeconfig) as w:
             print(f"operator pid {proc.pid}; log {tmp}/operator.log", file=sys.stderr)
             life = lifecycle(kubectl, clouds, w, fleet, args.lifecycles)
@@ -362,7 +373,7 @@ def main() -> int:
                 rows.append(steady(kubectl, clouds, w, proc.pid, n, running, args.window))
                 running = n
                 print(f"steady at {n}: {rows[-1]}", file=sys.stderr)
-            if running:
+            if running and not args.memray:  # under memray: the peak is the steady state's
                 delete_all(kubectl, w, fleet, [f"run-{i}" for i in range(running)])
 
     print(f"\noperator scale ({os.cpu_count()} cores; emulators at zero latency; "
