@@ -10,12 +10,14 @@ Workspace is handled and a poll has passed, RSS and CPU are read from /proc over
 --window seconds. It prints a table; it asserts nothing.
 
     flock /tmp/agentspaces-integration.lock .venv/bin/python benchmarks/kopf_floor.py \\
-        [--counts 500,1000] [--shapes changes,timer,daemon] [--window 60]
+        [--counts 500,1000] [--shapes changes,timer,daemon] [--window 60] \\
+        [--status running-workspace.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support: the same stack the benchmarks use
 
 import yaml  # noqa: E402
+from kubernetes import client, config  # noqa: E402
 from scale_bench import cpu_seconds, rss_mb  # noqa: E402
 from tests.conftest import Kubectl  # noqa: E402
 from tests.support.stack import benchmark_cluster  # noqa: E402
@@ -73,6 +76,15 @@ def manifest(names: list[str]) -> str:
         for name in names])
 
 
+def give_status(kubeconfig: Path, names: list[str], status: dict[str, object]) -> None:
+    """Every Workspace gets `status` (through the status subresource), so the bodies
+    Kopf keeps are the size of a running workspace's."""
+    api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
+    for name in names:
+        api.patch_namespaced_custom_object_status(
+            "agentspaces.dev", "v1alpha1", NAMESPACE, "workspaces", name, {"status": status})
+
+
 def handled(kubectl: Kubectl) -> int:
     items = (kubectl.get_json("workspaces", "-n", NAMESPACE) or {}).get("items") or []
     return sum(1 for ws in items if HANDLED in (ws["metadata"].get("annotations") or {}))
@@ -85,7 +97,8 @@ def measure(pid: int, window: float) -> tuple[float, float]:
 
 
 def run_shape(kubectl: Kubectl, kubeconfig: Path, shape: str, counts: list[int],
-              window: float, log: Path) -> list[tuple[int, float, float]]:
+              window: float, log: Path, status: dict[str, object] | None
+              ) -> list[tuple[int, float, float]]:
     rows = []
     with floor_operator(kubeconfig, shape, log) as proc:
         time.sleep(10)  # started, its first watch open, the trim task begun
@@ -95,6 +108,8 @@ def run_shape(kubectl: Kubectl, kubeconfig: Path, shape: str, counts: list[int],
             names = [f"floor-{i}" for i in range(made, n)]
             for start in range(0, len(names), 100):
                 kubectl.apply(manifest(names[start:start + 100]))
+            if status is not None:
+                give_status(kubeconfig, names, status)
             made = n
             wait_for(lambda n=n: handled(kubectl) >= n, 600, f"{n} handled", interval=2)
             time.sleep(POLL + 5)  # every timer has fired once
@@ -112,7 +127,11 @@ def main() -> int:
     parser.add_argument("--shapes", default="changes,timer,daemon")
     parser.add_argument("--window", type=float, default=60.0,
                         help="seconds over which CPU is measured at each count")
+    parser.add_argument("--status", type=Path,
+                        help="a Workspace's JSON (`kubectl get ws NAME -o json`) whose status "
+                             "every Workspace gets, for bodies the size of real ones")
     args = parser.parse_args()
+    status = json.loads(args.status.read_text())["status"] if args.status else None
     counts = sorted(int(c) for c in args.counts.split(",") if c)
     shapes = [s for s in args.shapes.split(",") if s]
 
@@ -121,7 +140,7 @@ def main() -> int:
             benchmark_cluster(Path(tmp) / "plane", NAMESPACE) as (plane, kubectl):
         for shape in shapes:
             results[shape] = run_shape(kubectl, plane.admin_kubeconfig, shape, counts,
-                                       args.window, Path(tmp) / f"{shape}.log")
+                                       args.window, Path(tmp) / f"{shape}.log", status)
 
     print(f"\nKopf with no work, per Workspace ({os.cpu_count()} cores; poll {POLL:g} s)")
     print(f"{'shape':<8} {'count':>6} {'RSS MB':>8} {'MB each':>8} {'CPU core':>9} "
