@@ -61,4 +61,14 @@ echo "== import-linter" >&2
 lint-imports --no-cache
 echo "== pytest" >&2
 # Exit code 5 (no tests collected) is a failure here, like any other non-zero code.
-exec pytest -p no:cacheprovider "${@:-tests}"
+if [ $# -gt 0 ]; then
+  exec pytest -p no:cacheprovider "$@"
+fi
+# The integration tier on two workers, each with its own control plane and one test
+# module at a time: its tests mostly wait (poll timers, child processes, the apiserver),
+# so two share the two cores. Modules keep to their own loopback blocks and ports.
+# Then every other tier in one run, the real-VM tier last (tests/conftest.py).
+failed=0
+pytest -p no:cacheprovider -n 2 --dist loadfile tests/integration || failed=$?
+pytest -p no:cacheprovider tests --ignore=tests/integration || failed=$?
+exit "$failed"

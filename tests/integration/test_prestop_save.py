@@ -26,7 +26,7 @@ IDLE = {"timeout": "1m", "grace": "0s"}
 @pytest.fixture(scope="module")
 def stack(control_plane, kubectl: Kubectl,  # type: ignore[no-untyped-def]
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmStack]:
-    with vm_stack(control_plane, kubectl, tmp_path_factory.mktemp("vms"), CLASS, 37, 18097,
+    with vm_stack(control_plane, kubectl, tmp_path_factory.mktemp("vms"), CLASS, 39, 18099,
                   storage=True) as stack:
         yield stack
 

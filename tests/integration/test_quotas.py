@@ -33,7 +33,7 @@ CLASS = "quota"
 
 @pytest.fixture(scope="module")
 def clouds() -> Iterator[Clouds]:
-    with running_clouds(dead_end_block=37) as c:  # no agent: polls fail fast
+    with running_clouds(dead_end_block=61) as c:  # no agent: polls fail fast
         yield c
 
 
