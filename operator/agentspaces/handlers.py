@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from agentspaces import agent_watch, memory_trim, metrics, peering
+from agentspaces import agent_watch, kopf_settings, memory_trim, metrics, peering
 from agentspaces.api.image_model import IMAGE_PLURAL
 from agentspaces.api.model import GROUP, OPERATOR_FINALIZER, VERSION
 from agentspaces.api.types import WorkspaceRef
@@ -43,10 +43,7 @@ CLASSES = (GROUP, VERSION, "workspaceclasses")
 """How often a Ready WorkspaceImage is checked against the project (its snapshot still
 there; an operator upgrade's new bake recipe is seen at resume)."""
 FINALIZER = OPERATOR_FINALIZER
-# Kopf ignores every annotation under its storage prefix when diffing, so its
-# bookkeeping lives under a sub-domain and user annotations such as
-# agentspaces.dev/wake still trigger a reconcile.
-KOPF_PREFIX = f"kopf.{GROUP}"
+KOPF_PREFIX = kopf_settings.KOPF_PREFIX
 
 SETTINGS = OperatorSettings.from_env()
 """Read once per process, at import: the timer's interval is fixed at registration,
@@ -69,14 +66,7 @@ def runtime_of(memo: kopf.Memo) -> Runtime:
 @kopf.on.startup()
 async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo,
                     logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration")
-    settings.posting.level = logging.INFO
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.batching.error_delays = (1, 2, 5, 10, 30)
+    kopf_settings.apply(settings)
     if SETTINGS.peering is not None:  # first: a retry of this handler repeats it alone
         await _join_peering(settings, SETTINGS.peering, SETTINGS.peering_lifetime, logger)
     else:
