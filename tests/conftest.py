@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 import pytest
 
 from agentspaces.controlplane import ControlPlane
+from agentspaces.lifeline import OwnerWatch
 
 # Operators the tests start (in-process or as children, which inherit this) serve
 # /metrics on a free port, never on the default 9090 another process may hold.
@@ -46,6 +50,22 @@ class Kubectl:
     def get_json(self, *args: str) -> dict[str, Any] | None:
         code, out, _ = self.run("get", *args, "-o", "json")
         return json.loads(out) if code == 0 else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker whose controller is killed outright would go on with its
+    current test, and that test's servers, until it ends: the worker kills itself
+    within a second instead, and its children die with it (lifeline.die_with_parent)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    controller = OwnerWatch(os.getppid())
+
+    def watch() -> None:
+        while not controller.gone():
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="xdist-controller-watch", daemon=True).start()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
