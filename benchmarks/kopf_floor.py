@@ -23,8 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,12 +31,10 @@ sys.path.insert(0, str(REPO))  # tests.support: the same stack the benchmarks us
 
 import yaml  # noqa: E402
 from kubernetes import client, config  # noqa: E402
-from scale_bench import cpu_seconds, rss_mb  # noqa: E402
+from scale_bench import child_env, cpu_seconds, rss_mb, running  # noqa: E402
 from tests.conftest import Kubectl  # noqa: E402
 from tests.support.stack import benchmark_cluster  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
-
-from agentspaces.lifeline import die_with_parent  # noqa: E402
 
 NAMESPACE = "floor"
 POLL = 30.0
@@ -45,26 +42,11 @@ HANDLERS = REPO / "benchmarks" / "kopf_floor_handlers.py"
 HANDLED = "kopf.agentspaces.dev/last-handled-configuration"
 
 
-@contextmanager
-def floor_operator(kubeconfig: Path, shape: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "FLOOR_SHAPE": shape,
-           "MALLOC_ARENA_MAX": "2"}  # as the operator's image sets it
-    env.pop("KUBERNETES_SERVICE_HOST", None)
+def floor_operator(kubeconfig: Path, shape: str, log: Path
+                   ) -> AbstractContextManager[subprocess.Popen[bytes]]:
     argv = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
             str(HANDLERS)]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                preexec_fn=die_with_parent)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    return running(argv, child_env(kubeconfig, FLOOR_SHAPE=shape), log, stop_timeout=60)
 
 
 def manifest(names: list[str]) -> str:

@@ -116,6 +116,34 @@ sys.exit(main(["run"]))
 """
 
 
+def child_env(kubeconfig: Path, **extra: str) -> dict[str, str]:
+    """The environment of a process the benchmark starts against its control plane."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "MALLOC_ARENA_MAX": "2", **extra}  # as the operator's image sets it
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    return env
+
+
+@contextmanager
+def running(argv: list[str], env: dict[str, str], log: Path, stop_timeout: float = 20.0
+            ) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` in a session of its own that dies with the benchmark, its output to `log`;
+    terminated on exit (killed after `stop_timeout` seconds)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @contextmanager
 def operator(kubeconfig: Path, log: Path, profile: Path | None, source: Path | None,
              memray: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
@@ -124,38 +152,27 @@ def operator(kubeconfig: Path, log: Path, profile: Path | None, source: Path | N
     with `memray`, under memray's aggregating tracker (every allocation, Python's own
     included, by stack: what was held at the peak, written when the operator exits);
     with `source`, imported from that copy of operator/ and vm/."""
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-           "AGENTSPACES_NAMESPACE": OPERATOR_NAMESPACE, "AGENTSPACES_METRICS_PORT": "0",
-           "MALLOC_ARENA_MAX": "2"}  # as the image sets it
-    env.pop("KUBERNETES_SERVICE_HOST", None)
+    env = child_env(kubeconfig, AGENTSPACES_NAMESPACE=OPERATOR_NAMESPACE,
+                    AGENTSPACES_METRICS_PORT="0")
     if source is not None:
         env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'vm'}"
-    if profile is not None:
-        profile.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "agentspaces.cli", "run"]
     if profile is not None:
+        profile.unlink(missing_ok=True)
         argv = [sys.executable, "-c", PROFILED, str(profile)]
     elif memray is not None:
         memray.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "memray", "run", "--aggregate",
                 "--trace-python-allocators", "-o", str(memray), *argv[1:]]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                preexec_fn=die_with_parent)
-    try:
-        yield proc
-    finally:
-        if profile is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGUSR1)
-            wait_for(lambda: profile.exists() and profile.stat().st_size, 60,
-                     "the operator's profile", interval=0.5)
-        proc.terminate()
+    # memray writes its capture as the operator exits
+    with running(argv, env, log, stop_timeout=120 if memray else 20) as proc:
         try:
-            proc.wait(timeout=120 if memray else 20)  # memray writes its capture on exit
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            yield proc
+        finally:
+            if profile is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGUSR1)
+                wait_for(lambda: profile.exists() and profile.stat().st_size, 60,
+                         "the operator's profile", interval=0.5)
 
 
 class Watcher:
